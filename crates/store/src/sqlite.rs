@@ -1,0 +1,268 @@
+//! The SQLite backend: one database file (or one in-memory database) behind the store traits.
+//!
+//! Writes go through a pool of one connection, so writers of this process queue in order
+//! instead of spinning on SQLite's busy handler; every write transaction starts with
+//! `BEGIN IMMEDIATE`, so it holds the database's write lock from its first read and a
+//! read-modify-write cannot lose an update to another process on the same file (which waits
+//! up to [`BUSY_TIMEOUT`]). Reads go through a pool of [`READERS`] query-only connections that
+//! WAL lets run beside the writer. `synchronous = FULL` makes a commit durable before it
+//! returns: a refresh token, once received, must survive a crash that follows the answer.
+//!
+//! An in-memory database lives as long as its one connection, so there both pools are that
+//! one connection, kept open for the life of the store.
+
+mod keys;
+mod rows;
+mod sessions;
+mod users;
+
+use crate::{Result, Store, StoreError};
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{SqlSafeStr, Sqlite, Transaction};
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a statement waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections per store; writes are serialised by SQLite anyway.
+const READERS: u32 = 8;
+/// How long a caller waits for a pooled connection before the store is called unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Switching a new file to WAL takes a lock that the busy handler does not wait for, so
+/// processes opening one new file together retry the first connection a few times.
+const OPEN_ATTEMPTS: u32 = 50;
+const OPEN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The migrations of this backend, in order. Each runs once, inside the one transaction that
+/// [`SqliteStore::migrate`] holds, so none may contain `VACUUM` or change `foreign_keys`.
+/// An applied file must never change (its checksum is kept); add a new one instead.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)];
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// grantkeeper's store on SQLite. Cloning shares the pools.
+#[derive(Clone)]
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("readers", &self.read.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens `sqlite://PATH` (the file is created when missing; `?mode=rwc` is accepted) or
+    /// `sqlite::memory:`, and applies pending migrations.
+    pub async fn open(url: &str) -> Result<SqliteStore> {
+        let Some(rest) = url.strip_prefix("sqlite:") else {
+            return Err(StoreError::Config(
+                "store.url must start with sqlite: (sqlite://PATH or sqlite::memory:)".into(),
+            ));
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("store.url is not a usable SQLite URL: {e}")))?
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let store = if is_memory(rest) {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(map_sqlx)?;
+            SqliteStore {
+                read: pool.clone(),
+                write: pool,
+            }
+        } else {
+            let options = options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let write = connect(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(ACQUIRE_TIMEOUT),
+                options.clone(),
+            )
+            .await?;
+            // Readers cannot write by mistake: every write must take the writer's lock.
+            let read = connect(
+                SqlitePoolOptions::new()
+                    .max_connections(READERS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT),
+                options.pragma("query_only", "ON"),
+            )
+            .await?;
+            SqliteStore { read, write }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations; does nothing when the schema is current. Several processes
+    /// may call it at once: the first takes the write lock and the others then find nothing
+    /// to do.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        migrator().run(&mut *tx).await.map_err(map_migrate)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        tracing::debug!(
+            version = MIGRATIONS.last().map_or(0, |m| m.0),
+            "SQLite schema current"
+        );
+        Ok(())
+    }
+
+    /// A write transaction holding the database's write lock from its first statement.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_sqlx)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+}
+
+/// True for the spellings of an in-memory database that sqlx accepts (`rest` follows `sqlite:`).
+fn is_memory(rest: &str) -> bool {
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
+}
+
+async fn connect(pool: SqlitePoolOptions, options: SqliteConnectOptions) -> Result<SqlitePool> {
+    let mut attempt = 1;
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_busy(&e) && attempt < OPEN_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(OPEN_RETRY_DELAY).await;
+            }
+            Err(e) => return Err(map_sqlx(e)),
+        }
+    }
+}
+
+// SQLite's primary result codes (the low byte of an extended code).
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_NOTADB: i32 = 26;
+
+fn primary_code(db: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff)
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(primary_code)
+        .is_some_and(|c| c == SQLITE_BUSY || c == SQLITE_LOCKED)
+}
+
+/// The one translation of database failures into the store's terms. SQLite's messages name
+/// tables, columns and constraints, never bound values, so they may be kept; decode failures
+/// keep only the column's name.
+pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation => StoreError::AlreadyExists,
+            // Only inserts meet it here: the row they point at does not exist.
+            ErrorKind::ForeignKeyViolation => StoreError::NotFound,
+            _ => {
+                let message = db.message().to_owned();
+                match primary_code(&*db) {
+                    Some(SQLITE_BUSY | SQLITE_LOCKED) => {
+                        StoreError::Unavailable(format!("database is busy: {message}"))
+                    }
+                    Some(SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN) => {
+                        StoreError::Unavailable(message)
+                    }
+                    Some(SQLITE_CORRUPT | SQLITE_NOTADB) => StoreError::Corrupt(message),
+                    Some(code) => StoreError::Database(format!("{message} (code {code})")),
+                    None => StoreError::Database(message),
+                }
+            }
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Configuration(_) => StoreError::Config(e.to_string()),
+        sqlx::Error::ColumnDecode { index, .. } => {
+            StoreError::Corrupt(format!("column {index} could not be decoded"))
+        }
+        sqlx::Error::Decode(_) => StoreError::Corrupt("a value could not be decoded".into()),
+        sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::Migrate(m) => map_migrate(*m),
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+fn map_migrate(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::Execute(e) => match map_sqlx(e) {
+            unavailable @ StoreError::Unavailable(_) => unavailable,
+            other => StoreError::Migration(other.to_string()),
+        },
+        other => StoreError::Migration(other.to_string()),
+    }
+}

@@ -1,0 +1,255 @@
+//! The conformance suite on fresh SQLite files, and what only SQLite has: files, reopening,
+//! migrations, in-memory databases, URLs.
+
+use crate::conformance::{Backdoor, Fixture, OPENID_EMAIL, refresh, sign_in, t};
+use async_trait::async_trait;
+use grantkeeper_core::GrantState;
+use grantkeeper_store::{
+    DataKeyRecord, KeyStore, SessionRecord, SessionStore, SharedStore, SqliteStore, Store,
+    StoreError, UserStore,
+};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+fn url_of(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn temp_db() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grantkeeper.db");
+    (dir, path)
+}
+
+/// A plain connection to the file, outside the store, for set-up and inspection.
+async fn raw(path: &Path) -> SqlitePool {
+    SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
+}
+
+struct SqlBackdoor {
+    pool: SqlitePool,
+}
+
+#[async_trait]
+impl Backdoor for SqlBackdoor {
+    async fn force_state(&self, sub: &str, state: GrantState, last_error: Option<&str>) {
+        let done = sqlx::query(
+            "UPDATE grants SET state = ?1, last_error = ?2, version = version + 1 WHERE sub = ?3",
+        )
+        .bind(state.as_str())
+        .bind(last_error)
+        .bind(sub)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    }
+}
+
+async fn fresh() -> Fixture {
+    let (dir, path) = temp_db();
+    let store: SharedStore = Arc::new(SqliteStore::open(&url_of(&path)).await.unwrap());
+    let backdoor = Arc::new(SqlBackdoor {
+        pool: raw(&path).await,
+    });
+    Fixture {
+        store,
+        backdoor,
+        _keep: Box::new(dir),
+    }
+}
+
+/// Two stores opened at once on one new file, as two processes starting together would.
+async fn pair() -> (Fixture, SharedStore) {
+    let (dir, path) = temp_db();
+    let url = url_of(&path);
+    let (first, second) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
+    let fixture = Fixture {
+        store: Arc::new(first.unwrap()),
+        backdoor: Arc::new(SqlBackdoor {
+            pool: raw(&path).await,
+        }),
+        _keep: Box::new(dir),
+    };
+    (fixture, Arc::new(second.unwrap()))
+}
+
+mod suite {
+    use super::{fresh, pair};
+    conformance_suite!(fresh: fresh, pair: pair);
+}
+
+#[tokio::test]
+async fn backend_is_sqlite() {
+    let fixture = fresh().await;
+    assert_eq!(fixture.store.backend(), "sqlite");
+}
+
+#[tokio::test]
+async fn file_is_created_in_wal_mode_with_the_schema() {
+    let (_dir, path) = temp_db();
+    assert!(!path.exists());
+    let store = SqliteStore::open(&format!("{}?mode=rwc", url_of(&path)))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    assert!(path.exists());
+
+    let pool = raw(&path).await;
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "wal");
+    let tables: Vec<String> = sqlx::query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+          ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "data_keys",
+            "grant_events",
+            "grants",
+            "sessions",
+            "users"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything_and_migrate_is_idempotent() {
+    let (_dir, path) = temp_db();
+    let url = url_of(&path);
+    let store = SqliteStore::open(&url).await.unwrap();
+    let signed = store
+        .record_sign_in(sign_in("nia", OPENID_EMAIL, Some(refresh("n1")), t(0)))
+        .await
+        .unwrap();
+    let session = SessionRecord {
+        id_hash: "nia-session".into(),
+        sub: "nia".into(),
+        created_at: t(0),
+        expires_at: t(600),
+    };
+    store.create_session(session.clone()).await.unwrap();
+    let keys = store
+        .ensure_data_key(DataKeyRecord {
+            id: 0,
+            wrapped: vec![9; 60],
+            created_at: t(0),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let events = store.grant_events("nia").await.unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let (user, grant) = store.user("nia").await.unwrap().unwrap();
+    assert_eq!(user, signed.user);
+    assert_eq!(grant, signed.grant);
+    assert_eq!(grant.refresh_token, Some(refresh("n1")));
+    assert_eq!(store.grant_events("nia").await.unwrap(), events);
+    assert_eq!(
+        store.session("nia-session", t(1)).await.unwrap(),
+        Some(session)
+    );
+    assert_eq!(store.data_keys().await.unwrap(), keys);
+
+    let applied: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&raw(&path).await)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+}
+
+#[tokio::test]
+async fn memory_store_keeps_its_data() {
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let out = store
+        .record_sign_in(sign_in("ola", OPENID_EMAIL, Some(refresh("o1")), t(0)))
+        .await
+        .unwrap();
+    let (_, grant) = store.user("ola").await.unwrap().unwrap();
+    assert_eq!(grant, out.grant);
+    store
+        .create_session(SessionRecord {
+            id_hash: "ola-1".into(),
+            sub: "ola".into(),
+            created_at: t(0),
+            expires_at: t(60),
+        })
+        .await
+        .unwrap();
+    assert!(store.session("ola-1", t(1)).await.unwrap().is_some());
+    let keys = store
+        .ensure_data_key(DataKeyRecord {
+            id: 0,
+            wrapped: vec![1, 2, 3],
+            created_at: t(0),
+            active: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    store.ping().await.unwrap();
+
+    // Each memory store is its own database.
+    let other = grantkeeper_store::open("sqlite::memory:").await.unwrap();
+    assert!(other.user("ola").await.unwrap().is_none());
+    assert_eq!(other.backend(), "sqlite");
+}
+
+#[tokio::test]
+async fn bad_urls_are_configuration_errors() {
+    let err = grantkeeper_store::open("postgres://app:hunter2@db.example/grantkeeper")
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    let err = SqliteStore::open("mysql://app:hunter2@db.example/x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    let (_dir, path) = temp_db();
+    let err = SqliteStore::open(&format!("{}?mode=sideways", url_of(&path)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_reported_not_created() {
+    let (dir, _) = temp_db();
+    let path = dir.path().join("no-such-dir").join("grantkeeper.db");
+    let err = SqliteStore::open(&url_of(&path)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!path.exists());
+}
