@@ -179,7 +179,9 @@ pub trait KeyStore: Send + Sync {
     async fn data_keys(&self) -> Result<Vec<DataKeyRecord>>;
     /// Inserts `candidate` as the active key only if no key is active yet (the first start of
     /// a deployment; several instances may race here and exactly one wins), then returns
-    /// every key. `candidate.id` is ignored: ids are assigned by the store, from 1.
+    /// every key. The caller chooses `candidate.id` (its wrapping binds that id), normally one
+    /// more than the highest id; an id already taken means the race was lost and nothing is
+    /// inserted.
     async fn ensure_data_key(&self, candidate: DataKeyRecord) -> Result<Vec<DataKeyRecord>>;
 }
 

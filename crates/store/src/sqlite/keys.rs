@@ -20,11 +20,13 @@ impl KeyStore for SqliteStore {
         // then see its key. The unique index on the active key backs this up.
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO data_keys (wrapped, created_at, active)
-             SELECT ?1, ?2, 1 WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE active = 1)",
+            "INSERT INTO data_keys (id, wrapped, created_at, active)
+             SELECT ?3, ?1, ?2, 1 WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE active = 1)
+             AND NOT EXISTS (SELECT 1 FROM data_keys WHERE id = ?3)",
         )
         .bind(&candidate.wrapped)
         .bind(unix(candidate.created_at))
+        .bind(i64::from(candidate.id))
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;

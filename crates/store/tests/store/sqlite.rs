@@ -153,7 +153,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
     store.create_session(session.clone()).await.unwrap();
     let keys = store
         .ensure_data_key(DataKeyRecord {
-            id: 0,
+            id: 1,
             wrapped: vec![9; 60],
             created_at: t(0),
             active: true,
@@ -207,7 +207,7 @@ async fn memory_store_keeps_its_data() {
     assert!(store.session("ola-1", t(1)).await.unwrap().is_some());
     let keys = store
         .ensure_data_key(DataKeyRecord {
-            id: 0,
+            id: 1,
             wrapped: vec![1, 2, 3],
             created_at: t(0),
             active: true,

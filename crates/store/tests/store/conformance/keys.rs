@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 fn candidate(tag: u8) -> DataKeyRecord {
     DataKeyRecord {
-        // The store assigns ids; whatever comes in is ignored.
-        id: 99,
+        // Every starting instance proposes the first id; one of them wins.
+        id: 1,
         wrapped: vec![0, 0, 0, 0, tag, 0xff, 0x00, tag],
         created_at: t(i64::from(tag)),
         active: false,
