@@ -16,4 +16,4 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use grant::{GrantState, UserProfile};
 pub use scopes::Scopes;
 pub use secrecy::{ExposeSecret, SecretString};
-pub use vault::{Aad, KeyId, MasterKey, Purpose, Vault, VaultError};
+pub use vault::{Aad, KeyId, MasterKey, Purpose, Vault, VaultError, VaultHandle};

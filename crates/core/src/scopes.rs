@@ -116,7 +116,8 @@ mod tests {
 
     #[test]
     fn identity_scopes_are_normalised() {
-        let s = Scopes::parse("email profile openid https://www.googleapis.com/auth/userinfo.email");
+        let s =
+            Scopes::parse("email profile openid https://www.googleapis.com/auth/userinfo.email");
         assert_eq!(s.len(), 3);
         assert!(s.contains("email"));
         assert!(s.contains(EMAIL));
@@ -129,7 +130,10 @@ mod tests {
         let held = Scopes::parse("openid email");
         let wanted = Scopes::parse("email https://www.googleapis.com/auth/drive.appdata");
         assert!(!held.contains_all(&wanted));
-        assert_eq!(held.missing(&wanted).to_vec(), vec![DRIVE_APPDATA.to_owned()]);
+        assert_eq!(
+            held.missing(&wanted).to_vec(),
+            vec![DRIVE_APPDATA.to_owned()]
+        );
         assert!(held.union(&wanted).contains_all(&wanted));
         assert!(!Scopes::parse(DRIVE_APPDATA).has_identity());
     }

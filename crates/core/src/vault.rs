@@ -66,10 +66,16 @@ pub struct Aad<'a> {
 
 impl<'a> Aad<'a> {
     pub fn refresh_token(sub: &'a str) -> Self {
-        Aad { purpose: Purpose::RefreshToken, row: sub }
+        Aad {
+            purpose: Purpose::RefreshToken,
+            row: sub,
+        }
     }
     pub fn access_token(sub: &'a str) -> Self {
-        Aad { purpose: Purpose::AccessToken, row: sub }
+        Aad {
+            purpose: Purpose::AccessToken,
+            row: sub,
+        }
     }
 
     fn bytes(&self, header: &[u8]) -> Vec<u8> {
@@ -105,7 +111,12 @@ fn key_from(bytes: &[u8; 32]) -> Result<LessSafeKey, VaultError> {
         .map_err(|_| VaultError::Seal)
 }
 
-fn seal_with(key: &LessSafeKey, id: u32, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, VaultError> {
+fn seal_with(
+    key: &LessSafeKey,
+    id: u32,
+    plaintext: &[u8],
+    aad: Aad<'_>,
+) -> Result<Vec<u8>, VaultError> {
     let nonce_bytes = crate::random::bytes::<NONCE_LEN>();
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     out.push(VERSION);
@@ -134,14 +145,22 @@ pub fn key_id_of(sealed: &[u8]) -> Result<KeyId, VaultError> {
     Ok(KeyId(u32::from_be_bytes(id)))
 }
 
-fn open_with(key: &LessSafeKey, sealed: &[u8], aad: Aad<'_>) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+fn open_with(
+    key: &LessSafeKey,
+    sealed: &[u8],
+    aad: Aad<'_>,
+) -> Result<Zeroizing<Vec<u8>>, VaultError> {
     key_id_of(sealed)?;
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&sealed[5..HEADER_LEN]);
     let aad_bytes = aad.bytes(&sealed[..5]);
     let mut body = Zeroizing::new(sealed[HEADER_LEN..].to_vec());
     let len = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), GcmAad::from(aad_bytes), &mut body)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            GcmAad::from(aad_bytes),
+            &mut body,
+        )
         .map_err(|_| VaultError::Open)?
         .len();
     body.truncate(len);
@@ -161,7 +180,9 @@ impl fmt::Debug for MasterKey {
 
 impl MasterKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, VaultError> {
-        Ok(MasterKey { key: key_from(bytes)? })
+        Ok(MasterKey {
+            key: key_from(bytes)?,
+        })
     }
 
     /// Parses the base64 of 32 bytes (surrounding white space allowed), as the key file and
@@ -172,8 +193,12 @@ impl MasterKey {
                 .decode(text.expose_secret().trim())
                 .map_err(|_| VaultError::BadMasterKey)?,
         );
-        let bytes: Zeroizing<[u8; 32]> =
-            Zeroizing::new(decoded.as_slice().try_into().map_err(|_| VaultError::BadMasterKey)?);
+        let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+            decoded
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::BadMasterKey)?,
+        );
         Self::from_bytes(&bytes)
     }
 
@@ -186,14 +211,32 @@ impl MasterKey {
     /// Wraps a data key for storage.
     pub fn wrap(&self, id: KeyId, data_key: &[u8; 32]) -> Result<Vec<u8>, VaultError> {
         let row = id.0.to_string();
-        seal_with(&self.key, 0, data_key, Aad { purpose: Purpose::DataKey, row: &row })
+        seal_with(
+            &self.key,
+            0,
+            data_key,
+            Aad {
+                purpose: Purpose::DataKey,
+                row: &row,
+            },
+        )
     }
 
     /// Unwraps a stored data key.
     pub fn unwrap_key(&self, id: KeyId, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, VaultError> {
         let row = id.0.to_string();
-        let opened = open_with(&self.key, wrapped, Aad { purpose: Purpose::DataKey, row: &row })?;
-        let key: [u8; 32] = opened.as_slice().try_into().map_err(|_| VaultError::Malformed)?;
+        let opened = open_with(
+            &self.key,
+            wrapped,
+            Aad {
+                purpose: Purpose::DataKey,
+                row: &row,
+            },
+        )?;
+        let key: [u8; 32] = opened
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Malformed)?;
         Ok(Zeroizing::new(key))
     }
 }
@@ -265,6 +308,29 @@ impl Vault {
     }
 }
 
+/// The vault in use, shared by every part that seals or opens. Key rotation swaps in a new
+/// [`Vault`]; holders of the old one keep a consistent view until they ask again.
+#[derive(Clone, Debug)]
+pub struct VaultHandle(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Vault>>>);
+
+impl VaultHandle {
+    pub fn new(vault: Vault) -> Self {
+        VaultHandle(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(vault),
+        )))
+    }
+
+    /// The current vault.
+    pub fn get(&self) -> std::sync::Arc<Vault> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the vault (after adding or activating a key).
+    pub fn replace(&self, vault: Vault) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(vault);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +349,9 @@ mod tests {
     #[test]
     fn round_trip() {
         let v = vault(7);
-        let sealed = v.seal_secret(&secret("1//refresh"), Aad::refresh_token("sub-1")).unwrap();
+        let sealed = v
+            .seal_secret(&secret("1//refresh"), Aad::refresh_token("sub-1"))
+            .unwrap();
         assert_eq!(key_id_of(&sealed).unwrap(), KeyId(7));
         assert_eq!(sealed.len(), HEADER_LEN + "1//refresh".len() + TAG_LEN);
         assert!(!sealed.windows(10).any(|w| w == b"1//refresh"));
@@ -303,8 +371,14 @@ mod tests {
     fn wrong_row_or_purpose_does_not_open() {
         let v = vault(1);
         let sealed = v.seal(b"token", Aad::refresh_token("alice")).unwrap();
-        assert_eq!(v.open(&sealed, Aad::refresh_token("bob")).unwrap_err(), VaultError::Open);
-        assert_eq!(v.open(&sealed, Aad::access_token("alice")).unwrap_err(), VaultError::Open);
+        assert_eq!(
+            v.open(&sealed, Aad::refresh_token("bob")).unwrap_err(),
+            VaultError::Open
+        );
+        assert_eq!(
+            v.open(&sealed, Aad::access_token("alice")).unwrap_err(),
+            VaultError::Open
+        );
     }
 
     #[test]
@@ -318,17 +392,27 @@ mod tests {
         }
         let mut bad_version = sealed.clone();
         bad_version[0] = 2;
-        assert_eq!(v.open(&bad_version, Aad::refresh_token("alice")).unwrap_err(), VaultError::Malformed);
+        assert_eq!(
+            v.open(&bad_version, Aad::refresh_token("alice"))
+                .unwrap_err(),
+            VaultError::Malformed
+        );
     }
 
     #[test]
     fn wrong_or_unknown_key() {
         let sealed = vault(1).seal(b"token", Aad::refresh_token("a")).unwrap();
-        assert_eq!(vault(2).open(&sealed, Aad::refresh_token("a")).unwrap_err(), VaultError::UnknownKey(1));
+        assert_eq!(
+            vault(2).open(&sealed, Aad::refresh_token("a")).unwrap_err(),
+            VaultError::UnknownKey(1)
+        );
         let mut other = Vault::new();
         other.add_key(KeyId(1), &[9u8; 32]).unwrap();
         other.set_active(KeyId(1)).unwrap();
-        assert_eq!(other.open(&sealed, Aad::refresh_token("a")).unwrap_err(), VaultError::Open);
+        assert_eq!(
+            other.open(&sealed, Aad::refresh_token("a")).unwrap_err(),
+            VaultError::Open
+        );
     }
 
     #[test]
@@ -339,7 +423,10 @@ mod tests {
             if let Some(b) = buf.first_mut() {
                 *b = VERSION;
             }
-            assert_eq!(v.open(&buf, Aad::refresh_token("a")).unwrap_err(), VaultError::Malformed);
+            assert_eq!(
+                v.open(&buf, Aad::refresh_token("a")).unwrap_err(),
+                VaultError::Malformed
+            );
         }
     }
 
@@ -352,7 +439,10 @@ mod tests {
         let new = v.seal(b"new", Aad::refresh_token("a")).unwrap();
         assert_eq!(key_id_of(&new).unwrap(), KeyId(2));
         assert_eq!(&*v.open(&old, Aad::refresh_token("a")).unwrap(), b"old");
-        assert_eq!(v.set_active(KeyId(3)).unwrap_err(), VaultError::UnknownKey(3));
+        assert_eq!(
+            v.set_active(KeyId(3)).unwrap_err(),
+            VaultError::UnknownKey(3)
+        );
     }
 
     #[test]
@@ -370,8 +460,14 @@ mod tests {
 
     #[test]
     fn master_key_text_must_be_32_bytes_of_base64() {
-        assert_eq!(MasterKey::from_base64(&secret("not base64!")).unwrap_err(), VaultError::BadMasterKey);
-        assert_eq!(MasterKey::from_base64(&secret("AAAA")).unwrap_err(), VaultError::BadMasterKey);
+        assert_eq!(
+            MasterKey::from_base64(&secret("not base64!")).unwrap_err(),
+            VaultError::BadMasterKey
+        );
+        assert_eq!(
+            MasterKey::from_base64(&secret("AAAA")).unwrap_err(),
+            VaultError::BadMasterKey
+        );
         let ok = format!("  {}\n", STANDARD.encode([1u8; 32]));
         assert!(MasterKey::from_base64(&secret(&ok)).is_ok());
     }

@@ -1,1 +1,23 @@
-//! server
+//! The grantkeeper server as a library.
+//!
+//! Owns: configuration ([`config`]), the assembled [`App`] with its operations (sign-in,
+//! sessions), the mapping of failures to HTTP answers ([`error`]) and the axum routers
+//! ([`http`]). Another Rust service can embed it: build [`App::new`] and mount
+//! [`http::router`], or call [`App::sign_in`] directly.
+//!
+//! Leaves to others: the provider protocol and ID-token checks (grantkeeper-provider),
+//! persistence (grantkeeper-store), sealing (grantkeeper-core's vault), and the Google emulator,
+//! which this crate never links.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod session;
+pub mod signin;
+
+pub use app::App;
+pub use config::Settings;
+pub use error::ApiError;
+pub use signin::Platform;

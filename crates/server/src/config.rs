@@ -1,0 +1,502 @@
+//! grantkeeper.toml, read once at start-up, validated, and turned into typed [`Settings`].
+//!
+//! Every key may be overridden from the environment as `GRANTKEEPER_SECTION__KEY` (lists
+//! comma-separated). Unknown keys are refused, so a typo fails loudly instead of being ignored.
+//! Secrets are read into [`SecretString`]s and never printed; errors name the key and the fix.
+
+use grantkeeper_core::{MasterKey, SecretString};
+use grantkeeper_provider::ProviderSettings;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+pub const GOOGLE_API_BASE: &str = "https://www.googleapis.com";
+
+/// A configuration problem, with the key at fault and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}. {fix}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn err(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub provider: ProviderSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub vault: VaultSection,
+    #[serde(default)]
+    pub broker: BrokerSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub addr: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Seconds, or a number with a unit: `45s`, `30m`, `12h`, `30d`.
+    pub session_ttl: Option<DurationValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub issuer: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub web_redirect_uri: Option<String>,
+    pub mobile_redirect_uri: Option<String>,
+    #[serde(default)]
+    pub authorized_parties: Vec<String>,
+    pub api_base: Option<String>,
+    pub google_quirks: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    pub master_key_file: Option<PathBuf>,
+    pub master_key: Option<SecretString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    pub min_ttl: Option<DurationValue>,
+    pub refresh_concurrency: Option<usize>,
+    /// Upstream requests per second across all grants.
+    pub upstream_rate: Option<f64>,
+}
+
+/// A duration written as whole seconds or as a number with a unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn resolve(&self, key: &str) -> Result<Duration, ConfigError> {
+        match self {
+            DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
+            DurationValue::Text(t) => parse_duration(t).ok_or_else(|| {
+                err(
+                    key,
+                    format!("{t:?} is not a duration"),
+                    "write seconds, or e.g. 45s, 30m, 12h, 30d",
+                )
+            }),
+        }
+    }
+}
+
+/// Parses `90`, `45s`, `30m`, `12h`, `30d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub public_url: Option<Url>,
+    /// Origins (`scheme://host[:port]`) allowed to call the sign-in endpoints from a browser.
+    pub allowed_origins: Vec<String>,
+    pub session_ttl: Duration,
+    /// Set the Secure attribute on cookies (off only in `dev`, which serves plain HTTP).
+    pub secure_cookies: bool,
+    pub provider: ProviderSettings,
+    pub web_redirect_uri: String,
+    pub mobile_redirect_uri: String,
+    pub api_base: Url,
+    pub store_url: String,
+    pub broker: BrokerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub min_ttl: Duration,
+    pub refresh_concurrency: usize,
+    pub upstream_rate: Option<f64>,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            min_ttl: Duration::from_secs(300),
+            refresh_concurrency: 16,
+            upstream_rate: None,
+        }
+    }
+}
+
+/// Reads the file and the environment.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    if !path.exists() {
+        return Err(err(
+            "--config",
+            format!("{} does not exist", path.display()),
+            "pass the path of grantkeeper.toml (see README, \"Running against Google\")",
+        ));
+    }
+    let list_keys = ["server.allowed_origins", "provider.authorized_parties"];
+    let mut env = config::Environment::with_prefix("GRANTKEEPER")
+        .prefix_separator("_")
+        .separator("__")
+        .list_separator(",")
+        .try_parsing(true);
+    for k in list_keys {
+        env = env.with_list_parse_key(k);
+    }
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .map_err(|e| {
+            err(
+                "config",
+                e.to_string(),
+                "fix the file or the GRANTKEEPER_* variable named",
+            )
+        })?;
+    raw.try_deserialize::<FileConfig>().map_err(|e| {
+        err(
+            "config",
+            e.to_string(),
+            "see the configuration section of design docs (docs/design.md)",
+        )
+    })
+}
+
+/// The master key's text, from the environment or the key file.
+pub fn master_key(vault: &VaultSection, base: &Path) -> Result<MasterKey, ConfigError> {
+    let text = match (&vault.master_key, &vault.master_key_file) {
+        (Some(k), _) => k.clone(),
+        (None, Some(file)) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    "vault.master_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                    "create it with `head -c32 /dev/urandom | base64 > FILE; chmod 600 FILE`",
+                )
+            })?;
+            SecretString::from(text)
+        }
+        (None, None) => {
+            return Err(err(
+                "vault.master_key_file",
+                "no master key",
+                "set vault.master_key_file to a file holding base64 of 32 random bytes \
+                 (`head -c32 /dev/urandom | base64`), or GRANTKEEPER_VAULT__MASTER_KEY",
+            ));
+        }
+    };
+    MasterKey::from_base64(&text).map_err(|_| {
+        err(
+            "vault.master_key",
+            "the master key is not base64 of 32 bytes",
+            "generate one with `head -c32 /dev/urandom | base64`",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct ClientSecretFile {
+    web: Option<ClientSecretEntry>,
+    installed: Option<ClientSecretEntry>,
+}
+
+#[derive(Deserialize)]
+struct ClientSecretEntry {
+    client_id: String,
+    client_secret: Option<SecretString>,
+}
+
+/// Reads `client_secret.json` as Google Cloud console downloads it.
+pub fn read_client_secret_file(path: &Path) -> Result<(String, SecretString), ConfigError> {
+    let key = "provider.client_secret_file";
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(key, format!("cannot read {}: {e}", path.display()), "download the OAuth client's JSON from Google Cloud console (APIs & Services > Credentials)")
+    })?;
+    let parsed: ClientSecretFile = serde_json::from_str(&text).map_err(|e| {
+        err(
+            key,
+            format!(
+                "{} is not a client secret file ({})",
+                path.display(),
+                e.classify_name()
+            ),
+            "use the file exactly as Google Cloud console downloads it",
+        )
+    })?;
+    let entry = parsed.web.or(parsed.installed).ok_or_else(|| {
+        err(
+            key,
+            "the file has no \"web\" client",
+            "create a client of type \"Web application\" and download its JSON",
+        )
+    })?;
+    let secret = entry.client_secret.ok_or_else(|| {
+        err(
+            key,
+            "the client has no client_secret",
+            "use a Web application client",
+        )
+    })?;
+    Ok((entry.client_id, secret))
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "unexpected fields",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// Normalises an origin (`https://app.example.com:443/` -> `https://app.example.com`).
+pub fn normalise_origin(text: &str) -> Option<String> {
+    let url = Url::parse(text.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+impl Settings {
+    /// Validates a file configuration; `base` resolves relative paths (the file's folder).
+    pub fn from_file(file: &FileConfig, base: &Path) -> Result<Settings, ConfigError> {
+        let addr_text = file.server.addr.as_deref().unwrap_or("127.0.0.1:8080");
+        let addr: SocketAddr = addr_text.parse().map_err(|_| {
+            err(
+                "server.addr",
+                format!("{addr_text:?} is not an address"),
+                "write e.g. 0.0.0.0:8080",
+            )
+        })?;
+        let public_url = match &file.server.public_url {
+            Some(u) => Some(Url::parse(u).map_err(|_| {
+                err(
+                    "server.public_url",
+                    format!("{u:?} is not a URL"),
+                    "write e.g. https://app.example.com",
+                )
+            })?),
+            None => None,
+        };
+        let mut allowed_origins = Vec::new();
+        for o in &file.server.allowed_origins {
+            allowed_origins.push(normalise_origin(o).ok_or_else(|| {
+                err(
+                    "server.allowed_origins",
+                    format!("{o:?} is not an origin"),
+                    "write scheme://host[:port], e.g. https://app.example.com",
+                )
+            })?);
+        }
+        if let Some(u) = &public_url {
+            let o = u.origin().ascii_serialization();
+            if !allowed_origins.contains(&o) {
+                allowed_origins.push(o);
+            }
+        }
+        let session_ttl = match &file.server.session_ttl {
+            Some(d) => d.resolve("server.session_ttl")?,
+            None => Duration::from_secs(30 * 86_400),
+        };
+
+        let p = &file.provider;
+        let issuer_text = p.issuer.as_deref().unwrap_or(GOOGLE_ISSUER);
+        let issuer = Url::parse(issuer_text).map_err(|_| {
+            err(
+                "provider.issuer",
+                format!("{issuer_text:?} is not a URL"),
+                format!("leave it out for Google ({GOOGLE_ISSUER})"),
+            )
+        })?;
+        let (client_id, client_secret) = match (
+            &p.client_secret_file,
+            &p.client_id,
+            &p.client_secret,
+        ) {
+            (_, Some(id), Some(secret)) => (id.clone(), secret.clone()),
+            (Some(file), _, _) => read_client_secret_file(&base.join(file))?,
+            (None, Some(_), None) => {
+                return Err(err(
+                    "provider.client_secret",
+                    "client_id is set but client_secret is not",
+                    "set provider.client_secret (or GRANTKEEPER_PROVIDER__CLIENT_SECRET), or use provider.client_secret_file",
+                ));
+            }
+            (None, None, _) => {
+                return Err(err(
+                    "provider.client_secret_file",
+                    "no OAuth client credentials",
+                    "download the Web application client's JSON from Google Cloud console (APIs & Services > Credentials) and set provider.client_secret_file to its path, or set provider.client_id and provider.client_secret",
+                ));
+            }
+        };
+        if client_secret.expose_secret().is_empty() {
+            return Err(err(
+                "provider.client_secret",
+                "the client secret is empty",
+                "use the Web application client's secret",
+            ));
+        }
+        let mut provider = ProviderSettings::new(issuer, client_id, client_secret);
+        provider.authorized_parties = p.authorized_parties.clone();
+        if let Some(q) = p.google_quirks {
+            provider.google_quirks = q;
+        }
+        let api_base_text = p.api_base.as_deref().unwrap_or(GOOGLE_API_BASE);
+        let api_base = Url::parse(api_base_text).map_err(|_| {
+            err(
+                "provider.api_base",
+                format!("{api_base_text:?} is not a URL"),
+                format!("leave it out for Google ({GOOGLE_API_BASE})"),
+            )
+        })?;
+
+        let store_url = file
+            .store
+            .url
+            .clone()
+            .unwrap_or_else(|| "sqlite://grantkeeper.db".to_owned());
+        let store_url = resolve_sqlite_path(&store_url, base);
+
+        let b = &file.broker;
+        let defaults = BrokerSettings::default();
+        let broker = BrokerSettings {
+            min_ttl: match &b.min_ttl {
+                Some(d) => d.resolve("broker.min_ttl")?,
+                None => defaults.min_ttl,
+            },
+            refresh_concurrency: b
+                .refresh_concurrency
+                .unwrap_or(defaults.refresh_concurrency)
+                .max(1),
+            upstream_rate: b.upstream_rate,
+        };
+
+        Ok(Settings {
+            addr,
+            public_url,
+            allowed_origins,
+            session_ttl,
+            secure_cookies: true,
+            provider,
+            web_redirect_uri: p
+                .web_redirect_uri
+                .clone()
+                .unwrap_or_else(|| "postmessage".to_owned()),
+            mobile_redirect_uri: p.mobile_redirect_uri.clone().unwrap_or_default(),
+            api_base,
+            store_url,
+            broker,
+        })
+    }
+}
+
+/// A relative SQLite path in the config file is relative to the file, not to the working
+/// directory of whoever starts the server.
+fn resolve_sqlite_path(url: &str, base: &Path) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(rest) if !rest.starts_with('/') && !rest.is_empty() => {
+            format!("sqlite://{}", base.join(rest).display())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("3w"), None);
+        assert_eq!(parse_duration("h"), None);
+    }
+
+    #[test]
+    fn origins_are_normalised() {
+        assert_eq!(
+            normalise_origin("https://App.example.com:443/x").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            normalise_origin("http://127.0.0.1:8080").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(normalise_origin("ftp://x"), None);
+        assert_eq!(normalise_origin("nonsense"), None);
+    }
+
+    #[test]
+    fn relative_sqlite_paths_follow_the_config_file() {
+        assert_eq!(
+            resolve_sqlite_path("sqlite://gk.db", Path::new("/etc/gk")),
+            "sqlite:///etc/gk/gk.db"
+        );
+        assert_eq!(
+            resolve_sqlite_path("sqlite:///var/gk.db", Path::new("/etc/gk")),
+            "sqlite:///var/gk.db"
+        );
+        assert_eq!(
+            resolve_sqlite_path("sqlite::memory:", Path::new("/etc")),
+            "sqlite::memory:"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! The one mapping from failures to HTTP answers.
+//!
+//! Every error body is `{"error": "<code>", "message": "<human text>"}` (design.md). Messages
+//! are written for the client's developer and never carry internals: a store or provider
+//! failure is logged here, once, inside the request span, and answered with a generic text.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantkeeper_provider::{IdTokenError, ProviderError};
+use grantkeeper_store::StoreError;
+use serde::Serialize;
+use std::time::Duration;
+
+/// An answer that is not a success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("this endpoint needs the X-Requested-With header")]
+    Csrf,
+    #[error("requests from this origin are not allowed")]
+    OriginNotAllowed,
+    #[error("{0}")]
+    CodeRejected(String),
+    #[error("{0}")]
+    IdTokenInvalid(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    GrantRevoked(String),
+    #[error("{0}")]
+    ScopeNotGranted(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("too many requests")]
+    RateLimited { retry_after: Duration },
+    #[error("{0}")]
+    Upstream(String),
+    #[error("{message}")]
+    UpstreamUnavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// A failure of ours; the detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) | ApiError::CodeRejected(_) => StatusCode::BAD_REQUEST,
+            ApiError::Csrf | ApiError::OriginNotAllowed | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::ScopeNotGranted(_) => StatusCode::FORBIDDEN,
+            ApiError::IdTokenInvalid(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::GrantRevoked(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code of design.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Csrf => "csrf",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::CodeRejected(_) => "code_rejected",
+            ApiError::IdTokenInvalid(_) => "id_token_invalid",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::GrantRevoked(_) => "grant_revoked",
+            ApiError::ScopeNotGranted(_) => "scope_not_granted",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Upstream(_) => "upstream_error",
+            ApiError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::UpstreamUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "grantkeeper could not complete the request".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(error = %detail, "request failed"),
+            ApiError::Upstream(_) | ApiError::UpstreamUnavailable { .. } => {
+                tracing::warn!(code = self.code(), message = %self, "upstream failure")
+            }
+            _ => tracing::debug!(code = self.code(), message = %self, "request refused"),
+        }
+        let retry_after = self.retry_after();
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.message(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(after) = retry_after {
+            let secs = after.as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("no such user".to_owned()),
+            StoreError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "store unavailable");
+                ApiError::UpstreamUnavailable {
+                    message: "the store is unavailable; try again".to_owned(),
+                    retry_after: Some(Duration::from_secs(1)),
+                }
+            }
+            other => ApiError::Internal(format!("store: {other}")),
+        }
+    }
+}
+
+/// Maps a failed code exchange. Only the provider's verdict on the code is the client's
+/// problem; everything else is upstream.
+pub fn exchange_error(e: ProviderError) -> ApiError {
+    match e {
+        ProviderError::InvalidGrant { error, description } => ApiError::CodeRejected(format!(
+            "the authorization code was rejected ({error}: {description}); it may be used, \
+             expired, or issued for another client or platform: sign in again"
+        )),
+        ProviderError::InvalidClient { description } => {
+            tracing::error!(
+                %description,
+                "the provider rejected grantkeeper's client credentials: check provider.client_secret_file"
+            );
+            ApiError::Upstream(
+                "the identity provider rejected grantkeeper's client credentials".into(),
+            )
+        }
+        ProviderError::InvalidRequest { description } => ApiError::Upstream(format!(
+            "the identity provider refused the exchange: {description}"
+        )),
+        ProviderError::RateLimited { retry_after } => ApiError::UpstreamUnavailable {
+            message: "the identity provider is rate limiting; try again shortly".into(),
+            retry_after: retry_after.or(Some(Duration::from_secs(1))),
+        },
+        ProviderError::Unavailable { .. } => ApiError::UpstreamUnavailable {
+            message: "the identity provider is unavailable; try again shortly".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        },
+        ProviderError::Protocol { detail } => ApiError::Upstream(format!(
+            "the identity provider answered unexpectedly: {detail}"
+        )),
+    }
+}
+
+/// Maps a failed ID-token verification.
+pub fn id_token_error(e: IdTokenError) -> ApiError {
+    match e {
+        IdTokenError::KeysUnavailable(detail) => {
+            tracing::warn!(%detail, "provider signing keys unavailable");
+            ApiError::UpstreamUnavailable {
+                message: "the identity provider's signing keys are unavailable; try again shortly"
+                    .into(),
+                retry_after: Some(Duration::from_secs(1)),
+            }
+        }
+        other => ApiError::IdTokenInvalid(format!("the ID token is not acceptable: {other}")),
+    }
+}

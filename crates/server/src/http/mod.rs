@@ -1,0 +1,71 @@
+//! The axum routers. Handlers translate HTTP to calls on [`App`] and back; rules live in the
+//! app's operations, not here.
+
+mod ops;
+mod page;
+mod signin;
+
+use crate::app::App;
+use crate::error::ApiError;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::MatchedPath;
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::iter::once;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// Every route of the server, with its middleware.
+pub fn router(app: App) -> Router {
+    let mut routes = Router::new().merge(signin::routes()).merge(ops::routes());
+    if app.demo_page() {
+        routes = routes.merge(page::routes());
+    }
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".to_owned()).into_response()
+        }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        // The span names the route template, never the URI: query strings and path segments
+        // may carry codes or user ids that do not belong in logs.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "unmatched".to_owned());
+                tracing::info_span!("request", method = %req.method(), route = %route)
+            }),
+        )
+        .layer(SetSensitiveResponseHeadersLayer::new(once(
+            header::SET_COOKIE,
+        )))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".to_owned())
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r =
+        ApiError::InvalidRequest("method not allowed on this endpoint".to_owned()).into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

@@ -1,0 +1,105 @@
+//! Browser and app sessions: a random secret in an HttpOnly cookie, its SHA-256 in the store.
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::signin::hex;
+use aws_lc_rs::digest;
+use axum::http::HeaderMap;
+use axum::http::header::COOKIE;
+use grantkeeper_core::SecretString;
+use grantkeeper_store::SessionRecord;
+use secrecy::ExposeSecret;
+
+pub const COOKIE_NAME: &str = "gk_session";
+
+fn hash(secret: &str) -> String {
+    hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+/// The session secret named by the request's cookie, if any.
+pub fn cookie_secret(headers: &HeaderMap) -> Option<SecretString> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| SecretString::from(value.trim().to_owned()))
+}
+
+impl App {
+    /// Starts a session for `sub`; returns the `Set-Cookie` value.
+    pub async fn start_session(&self, sub: &str) -> Result<String, ApiError> {
+        let secret = grantkeeper_core::random::token::<32>();
+        let now = self.clock().now();
+        let ttl = self.settings().session_ttl;
+        self.store()
+            .create_session(SessionRecord {
+                id_hash: hash(&secret),
+                sub: sub.to_owned(),
+                created_at: now,
+                expires_at: now + ttl,
+            })
+            .await?;
+        Ok(self.cookie(&secret, ttl.as_secs()))
+    }
+
+    fn cookie(&self, value: &str, max_age: u64) -> String {
+        let secure = if self.settings().secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!("{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    }
+
+    /// A `Set-Cookie` value that removes the session cookie.
+    pub fn clear_cookie(&self) -> String {
+        self.cookie("", 0)
+    }
+
+    /// The signed-in user's `sub`, or 401.
+    pub async fn session_user(&self, headers: &HeaderMap) -> Result<(String, String), ApiError> {
+        let secret = cookie_secret(headers)
+            .ok_or_else(|| ApiError::Unauthorized("not signed in".to_owned()))?;
+        let id_hash = hash(secret.expose_secret());
+        let session = self
+            .store()
+            .session(&id_hash, self.clock().now())
+            .await?
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the session has ended; sign in again".to_owned())
+            })?;
+        Ok((session.sub, id_hash))
+    }
+
+    /// Ends the session named by the request's cookie, if any.
+    pub async fn end_session(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if let Some(secret) = cookie_secret(headers) {
+            self.store()
+                .delete_session(&hash(secret.expose_secret()))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn finds_the_session_cookie_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; gk_session=abc ; b=2"),
+        );
+        assert_eq!(cookie_secret(&h).unwrap().expose_secret(), "abc");
+        let mut none = HeaderMap::new();
+        none.append(COOKIE, HeaderValue::from_static("gk_sessionx=1"));
+        assert!(cookie_secret(&none).is_none());
+    }
+}

@@ -1,0 +1,166 @@
+//! Sign-in: a one-time code in, a verified user with a sealed refresh token out.
+//!
+//! exchange (redirect URI by platform) -> verify the ID token -> seal -> one store
+//! transaction -> answer. Nothing is written before the ID token is verified, and the refresh
+//! token is committed before the caller hears of success.
+
+use crate::app::App;
+use crate::error::{ApiError, exchange_error, id_token_error};
+use aws_lc_rs::digest;
+use base64::Engine;
+use grantkeeper_core::{Aad, SecretString};
+use grantkeeper_store::{
+    SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome, TokenFingerprint,
+};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use std::fmt::Write;
+use std::str::FromStr;
+
+/// Where a code was minted; decides the redirect URI sent at exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Web,
+    Android,
+    Ios,
+}
+
+impl FromStr for Platform {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "web" => Ok(Platform::Web),
+            "android" => Ok(Platform::Android),
+            "ios" => Ok(Platform::Ios),
+            other => Err(ApiError::InvalidRequest(format!(
+                "platform must be web, android or ios, not {:?}",
+                truncate(other, 20)
+            ))),
+        }
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Fingerprints of a refresh token for RISC lookups (see [`TokenFingerprint`]).
+pub fn fingerprint(token: &SecretString) -> TokenFingerprint {
+    let t = token.expose_secret().as_bytes();
+    let once = digest::digest(&digest::SHA512, t);
+    let twice = digest::digest(&digest::SHA512, once.as_ref());
+    let prefix: Vec<u8> = token
+        .expose_secret()
+        .chars()
+        .take(16)
+        .collect::<String>()
+        .into_bytes();
+    TokenFingerprint {
+        hash: base64::engine::general_purpose::STANDARD.encode(twice.as_ref()),
+        prefix_hash: hex(digest::digest(&digest::SHA256, &prefix).as_ref()),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl App {
+    /// Exchanges a one-time code from `platform`, verifies its ID token, and records the user
+    /// and grant.
+    pub async fn sign_in(
+        &self,
+        code: &SecretString,
+        platform: Platform,
+    ) -> Result<SignInOutcome, ApiError> {
+        let settings = self.settings();
+        let redirect_uri = match platform {
+            Platform::Web => settings.web_redirect_uri.as_str(),
+            Platform::Android | Platform::Ios => settings.mobile_redirect_uri.as_str(),
+        };
+        let tokens = self
+            .provider()
+            .exchange_code(code, redirect_uri)
+            .await
+            .map_err(exchange_error)?;
+        let id_token = tokens.id_token.as_ref().ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "the code carries no identity scope, so the user cannot be identified: \
+                 request openid, email or profile with it"
+                    .to_owned(),
+            )
+        })?;
+        let claims = self
+            .provider()
+            .verify_id_token(id_token)
+            .await
+            .map_err(id_token_error)?;
+        let profile = claims.profile();
+        let vault = self.vault();
+        let refresh_token = match &tokens.refresh_token {
+            Some(rt) => Some(SealedRefreshToken {
+                sealed: vault
+                    .seal_secret(rt, Aad::refresh_token(&profile.sub))
+                    .map_err(|e| ApiError::Internal(format!("sealing: {e}")))?,
+                fingerprint: fingerprint(rt),
+            }),
+            None => None,
+        };
+        let expires_at = tokens.received_at + time::Duration::seconds(tokens.expires_in.max(0));
+        let access_token = SealedAccessToken {
+            sealed: vault
+                .seal_secret(&tokens.access_token, Aad::access_token(&profile.sub))
+                .map_err(|e| ApiError::Internal(format!("sealing: {e}")))?,
+            expires_at,
+        };
+        let outcome = self
+            .store()
+            .record_sign_in(SignIn {
+                profile,
+                granted_scopes: tokens.scope.clone(),
+                refresh_token,
+                access_token: Some(access_token),
+                at: self.clock().now(),
+            })
+            .await?;
+        tracing::info!(
+            sub = %outcome.user.profile.sub,
+            ?platform,
+            created = outcome.created,
+            refresh_token_received = tokens.refresh_token.is_some(),
+            state = %outcome.grant.state,
+            "signed in"
+        );
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_matches_google_s_hash_form() {
+        let fp = fingerprint(&SecretString::from("1//0abcdefghijklmnopqrstuvwxyz"));
+        assert_eq!(fp.prefix_hash.len(), 64);
+        assert!(!fp.hash.contains("abcdefghijklmnop"));
+        let same_prefix = fingerprint(&SecretString::from("1//0abcdefghijklZZZZ"));
+        assert_eq!(fp.prefix_hash, same_prefix.prefix_hash);
+        assert_ne!(fp.hash, same_prefix.hash);
+    }
+
+    #[test]
+    fn platforms() {
+        assert_eq!("ios".parse::<Platform>().unwrap(), Platform::Ios);
+        assert!(matches!(
+            "desktop".parse::<Platform>(),
+            Err(ApiError::InvalidRequest(_))
+        ));
+    }
+}

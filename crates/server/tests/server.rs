@@ -1,0 +1,10 @@
+//! The server over real HTTP on 127.0.0.1, against the Google emulator, with a real SQLite
+//! file. One test binary; modules beneath it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod server {
+    pub mod bad_input;
+    pub mod harness;
+    pub mod secrets;
+    pub mod signin;
+}

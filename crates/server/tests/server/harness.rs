@@ -1,0 +1,372 @@
+//! `TestApp`: the real server on port 0 beside a real emulator on port 0, typed request
+//! helpers, and log capture at trace level (set GRANTKEEPER_TEST_LOG=1 to also print logs).
+
+use grantkeeper_core::{ExposeSecret, MasterKey, SystemClock};
+use grantkeeper_emulator::{Emulator, EmulatorOptions};
+use grantkeeper_server::App;
+use grantkeeper_server::config::{FileConfig, Settings};
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::net::TcpListener;
+use url::Url;
+
+/// Everything every test logs, at trace level.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        if std::env::var_os("GRANTKEEPER_TEST_LOG").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+/// The text of every log line written so far by any test of this binary.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&init_logs().lock().unwrap()).into_owned()
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub emulator_url: String,
+    pub emulator: Emulator,
+    pub app: App,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    async fn from(r: reqwest::Response) -> Answer {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// The `name=value` of the session cookie this answer set.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("gk_session="))
+            .map(|v| v.split(';').next().unwrap().to_owned())
+    }
+
+    /// Asserts an error answer of design.md's shape.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "status of {}", self.text);
+        assert_eq!(self.body["error"], code, "error code of {}", self.text);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "message in {}",
+            self.text
+        );
+    }
+}
+
+/// Options of a code minted through the emulator's control API.
+pub struct Code<'a> {
+    pub email: &'a str,
+    pub scope: &'a str,
+    pub redirect_uri: &'a str,
+    pub access_type: &'a str,
+    pub prompt: Option<&'a str>,
+    pub azp: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl<'a> Code<'a> {
+    pub fn web(email: &'a str) -> Self {
+        Code {
+            email,
+            scope: "openid email profile https://www.googleapis.com/auth/drive.appdata",
+            redirect_uri: "postmessage",
+            access_type: "offline",
+            prompt: None,
+            azp: None,
+            client_id: None,
+        }
+    }
+}
+
+pub struct Options {
+    /// Extra origins allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+    /// Whether the emulator's Android and iOS clients are authorized parties.
+    pub mobile_parties: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allowed_origins: vec!["https://app.example.com".into()],
+            mobile_parties: true,
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestApp {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = SystemClock::shared();
+
+        let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator_url = format!("http://{}", emulator_listener.local_addr().unwrap());
+        let emulator = Emulator::open(EmulatorOptions {
+            base_url: Url::parse(&emulator_url).unwrap(),
+            data_dir: None,
+            clock: clock.clone(),
+            control_api: true,
+        })
+        .await
+        .unwrap();
+        tokio::spawn(axum::serve(emulator_listener, emulator.router()).into_future());
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let client = emulator.web_client();
+        let mut file = FileConfig::default();
+        file.server.addr = Some(listener.local_addr().unwrap().to_string());
+        file.server.public_url = Some(url.clone());
+        file.server.allowed_origins = options.allowed_origins;
+        file.provider.issuer = Some(emulator_url.clone());
+        file.provider.client_id = Some(client.client_id.clone());
+        file.provider.client_secret = Some(client.client_secret.clone());
+        file.provider.google_quirks = Some(true);
+        if options.mobile_parties {
+            file.provider.authorized_parties =
+                vec![emulator.android_client_id(), emulator.ios_client_id()];
+        }
+        file.store.url = Some(format!(
+            "sqlite://{}",
+            dir.path().join("grantkeeper.db").display()
+        ));
+        let settings = Settings::from_file(&file, dir.path()).unwrap();
+        let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
+        let store = grantkeeper_store::open(&settings.store_url).await.unwrap();
+        // A short timeout so that an upstream that hangs is tested in seconds.
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let app = App::with_http_client(settings, store, &master, clock, http)
+            .await
+            .unwrap();
+        tokio::spawn(
+            axum::serve(listener, grantkeeper_server::http::router(app.clone())).into_future(),
+        );
+        TestApp {
+            url,
+            emulator_url,
+            emulator,
+            app,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            dir,
+        }
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Mints a code through the emulator's control API.
+    pub async fn mint(&self, c: Code<'_>) -> String {
+        let client_id = c
+            .client_id
+            .unwrap_or_else(|| self.emulator.web_client().client_id);
+        let mut body = json!({
+            "email": c.email, "client_id": client_id, "scope": c.scope,
+            "redirect_uri": c.redirect_uri, "access_type": c.access_type,
+        });
+        if let Some(p) = c.prompt {
+            body["prompt"] = json!(p);
+        }
+        if let Some(azp) = c.azp {
+            body["azp"] = json!(azp);
+        }
+        let a = self.emulator_call("POST", "codes", Some(body)).await;
+        assert_eq!(a.status, 200, "minting a code: {}", a.text);
+        a.body["code"].as_str().unwrap().to_owned()
+    }
+
+    /// A web code, as Google Identity Services' popup gives it.
+    pub async fn web_code(&self, email: &str) -> String {
+        self.mint(Code::web(email)).await
+    }
+
+    /// A code as Android's or iOS's `serverAuthCode`: empty redirect URI, azp = the app's client.
+    pub async fn mobile_code(&self, email: &str, azp: String) -> String {
+        self.mint(Code {
+            redirect_uri: "",
+            azp: Some(azp),
+            ..Code::web(email)
+        })
+        .await
+    }
+
+    pub async fn emulator_call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let url = format!("{}/_emulator/{path}", self.emulator_url);
+        let req = self.http.request(method.parse().unwrap(), url);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.emulator_call("GET", "stats", None).await.body
+    }
+
+    /// Every token string the emulator issued to `email`.
+    pub async fn issued_tokens(&self, email: &str) -> Vec<String> {
+        let a = self
+            .emulator_call("GET", &format!("tokens?email={email}"), None)
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        let mut out = Vec::new();
+        for key in ["access_tokens", "refresh_tokens", "id_tokens"] {
+            for t in a.body[key].as_array().unwrap() {
+                out.push(t.as_str().unwrap().to_owned());
+            }
+        }
+        out
+    }
+
+    /// POST /authcode with full control over the request.
+    pub async fn post_authcode(
+        &self,
+        query: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("{}/authcode{query}", self.url))
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, HeaderValue::from_str(v).unwrap());
+        }
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    /// The web client's call: raw code, X-Requested-With, same origin.
+    pub async fn authcode_web(&self, code: &str) -> Answer {
+        let origin = self.url.clone();
+        self.post_authcode(
+            "",
+            Some("application/octet-stream"),
+            &[("x-requested-with", "XmlHttpRequest"), ("origin", &origin)],
+            code.as_bytes().to_vec(),
+        )
+        .await
+    }
+
+    /// Android's call: form field authCode, no Origin.
+    pub async fn authcode_android(&self, code: &str) -> Answer {
+        let body = serde_urlencoded::to_string([("authCode", code)]).unwrap();
+        self.post_authcode(
+            "",
+            Some("application/x-www-form-urlencoded"),
+            &[("x-requested-with", "com.example.app")],
+            body.into_bytes(),
+        )
+        .await
+    }
+
+    /// iOS's call: JSON with platform.
+    pub async fn authcode_ios(&self, code: &str) -> Answer {
+        let body = json!({"code": code, "platform": "ios"}).to_string();
+        self.post_authcode(
+            "",
+            Some("application/json"),
+            &[("x-requested-with", "XMLHttpRequest")],
+            body.into_bytes(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, cookie: Option<&str>) -> Answer {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, cookie: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.http.post(format!("{}{path}", self.url));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    /// Opens the user's held refresh token through the app's vault.
+    pub async fn held_refresh_token(&self, sub: &str) -> Option<String> {
+        let (_, grant) = self.app.store().user(sub).await.unwrap()?;
+        let sealed = grant.refresh_token?;
+        let opened = self
+            .app
+            .vault()
+            .open_secret(&sealed.sealed, grantkeeper_core::Aad::refresh_token(sub))
+            .unwrap();
+        Some(opened.expose_secret().to_owned())
+    }
+}

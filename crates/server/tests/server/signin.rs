@@ -1,0 +1,296 @@
+//! Sign-in from each platform, the refresh-token rules, sessions and key rotation.
+
+use super::harness::{Code, TestApp};
+use grantkeeper_core::scopes::{DRIVE_APPDATA, EMAIL, PROFILE};
+use serde_json::json;
+
+fn scopes(a: &super::harness::Answer) -> Vec<String> {
+    a.body["granted_scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn web_sign_in_creates_the_user_keeps_the_refresh_token_and_starts_a_session() {
+    let t = TestApp::start().await;
+    let code = t.web_code("alice@example.com").await;
+    let a = t.authcode_web(&code).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let user = &a.body["user"];
+    assert_eq!(user["email"], "alice@example.com");
+    assert_eq!(user["email_verified"], true);
+    let sub = user["sub"].as_str().unwrap().to_owned();
+    assert!(!sub.is_empty());
+    for field in ["name", "picture", "given_name", "family_name", "locale"] {
+        assert!(
+            user.get(field).is_some(),
+            "user.{field} missing in {}",
+            a.text
+        );
+    }
+    assert_eq!(a.body["offline_access"], true);
+    assert_eq!(a.body["needs_consent"], false);
+    let granted = scopes(&a);
+    for s in ["openid", EMAIL, PROFILE, DRIVE_APPDATA] {
+        assert!(granted.contains(&s.to_owned()), "{s} not in {granted:?}");
+    }
+
+    let set_cookie = a
+        .headers
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{attr} missing in {set_cookie}");
+    }
+    let cookie = a.session_cookie().unwrap();
+    let me = t.get("/me", Some(&cookie)).await;
+    assert_eq!(me.status, 200, "{}", me.text);
+    assert_eq!(me.body["user"]["sub"], sub.as_str());
+    assert_eq!(me.body["grant"]["state"], "active");
+
+    // The refresh token Google issued is the one held, sealed.
+    let issued = t
+        .emulator_call("GET", "tokens?email=alice@example.com", None)
+        .await;
+    let rt = issued.body["refresh_tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        t.held_refresh_token(&sub).await.as_deref(),
+        Some(rt.as_str())
+    );
+}
+
+#[tokio::test]
+async fn android_and_ios_codes_exchange_with_an_empty_redirect_uri() {
+    let t = TestApp::start().await;
+    let android = t
+        .mobile_code("andy@example.com", t.emulator.android_client_id())
+        .await;
+    let a = t.authcode_android(&android).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["offline_access"], true);
+    assert!(a.session_cookie().is_some());
+
+    let ios = t
+        .mobile_code("iris@example.com", t.emulator.ios_client_id())
+        .await;
+    let a = t.authcode_ios(&ios).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["user"]["email"], "iris@example.com");
+
+    // Form with `code=` and an explicit platform in the query works too.
+    let code = t
+        .mobile_code("ios2@example.com", t.emulator.ios_client_id())
+        .await;
+    let a = t
+        .post_authcode(
+            "?platform=ios",
+            Some("application/x-www-form-urlencoded"),
+            &[("x-requested-with", "app")],
+            format!("code={}", code.replace('/', "%2F")).into_bytes(),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+#[tokio::test]
+async fn a_web_code_sent_as_mobile_and_a_mobile_code_sent_as_web_are_rejected() {
+    let t = TestApp::start().await;
+    let mobile = t
+        .mobile_code("m@example.com", t.emulator.android_client_id())
+        .await;
+    t.authcode_web(&mobile)
+        .await
+        .assert_error(400, "code_rejected");
+    let web = t.web_code("w@example.com").await;
+    t.authcode_android(&web)
+        .await
+        .assert_error(400, "code_rejected");
+}
+
+#[tokio::test]
+async fn a_later_sign_in_without_a_refresh_token_keeps_the_held_one() {
+    let t = TestApp::start().await;
+    let first = t.authcode_web(&t.web_code("bob@example.com").await).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let sub = first.body["user"]["sub"].as_str().unwrap().to_owned();
+    let held = t.held_refresh_token(&sub).await.unwrap();
+
+    let second = t.authcode_web(&t.web_code("bob@example.com").await).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(second.body["user"]["sub"], sub.as_str());
+    assert_eq!(second.body["offline_access"], true);
+    assert_eq!(second.body["needs_consent"], false);
+    assert_eq!(t.held_refresh_token(&sub).await.unwrap(), held);
+    let stats = t.stats().await;
+    assert_eq!(stats["code_exchanges"], 2);
+    assert_eq!(stats["refresh_tokens_issued"], 1);
+
+    // With prompt=consent Google issues a new one, which replaces the held one.
+    let third = t
+        .authcode_web(
+            &t.mint(Code {
+                prompt: Some("consent"),
+                ..Code::web("bob@example.com")
+            })
+            .await,
+        )
+        .await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    let replaced = t.held_refresh_token(&sub).await.unwrap();
+    assert_ne!(replaced, held);
+    assert_eq!(t.stats().await["refresh_tokens_issued"], 2);
+}
+
+#[tokio::test]
+async fn online_access_needs_consent_until_an_offline_consent() {
+    let t = TestApp::start().await;
+    // A native code without offline access (web popup codes are always offline, as GIS's are).
+    let online = t
+        .mint(Code {
+            access_type: "online",
+            scope: "openid email",
+            redirect_uri: "",
+            azp: Some(t.emulator.android_client_id()),
+            ..Code::web("carol@example.com")
+        })
+        .await;
+    let a = t.authcode_android(&online).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["offline_access"], false);
+    assert_eq!(a.body["needs_consent"], true);
+    let cookie = a.session_cookie().unwrap();
+    assert_eq!(
+        t.get("/me", Some(&cookie)).await.body["grant"]["state"],
+        "needs_consent"
+    );
+
+    let offline = t
+        .mint(Code {
+            prompt: Some("consent"),
+            ..Code::web("carol@example.com")
+        })
+        .await;
+    let b = t.authcode_web(&offline).await;
+    assert_eq!(b.status, 200, "{}", b.text);
+    assert_eq!(b.body["needs_consent"], false);
+    assert_eq!(
+        t.get("/me", Some(&cookie)).await.body["grant"]["state"],
+        "active"
+    );
+    // The grant's state history records the change.
+    let sub = b.body["user"]["sub"].as_str().unwrap();
+    let events = t.app.store().grant_events(sub).await.unwrap();
+    let states: Vec<_> = events.iter().map(|e| e.to.as_str()).collect();
+    assert_eq!(states, ["needs_consent", "active"]);
+}
+
+#[tokio::test]
+async fn granular_consent_records_only_what_was_granted() {
+    let t = TestApp::start().await;
+    let body = json!({
+        "email": "gran@example.com", "client_id": t.emulator.web_client().client_id,
+        "scope": format!("openid email profile {DRIVE_APPDATA}"), "redirect_uri": "postmessage",
+        "access_type": "offline", "granted_scopes": "openid email profile",
+    });
+    let minted = t.emulator_call("POST", "codes", Some(body)).await;
+    assert_eq!(minted.status, 200, "{}", minted.text);
+    let a = t.authcode_web(minted.body["code"].as_str().unwrap()).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(
+        !scopes(&a).contains(&DRIVE_APPDATA.to_owned()),
+        "{:?}",
+        scopes(&a)
+    );
+}
+
+#[tokio::test]
+async fn the_same_email_is_the_same_user() {
+    let t = TestApp::start().await;
+    let a = t.authcode_web(&t.web_code("same@example.com").await).await;
+    let b = t
+        .authcode_android(
+            &t.mobile_code("same@example.com", t.emulator.android_client_id())
+                .await,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(b.status, 200, "{}", b.text);
+    assert_eq!(a.body["user"]["sub"], b.body["user"]["sub"]);
+}
+
+#[tokio::test]
+async fn signing_keys_rotated_between_two_sign_ins_are_picked_up() {
+    let t = TestApp::start().await;
+    let a = t.authcode_web(&t.web_code("rot1@example.com").await).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let rotated = t.emulator_call("POST", "keys/rotate", None).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    let b = t.authcode_web(&t.web_code("rot2@example.com").await).await;
+    assert_eq!(b.status, 200, "{}", b.text);
+    // The second ID token was signed by the new key.
+    let id_token = t
+        .emulator_call("GET", "tokens?email=rot2@example.com", None)
+        .await
+        .body["id_tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header = jsonwebtoken::decode_header(&id_token).unwrap();
+    assert_eq!(header.kid.as_deref(), rotated.body["kid"].as_str());
+}
+
+#[tokio::test]
+async fn sessions_end_on_logout() {
+    let t = TestApp::start().await;
+    let a = t.authcode_web(&t.web_code("dave@example.com").await).await;
+    let cookie = a.session_cookie().unwrap();
+    t.get("/me", None).await.assert_error(401, "unauthorized");
+    t.get("/me", Some("gk_session=forged"))
+        .await
+        .assert_error(401, "unauthorized");
+    t.post("/logout", Some(&cookie), &[])
+        .await
+        .assert_error(403, "csrf");
+    assert_eq!(t.get("/me", Some(&cookie)).await.status, 200);
+    let out = t
+        .post(
+            "/logout",
+            Some(&cookie),
+            &[("x-requested-with", "XmlHttpRequest")],
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", out.text);
+    assert!(
+        out.headers
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    t.get("/me", Some(&cookie))
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn health_readiness_and_unknown_routes() {
+    let t = TestApp::start().await;
+    assert_eq!(t.get("/healthz", None).await.status, 200);
+    let ready = t.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["store"], "sqlite");
+    t.get("/nope", None).await.assert_error(404, "not_found");
+    let wrong_method = t.get("/authcode", None).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.body["error"], "invalid_request");
+}
