@@ -1,1 +1,148 @@
-fn main() {}
+//! The `grantkeeper` command: runs the server (`serve`, `dev`), the Google emulator alone
+//! (`emulator`), and the operator's commands on a store (`migrate`, `check`).
+//!
+//! It only wires parts together; every rule lives in the library crates.
+
+mod dev;
+mod ops;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "grantkeeper",
+    version,
+    about = "Offline access to Google APIs for users who signed in with Google"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a store-acting command finds its configuration.
+#[derive(clap::Args, Clone, Debug)]
+#[group(required = false, multiple = false)]
+pub struct Target {
+    /// grantkeeper.toml of a deployment
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// the data dir of `grantkeeper dev`
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Server and Google emulator on one port, with a sign-in page; data under --data-dir
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        #[arg(long, default_value = ".grantkeeper")]
+        data_dir: PathBuf,
+    },
+    /// The server against the configured provider (Google by default)
+    Serve {
+        #[arg(long, value_name = "FILE", default_value = "grantkeeper.toml")]
+        config: PathBuf,
+    },
+    /// The Google emulator alone
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: SocketAddr,
+        /// Keeps the emulator's state and writes client_secret.json here (in memory without it)
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Applies pending database migrations
+    Migrate {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Checks configuration, database, master key and provider, and says how to fix what fails
+    Check {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev { addr, data_dir } => dev::run(addr, data_dir).await,
+        Command::Serve { config } => ops::serve(config).await,
+        Command::Emulator { addr, data_dir } => dev::emulator(addr, data_dir).await,
+        Command::Migrate { target } => ops::migrate(target).await,
+        Command::Check { target } => ops::check(target).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves `router` on `listener` until Ctrl-C or SIGTERM.
+pub async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// The URL a socket address is reached at from this machine (an unspecified address is
+/// reached on loopback).
+pub fn local_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => "127.0.0.1".to_owned(),
+            SocketAddr::V6(_) => "[::1]".to_owned(),
+        }
+    } else {
+        match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    };
+    format!("http://{ip}:{}", addr.port())
+}

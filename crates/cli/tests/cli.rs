@@ -1,0 +1,314 @@
+//! The `grantkeeper` binary as an operator runs it: `dev` end to end, a restart on the same
+//! data dir, `serve` refusing a bad configuration, `check` and `migrate`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_grantkeeper");
+
+/// A running `grantkeeper` process, killed when dropped.
+struct Running {
+    child: Child,
+    url: String,
+    stdout: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and waits for its `listening on` line.
+#[allow(clippy::zombie_processes)] // `Running` kills and waits for the child when dropped
+fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .expect("the process ended before listening")
+            .unwrap();
+        stdout.push(line.clone());
+        if let Some(url) = line.strip_prefix("listening on ") {
+            return Running {
+                child,
+                url: url.to_owned(),
+                stdout,
+            };
+        }
+    }
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(
+    http: &reqwest::Client,
+    url: &str,
+    data_dir: &Path,
+    email: &str,
+) -> (Value, String) {
+    let secret: Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir.join("client_secret.json")).unwrap(),
+    )
+    .unwrap();
+    let client_id = secret["web"]["client_id"].as_str().unwrap();
+    let minted: Value = http
+        .post(format!("{url}/_google/_emulator/codes"))
+        .json(
+            &json!({"email": email, "client_id": client_id, "scope": "openid email profile",
+                      "redirect_uri": "postmessage", "access_type": "offline"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{url}/authcode"))
+        .header("x-requested-with", "XmlHttpRequest")
+        .header("origin", url)
+        .header("content-type", "application/octet-stream")
+        .body(minted["code"].as_str().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !r.headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Secure"),
+        "dev serves plain HTTP"
+    );
+    (r.json().await.unwrap(), cookie)
+}
+
+#[tokio::test]
+async fn dev_serves_the_page_signs_in_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let http = client();
+
+    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
+    assert!(
+        !dev.url.ends_with(":0"),
+        "the bound port is printed: {}",
+        dev.url
+    );
+    let api_key = std::fs::read_to_string(data.join("dev-api-key")).unwrap();
+    assert!(
+        dev.stdout.iter().any(|l| l.contains(api_key.trim())),
+        "the dev API key is printed"
+    );
+    for file in ["master.key", "dev-api-key", "client_secret.json"] {
+        let mode = std::fs::metadata(data.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+    assert!(data.join("grantkeeper.db").exists());
+
+    let page = http
+        .get(format!("{}/", dev.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Sign in with Google"));
+    let (answer, cookie) = sign_in(&http, &dev.url, &data, "alice@example.com").await;
+    assert_eq!(answer["user"]["email"], "alice@example.com");
+    assert_eq!(answer["offline_access"], true);
+    let me: Value = http
+        .get(format!("{}/me", dev.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["sub"], answer["user"]["sub"]);
+
+    // `check` and `migrate` work on the running dev deployment.
+    let (ok, text) = run(&["check", "--data-dir", data_arg]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("ok ").count(), 4, "{text}");
+    let (ok, text) = run(&["migrate", "--data-dir", data_arg]);
+    assert!(ok, "{text}");
+
+    // A restart keeps the users, the session and the emulator's grants.
+    drop(dev);
+    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
+    let me = http
+        .get(format!("{}/me", dev.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let (again, _) = sign_in(&http, &dev.url, &data, "alice@example.com").await;
+    assert_eq!(again["user"]["sub"], answer["user"]["sub"]);
+    assert_eq!(
+        again["offline_access"], true,
+        "the refresh token from before the restart is kept"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_without_credentials_or_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grantkeeper.toml");
+    let config_arg = config.to_str().unwrap();
+
+    std::fs::write(&config, "[vault]\nmaster_key_file = \"master.key\"\n").unwrap();
+    let (ok, text) = run(&["serve", "--config", config_arg]);
+    assert!(!ok);
+    assert!(text.contains("provider.client_secret_file"), "{text}");
+
+    std::fs::write(
+        &config,
+        "[provider]\nclient_id = \"x.apps.googleusercontent.com\"\nclient_secret = \"GOCSPX-s\"\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["serve", "--config", config_arg]);
+    assert!(!ok);
+    assert!(text.contains("vault.master_key_file"), "{text}");
+    assert!(
+        !text.contains("GOCSPX-s"),
+        "the secret is not echoed: {text}"
+    );
+
+    std::fs::write(&config, "[server]\nadress = \"typo\"\n").unwrap();
+    let (ok, text) = run(&["serve", "--config", config_arg]);
+    assert!(!ok);
+    assert!(text.contains("adress"), "{text}");
+
+    let (ok, text) = run(&[
+        "serve",
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(text.contains("does not exist"), "{text}");
+}
+
+#[tokio::test]
+async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    std::fs::write(
+        dir.path().join("master.key"),
+        "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("grantkeeper.toml"),
+        format!(
+            "[server]\naddr = \"127.0.0.1:0\"\n[provider]\nissuer = {:?}\nclient_secret_file = \"client_secret.json\"\n\
+             [store]\nurl = \"sqlite://gk.db\"\n[vault]\nmaster_key_file = \"master.key\"\n",
+            emulator.url
+        ),
+    )
+    .unwrap();
+    let serve = start(&[
+        "serve",
+        "--config",
+        dir.path().join("grantkeeper.toml").to_str().unwrap(),
+    ]);
+    let http = client();
+    assert_eq!(
+        http.get(format!("{}/readyz", serve.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in [
+        "/_google/.well-known/openid-configuration",
+        "/_emulator/stats",
+        "/",
+    ] {
+        let r = http
+            .get(format!("{}{path}", serve.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    // The environment overrides the file.
+    let (ok, text) = {
+        let out = Command::new(BIN)
+            .args([
+                "check",
+                "--config",
+                dir.path().join("grantkeeper.toml").to_str().unwrap(),
+            ])
+            .env("GRANTKEEPER_VAULT__MASTER_KEY", "bm90IDMyIGJ5dGVz")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(!ok);
+    assert!(text.contains("vault.master_key"), "{text}");
+}
