@@ -1,13 +1,15 @@
 //! grantkeeper's persistence.
 //!
-//! Owns: users, grants (state, scopes, sealed tokens, fencing version), grant state history,
-//! sessions and the wrapped data keys of the vault, behind narrow async traits split by
+//! Owns: users, grants (state, scopes, sealed tokens, fencing version), grant state history
+//! (which is also the webhook's outbox), sessions, the wrapped data keys of the vault, API
+//! keys, the audit trail and the progress of sweep jobs, behind narrow async traits split by
 //! capability, so each caller asks only for what it needs. SQLite is the embedded backend;
 //! a PostgreSQL backend satisfies the same traits. Each backend keeps its own migrations.
 //!
 //! Leaves to others: sealing and opening (values arrive sealed and leave sealed; the store
-//! never sees a plaintext token), deciding what a grant's state should be beyond the sign-in
-//! merge rules documented on [`UserStore::record_sign_in`], and HTTP.
+//! never sees a plaintext token), deciding what a grant's state should be beyond the rules
+//! documented on [`UserStore::record_sign_in`] and [`GrantStore`], delivering webhooks, and
+//! HTTP.
 //!
 //! Times are whole seconds since the Unix epoch in the database, [`OffsetDateTime`] here.
 
@@ -24,6 +26,20 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The most rows one page of [`GrantStore::list_users`] or [`AuditStore::audit`] holds; a
+/// larger `limit` is lowered to it.
+pub const MAX_PAGE: u32 = 1000;
+/// The page size of a `limit` of 0 (as in `AuditFilter::default()`).
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// The page size a `limit` asks for.
+pub(crate) fn page_limit(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_PAGE,
+        limit => limit.min(MAX_PAGE),
+    }
+}
 
 /// A user row.
 #[derive(Clone, Debug, PartialEq)]
@@ -185,9 +201,200 @@ pub trait KeyStore: Send + Sync {
     async fn ensure_data_key(&self, candidate: DataKeyRecord) -> Result<Vec<DataKeyRecord>>;
 }
 
+/// A page of users, ordered by `sub`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserPage {
+    pub users: Vec<(UserRecord, GrantRecord)>,
+    /// The `sub` to pass as `after` for the next page; None on the last page.
+    pub next: Option<String>,
+}
+
+/// What a successful refresh brings to a grant.
+#[derive(Clone, Debug)]
+pub struct RefreshSuccess {
+    pub access_token: SealedAccessToken,
+    /// Google does not rotate refresh tokens, but one that arrives replaces the held one.
+    pub refresh_token: Option<SealedRefreshToken>,
+    /// The `scope` of the refresh response, when it had one.
+    pub scopes: Option<Scopes>,
+    pub at: OffsetDateTime,
+}
+
+/// A change of a grant's state decided by the broker, RISC, disconnect or an operator.
+#[derive(Clone, Debug)]
+pub struct StateUpdate {
+    pub state: GrantState,
+    /// Why, for people: e.g. "invalid_grant at refresh: Token has been expired or revoked."
+    pub reason: String,
+    /// Recorded as `last_error` (None leaves it as it is).
+    pub error: Option<String>,
+    /// Erase the held refresh and access tokens (revocation: they are dead anyway).
+    pub drop_tokens: bool,
+    pub at: OffsetDateTime,
+}
+
+#[async_trait]
+pub trait GrantStore: Send + Sync {
+    /// The grant of one user.
+    async fn grant(&self, sub: &str) -> Result<Option<GrantRecord>>;
+
+    /// Records a refresh, fenced: written only if the grant still has `expected_version`,
+    /// else [`StoreError::Conflict`] (another instance wrote meanwhile: re-read and use its
+    /// token). A `failing` grant becomes `active` (with an event); `last_error` is cleared;
+    /// `last_refresh_at = at`; version incremented. Returns the row as written.
+    async fn record_refresh(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+    ) -> Result<GrantRecord>;
+
+    /// Changes a grant's state (appending an event when the state changes) and records the
+    /// error. With `expected_version`, fenced as [`GrantStore::record_refresh`]. Unknown user:
+    /// [`StoreError::NotFound`].
+    ///
+    /// Two guards keep the states meaningful: `failing` does not revive a `revoked` or
+    /// `needs_consent` grant (it keeps its state; the error is recorded), and `active` or
+    /// `failing` without a held refresh token (none held, or `drop_tokens`) becomes
+    /// `needs_consent`. `reason` becomes the grant's reason when the state changes; version
+    /// incremented; `updated_at = at`.
+    async fn update_grant_state(
+        &self,
+        sub: &str,
+        expected_version: Option<i64>,
+        update: StateUpdate,
+    ) -> Result<(GrantRecord, Option<GrantEvent>)>;
+
+    /// Users with their grants, ordered by `sub`, starting after `after`. `limit` is capped at
+    /// [`MAX_PAGE`]; 0 means [`DEFAULT_PAGE`].
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage>;
+
+    /// Deletes a user with their grant, sessions and history. Returns false when unknown.
+    async fn delete_user(&self, sub: &str) -> Result<bool>;
+
+    /// How many users there are (for progress bars).
+    async fn count_users(&self) -> Result<u64>;
+}
+
+/// An API key of an app service. Only a SHA-256 of the secret is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public identifier, shown in listings and audit rows (e.g. `key_3f9a...`).
+    pub id: String,
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// Capabilities: `token`, `proxy`, `users:read`, `users:write`.
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// [`StoreError::AlreadyExists`] when the id or hash is taken.
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()>;
+    /// The key with this hash, revoked or not.
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Every key, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Returns false when no unrevoked key has this id.
+    async fn revoke_api_key(&self, id: &str, at: OffsetDateTime) -> Result<bool>;
+}
+
+/// One audited act of an app service or operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Assigned by the store; ignored on append.
+    pub id: i64,
+    pub at: OffsetDateTime,
+    /// Who: an API key id, or `cli`, `risc`, `session`.
+    pub actor: String,
+    /// Which user, when one.
+    pub sub: Option<String>,
+    /// What: `token`, `proxy`, `delete_user`, `revoke`, ...
+    pub action: String,
+    /// Scopes handed out, or `METHOD path` of a proxied call; never a token or a query string.
+    pub detail: String,
+    /// `ok`, or the error code answered (`grant_revoked`, `upstream_error`, ...).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub sub: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    /// Only rows with a smaller id (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends many rows in one transaction (the server batches them off the hot path).
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<()>;
+    /// Newest first; the filters combine. `limit` is capped at [`MAX_PAGE`]; 0 means
+    /// [`DEFAULT_PAGE`].
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>>;
+}
+
+/// A grant event waiting for (or given to) the webhook. The grant_events table is the outbox:
+/// an event is committed with the state change it describes, so none is lost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingEvent {
+    pub event: GrantEvent,
+    pub attempts: u32,
+    pub next_attempt_at: OffsetDateTime,
+}
+
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Undelivered events due at `now`, oldest first.
+    async fn due_events(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<PendingEvent>>;
+    /// Marking again keeps the first time. Unknown event: [`StoreError::NotFound`].
+    async fn mark_delivered(&self, event_id: i64, at: OffsetDateTime) -> Result<()>;
+    /// Counts a failed attempt and schedules the next (nothing changes for an event already
+    /// delivered). Unknown event: [`StoreError::NotFound`].
+    async fn mark_failed(&self, event_id: i64, next_attempt_at: OffsetDateTime) -> Result<()>;
+}
+
+/// Progress of a `sweep` job, so that an interrupted run resumes where it stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepRun {
+    pub id: i64,
+    pub job: String,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    /// Every user with `sub <= cursor` has been processed.
+    pub cursor: Option<String>,
+    /// Counts by outcome (`ok`, `failing`, `revoked`, `skipped`), as JSON text.
+    pub counts: String,
+}
+
+#[async_trait]
+pub trait SweepStore: Send + Sync {
+    /// The unfinished run of `job`, or a new one.
+    async fn start_or_resume_sweep(&self, job: &str, at: OffsetDateTime) -> Result<SweepRun>;
+    /// [`StoreError::NotFound`] unless `id` is a run under way (as for `finish_sweep`).
+    async fn save_sweep_progress(&self, id: i64, cursor: &str, counts: &str) -> Result<()>;
+    async fn finish_sweep(&self, id: i64, counts: &str, at: OffsetDateTime) -> Result<()>;
+}
+
 /// Everything the server needs from a store.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + KeyStore + Send + Sync + 'static {
+pub trait Store:
+    UserStore
+    + SessionStore
+    + KeyStore
+    + GrantStore
+    + ApiKeyStore
+    + AuditStore
+    + OutboxStore
+    + SweepStore
+    + Send
+    + Sync
+    + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Checks that the database answers (readiness).

@@ -11,9 +11,14 @@
 //! An in-memory database lives as long as its one connection, so there both pools are that
 //! one connection, kept open for the life of the store.
 
+mod api_keys;
+mod audit;
+mod grants;
 mod keys;
+mod outbox;
 mod rows;
 mod sessions;
+mod sweeps;
 mod users;
 
 use crate::{Result, Store, StoreError};
@@ -43,11 +48,18 @@ const OPEN_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// The migrations of this backend, in order. Each runs once, inside the one transaction that
 /// [`SqliteStore::migrate`] holds, so none may contain `VACUUM` or change `foreign_keys`.
 /// An applied file must never change (its checksum is kept); add a new one instead.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "offline access",
+        include_str!("../migrations/sqlite/0002_offline_access.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(

@@ -3,8 +3,9 @@
 
 use super::map_sqlx;
 use crate::{
-    DataKeyRecord, GrantEvent, GrantRecord, Result, SealedAccessToken, SealedRefreshToken,
-    SessionRecord, StoreError, TokenFingerprint, UserRecord,
+    ApiKeyRecord, AuditRecord, DataKeyRecord, GrantEvent, GrantRecord, PendingEvent, Result,
+    SealedAccessToken, SealedRefreshToken, SessionRecord, StoreError, SweepRun, TokenFingerprint,
+    UserRecord,
 };
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
 use sqlx::Row;
@@ -46,17 +47,54 @@ where
     row.try_get(column).map_err(map_sqlx)
 }
 
-/// The user and grant columns of one user, as [`user_and_grant`] reads them. The grant's
-/// columns are null when the user has no grant row.
-pub(super) const SELECT_USER_AND_GRANT: &str = "
-    SELECT u.sub, u.email, u.email_verified, u.name, u.picture, u.given_name, u.family_name,
-           u.locale, u.hd, u.created_at, u.updated_at AS user_updated_at, u.last_sign_in_at,
-           g.sub AS grant_sub, g.state, g.scopes, g.refresh_token, g.rt_hash, g.rt_prefix_hash,
-           g.refresh_token_received_at, g.access_token, g.access_token_expires_at, g.reason,
-           g.state_changed_at, g.updated_at AS grant_updated_at, g.last_refresh_at,
-           g.last_error, g.version
-      FROM users u LEFT JOIN grants g ON g.sub = u.sub
-     WHERE u.sub = ?1";
+/// The grant's columns as [`grant`] reads them, from `grants` aliased `g`. A macro, so that the
+/// statements below stay `&'static str` (sqlx takes only those as SQL without a wrapper).
+macro_rules! grant_columns {
+    () => {
+        "g.state, g.scopes, g.refresh_token, g.rt_hash, g.rt_prefix_hash,
+         g.refresh_token_received_at, g.access_token, g.access_token_expires_at, g.reason,
+         g.state_changed_at, g.updated_at AS grant_updated_at, g.last_refresh_at, g.last_error,
+         g.version"
+    };
+}
+
+/// The user and grant columns, as [`user_and_grant`] reads them, from `users` aliased `u`.
+macro_rules! user_and_grant_columns {
+    () => {
+        concat!(
+            "SELECT u.sub, u.email, u.email_verified, u.name, u.picture, u.given_name,
+                    u.family_name, u.locale, u.hd, u.created_at, u.updated_at AS user_updated_at,
+                    u.last_sign_in_at, g.sub AS grant_sub, ",
+            grant_columns!()
+        )
+    };
+}
+
+/// One user and their grant. The grant's columns are null when the user has no grant row.
+pub(super) const SELECT_USER_AND_GRANT: &str = concat!(
+    user_and_grant_columns!(),
+    " FROM users u LEFT JOIN grants g ON g.sub = u.sub WHERE u.sub = ?1"
+);
+
+/// The first page of users with their grants, ordered by `sub`; `?1` is the page size.
+pub(super) const SELECT_USERS_FIRST: &str = concat!(
+    user_and_grant_columns!(),
+    " FROM users u JOIN grants g ON g.sub = u.sub ORDER BY u.sub LIMIT ?1"
+);
+
+/// A later page: the users after `?2`. Keyset paging walks the primary key from `?2` on, so a
+/// page costs the same however deep it is.
+pub(super) const SELECT_USERS_AFTER: &str = concat!(
+    user_and_grant_columns!(),
+    " FROM users u JOIN grants g ON g.sub = u.sub WHERE u.sub > ?2 ORDER BY u.sub LIMIT ?1"
+);
+
+/// One grant, as [`grant_alone`] reads it.
+pub(super) const SELECT_GRANT: &str = concat!(
+    "SELECT g.sub, ",
+    grant_columns!(),
+    " FROM grants g WHERE g.sub = ?1"
+);
 
 pub(super) fn user_and_grant(row: &SqliteRow) -> Result<(UserRecord, Option<GrantRecord>)> {
     let user = UserRecord {
@@ -81,6 +119,11 @@ pub(super) fn user_and_grant(row: &SqliteRow) -> Result<(UserRecord, Option<Gran
         Some(sub) => Some(grant(row, sub)?),
     };
     Ok((user, grant))
+}
+
+/// A grant read with [`SELECT_GRANT`].
+pub(super) fn grant_alone(row: &SqliteRow) -> Result<GrantRecord> {
+    grant(row, get(row, "sub")?)
 }
 
 fn grant(row: &SqliteRow, sub: String) -> Result<GrantRecord> {
@@ -163,5 +206,54 @@ pub(super) fn data_key(row: &SqliteRow) -> Result<DataKeyRecord> {
         wrapped: get(row, "wrapped")?,
         created_at: time(row, "created_at")?,
         active: get(row, "active")?,
+    })
+}
+
+/// Columns: id, sub, from_state, to_state, reason, at, attempts, next_attempt_at.
+pub(super) fn pending_event(row: &SqliteRow) -> Result<PendingEvent> {
+    let attempts: i64 = get(row, "attempts")?;
+    Ok(PendingEvent {
+        event: grant_event(row)?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt("grant_events.attempts is out of range".into()))?,
+        next_attempt_at: time(row, "next_attempt_at")?,
+    })
+}
+
+/// Columns: id, name, hash, scopes, created_at, revoked_at.
+pub(super) fn api_key(row: &SqliteRow) -> Result<ApiKeyRecord> {
+    let scopes: String = get(row, "scopes")?;
+    Ok(ApiKeyRecord {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        hash: get(row, "hash")?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        created_at: time(row, "created_at")?,
+        revoked_at: opt_time(row, "revoked_at")?,
+    })
+}
+
+/// Columns: id, at, actor, sub, action, detail, outcome.
+pub(super) fn audit(row: &SqliteRow) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: get(row, "id")?,
+        at: time(row, "at")?,
+        actor: get(row, "actor")?,
+        sub: get(row, "sub")?,
+        action: get(row, "action")?,
+        detail: get(row, "detail")?,
+        outcome: get(row, "outcome")?,
+    })
+}
+
+/// Columns: id, job, started_at, finished_at, cursor, counts.
+pub(super) fn sweep_run(row: &SqliteRow) -> Result<SweepRun> {
+    Ok(SweepRun {
+        id: get(row, "id")?,
+        job: get(row, "job")?,
+        started_at: time(row, "started_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        cursor: get(row, "cursor")?,
+        counts: get(row, "counts")?,
     })
 }

@@ -8,6 +8,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use sqlx::SqliteConnection;
+use time::OffsetDateTime;
 
 #[async_trait]
 impl UserStore for SqliteStore {
@@ -25,7 +26,7 @@ impl UserStore for SqliteStore {
         let merged = merge_sign_in(held_grant, &sign_in);
         write_grant(&mut tx, &merged.grant, held_version).await?;
         let event = match &merged.change {
-            Some(change) => Some(append_event(&mut tx, sub, change, &sign_in).await?),
+            Some(change) => Some(append_event(&mut tx, sub, change, sign_in.at).await?),
             None => None,
         };
 
@@ -118,7 +119,7 @@ async fn upsert_user(conn: &mut SqliteConnection, sign_in: &SignIn) -> Result<()
 }
 
 /// Inserts the grant, or updates it if it still has `held_version` (the fence).
-async fn write_grant(
+pub(super) async fn write_grant(
     conn: &mut SqliteConnection,
     grant: &GrantRecord,
     held_version: Option<i64>,
@@ -170,22 +171,24 @@ async fn write_grant(
     }
 }
 
-async fn append_event(
+/// Appends the event of a state change, in the transaction that writes the change. The row is
+/// also the webhook's outbox entry, due at once.
+pub(super) async fn append_event(
     conn: &mut SqliteConnection,
     sub: &str,
     change: &StateChange,
-    sign_in: &SignIn,
+    at: OffsetDateTime,
 ) -> Result<GrantEvent> {
     let row = sqlx::query(
-        "INSERT INTO grant_events (sub, from_state, to_state, reason, at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO grant_events (sub, from_state, to_state, reason, at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
          RETURNING id, sub, from_state, to_state, reason, at",
     )
     .bind(sub)
     .bind(change.from.map(|s| s.as_str()))
     .bind(change.to.as_str())
-    .bind(change.reason)
-    .bind(unix(sign_in.at))
+    .bind(change.reason.as_str())
+    .bind(unix(at))
     .fetch_one(conn)
     .await
     .map_err(map_sqlx)?;

@@ -1,15 +1,16 @@
 //! The conformance suite on fresh SQLite files, and what only SQLite has: files, reopening,
 //! migrations, in-memory databases, URLs.
 
-use crate::conformance::{Backdoor, Fixture, OPENID_EMAIL, refresh, sign_in, t};
-use async_trait::async_trait;
+use crate::conformance::{Fixture, OPENID_EMAIL, refresh, sign_in, t};
 use grantkeeper_core::GrantState;
 use grantkeeper_store::{
-    DataKeyRecord, KeyStore, SessionRecord, SessionStore, SharedStore, SqliteStore, Store,
-    StoreError, UserStore,
+    DataKeyRecord, GrantEvent, KeyStore, OutboxStore, PendingEvent, SessionRecord, SessionStore,
+    SharedStore, SqliteStore, Store, StoreError, UserStore,
 };
-use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::{Row, SqlSafeStr};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,35 +37,11 @@ async fn raw(path: &Path) -> SqlitePool {
     .unwrap()
 }
 
-struct SqlBackdoor {
-    pool: SqlitePool,
-}
-
-#[async_trait]
-impl Backdoor for SqlBackdoor {
-    async fn force_state(&self, sub: &str, state: GrantState, last_error: Option<&str>) {
-        let done = sqlx::query(
-            "UPDATE grants SET state = ?1, last_error = ?2, version = version + 1 WHERE sub = ?3",
-        )
-        .bind(state.as_str())
-        .bind(last_error)
-        .bind(sub)
-        .execute(&self.pool)
-        .await
-        .unwrap();
-        assert_eq!(done.rows_affected(), 1);
-    }
-}
-
 async fn fresh() -> Fixture {
     let (dir, path) = temp_db();
     let store: SharedStore = Arc::new(SqliteStore::open(&url_of(&path)).await.unwrap());
-    let backdoor = Arc::new(SqlBackdoor {
-        pool: raw(&path).await,
-    });
     Fixture {
         store,
-        backdoor,
         _keep: Box::new(dir),
     }
 }
@@ -76,9 +53,6 @@ async fn pair() -> (Fixture, SharedStore) {
     let (first, second) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let fixture = Fixture {
         store: Arc::new(first.unwrap()),
-        backdoor: Arc::new(SqlBackdoor {
-            pool: raw(&path).await,
-        }),
         _keep: Box::new(dir),
     };
     (fixture, Arc::new(second.unwrap()))
@@ -126,13 +100,128 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
         tables,
         [
             "_sqlx_migrations",
+            "api_keys",
+            "audit",
             "data_keys",
             "grant_events",
             "grants",
             "sessions",
+            "sweep_runs",
             "users"
         ]
     );
+    let indexes: Vec<String> = sqlx::query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    assert_eq!(
+        indexes,
+        [
+            "audit_at",
+            "audit_sub",
+            "data_keys_one_active",
+            "grant_events_due",
+            "grant_events_sub",
+            "grants_rt_hash",
+            "grants_rt_prefix_hash",
+            "sessions_expires_at",
+            "sessions_sub",
+            "sweep_runs_one_unfinished",
+            "users_email"
+        ]
+    );
+}
+
+/// The deliverer polls often: its query must read the partial index of undelivered events,
+/// not the whole history.
+#[tokio::test]
+async fn due_events_read_the_partial_index() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&url_of(&path)).await.unwrap();
+    store.ping().await.unwrap();
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN
+         SELECT id, sub, from_state, to_state, reason, at, attempts, next_attempt_at
+           FROM grant_events
+          WHERE delivered_at IS NULL AND next_attempt_at <= ?1
+          ORDER BY id LIMIT ?2",
+    )
+    .bind(0_i64)
+    .bind(10_i64)
+    .fetch_all(&raw(&path).await)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get::<String, _>("detail"))
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("USING INDEX grant_events_due")),
+        "{plan:?}"
+    );
+}
+
+/// A database made before the outbox existed: its events become due, none is lost.
+#[tokio::test]
+async fn offline_access_migration_keeps_earlier_events_due() {
+    let (_dir, path) = temp_db();
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true),
+    )
+    .await
+    .unwrap();
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("initial"),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_initial.sql").into_sql_str(),
+        false,
+    )])
+    .run(&pool)
+    .await
+    .unwrap();
+    let at = t(0).unix_timestamp();
+    for sql in [
+        "INSERT INTO users (sub, created_at, updated_at) VALUES ('old', ?1, ?1)",
+        "INSERT INTO grants (sub, state, state_changed_at, updated_at)
+         VALUES ('old', 'needs_consent', ?1, ?1)",
+        "INSERT INTO grant_events (sub, from_state, to_state, reason, at)
+         VALUES ('old', NULL, 'needs_consent', 'signed in without a refresh token', ?1)",
+    ] {
+        sqlx::query(sql).bind(at).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = SqliteStore::open(&url_of(&path)).await.unwrap();
+    let event = GrantEvent {
+        id: 1,
+        sub: "old".into(),
+        from: None,
+        to: GrantState::NeedsConsent,
+        reason: "signed in without a refresh token".into(),
+        at: t(0),
+    };
+    assert_eq!(
+        store.grant_events("old").await.unwrap(),
+        vec![event.clone()]
+    );
+    assert_eq!(
+        store.due_events(t(0), 10).await.unwrap(),
+        [PendingEvent {
+            event,
+            attempts: 0,
+            next_attempt_at: t(0),
+        }]
+    );
+    assert!(store.due_events(t(-1), 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -182,7 +271,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
 }
 
 #[tokio::test]

@@ -1,9 +1,8 @@
 //! Users, grants and the sign-in merge rules of `UserStore::record_sign_in`.
 
-use super::{Backdoor, DRIVE, OPENID_EMAIL, access, profile, refresh, sign_in, t};
+use super::{DRIVE, OPENID_EMAIL, access, profile, refresh, sign_in, state_update, t};
 use grantkeeper_core::{GrantState, Scopes};
 use grantkeeper_store::{SharedStore, SignInOutcome};
-use std::sync::Arc;
 
 const GOT_TOKEN: &str = "refresh token received at sign-in";
 const NO_TOKEN: &str = "signed in without a refresh token";
@@ -272,10 +271,7 @@ pub async fn unknown_user_is_none(store: SharedStore) {
     assert!(store.user("nobody").await.unwrap().is_none());
 }
 
-pub async fn revoked_stays_revoked_without_refresh_token(
-    store: SharedStore,
-    backdoor: Arc<dyn Backdoor>,
-) {
+pub async fn revoked_stays_revoked_without_refresh_token(store: SharedStore) {
     store
         .record_sign_in(sign_in(
             "kim",
@@ -285,9 +281,19 @@ pub async fn revoked_stays_revoked_without_refresh_token(
         ))
         .await
         .unwrap();
-    backdoor
-        .force_state("kim", GrantState::Revoked, Some("invalid_grant"))
-        .await;
+    store
+        .update_grant_state(
+            "kim",
+            None,
+            state_update(
+                GrantState::Revoked,
+                "invalid_grant",
+                Some("invalid_grant"),
+                5,
+            ),
+        )
+        .await
+        .unwrap();
 
     let out = store
         .record_sign_in(sign_in("kim", OPENID_EMAIL, None, t(10)))
@@ -299,7 +305,7 @@ pub async fn revoked_stays_revoked_without_refresh_token(
     assert_eq!(out.grant.refresh_token, Some(refresh("k1")));
     assert!(out.grant.needs_consent());
     assert_eq!(out.event, None);
-    assert_eq!(out.grant.version, 3, "sign-in, forced revocation, sign-in");
+    assert_eq!(out.grant.version, 3, "sign-in, revocation, sign-in");
 
     let out = store
         .record_sign_in(sign_in("kim", "openid profile", Some(refresh("k2")), t(20)))
@@ -317,14 +323,19 @@ pub async fn revoked_stays_revoked_without_refresh_token(
     assert_eq!(event.reason, GOT_TOKEN);
 }
 
-pub async fn failing_grant_stays_usable(store: SharedStore, backdoor: Arc<dyn Backdoor>) {
+pub async fn failing_grant_stays_usable(store: SharedStore) {
     store
         .record_sign_in(sign_in("lea", OPENID_EMAIL, Some(refresh("l1")), t(0)))
         .await
         .unwrap();
-    backdoor
-        .force_state("lea", GrantState::Failing, Some("upstream 503"))
-        .await;
+    store
+        .update_grant_state(
+            "lea",
+            None,
+            state_update(GrantState::Failing, "upstream 503", Some("upstream 503"), 5),
+        )
+        .await
+        .unwrap();
 
     let out = store
         .record_sign_in(sign_in("lea", &format!("openid {DRIVE}"), None, t(10)))

@@ -1,0 +1,64 @@
+//! API keys of the app services, kept by the hash of their secret.
+
+use super::rows::{self, unix};
+use super::{SqliteStore, map_sqlx};
+use crate::{ApiKeyRecord, ApiKeyStore, Result};
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
+        // A taken id or hash fails a unique index, which the error mapping calls AlreadyExists.
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, hash, scopes, created_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.hash)
+        // Capabilities are single words, kept in the order given.
+        .bind(key.scopes.join(" "))
+        .bind(unix(key.created_at))
+        .bind(key.revoked_at.map(unix))
+        .execute(&self.write)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, hash, scopes, created_at, revoked_at FROM api_keys WHERE hash = ?1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(rows::api_key).transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        // rowid breaks ties between keys created in the same second: insertion order.
+        let found = sqlx::query(
+            "SELECT id, name, hash, scopes, created_at, revoked_at
+               FROM api_keys ORDER BY created_at, rowid",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(map_sqlx)?;
+        found.iter().map(rows::api_key).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: OffsetDateTime) -> Result<bool> {
+        // A revoked key keeps the time it was first revoked.
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(unix(at))
+                .execute(&self.write)
+                .await
+                .map_err(map_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,136 @@
+//! The broker's and operators' writes to grants, listing and deleting users.
+
+use super::rows::{self, SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST};
+use super::users::{append_event, write_grant};
+use super::{SqliteStore, map_sqlx};
+use crate::merge::{Merged, check_fence, merge_refresh, merge_state_update};
+use crate::{
+    GrantEvent, GrantRecord, GrantStore, RefreshSuccess, Result, StateUpdate, StoreError, UserPage,
+    page_limit,
+};
+use async_trait::async_trait;
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+#[async_trait]
+impl GrantStore for SqliteStore {
+    async fn grant(&self, sub: &str) -> Result<Option<GrantRecord>> {
+        let mut conn = self.read.acquire().await.map_err(map_sqlx)?;
+        read_grant(&mut conn, sub).await
+    }
+
+    async fn record_refresh(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+    ) -> Result<GrantRecord> {
+        let at = refresh.at;
+        let (grant, _) = self
+            .fenced_write(sub, Some(expected_version), at, |held| {
+                merge_refresh(held, &refresh)
+            })
+            .await?;
+        Ok(grant)
+    }
+
+    async fn update_grant_state(
+        &self,
+        sub: &str,
+        expected_version: Option<i64>,
+        update: StateUpdate,
+    ) -> Result<(GrantRecord, Option<GrantEvent>)> {
+        let at = update.at;
+        self.fenced_write(sub, expected_version, at, |held| {
+            merge_state_update(held, &update)
+        })
+        .await
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage> {
+        let limit = page_limit(limit);
+        // One row more than asked says whether another page follows.
+        let fetch = i64::from(limit) + 1;
+        let query = match after {
+            None => sqlx::query(SELECT_USERS_FIRST).bind(fetch),
+            Some(after) => sqlx::query(SELECT_USERS_AFTER).bind(fetch).bind(after),
+        };
+        let found = query.fetch_all(&self.read).await.map_err(map_sqlx)?;
+        let mut users = found
+            .iter()
+            .map(|row| match rows::user_and_grant(row)? {
+                (user, Some(grant)) => Ok((user, grant)),
+                (_, None) => Err(StoreError::Corrupt("a user has no grant row".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let next = if users.len() > limit as usize {
+            users.truncate(limit as usize);
+            users.last().map(|(user, _)| user.profile.sub.clone())
+        } else {
+            None
+        };
+        Ok(UserPage { users, next })
+    }
+
+    async fn delete_user(&self, sub: &str) -> Result<bool> {
+        // The foreign keys cascade to the grant, its events (undelivered ones too) and the
+        // sessions, all in this transaction. Audit rows name the user without a foreign key:
+        // they are history and stay.
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM users WHERE sub = ?1")
+            .bind(sub)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        u64::try_from(count).map_err(|_| StoreError::Corrupt("the user count is negative".into()))
+    }
+}
+
+impl SqliteStore {
+    /// Reads the grant under the write lock, checks the fence, writes what `merge` decides and
+    /// the event of its change of state, and answers with the row as written. Nothing is
+    /// written when the fence fails.
+    async fn fenced_write(
+        &self,
+        sub: &str,
+        expected_version: Option<i64>,
+        at: OffsetDateTime,
+        merge: impl FnOnce(GrantRecord) -> Merged + Send,
+    ) -> Result<(GrantRecord, Option<GrantEvent>)> {
+        let mut tx = self.begin_write().await?;
+        let held = read_grant(&mut tx, sub)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_fence(&held, expected_version)?;
+        let held_version = held.version;
+        let merged = merge(held);
+        write_grant(&mut tx, &merged.grant, Some(held_version)).await?;
+        let event = match &merged.change {
+            Some(change) => Some(append_event(&mut tx, sub, change, at).await?),
+            None => None,
+        };
+        let grant = read_grant(&mut tx, sub).await?.ok_or_else(|| {
+            StoreError::Corrupt("the grant just written could not be read back".into())
+        })?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok((grant, event))
+    }
+}
+
+async fn read_grant(conn: &mut SqliteConnection, sub: &str) -> Result<Option<GrantRecord>> {
+    let row = sqlx::query(SELECT_GRANT)
+        .bind(sub)
+        .fetch_optional(conn)
+        .await
+        .map_err(map_sqlx)?;
+    row.as_ref().map(rows::grant_alone).transpose()
+}
