@@ -1,6 +1,6 @@
 //! The control API under `/_emulator/`: what tests, benchmarks and demos use to drive the
 //! emulator without a browser (mint codes, manage clients, revoke users, rotate keys, inject
-//! faults, change settings, read stats and issued tokens, emit RISC events).
+//! faults, change settings, read stats, issued tokens and Drive files, emit RISC events).
 
 use crate::clients::ClientKind;
 use crate::error::{ControlError, json};
@@ -36,6 +36,7 @@ pub(crate) fn router() -> Router<Arc<Inner>> {
         .route("/settings", get(get_settings).put(put_settings))
         .route("/stats", get(stats))
         .route("/tokens", get(tokens))
+        .route("/drive", get(crate::drive::control_files))
         .route("/risc", post(risc::emit))
 }
 
@@ -331,6 +332,8 @@ async fn stats(State(inner): State<Arc<Inner>>) -> Response {
             "revocations": s.revocations,
             "refreshes_by_email": s.refreshes_by_email,
             "token_requests": inner.token_requests.load(Ordering::Relaxed),
+            "drive_requests": inner.drive_requests.load(Ordering::Relaxed),
+            "drive_requests_by_email": s.drive_requests_by_email,
         }),
     )
 }

@@ -3,20 +3,23 @@
 //! grantkeeper's protocol reference records: `postmessage` and empty redirect
 //! URIs, refresh tokens only on first offline consent and never rotated, the 100-token cap,
 //! whole-grant revocation, RS256 ID tokens with Google's `aud`/`azp` rules, rotating JWKS with
-//! cache headers, and Cross-Account Protection (RISC) security events.
+//! cache headers, and Cross-Account Protection (RISC) security events. Also the Google Drive
+//! v3 `files` endpoints an app keeping data in its appDataFolder calls, with Google's scope
+//! rules and error envelope.
 //!
 //! Owns: its project's clients, keys, users, codes and tokens (hashes only, journaled under
-//! `DIR/emulator/`), a server-rendered consent page, and a control API under `/_emulator/` for
-//! tests (mint codes, revoke users, rotate keys, inject faults, move its clock, read stats).
+//! `DIR/emulator/`), each user's Drive files, a server-rendered consent page, and a control API
+//! under `/_emulator/` for tests (mint codes, revoke users, rotate keys, inject faults, move its
+//! clock, read stats and Drive files).
 //!
 //! Leaves to others: binding a listener (the caller serves [`Emulator::router`] at its base
-//! URL) and everything grantkeeper itself does with the tokens. The Drive API is not served
-//! yet.
+//! URL) and everything grantkeeper itself does with the tokens.
 
 mod clients;
 mod consent;
 mod control;
 mod discovery;
+mod drive;
 mod error;
 mod jwt;
 mod keys;
@@ -110,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) faults: Mutex<Faults>,
     pub(crate) issued: Mutex<HashMap<String, IssuedLog>>,
     pub(crate) token_requests: AtomicU64,
+    /// Every call to a Drive endpoint, answered or not.
+    pub(crate) drive_requests: AtomicU64,
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: Url,
 }
@@ -169,6 +174,7 @@ impl Emulator {
             faults: Mutex::new(Faults::default()),
             issued: Mutex::new(HashMap::new()),
             token_requests: AtomicU64::new(0),
+            drive_requests: AtomicU64::new(0),
             http,
             base_url,
         };
@@ -214,7 +220,8 @@ impl Emulator {
             .route("/v1/userinfo", userinfo)
             .route("/tokeninfo", tokeninfo.clone())
             .route("/oauth2/v3/tokeninfo", tokeninfo)
-            .route("/avatar/{sub}", get(discovery::avatar));
+            .route("/avatar/{sub}", get(discovery::avatar))
+            .merge(drive::router());
         if self.inner.control_api {
             router = router.nest("/_emulator", control::router());
         }
@@ -258,6 +265,13 @@ impl Inner {
         self.clock.unix() + settings.clock_offset_secs
     }
 
+    /// The emulator's now in Unix milliseconds, for Drive's timestamps.
+    pub(crate) fn now_ms(&self, settings: &Settings) -> i64 {
+        let ms =
+            i64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        ms.saturating_add(settings.clock_offset_secs.saturating_mul(1000))
+    }
+
     pub(crate) fn client_secret_json(&self) -> serde_json::Value {
         use grantkeeper_core::ExposeSecret;
         let clients = read(&self.clients);
@@ -291,7 +305,7 @@ impl Inner {
         if action.latency_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(action.latency_ms)).await;
         }
-        action.fail.map(fault_response)
+        action.fail.map(|f| fault_response(ep, f))
     }
 
     pub(crate) fn record(&self, email: &str, kind: TokenKind, token: &str) {
@@ -329,10 +343,13 @@ impl Inner {
     }
 }
 
-/// The answer of an injected failure.
-fn fault_response(f: Failure) -> Response {
+/// The answer of an injected failure: a JSON body speaks the endpoint's own error dialect.
+fn fault_response(ep: Endpoint, f: Failure) -> Response {
     let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut res = match f.body {
+        FaultBody::Json if ep == Endpoint::Drive => {
+            error::DriveError::fault(status, None).into_response()
+        }
         FaultBody::Json => {
             let (error, description) = match f.status {
                 429 => ("rate_limit_exceeded", "Rate Limit Exceeded"),

@@ -100,6 +100,7 @@ pub(crate) enum Endpoint {
     Discovery,
     Userinfo,
     Tokeninfo,
+    Drive,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +172,9 @@ pub(crate) struct FaultsConfig {
     pub(crate) userinfo: Option<FaultSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tokeninfo: Option<FaultSpec>,
+    /// Every Drive API call (metadata and upload endpoints alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) drive: Option<FaultSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) id_token: Option<IdTokenFault>,
 }
@@ -184,6 +188,7 @@ impl FaultsConfig {
             ("discovery", &self.discovery),
             ("userinfo", &self.userinfo),
             ("tokeninfo", &self.tokeninfo),
+            ("drive", &self.drive),
         ] {
             let Some(spec) = spec else { continue };
             if let Some(r) = spec.error_rate
@@ -221,13 +226,13 @@ pub(crate) struct Failure {
 #[derive(Default)]
 pub(crate) struct Faults {
     pub(crate) config: FaultsConfig,
-    counters: [u64; 6],
+    counters: [u64; 7],
 }
 
 impl Faults {
     pub(crate) fn set(&mut self, config: FaultsConfig) {
         self.config = config;
-        self.counters = [0; 6];
+        self.counters = [0; 7];
     }
 
     /// Decides the fate of the next request to `ep`: request number n (from 0) fails when
@@ -240,6 +245,7 @@ impl Faults {
             Endpoint::Discovery => (&self.config.discovery, 3),
             Endpoint::Userinfo => (&self.config.userinfo, 4),
             Endpoint::Tokeninfo => (&self.config.tokeninfo, 5),
+            Endpoint::Drive => (&self.config.drive, 6),
         };
         let Some(spec) = spec else {
             return FaultAction::default();

@@ -1,12 +1,16 @@
 //! What the emulator remembers about users, grants, codes and tokens, and the rules Google
 //! applies to them: single-use codes bound to client, redirect URI and PKCE; one refresh token
 //! per first offline consent; the per (user, client) cap; testing-mode and idle expiry; whole
-//! grant revocation.
+//! grant revocation. The Drive files of each user live in [`drive`], journaled the same way.
 //!
 //! Every change is an [`Event`]: applied to the in-memory maps and, with a data dir, appended
 //! to a JSON-lines journal that is replayed (and compacted) at open. Codes and tokens are only
 //! ever held as SHA-256 hashes, in memory as on disk; the tokens themselves go to the caller.
 //! All operations are O(1) hash map work apart from walks bounded by the refresh token cap.
+
+mod drive;
+
+pub(crate) use drive::{FOLDER_MIME, FileMeta, Space};
 
 use crate::error::OAuthError;
 use crate::settings::Settings;
@@ -136,6 +140,15 @@ pub(crate) enum Event {
         exp: i64,
         offline: bool,
     },
+    /// A Drive file created or changed: its whole metadata.
+    DriveFile {
+        email: String,
+        file: FileMeta,
+    },
+    DriveDel {
+        email: String,
+        id: String,
+    },
 }
 
 /// A code about to be minted.
@@ -197,6 +210,7 @@ pub(crate) struct Stats {
     pub(crate) refresh_tokens_issued: u64,
     pub(crate) revocations: u64,
     pub(crate) refreshes_by_email: HashMap<String, u64>,
+    pub(crate) drive_requests_by_email: HashMap<String, u64>,
 }
 
 struct Grant {
@@ -292,6 +306,7 @@ pub(crate) struct State {
     access: HashMap<Hash, AccessRec>,
     access_expiry: VecDeque<(i64, Hash)>,
     next_grant: u64,
+    drive: drive::DriveState,
     pub(crate) stats: Stats,
     journal: Option<Journal>,
     /// The latest "now" an operation ran at, for compactions triggered by an append.
@@ -331,6 +346,7 @@ impl State {
             }
         }
         state.prune(now);
+        state.drive.load_blobs(dir)?;
         state.compact(&path, now)?;
         Ok(state)
     }
@@ -437,6 +453,7 @@ impl State {
                 offline: a.offline,
             });
         }
+        self.drive.snapshot(&mut out);
         out
     }
 
@@ -643,6 +660,8 @@ impl State {
                     },
                 );
             }
+            Event::DriveFile { email, file } => self.drive.apply_file(&email, file),
+            Event::DriveDel { email, id } => self.drive.apply_delete(&email, &id),
         }
     }
 
@@ -1011,6 +1030,16 @@ impl State {
             scopes: a.scopes.clone(),
             exp: a.exp,
             offline: a.offline,
+        })
+    }
+
+    /// The live access token `h`, or whether it is one the emulator issued that has expired
+    /// (as opposed to revoked, forgotten or never issued).
+    pub(crate) fn access_or_expired(&self, h: &Hash, now: i64) -> Result<AccessView, bool> {
+        self.access(h, now).ok_or_else(|| {
+            self.access
+                .get(h)
+                .is_some_and(|a| a.exp <= now && self.grant_is(&a.email, &a.client, a.grant))
         })
     }
 

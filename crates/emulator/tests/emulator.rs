@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The emulator served on 127.0.0.1:0 and spoken to over real HTTP, one test per Google
-//! behaviour it reproduces (see shared/reference/google-oauth.md §2-§6, §10).
+//! behaviour it reproduces (see shared/reference/google-oauth.md §2-§6, §8, §10).
 
 mod emulator {
     pub mod helpers;
@@ -9,6 +9,9 @@ mod emulator {
     mod consent;
     mod control;
     mod discovery;
+    mod drive;
+    mod drive_access;
+    mod drive_ops;
     mod faults;
     mod persistence;
     mod refresh;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub const DRIVE_APPDATA: &str = "https://www.googleapis.com/auth/drive.appdata";
+pub const DRIVE_FILE: &str = "https://www.googleapis.com/auth/drive.file";
 pub const EMAIL: &str = "https://www.googleapis.com/auth/userinfo.email";
 pub const PROFILE: &str = "https://www.googleapis.com/auth/userinfo.profile";
 
@@ -26,25 +27,29 @@ pub struct TestEmu {
     server: tokio::task::JoinHandle<()>,
 }
 
-/// A response's status, headers and body (JSON when it parses, else a string).
+/// A response's status, headers and body (JSON when it parses, else a string; the raw bytes
+/// too).
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Value,
     pub text: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Answer {
-    async fn from(res: reqwest::Response) -> Answer {
+    pub async fn from(res: reqwest::Response) -> Answer {
         let status = res.status();
         let headers = res.headers().clone();
-        let text = res.text().await.unwrap();
+        let bytes = res.bytes().await.unwrap().to_vec();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Answer {
             status,
             headers,
             body,
             text,
+            bytes,
         }
     }
 
@@ -288,4 +293,177 @@ pub fn sorted(list: &[&str]) -> Vec<String> {
 pub fn now() -> i64 {
     use grantkeeper_core::Clock;
     grantkeeper_core::SystemClock.unix()
+}
+
+/// A Drive API caller: one user's access token against a running emulator.
+pub struct Drive<'a> {
+    pub t: &'a TestEmu,
+    pub token: Option<String>,
+}
+
+pub const MULTIPART_BOUNDARY: &str = "grantkeeper-test-boundary";
+
+impl TestEmu {
+    /// Signs `email` in with `scope` and answers a Drive caller holding the access token.
+    pub async fn drive(&self, email: &str, scope: &str) -> Drive<'_> {
+        let a = self.sign_in(email, scope).await;
+        Drive {
+            t: self,
+            token: Some(a.str("access_token").to_owned()),
+        }
+    }
+
+    /// A Drive caller that sends no Authorization header, or the given token.
+    pub fn drive_with(&self, token: Option<&str>) -> Drive<'_> {
+        Drive {
+            t: self,
+            token: token.map(str::to_owned),
+        }
+    }
+}
+
+impl Drive<'_> {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.t.http.request(method, self.t.url(path));
+        match &self.token {
+            Some(tok) => r.bearer_auth(tok),
+            None => r,
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// `GET /drive/v3/files` with the given query string.
+    pub async fn list(&self, query: &[(&str, &str)]) -> Answer {
+        self.send(
+            self.req(reqwest::Method::GET, "/drive/v3/files")
+                .query(query),
+        )
+        .await
+    }
+
+    /// Metadata-only create.
+    pub async fn create(&self, metadata: Value, query: &[(&str, &str)]) -> Answer {
+        self.send(
+            self.req(reqwest::Method::POST, "/drive/v3/files")
+                .query(query)
+                .json(&metadata),
+        )
+        .await
+    }
+
+    /// Metadata-only create in appDataFolder; the new file's id.
+    pub async fn create_app_data(&self, name: &str) -> String {
+        let a = self
+            .create(json!({"name": name, "parents": ["appDataFolder"]}), &[])
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.str("id").to_owned()
+    }
+
+    /// `POST /upload/drive/v3/files?uploadType=multipart`.
+    pub async fn upload_multipart(
+        &self,
+        metadata: Value,
+        media_type: &str,
+        content: &[u8],
+        query: &[(&str, &str)],
+    ) -> Answer {
+        self.send(
+            self.req(reqwest::Method::POST, "/upload/drive/v3/files")
+                .query(&[("uploadType", "multipart")])
+                .query(query)
+                .header(
+                    "content-type",
+                    format!("multipart/related; boundary={MULTIPART_BOUNDARY}"),
+                )
+                .body(multipart_body(&metadata, media_type, content)),
+        )
+        .await
+    }
+
+    /// `PATCH /drive/v3/files/{id}` with a metadata body.
+    pub async fn patch(&self, id: &str, metadata: Value, query: &[(&str, &str)]) -> Answer {
+        self.send(
+            self.req(reqwest::Method::PATCH, &format!("/drive/v3/files/{id}"))
+                .query(query)
+                .json(&metadata),
+        )
+        .await
+    }
+
+    /// `PATCH /upload/drive/v3/files/{id}?uploadType=media`.
+    pub async fn patch_content(
+        &self,
+        id: &str,
+        media_type: &str,
+        content: Vec<u8>,
+        query: &[(&str, &str)],
+    ) -> Answer {
+        self.send(
+            self.req(
+                reqwest::Method::PATCH,
+                &format!("/upload/drive/v3/files/{id}"),
+            )
+            .query(&[("uploadType", "media")])
+            .query(query)
+            .header("content-type", media_type)
+            .body(content),
+        )
+        .await
+    }
+
+    pub async fn download(&self, id: &str) -> Answer {
+        self.get(&format!("/drive/v3/files/{id}?alt=media")).await
+    }
+
+    pub async fn delete(&self, id: &str) -> Answer {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/drive/v3/files/{id}")))
+            .await
+    }
+}
+
+/// A `multipart/related` body as Google's client libraries send it.
+pub fn multipart_body(metadata: &Value, media_type: &str, content: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{MULTIPART_BOUNDARY}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n\
+         --{MULTIPART_BOUNDARY}\r\nContent-Type: {media_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// The ids of a FileList's files, in order.
+pub fn ids(list: &Answer) -> Vec<String> {
+    list.body["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no files in {}", list.text))
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts a Drive error answer: status, `errors[0].reason` and the message.
+pub fn assert_drive_error(a: &Answer, status: u16, reason: &str, message: &str) {
+    assert_eq!(a.status.as_u16(), status, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], status, "{}", a.text);
+    assert_eq!(a.body["error"]["message"], message, "{}", a.text);
+    assert_eq!(a.body["error"]["errors"][0]["reason"], reason, "{}", a.text);
+}
+
+/// Hex MD5 of a byte string, computed the way the test expects Google to.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
