@@ -1,0 +1,864 @@
+//! grantkeeper's broker: the one owner of access tokens.
+//!
+//! Owns: handing out an access token for a user's grant, valid for as long as the caller
+//! needs (a bounded in-process cache, then the token persisted in the store, then a refresh);
+//! one refresh per grant at a time (callers queue on the grant's lock and share its result;
+//! the seam for a cross-instance lock is `flight::InstanceLock`); sealing, fenced
+//! persistence and caching of what a refresh brings; per-grant backoff with jitter after
+//! transient upstream failures (the grant turns `failing`, never `revoked`); marking a grant
+//! `revoked` on `invalid_grant` after ruling out a race with a newer refresh token; revoking a
+//! grant at the provider; and the [`sweep`] jobs over every grant.
+//!
+//! Leaves to others: HTTP towards clients and its error bodies (the server maps
+//! [`BrokerError`]), the token endpoint protocol (the provider), storage and its fencing (the
+//! store), sealing (the vault), sign-in. Nothing here logs a token: logs carry the `sub`, the
+//! outcome and the latency.
+
+mod backoff;
+mod cache;
+mod fingerprint;
+mod flight;
+pub mod sweep;
+
+pub use fingerprint::fingerprint;
+
+use crate::backoff::Backoffs;
+use crate::cache::TokenCache;
+use crate::flight::{Flights, InstanceLock, Landed};
+use aws_lc_rs::digest;
+use grantkeeper_core::{
+    Aad, ExposeSecret, GrantState, Scopes, SecretString, SharedClock, VaultHandle,
+};
+use grantkeeper_provider::{Provider, ProviderError, TokenResponse};
+use grantkeeper_store::{
+    GrantRecord, RefreshSuccess, SealedAccessToken, SealedRefreshToken, SharedStore, StateUpdate,
+    StoreError, TokenFingerprint,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Longest a refresh may take, whatever the HTTP client's own timeouts: a hung provider must
+/// not hold a grant's lock (and every caller queued on it) for ever.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a fenced write is retried after the row moved under it.
+const FENCE_ATTEMPTS: usize = 3;
+
+/// How the broker hands out and refreshes tokens.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    /// A hand-out without an explicit `min_ttl` returns a token valid at least this long
+    /// (plus the grant's jitter, see [`Broker::default_min_ttl`]).
+    pub min_ttl: Duration,
+    /// Width of the per-grant jitter added to `min_ttl`, so that tokens issued together do not
+    /// all refresh together.
+    pub jitter: Duration,
+    /// First wait after a transient upstream failure; doubled by each further one.
+    pub backoff_base: Duration,
+    /// Longest wait (a provider's longer `Retry-After` still wins).
+    pub backoff_max: Duration,
+    /// Most access tokens kept in memory.
+    pub cache_capacity: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(300),
+            jitter: Duration::from_secs(60),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            cache_capacity: 200_000,
+        }
+    }
+}
+
+/// What a caller needs of a token.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRequest {
+    /// Scopes the token must cover; each must be part of the grant.
+    pub scopes: Option<Scopes>,
+    /// How long the token must stay valid. Honoured exactly; `0` takes any unexpired token.
+    /// None: the configured default with the grant's jitter.
+    pub min_ttl: Option<Duration>,
+}
+
+/// An access token handed out. `Debug` redacts the token.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub expires_at: OffsetDateTime,
+    /// The scopes the token covers.
+    pub scopes: Scopes,
+}
+
+/// Why no token was handed out. Messages never carry a token.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no such user")]
+    UnknownUser,
+    #[error("the user has not granted {missing}")]
+    ScopeNotGranted { missing: Scopes },
+    #[error("no refresh token is held: the user must sign in again and consent")]
+    NeedsConsent,
+    #[error("the grant was revoked: {reason}")]
+    Revoked { reason: String },
+    /// A transient upstream failure, or the grant is still backing off after one.
+    #[error("the provider is unavailable (retry in {} s): {detail}", retry_after.as_secs())]
+    Unavailable {
+        retry_after: Duration,
+        detail: String,
+    },
+    /// The provider refused grantkeeper's client (invalid_client, unauthorized_client,
+    /// invalid_request, answers outside the protocol): the operator's problem; the grant is
+    /// untouched.
+    #[error("the provider refused grantkeeper's requests: {detail}")]
+    Misconfigured { detail: String },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("vault: {0}")]
+    Vault(String),
+}
+
+/// grantkeeper's access-token broker. Cheap to clone; clones share the cache and the locks.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: SharedStore,
+    provider: Provider,
+    vault: VaultHandle,
+    clock: SharedClock,
+    settings: BrokerSettings,
+    cache: TokenCache,
+    flights: Flights,
+    instances: InstanceLock,
+    backoff: Backoffs,
+    /// `expires_in` of the provider's last refresh answer, in seconds; 0 until one is seen.
+    observed_lifetime: AtomicU64,
+}
+
+/// What a caller queued on a grant's lock wants.
+enum Demand {
+    /// Any token covering `scopes` that stays valid long enough.
+    HandOut {
+        scopes: Scopes,
+        min_ttl: Option<Duration>,
+    },
+    /// A new token from the provider.
+    Refresh,
+    /// A token other than the one the API refused.
+    Rejected(SecretString),
+    /// A refresh from exactly this snapshot of the grant (tests of the invalid_grant race).
+    Snapshot(Box<GrantRecord>),
+}
+
+impl Broker {
+    pub fn new(
+        store: SharedStore,
+        provider: Provider,
+        vault: VaultHandle,
+        clock: SharedClock,
+        settings: BrokerSettings,
+    ) -> Broker {
+        let cache = TokenCache::new(settings.cache_capacity, clock.clone());
+        Broker {
+            inner: Arc::new(Inner {
+                store,
+                provider,
+                vault,
+                clock,
+                settings,
+                cache,
+                flights: Flights::default(),
+                instances: InstanceLock,
+                backoff: Backoffs::default(),
+                observed_lifetime: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A token valid for at least the asked `min_ttl` (explicit: honoured exactly, 0 = any
+    /// unexpired token; absent: [`Broker::default_min_ttl`]). When the provider's lifetime
+    /// is shorter than an explicit `min_ttl`, a freshly refreshed token is answered anyway
+    /// (its `expires_at` tells the truth) rather than refreshing again.
+    ///
+    /// With the default `min_ttl`, a transient upstream failure (or the backoff after one)
+    /// still answers the held token while it is unexpired: the default is the broker's own
+    /// margin, not the caller's demand.
+    pub async fn access_token(
+        &self,
+        sub: &str,
+        req: &TokenRequest,
+    ) -> Result<AccessToken, BrokerError> {
+        let scopes = req.scopes.clone().unwrap_or_default();
+        let need = self.inner.need(sub, req.min_ttl);
+        if let Some(t) = self.inner.cache.get(sub)
+            && t.scopes.contains_all(&scopes)
+            && self.inner.lasts(&t, need)
+        {
+            tracing::trace!(sub, outcome = "cached", "handed out an access token");
+            return Ok((*t).clone());
+        }
+        self.inner
+            .clone()
+            .fly(
+                sub,
+                Demand::HandOut {
+                    scopes,
+                    min_ttl: req.min_ttl,
+                },
+            )
+            .await
+    }
+
+    /// Always refreshes upstream (still single flight: joins a refresh already running). For
+    /// `sweep --job refresh`.
+    pub async fn refresh_now(&self, sub: &str) -> Result<AccessToken, BrokerError> {
+        self.inner.clone().fly(sub, Demand::Refresh).await
+    }
+
+    /// The API answered 401 to `rejected`: refresh once, unless a newer token than `rejected`
+    /// is already held (then answer that one).
+    pub async fn refresh_after_rejection(
+        &self,
+        sub: &str,
+        rejected: &SecretString,
+    ) -> Result<AccessToken, BrokerError> {
+        if self
+            .inner
+            .cache
+            .get(sub)
+            .is_some_and(|t| same(&t.token, rejected))
+        {
+            self.inner.cache.invalidate(sub);
+        }
+        self.inner
+            .clone()
+            .fly(sub, Demand::Rejected(rejected.clone()))
+            .await
+    }
+
+    /// Revokes the grant at the provider (refresh token, or access token when none), then
+    /// marks it revoked with its tokens dropped and forgets it. A transient provider failure
+    /// returns [`BrokerError::Unavailable`] and changes nothing; the provider's "already
+    /// gone" counts as success.
+    pub async fn revoke_grant(&self, sub: &str, reason: &str) -> Result<(), BrokerError> {
+        self.inner.revoke_grant(sub, reason).await
+    }
+
+    /// Drops what the process holds for `sub` (after a revocation, deletion or sign-in
+    /// decided elsewhere).
+    pub fn forget(&self, sub: &str) {
+        self.inner.cache.invalidate(sub);
+        self.inner.backoff.clear(sub);
+    }
+
+    /// The validity a hand-out without an explicit `min_ttl` asks for: `settings.min_ttl`
+    /// plus a jitter in `[0, settings.jitter)` that is stable per grant (and the same in every
+    /// instance), capped at half the provider's last observed token lifetime so that
+    /// short-lived tokens are not refreshed on every call.
+    pub fn default_min_ttl(&self, sub: &str) -> Duration {
+        self.inner.default_min_ttl(sub)
+    }
+
+    /// Refreshes from exactly this snapshot of the grant, as a caller that read it a while ago
+    /// would (tests of the `invalid_grant` race). Not an API.
+    #[doc(hidden)]
+    pub async fn refresh_from_snapshot(
+        &self,
+        grant: GrantRecord,
+    ) -> Result<AccessToken, BrokerError> {
+        let sub = grant.sub.clone();
+        self.inner
+            .clone()
+            .fly(&sub, Demand::Snapshot(Box::new(grant)))
+            .await
+    }
+}
+
+/// Compares two tokens. Not constant-time: both come from us or from our own caller.
+fn same(a: &SecretString, b: &SecretString) -> bool {
+    a.expose_secret() == b.expose_secret()
+}
+
+fn remaining(expires_at: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    Duration::try_from(expires_at - now).unwrap_or(Duration::ZERO)
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why a grant cannot mint tokens, if it cannot.
+fn unusable(grant: &GrantRecord) -> Option<BrokerError> {
+    if grant.state == GrantState::Revoked {
+        return Some(BrokerError::Revoked {
+            reason: grant.reason.clone().unwrap_or_else(|| "revoked".to_owned()),
+        });
+    }
+    grant.needs_consent().then_some(BrokerError::NeedsConsent)
+}
+
+impl Inner {
+    fn default_min_ttl(&self, sub: &str) -> Duration {
+        let s = &self.settings;
+        let jitter_ms = u64::try_from(s.jitter.as_millis()).unwrap_or(u64::MAX);
+        let offset = if jitter_ms == 0 {
+            0
+        } else {
+            let d = digest::digest(&digest::SHA256, sub.as_bytes());
+            let mut head = [0u8; 8];
+            head.copy_from_slice(d.as_ref().get(..8).unwrap_or(&[0; 8]));
+            u64::from_be_bytes(head) % jitter_ms
+        };
+        let wanted = s.min_ttl.saturating_add(Duration::from_millis(offset));
+        match self.observed_lifetime.load(Ordering::Relaxed) {
+            0 => wanted,
+            lifetime => wanted.min(Duration::from_secs(lifetime) / 2),
+        }
+    }
+
+    fn need(&self, sub: &str, explicit: Option<Duration>) -> Duration {
+        explicit.unwrap_or_else(|| self.default_min_ttl(sub))
+    }
+
+    /// True when the token is unexpired and stays valid for `need`.
+    fn lasts(&self, token: &AccessToken, need: Duration) -> bool {
+        let now = self.clock.now();
+        token.expires_at > now && remaining(token.expires_at, now) >= need
+    }
+
+    fn unexpired(&self, token: &AccessToken) -> bool {
+        token.expires_at > self.clock.now()
+    }
+
+    fn vault_error(e: grantkeeper_core::VaultError) -> BrokerError {
+        BrokerError::Vault(e.to_string())
+    }
+
+    /// Queues on the grant's lock, in a task of its own: a refresh, once sent, is finished and
+    /// committed even when the caller gives up waiting (its answer may carry a refresh token
+    /// that must not be lost, and the callers queued behind it want its result).
+    async fn fly(self: Arc<Self>, sub: &str, demand: Demand) -> Result<AccessToken, BrokerError> {
+        let ticket = self.flights.ticket(sub);
+        let sub = sub.to_owned();
+        let task = tokio::spawn(async move {
+            let mut boarded = ticket.board().await;
+            let _instances = self.instances.acquire(&sub).await?;
+            self.aboard(&sub, demand, &mut boarded).await
+        });
+        match task.await {
+            Ok(answer) => answer,
+            Err(e) => Err(BrokerError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                detail: format!("the refresh task ended abnormally: {e}"),
+            }),
+        }
+    }
+
+    /// Holding the grant's lock: take what a flight just left, or what is held, or refresh.
+    async fn aboard(
+        &self,
+        sub: &str,
+        demand: Demand,
+        boarded: &mut flight::Boarded<'_>,
+    ) -> Result<AccessToken, BrokerError> {
+        match (boarded.shared(), &demand) {
+            (Some(Landed::Misconfigured(detail)), _) => {
+                return Err(BrokerError::Misconfigured {
+                    detail: detail.clone(),
+                });
+            }
+            (Some(Landed::Token(t)), Demand::HandOut { scopes, .. })
+                if t.scopes.contains_all(scopes) && self.unexpired(t) =>
+            {
+                return Ok(t.clone());
+            }
+            (Some(Landed::Token(t)), Demand::Refresh) if self.unexpired(t) => {
+                return Ok(t.clone());
+            }
+            (Some(Landed::Token(t)), Demand::Rejected(r))
+                if !same(&t.token, r) && self.unexpired(t) =>
+            {
+                return Ok(t.clone());
+            }
+            _ => {}
+        }
+
+        // What this process holds, then what the store holds (a restart, or another
+        // instance, may have left a good token there).
+        let cached = self.cache.get(sub).map(|t| (*t).clone());
+        if let Some(t) = &cached
+            && self.satisfies(sub, &demand, t)
+        {
+            return Ok(t.clone());
+        }
+        let grant = match demand {
+            Demand::Snapshot(ref g) => (**g).clone(),
+            _ => self
+                .store
+                .grant(sub)
+                .await?
+                .ok_or(BrokerError::UnknownUser)?,
+        };
+        if let Some(e) = unusable(&grant) {
+            self.forget(sub);
+            return Err(e);
+        }
+        if let Demand::HandOut { scopes, .. } = &demand {
+            let missing = grant.scopes.missing(scopes);
+            if !missing.is_empty() {
+                return Err(BrokerError::ScopeNotGranted { missing });
+            }
+        }
+        let persisted = self.persisted(sub, &grant);
+        if let Some(t) = &persisted
+            && self.satisfies(sub, &demand, t)
+        {
+            self.cache.insert(sub, t.clone());
+            return Ok(t.clone());
+        }
+        // Kept for a failure, when the caller only has the default margin at stake.
+        let fallback = match &demand {
+            Demand::HandOut {
+                scopes,
+                min_ttl: None,
+            } => [cached, persisted]
+                .into_iter()
+                .flatten()
+                .filter(|t| t.scopes.contains_all(scopes) && self.unexpired(t))
+                .max_by_key(|t| t.expires_at),
+            _ => None,
+        };
+
+        if let Some(wait) = self.backoff.waiting(sub, self.clock.now()) {
+            if let Some(t) = fallback {
+                return Ok(t);
+            }
+            tracing::debug!(sub, outcome = "backing_off", "no refresh while backing off");
+            return Err(BrokerError::Unavailable {
+                retry_after: wait,
+                detail: "backing off after upstream failures".to_owned(),
+            });
+        }
+
+        let answer = self.refresh(sub, grant).await;
+        boarded.land(match &answer {
+            Ok(t) => Landed::Token(t.clone()),
+            Err(BrokerError::Misconfigured { detail }) => Landed::Misconfigured(detail.clone()),
+            Err(_) => Landed::Nothing,
+        });
+        match (answer, fallback) {
+            (Err(BrokerError::Unavailable { .. }), Some(t)) => Ok(t),
+            (answer, _) => answer,
+        }
+    }
+
+    /// True when `token`, already held, answers `demand` without a refresh.
+    fn satisfies(&self, sub: &str, demand: &Demand, token: &AccessToken) -> bool {
+        match demand {
+            Demand::HandOut { scopes, min_ttl } => {
+                token.scopes.contains_all(scopes) && self.lasts(token, self.need(sub, *min_ttl))
+            }
+            Demand::Rejected(rejected) => !same(&token.token, rejected) && self.unexpired(token),
+            Demand::Refresh | Demand::Snapshot(_) => false,
+        }
+    }
+
+    /// The access token persisted with the grant, opened. One that does not open (sealed
+    /// under a key this vault lacks) is treated as absent: a refresh replaces it.
+    fn persisted(&self, sub: &str, grant: &GrantRecord) -> Option<AccessToken> {
+        let sealed = grant.access_token.as_ref()?;
+        match self
+            .vault
+            .get()
+            .open_secret(&sealed.sealed, Aad::access_token(sub))
+        {
+            Ok(token) => Some(AccessToken {
+                token,
+                expires_at: sealed.expires_at,
+                scopes: grant.scopes.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(sub, error = %e, "the persisted access token does not open; refreshing instead");
+                None
+            }
+        }
+    }
+
+    fn forget(&self, sub: &str) {
+        self.cache.invalidate(sub);
+        self.backoff.clear(sub);
+    }
+
+    /// One refresh of `grant` (plus, after an `invalid_grant` caused by a newer refresh token,
+    /// one more with that token).
+    async fn refresh(&self, sub: &str, mut grant: GrantRecord) -> Result<AccessToken, BrokerError> {
+        let mut raced = false;
+        loop {
+            let Some(held) = grant.refresh_token.clone() else {
+                return Err(unusable(&grant).unwrap_or(BrokerError::NeedsConsent));
+            };
+            let secret = self
+                .vault
+                .get()
+                .open_secret(&held.sealed, Aad::refresh_token(sub))
+                .map_err(Self::vault_error)?;
+            let started = Instant::now();
+            let answer = tokio::time::timeout(REFRESH_TIMEOUT, self.provider.refresh(&secret))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::Unavailable {
+                        status: None,
+                        detail: format!(
+                            "no answer from the token endpoint within {} s",
+                            REFRESH_TIMEOUT.as_secs()
+                        ),
+                        retry_after: None,
+                    })
+                });
+            drop(secret);
+            match answer {
+                Ok(response) => {
+                    return self
+                        .commit(sub, grant, &held.fingerprint, response, started)
+                        .await;
+                }
+                Err(ProviderError::InvalidGrant { description, .. }) => {
+                    let newer = self
+                        .after_invalid_grant(sub, &held.fingerprint, &description, started)
+                        .await?;
+                    if raced {
+                        return Err(BrokerError::Unavailable {
+                            retry_after: self.settings.backoff_base,
+                            detail: "the grant's refresh token keeps changing".to_owned(),
+                        });
+                    }
+                    tracing::info!(
+                        sub,
+                        outcome = "raced",
+                        "invalid_grant for a refresh token replaced meanwhile; retrying with the new one"
+                    );
+                    raced = true;
+                    grant = newer;
+                }
+                Err(e) if e.is_transient() => {
+                    return Err(self.failing(sub, &grant, &e, started).await);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        sub,
+                        outcome = "misconfigured",
+                        latency_ms = elapsed_ms(started),
+                        error = %e,
+                        "grantkeeper's client credentials were rejected by the provider (or it answered outside the protocol); the grant is left as it is: fix the provider configuration"
+                    );
+                    return Err(BrokerError::Misconfigured {
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// After `invalid_grant` for the refresh token with fingerprint `used`: Ok with the newer
+    /// grant to retry with when another instance or a sign-in replaced the token meanwhile (a
+    /// race, not a revocation); otherwise the grant is marked revoked and the answer is
+    /// [`BrokerError::Revoked`].
+    async fn after_invalid_grant(
+        &self,
+        sub: &str,
+        used: &TokenFingerprint,
+        description: &str,
+        started: Instant,
+    ) -> Result<GrantRecord, BrokerError> {
+        let reason = format!("invalid_grant at refresh: {description}");
+        for _ in 0..FENCE_ATTEMPTS {
+            let current = self
+                .store
+                .grant(sub)
+                .await?
+                .ok_or(BrokerError::UnknownUser)?;
+            if let Some(e) = unusable(&current) {
+                self.forget(sub);
+                return Err(e);
+            }
+            if current
+                .refresh_token
+                .as_ref()
+                .is_some_and(|rt| rt.fingerprint.hash != used.hash)
+            {
+                return Ok(current);
+            }
+            let update = StateUpdate {
+                state: GrantState::Revoked,
+                reason: reason.clone(),
+                error: Some(reason.clone()),
+                drop_tokens: true,
+                at: self.clock.now(),
+            };
+            match self
+                .store
+                .update_grant_state(sub, Some(current.version), update)
+                .await
+            {
+                Ok(_) => {
+                    self.forget(sub);
+                    tracing::warn!(
+                        sub,
+                        outcome = "revoked",
+                        latency_ms = elapsed_ms(started),
+                        reason = %reason,
+                        "the provider declared the grant dead; marked revoked"
+                    );
+                    return Err(BrokerError::Revoked { reason });
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    /// Seals and persists what a refresh brought (fenced by the version read), then caches it.
+    async fn commit(
+        &self,
+        sub: &str,
+        grant: GrantRecord,
+        used: &TokenFingerprint,
+        response: TokenResponse,
+        started: Instant,
+    ) -> Result<AccessToken, BrokerError> {
+        if let Ok(secs) = u64::try_from(response.expires_in)
+            && secs > 0
+        {
+            self.observed_lifetime.store(secs, Ordering::Relaxed);
+        }
+        let vault = self.vault.get();
+        let sealed_access = SealedAccessToken {
+            sealed: vault
+                .seal_secret(&response.access_token, Aad::access_token(sub))
+                .map_err(Self::vault_error)?,
+            // Whole seconds, rounded down, as the store keeps times: every instance, and this
+            // one after a restart, then sees the same expiry.
+            expires_at: response
+                .expires_at()
+                .replace_nanosecond(0)
+                .unwrap_or(response.expires_at()),
+        };
+        let mut new_refresh = match &response.refresh_token {
+            Some(rt) => Some(SealedRefreshToken {
+                sealed: vault
+                    .seal_secret(rt, Aad::refresh_token(sub))
+                    .map_err(Self::vault_error)?,
+                fingerprint: fingerprint(rt),
+            }),
+            None => None,
+        };
+        let answered_scopes = (!response.scope.is_empty()).then(|| response.scope.clone());
+        let token = AccessToken {
+            token: response.access_token,
+            expires_at: sealed_access.expires_at,
+            scopes: answered_scopes
+                .clone()
+                .unwrap_or_else(|| grant.scopes.clone()),
+        };
+
+        let mut version = grant.version;
+        let mut persisted = false;
+        for _ in 0..FENCE_ATTEMPTS {
+            let refresh = RefreshSuccess {
+                access_token: sealed_access.clone(),
+                refresh_token: new_refresh.clone(),
+                scopes: answered_scopes.clone(),
+                at: self.clock.now(),
+            };
+            match self.store.record_refresh(sub, version, refresh).await {
+                Ok(_) => {
+                    persisted = true;
+                    break;
+                }
+                Err(StoreError::Conflict) => {}
+                Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
+                Err(e) if new_refresh.is_none() => {
+                    // The access token is good; only its persistence failed.
+                    tracing::warn!(sub, error = %e, "could not persist a refreshed access token");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // Another writer moved the row: a refresh elsewhere, a sign-in, a revocation.
+            let current = self
+                .store
+                .grant(sub)
+                .await?
+                .ok_or(BrokerError::UnknownUser)?;
+            if let Some(e) = unusable(&current) {
+                self.forget(sub);
+                return Err(e);
+            }
+            if current
+                .refresh_token
+                .as_ref()
+                .is_some_and(|rt| rt.fingerprint.hash != used.hash)
+            {
+                // A sign-in brought a newer refresh token: it wins over anything ours brought.
+                new_refresh = None;
+            }
+            // A token written meanwhile is used, as every other instance will; the one read
+            // with the grant is not (it is what this refresh replaces).
+            if new_refresh.is_none()
+                && current.access_token != grant.access_token
+                && let Some(theirs) = self.persisted(sub, &current)
+                && self.unexpired(&theirs)
+            {
+                self.cache.insert(sub, theirs.clone());
+                self.backoff.clear(sub);
+                tracing::info!(
+                    sub,
+                    outcome = "raced",
+                    latency_ms = elapsed_ms(started),
+                    "another writer refreshed first; using its token"
+                );
+                return Ok(theirs);
+            }
+            version = current.version;
+        }
+        if !persisted && new_refresh.is_some() {
+            // A refresh token is committed before anything is answered (invariant 1).
+            return Err(StoreError::Conflict.into());
+        }
+        self.cache.insert(sub, token.clone());
+        self.backoff.clear(sub);
+        tracing::info!(
+            sub,
+            outcome = "refreshed",
+            latency_ms = elapsed_ms(started),
+            persisted,
+            "refreshed an access token"
+        );
+        Ok(token)
+    }
+
+    /// A transient failure: back off, mark the grant `failing` (never revoked: invariant 3).
+    async fn failing(
+        &self,
+        sub: &str,
+        grant: &GrantRecord,
+        e: &ProviderError,
+        started: Instant,
+    ) -> BrokerError {
+        let now = self.clock.now();
+        let s = &self.settings;
+        let wait = self
+            .backoff
+            .fail(sub, now, e.retry_after(), s.backoff_base, s.backoff_max);
+        let update = StateUpdate {
+            state: GrantState::Failing,
+            reason: "transient upstream failures at refresh".to_owned(),
+            error: Some(e.to_string()),
+            drop_tokens: false,
+            at: now,
+        };
+        match self
+            .store
+            .update_grant_state(sub, Some(grant.version), update)
+            .await
+        {
+            // A conflict means somebody else wrote the grant meanwhile; their news is newer.
+            Ok(_) | Err(StoreError::Conflict) => {}
+            Err(store_error) => {
+                tracing::warn!(sub, error = %store_error, "could not record the grant as failing");
+            }
+        }
+        tracing::warn!(
+            sub,
+            outcome = "failing",
+            latency_ms = elapsed_ms(started),
+            retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %e,
+            "transient failure refreshing an access token; backing off"
+        );
+        BrokerError::Unavailable {
+            retry_after: wait,
+            detail: e.to_string(),
+        }
+    }
+
+    async fn revoke_grant(&self, sub: &str, reason: &str) -> Result<(), BrokerError> {
+        // Under the grant's lock, so that no refresh of it runs meanwhile.
+        let ticket = self.flights.ticket(sub);
+        let mut boarded = ticket.board().await;
+        let _instances = self.instances.acquire(sub).await?;
+        let started = Instant::now();
+        let grant = self
+            .store
+            .grant(sub)
+            .await?
+            .ok_or(BrokerError::UnknownUser)?;
+        let vault = self.vault.get();
+        let token = match (&grant.refresh_token, &grant.access_token) {
+            (Some(rt), _) => Some(
+                vault
+                    .open_secret(&rt.sealed, Aad::refresh_token(sub))
+                    .map_err(Self::vault_error)?,
+            ),
+            (None, Some(at)) => vault.open_secret(&at.sealed, Aad::access_token(sub)).ok(),
+            (None, None) => None,
+        };
+        if let Some(token) = token {
+            match self.provider.revoke(&token).await {
+                // A dead grant is what we want.
+                Ok(()) | Err(ProviderError::InvalidGrant { .. }) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(sub, outcome = "unavailable", latency_ms = elapsed_ms(started), error = %e, "could not revoke a grant at the provider");
+                    return Err(BrokerError::Unavailable {
+                        retry_after: e.retry_after().unwrap_or(self.settings.backoff_base),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(sub, outcome = "misconfigured", error = %e, "the provider refused grantkeeper's revocation request; the grant is left as it is");
+                    return Err(BrokerError::Misconfigured {
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        let update = StateUpdate {
+            state: GrantState::Revoked,
+            reason: reason.to_owned(),
+            error: None,
+            drop_tokens: true,
+            at: self.clock.now(),
+        };
+        match self.store.update_grant_state(sub, None, update).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
+            Err(e) => return Err(e.into()),
+        }
+        self.forget(sub);
+        boarded.land(Landed::Nothing);
+        tracing::info!(
+            sub,
+            outcome = "revoked",
+            latency_ms = elapsed_ms(started),
+            reason,
+            "revoked a grant"
+        );
+        Ok(())
+    }
+}

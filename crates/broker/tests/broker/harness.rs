@@ -1,0 +1,402 @@
+//! `Env`: an emulator on port 0, a SQLite store in a temp dir, a vault with a random key, a
+//! provider client and a manual clock shared by all of them; sign-in done the way the server
+//! does it (exchange, seal, record), and typed helpers for the emulator's control API. Logs
+//! of every test are captured at trace level (GRANTKEEPER_TEST_LOG=1 also prints them).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use grantkeeper_broker::{Broker, BrokerSettings, fingerprint};
+use grantkeeper_core::{
+    Aad, ExposeSecret, KeyId, ManualClock, SecretString, SharedClock, UserProfile, Vault,
+    VaultHandle,
+};
+use grantkeeper_emulator::{Emulator, EmulatorOptions};
+use grantkeeper_provider::{Provider, ProviderSettings};
+use grantkeeper_store::{
+    GrantEvent, GrantRecord, SealedAccessToken, SealedRefreshToken, SharedStore, SignIn,
+};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use url::Url;
+
+pub const ALL_SCOPES: &str = "openid email profile https://www.googleapis.com/auth/drive.appdata";
+pub const DRIVE_APPDATA: &str = "https://www.googleapis.com/auth/drive.appdata";
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        if std::env::var_os("GRANTKEEPER_TEST_LOG").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+/// Every log line written so far by any test of this binary.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&init_logs().lock().unwrap()).into_owned()
+}
+
+pub struct Env {
+    pub emulator_url: String,
+    pub emulator: Emulator,
+    pub clock: Arc<ManualClock>,
+    pub store: SharedStore,
+    pub vault: VaultHandle,
+    pub provider: Provider,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A code minted through the control API.
+pub struct Code<'a> {
+    pub email: &'a str,
+    pub scope: &'a str,
+    pub prompt: Option<&'a str>,
+    /// Native (Android) code asking for online access only: no refresh token.
+    pub online_native: bool,
+}
+
+impl<'a> Code<'a> {
+    pub fn web(email: &'a str) -> Self {
+        Code {
+            email,
+            scope: ALL_SCOPES,
+            prompt: None,
+            online_native: false,
+        }
+    }
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let shared: SharedClock = clock.clone();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator_url = format!("http://{}", listener.local_addr().unwrap());
+        let emulator = Emulator::open(EmulatorOptions {
+            base_url: Url::parse(&emulator_url).unwrap(),
+            data_dir: None,
+            clock: shared.clone(),
+            control_api: true,
+        })
+        .await
+        .unwrap();
+        tokio::spawn(axum::serve(listener, emulator.router()).into_future());
+
+        let store = grantkeeper_store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("grantkeeper.db").display()
+        ))
+        .await
+        .unwrap();
+
+        let mut vault = Vault::new();
+        vault
+            .add_key(KeyId(1), &grantkeeper_core::random::bytes::<32>())
+            .unwrap();
+        vault.set_active(KeyId(1)).unwrap();
+
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let client = emulator.web_client();
+        let provider = Provider::new(
+            ProviderSettings::new(
+                Url::parse(&emulator_url).unwrap(),
+                client.client_id,
+                client.client_secret,
+            ),
+            http.clone(),
+            shared,
+        );
+        Env {
+            emulator_url,
+            emulator,
+            clock,
+            store,
+            vault: VaultHandle::new(vault),
+            provider,
+            http,
+            _dir: dir,
+        }
+    }
+
+    pub fn now(&self) -> time::OffsetDateTime {
+        grantkeeper_core::Clock::now(&*self.clock)
+    }
+
+    pub fn shared_clock(&self) -> SharedClock {
+        self.clock.clone()
+    }
+
+    pub fn broker(&self) -> Broker {
+        self.broker_with(BrokerSettings::default())
+    }
+
+    pub fn broker_with(&self, settings: BrokerSettings) -> Broker {
+        self.broker_for(self.provider.clone(), settings)
+    }
+
+    pub fn broker_for(&self, provider: Provider, settings: BrokerSettings) -> Broker {
+        Broker::new(
+            self.store.clone(),
+            provider,
+            self.vault.clone(),
+            self.shared_clock(),
+            settings,
+        )
+    }
+
+    /// A provider client of the same emulator authenticating with another client secret.
+    pub fn provider_with_secret(&self, secret: &str) -> Provider {
+        Provider::new(
+            ProviderSettings::new(
+                Url::parse(&self.emulator_url).unwrap(),
+                self.emulator.web_client().client_id,
+                SecretString::from(secret.to_owned()),
+            ),
+            self.http.clone(),
+            self.shared_clock(),
+        )
+    }
+
+    pub fn control(&self, path: &str) -> String {
+        format!("{}/_emulator/{path}", self.emulator_url)
+    }
+
+    pub async fn mint_code(&self, code: &Code<'_>) -> String {
+        let mut body = json!({"email": code.email, "scope": code.scope});
+        if code.online_native {
+            body["azp"] = json!(self.emulator.android_client_id());
+            body["access_type"] = json!("online");
+        } else {
+            body["client_id"] = json!(self.emulator.web_client().client_id);
+            body["redirect_uri"] = json!("postmessage");
+            body["access_type"] = json!("offline");
+        }
+        if let Some(prompt) = code.prompt {
+            body["prompt"] = json!(prompt);
+        }
+        let r = self
+            .http
+            .post(self.control("codes"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        v["code"].as_str().unwrap().to_owned()
+    }
+
+    /// What sign-in does: exchange, seal, record. The ID token is only read for `sub` (the
+    /// broker does not care whether it was verified). Returns the user's `sub`.
+    pub async fn sign_in_with(&self, code: Code<'_>) -> String {
+        let secret = SecretString::from(self.mint_code(&code).await);
+        let redirect_uri = if code.online_native {
+            ""
+        } else {
+            "postmessage"
+        };
+        let tokens = self
+            .provider
+            .exchange_code(&secret, redirect_uri)
+            .await
+            .unwrap();
+        let id_token = tokens.id_token.as_ref().unwrap().expose_secret().to_owned();
+        let payload = id_token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let sub = claims["sub"].as_str().unwrap().to_owned();
+        let vault = self.vault.get();
+        let refresh_token = tokens.refresh_token.as_ref().map(|rt| SealedRefreshToken {
+            sealed: vault.seal_secret(rt, Aad::refresh_token(&sub)).unwrap(),
+            fingerprint: fingerprint(rt),
+        });
+        let access_token = SealedAccessToken {
+            sealed: vault
+                .seal_secret(&tokens.access_token, Aad::access_token(&sub))
+                .unwrap(),
+            expires_at: tokens.expires_at(),
+        };
+        self.store
+            .record_sign_in(SignIn {
+                profile: UserProfile {
+                    sub: sub.clone(),
+                    email: Some(code.email.to_owned()),
+                    email_verified: true,
+                    ..UserProfile::default()
+                },
+                granted_scopes: tokens.scope.clone(),
+                refresh_token,
+                access_token: Some(access_token),
+                at: self.now(),
+            })
+            .await
+            .unwrap();
+        sub
+    }
+
+    pub async fn sign_in(&self, email: &str) -> String {
+        self.sign_in_with(Code::web(email)).await
+    }
+
+    pub async fn grant(&self, sub: &str) -> GrantRecord {
+        self.store.grant(sub).await.unwrap().unwrap()
+    }
+
+    pub async fn events(&self, sub: &str) -> Vec<GrantEvent> {
+        self.store.grant_events(sub).await.unwrap()
+    }
+
+    /// Moves every clock (the emulator's, the broker's, the store's times) forward.
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance(time::Duration::seconds(secs));
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(self.control("stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn refreshes(&self) -> u64 {
+        self.stats().await["refreshes"].as_u64().unwrap()
+    }
+
+    pub async fn token_requests(&self) -> u64 {
+        self.stats().await["token_requests"].as_u64().unwrap()
+    }
+
+    pub async fn refreshes_of(&self, email: &str) -> u64 {
+        self.stats().await["refreshes_by_email"][email]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let r = self
+            .http
+            .put(self.control(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {:?}", r.text().await);
+    }
+
+    pub async fn settings(&self, body: Value) {
+        self.put("settings", body).await;
+    }
+
+    pub async fn faults(&self, body: Value) {
+        self.put("faults", body).await;
+    }
+
+    /// Revokes every grant of the user at the emulator, as a password change does.
+    pub async fn revoke_at_google(&self, email: &str) {
+        let r = self
+            .http
+            .post(self.control(&format!("users/{email}/revoke")))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Every token the emulator issued to the user.
+    pub async fn issued_tokens(&self, email: &str) -> Vec<String> {
+        let v: Value = self
+            .http
+            .get(self.control("tokens"))
+            .query(&[("email", email)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ["access_tokens", "refresh_tokens", "id_tokens"]
+            .iter()
+            .flat_map(|k| v[*k].as_array().cloned().unwrap_or_default())
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The refresh tokens the emulator issued to the user, oldest first.
+    pub async fn issued_refresh_tokens(&self, email: &str) -> Vec<String> {
+        let v: Value = self
+            .http
+            .get(self.control("tokens"))
+            .query(&[("email", email)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["refresh_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The persisted access token, opened.
+    pub fn open_access(&self, grant: &GrantRecord) -> Option<String> {
+        grant.access_token.as_ref().map(|a| {
+            self.vault
+                .get()
+                .open_secret(&a.sealed, Aad::access_token(&grant.sub))
+                .unwrap()
+                .expose_secret()
+                .to_owned()
+        })
+    }
+
+    /// Seconds until the persisted access token expires.
+    pub fn persisted_left(&self, grant: &GrantRecord) -> i64 {
+        (grant.access_token.as_ref().unwrap().expires_at - self.now()).whole_seconds()
+    }
+}
+
+pub fn email(n: usize) -> String {
+    format!("user{n:03}@example.com")
+}
