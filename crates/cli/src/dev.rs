@@ -117,6 +117,15 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     let store = grantkeeper_store::open(&settings.store_url)
         .await
         .context("opening the store")?;
+    grantkeeper_server::apikeys::ensure_api_key(
+        store.as_ref(),
+        clock.as_ref(),
+        "key_dev",
+        "dev",
+        &api_key,
+    )
+    .await
+    .context("registering the dev API key")?;
     let app = App::new(settings, store, &master, clock)
         .await?
         .with_demo_page();

@@ -3,6 +3,7 @@
 //!
 //! It only wires parts together; every rule lives in the library crates.
 
+mod admin;
 mod dev;
 mod ops;
 
@@ -66,6 +67,84 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// API keys of the app's services
+    #[command(subcommand)]
+    ApiKeys(ApiKeysCommand),
+    /// Users and their grants
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// The audit log: token hand-outs, proxied calls, deletions
+    Audit {
+        /// Only this user's rows
+        #[arg(long, value_name = "SUB")]
+        user: Option<String>,
+        /// Only rows since an RFC 3339 time or a duration ago (24h, 7d)
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Runs a job for every grant: `refresh` checks and warms each grant; `drive-appdata` lists
+    /// each user's Drive app folder. Ctrl-C stops cleanly; running it again resumes.
+    Sweep {
+        #[arg(long, value_parser = ["refresh", "drive-appdata"])]
+        job: String,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Upstream calls started per second at most, e.g. 50/s
+        #[arg(long)]
+        rate: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Creates a key and prints it once, alone on the last line
+    Create {
+        #[arg(long)]
+        name: String,
+        /// token, proxy, users:read, users:write (repeatable; default: token proxy users:read)
+        #[arg(long = "scope", value_parser = ["token", "proxy", "users:read", "users:write"])]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Lists every key (never the secrets)
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revokes a key by its id
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Every user with their grant's state
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One user, their grant and its history
+    Show {
+        sub: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revokes the user's grant at Google and marks it revoked (the user stays)
+    Revoke {
+        sub: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn init_logging() {
@@ -87,6 +166,34 @@ async fn main() -> std::process::ExitCode {
         Command::Emulator { addr, data_dir } => dev::emulator(addr, data_dir).await,
         Command::Migrate { target } => ops::migrate(target).await,
         Command::Check { target } => ops::check(target).await,
+        Command::ApiKeys(ApiKeysCommand::Create {
+            name,
+            scopes,
+            target,
+        }) => admin::api_keys_create(&target, &name, &scopes).await,
+        Command::ApiKeys(ApiKeysCommand::List { target }) => admin::api_keys_list(&target).await,
+        Command::ApiKeys(ApiKeysCommand::Revoke { id, target }) => {
+            admin::api_keys_revoke(&target, &id).await
+        }
+        Command::Users(UsersCommand::List { target }) => admin::users_list(&target).await,
+        Command::Users(UsersCommand::Show { sub, target }) => {
+            admin::users_show(&target, &sub).await
+        }
+        Command::Users(UsersCommand::Revoke { sub, target }) => {
+            admin::users_revoke(&target, &sub).await
+        }
+        Command::Audit {
+            user,
+            since,
+            limit,
+            target,
+        } => admin::audit(&target, user, since, limit).await,
+        Command::Sweep {
+            job,
+            concurrency,
+            rate,
+            target,
+        } => admin::sweep(&target, &job, concurrency, rate).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

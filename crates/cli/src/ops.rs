@@ -38,7 +38,7 @@ pub fn load(path: &Path) -> anyhow::Result<(Settings, MasterKey)> {
     Ok((settings, master))
 }
 
-fn config_path(target: &Target) -> anyhow::Result<PathBuf> {
+pub fn config_path(target: &Target) -> anyhow::Result<PathBuf> {
     match (&target.config, &target.data_dir) {
         (Some(c), _) => Ok(c.clone()),
         (None, Some(d)) => config_in(d),

@@ -88,7 +88,7 @@ async fn sign_in(
     let minted: Value = http
         .post(format!("{url}/_google/_emulator/codes"))
         .json(
-            &json!({"email": email, "client_id": client_id, "scope": "openid email profile",
+            &json!({"email": email, "client_id": client_id, "scope": "openid email profile https://www.googleapis.com/auth/drive.appdata",
                       "redirect_uri": "postmessage", "access_type": "offline"}),
         )
         .send()
@@ -311,4 +311,245 @@ async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
     };
     assert!(!ok);
     assert!(text.contains("vault.master_key"), "{text}");
+}
+
+#[tokio::test]
+async fn operators_manage_keys_users_audit_and_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let http = client();
+    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
+    let dev_key = std::fs::read_to_string(data.join("dev-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut subs = Vec::new();
+    for i in 0..12 {
+        let (answer, _) = sign_in(&http, &dev.url, &data, &format!("op{i:02}@example.com")).await;
+        subs.push(answer["user"]["sub"].as_str().unwrap().to_owned());
+    }
+    // The dev API key works at once.
+    let users = http
+        .get(format!("{}/v1/users", dev.url))
+        .bearer_auth(&dev_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(users.status(), 200);
+
+    // A new key is printed once, alone on the last line, and works.
+    let (ok, text) = run(&[
+        "api-keys",
+        "create",
+        "--name",
+        "photos",
+        "--scope",
+        "token",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(ok, "{text}");
+    let key = text.lines().last().unwrap().trim().to_owned();
+    assert!(key.starts_with("gk_"), "{text}");
+    let token = http
+        .post(format!("{}/v1/users/{}/token", dev.url, subs[0]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 200);
+    let (ok, listing) = run(&["api-keys", "list", "--data-dir", data_arg]);
+    assert!(
+        ok && listing.contains("photos") && listing.contains("dev"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(&key) && !listing.contains(&dev_key),
+        "secrets are never listed"
+    );
+    let id = listing
+        .lines()
+        .find(|l| l.contains("photos"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The audit shows the hand-out, by key id.
+    let (ok, audit) = run(&["audit", "--user", &subs[0], "--data-dir", data_arg]);
+    assert!(ok, "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("token") && l.contains("ok")),
+        "{audit}"
+    );
+    let (ok, _) = run(&["audit", "--since", "1h", "--data-dir", data_arg]);
+    assert!(ok);
+
+    let (ok, text) = run(&["api-keys", "revoke", &id, "--data-dir", data_arg]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["api-keys", "revoke", &id, "--data-dir", data_arg]);
+    assert!(!ok, "revoking twice fails: {text}");
+
+    // Users.
+    let (ok, list) = run(&["users", "list", "--data-dir", data_arg]);
+    assert!(ok, "{list}");
+    assert_eq!(
+        list.lines().filter(|l| l.contains("@example.com")).count(),
+        12,
+        "{list}"
+    );
+    let (ok, show) = run(&["users", "show", &subs[1], "--data-dir", data_arg]);
+    assert!(
+        ok && show.contains("op01@example.com") && show.contains("active"),
+        "{show}"
+    );
+
+    // A sweep refreshes every grant; without a terminal it prints JSON lines and a summary.
+    let (ok, sweep) = run(&[
+        "sweep",
+        "--job",
+        "refresh",
+        "--concurrency",
+        "4",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(ok, "{sweep}");
+    let events: Vec<Value> = sweep
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(events.len(), 12, "{sweep}");
+    assert!(events.iter().all(|e| e["outcome"] == "ok"), "{sweep}");
+    assert!(
+        sweep
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("12")),
+        "summary row: {sweep}"
+    );
+    let stats: Value = http
+        .get(format!("{}/_google/_emulator/stats", dev.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["refreshes"], 12);
+
+    // Revoking a user's grant from the command line revokes it at Google.
+    let (ok, text) = run(&["users", "revoke", &subs[2], "--data-dir", data_arg]);
+    assert!(ok, "{text}");
+    let stats: Value = http
+        .get(format!("{}/_google/_emulator/stats", dev.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["revocations"], 1);
+    let (_, show) = run(&["users", "show", &subs[2], "--data-dir", data_arg]);
+    assert!(show.contains("revoked"), "{show}");
+    let (ok, sweep) = run(&["sweep", "--job", "drive-appdata", "--data-dir", data_arg]);
+    assert!(ok, "{sweep}");
+    let events: Vec<Value> = sweep
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| e["outcome"] == "ok").count(),
+        11,
+        "{sweep}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e["outcome"] == "skipped").count(),
+        1,
+        "{sweep}"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_sweep_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let http = client();
+    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
+    for i in 0..40 {
+        sign_in(&http, &dev.url, &data, &format!("sw{i:02}@example.com")).await;
+    }
+    // Slow refreshes, so that the interrupt lands midway.
+    http.put(format!("{}/_google/_emulator/faults", dev.url))
+        .json(&json!({"token": {"latency_ms": 200}}))
+        .send()
+        .await
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "sweep",
+            "--job",
+            "refresh",
+            "--concurrency",
+            "2",
+            "--data-dir",
+            data_arg,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first = Vec::new();
+    while first.len() < 5 {
+        first.push(lines.next().unwrap().unwrap());
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    first.extend(lines.map_while(Result::ok));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "a stopped sweep exits cleanly");
+    assert!(first.iter().any(|l| l.contains("interrupted")), "{first:?}");
+    let done_first = first.iter().filter(|l| l.starts_with('{')).count();
+    assert!(done_first < 40, "stopped midway: {done_first}");
+
+    http.put(format!("{}/_google/_emulator/faults", dev.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (ok, rest) = run(&[
+        "sweep",
+        "--job",
+        "refresh",
+        "--concurrency",
+        "2",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(ok, "{rest}");
+    assert!(rest.contains("resumed after"), "{rest}");
+    let done_rest = rest.lines().filter(|l| l.starts_with('{')).count();
+    assert_eq!(
+        done_first + done_rest,
+        40,
+        "each user once: {done_first} + {done_rest}"
+    );
+    let stats: Value = http
+        .get(format!("{}/_google/_emulator/stats", dev.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["refreshes"], 40);
 }

@@ -1,12 +1,15 @@
-//! The assembled server: settings, store, vault, provider and clock, shared by every handler.
-//! Another Rust service can build an [`App`] and call its operations directly, or mount its
-//! [`App::router`].
+//! The assembled server: settings, store, vault, provider, broker and clock, shared by every
+//! handler. Another Rust service can build an [`App`] and call its operations directly
+//! ([`App::sign_in`], [`App::broker`]), or mount [`crate::http::router`].
 
+use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::keys::{KeyringError, load_vault};
+use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{MasterKey, SharedClock, Vault, VaultHandle};
 use grantkeeper_provider::Provider;
-use grantkeeper_store::SharedStore;
+use grantkeeper_store::{ApiKeyRecord, SharedStore};
+use moka::sync::Cache;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +32,19 @@ struct Inner {
     store: SharedStore,
     vault: VaultHandle,
     provider: Provider,
+    broker: Broker,
+    audit: AuditLog,
+    /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
+    /// within that time on every instance.
+    api_keys: Cache<String, Option<ApiKeyRecord>>,
+    /// For calls to Google APIs on users' behalf: longer timeout than the token endpoint's.
+    api_http: reqwest::Client,
     clock: SharedClock,
     demo_page: bool,
 }
+
+/// How long a looked-up API key is trusted without asking the store again.
+pub const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// One shared client for every call to the provider: bounded timeouts, no redirects (a token
 /// endpoint that redirects is misconfigured, and following it could leak credentials).
@@ -45,8 +58,21 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
         .map_err(|e| StartError::Http(e.to_string()))
 }
 
+/// The client for proxied Google API calls: no total timeout (large downloads stream), but
+/// bounded connect and idle-read times.
+pub fn api_http_client() -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("grantkeeper/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))
+}
+
 impl App {
-    /// Builds the server: opens the vault's data keys (creating the first on a new store).
+    /// Builds the server: opens the vault's data keys (creating the first on a new store) and
+    /// starts the audit writer and, when configured, the webhook deliverer.
     pub async fn new(
         settings: Settings,
         store: SharedStore,
@@ -64,21 +90,47 @@ impl App {
         clock: SharedClock,
         http: reqwest::Client,
     ) -> Result<App, StartError> {
-        let vault = load_vault(store.as_ref(), master_key, clock.as_ref()).await?;
-        let provider = Provider::new(settings.provider.clone(), http, clock.clone());
+        let vault = VaultHandle::new(load_vault(store.as_ref(), master_key, clock.as_ref()).await?);
+        let provider = Provider::new(settings.provider.clone(), http.clone(), clock.clone());
+        let broker = Broker::new(
+            store.clone(),
+            provider.clone(),
+            vault.clone(),
+            clock.clone(),
+            BrokerSettings {
+                min_ttl: settings.broker.min_ttl,
+                ..BrokerSettings::default()
+            },
+        );
+        let audit = AuditLog::start(store.clone(), clock.clone());
+        if let Some(webhook) = settings.webhook.clone() {
+            tokio::spawn(crate::webhook::deliver(
+                store.clone(),
+                webhook,
+                http,
+                clock.clone(),
+            ));
+        }
         Ok(App {
             inner: Arc::new(Inner {
                 settings,
                 store,
-                vault: VaultHandle::new(vault),
+                vault,
                 provider,
+                broker,
+                audit,
+                api_keys: Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(API_KEY_CACHE_TTL)
+                    .build(),
+                api_http: api_http_client()?,
                 clock,
                 demo_page: false,
             }),
         })
     }
 
-    /// Serves the development sign-in page at `/` (used by `grantkeeper dev`).
+    /// Serves the development pages at `/` and `/demo/*` (used by `grantkeeper dev`).
     pub fn with_demo_page(self) -> App {
         match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
@@ -100,11 +152,24 @@ impl App {
     pub fn provider(&self) -> &Provider {
         &self.inner.provider
     }
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
     pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
     }
     pub fn demo_page(&self) -> bool {
         self.inner.demo_page
+    }
+    pub(crate) fn api_key_cache(&self) -> &Cache<String, Option<ApiKeyRecord>> {
+        &self.inner.api_keys
+    }
+    /// The client for calls to Google APIs as a user.
+    pub fn api_http(&self) -> &reqwest::Client {
+        &self.inner.api_http
     }
 
     /// The current vault. Rotation swaps it; holders of the old one keep a consistent view.

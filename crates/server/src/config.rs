@@ -46,6 +46,8 @@ pub struct FileConfig {
     pub vault: VaultSection,
     #[serde(default)]
     pub broker: BrokerSection,
+    #[serde(default)]
+    pub events: EventsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +96,15 @@ pub struct BrokerSection {
     pub refresh_concurrency: Option<usize>,
     /// Upstream requests per second across all grants.
     pub upstream_rate: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Receives every grant state change as signed JSON.
+    pub webhook_url: Option<String>,
+    /// Key of the HMAC-SHA256 signature in `X-Grantkeeper-Signature`.
+    pub webhook_secret: Option<SecretString>,
 }
 
 /// A duration written as whole seconds or as a number with a unit.
@@ -153,6 +164,14 @@ pub struct Settings {
     pub api_base: Url,
     pub store_url: String,
     pub broker: BrokerSettings,
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// Where grant state changes are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub url: Url,
+    pub secret: SecretString,
 }
 
 #[derive(Debug, Clone)]
@@ -427,6 +446,44 @@ impl Settings {
             upstream_rate: b.upstream_rate,
         };
 
+        let webhook = match (&file.events.webhook_url, &file.events.webhook_secret) {
+            (None, None) => None,
+            (Some(u), Some(secret)) => {
+                let url = Url::parse(u).map_err(|_| {
+                    err(
+                        "events.webhook_url",
+                        format!("{u:?} is not a URL"),
+                        "write e.g. https://hooks.example.com/grantkeeper",
+                    )
+                })?;
+                if secret.expose_secret().len() < 16 {
+                    return Err(err(
+                        "events.webhook_secret",
+                        "the secret is shorter than 16 characters",
+                        "use a long random secret, e.g. `head -c24 /dev/urandom | base64`",
+                    ));
+                }
+                Some(WebhookSettings {
+                    url,
+                    secret: secret.clone(),
+                })
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "events.webhook_secret",
+                    "a webhook URL is set without a secret",
+                    "set events.webhook_secret (GRANTKEEPER_EVENTS__WEBHOOK_SECRET)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "events.webhook_url",
+                    "a webhook secret is set without a URL",
+                    "set events.webhook_url or remove the secret",
+                ));
+            }
+        };
+
         Ok(Settings {
             addr,
             public_url,
@@ -442,6 +499,7 @@ impl Settings {
             api_base,
             store_url,
             broker,
+            webhook,
         })
     }
 }

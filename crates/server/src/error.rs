@@ -207,3 +207,33 @@ pub fn id_token_error(e: IdTokenError) -> ApiError {
         other => ApiError::IdTokenInvalid(format!("the ID token is not acceptable: {other}")),
     }
 }
+
+impl From<grantkeeper_broker::BrokerError> for ApiError {
+    fn from(e: grantkeeper_broker::BrokerError) -> Self {
+        use grantkeeper_broker::BrokerError as B;
+        match e {
+            B::UnknownUser => ApiError::NotFound("no user with this sub".to_owned()),
+            B::ScopeNotGranted { missing } => ApiError::ScopeNotGranted(format!(
+                "the user has not granted: {missing}; ask them to sign in and grant it"
+            )),
+            B::NeedsConsent => ApiError::GrantRevoked(
+                "no refresh token is held for this user: they must sign in again with consent"
+                    .to_owned(),
+            ),
+            B::Revoked { reason } => ApiError::GrantRevoked(format!(
+                "the user's grant was revoked ({reason}): they must sign in again with consent"
+            )),
+            B::Unavailable { retry_after, .. } => ApiError::UpstreamUnavailable {
+                message: "Google is unavailable for this grant right now; try again later"
+                    .to_owned(),
+                retry_after: Some(retry_after),
+            },
+            B::Misconfigured { detail } => {
+                tracing::error!(%detail, "the provider refused grantkeeper's request: check the client credentials");
+                ApiError::Upstream("the identity provider refused grantkeeper's request".to_owned())
+            }
+            B::Store(e) => e.into(),
+            B::Vault(detail) => ApiError::Internal(format!("vault: {detail}")),
+        }
+    }
+}

@@ -9,13 +9,16 @@
 //! persistence (grantkeeper-store), sealing (grantkeeper-core's vault), and the Google emulator,
 //! which this crate never links.
 
+pub mod apikeys;
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod keys;
 pub mod session;
 pub mod signin;
+pub mod webhook;
 
 pub use app::App;
 pub use config::Settings;

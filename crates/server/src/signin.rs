@@ -6,13 +6,8 @@
 
 use crate::app::App;
 use crate::error::{ApiError, exchange_error, id_token_error};
-use aws_lc_rs::digest;
-use base64::Engine;
 use grantkeeper_core::{Aad, SecretString};
-use grantkeeper_store::{
-    SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome, TokenFingerprint,
-};
-use secrecy::ExposeSecret;
+use grantkeeper_store::{SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome};
 use serde::Deserialize;
 use std::fmt::Write;
 use std::str::FromStr;
@@ -43,23 +38,6 @@ impl FromStr for Platform {
 
 pub(crate) fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
-}
-
-/// Fingerprints of a refresh token for RISC lookups (see [`TokenFingerprint`]).
-pub fn fingerprint(token: &SecretString) -> TokenFingerprint {
-    let t = token.expose_secret().as_bytes();
-    let once = digest::digest(&digest::SHA512, t);
-    let twice = digest::digest(&digest::SHA512, once.as_ref());
-    let prefix: Vec<u8> = token
-        .expose_secret()
-        .chars()
-        .take(16)
-        .collect::<String>()
-        .into_bytes();
-    TokenFingerprint {
-        hash: base64::engine::general_purpose::STANDARD.encode(twice.as_ref()),
-        prefix_hash: hex(digest::digest(&digest::SHA256, &prefix).as_ref()),
-    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -108,7 +86,7 @@ impl App {
                 sealed: vault
                     .seal_secret(rt, Aad::refresh_token(&profile.sub))
                     .map_err(|e| ApiError::Internal(format!("sealing: {e}")))?,
-                fingerprint: fingerprint(rt),
+                fingerprint: grantkeeper_broker::fingerprint(rt),
             }),
             None => None,
         };
@@ -129,6 +107,8 @@ impl App {
                 at: self.clock().now(),
             })
             .await?;
+        // A cached token of another instance's making, or of a revoked grant, is stale now.
+        self.broker().forget(&outcome.user.profile.sub);
         tracing::info!(
             sub = %outcome.user.profile.sub,
             ?platform,
@@ -144,16 +124,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprint_matches_google_s_hash_form() {
-        let fp = fingerprint(&SecretString::from("1//0abcdefghijklmnopqrstuvwxyz"));
-        assert_eq!(fp.prefix_hash.len(), 64);
-        assert!(!fp.hash.contains("abcdefghijklmnop"));
-        let same_prefix = fingerprint(&SecretString::from("1//0abcdefghijklZZZZ"));
-        assert_eq!(fp.prefix_hash, same_prefix.prefix_hash);
-        assert_ne!(fp.hash, same_prefix.hash);
-    }
 
     #[test]
     fn platforms() {

@@ -7,4 +7,5 @@ mod server {
     pub mod harness;
     pub mod secrets;
     pub mod signin;
+    pub mod v1;
 }

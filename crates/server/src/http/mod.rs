@@ -1,9 +1,12 @@
 //! The axum routers. Handlers translate HTTP to calls on [`App`] and back; rules live in the
 //! app's operations, not here.
 
+mod demo;
 mod ops;
 mod page;
+pub mod proxy;
 mod signin;
+mod v1;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -23,9 +26,12 @@ use tower_http::trace::TraceLayer;
 
 /// Every route of the server, with its middleware.
 pub fn router(app: App) -> Router {
-    let mut routes = Router::new().merge(signin::routes()).merge(ops::routes());
+    let mut routes = Router::new()
+        .merge(signin::routes())
+        .merge(v1::routes())
+        .merge(ops::routes());
     if app.demo_page() {
-        routes = routes.merge(page::routes());
+        routes = routes.merge(page::routes()).merge(demo::routes());
     }
     routes
         .fallback(not_found)

@@ -11,6 +11,17 @@ pub fn routes() -> Router<App> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document of the HTTP contract.
+pub const OPENAPI: &str = include_str!("../../assets/openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn healthz() -> Json<Value> {

@@ -21,7 +21,7 @@ async fn page(State(app): State<App>) -> Result<Response, ApiError> {
     let config = json!({
         "client_id": app.settings().provider.client_id,
         "authorization_endpoint": discovery.authorization_endpoint,
-        "scope": "openid email profile",
+        "scope": "openid email profile https://www.googleapis.com/auth/drive.appdata",
     });
     // `<` is escaped so that no value can close the script element.
     let config = config.to_string().replace('<', "\\u003c");

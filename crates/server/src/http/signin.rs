@@ -58,11 +58,24 @@ impl From<&UserRecord> for UserJson {
 }
 
 #[derive(Serialize)]
-struct GrantJson {
+pub struct GrantJson {
     state: &'static str,
     scopes: Vec<String>,
     updated_at: String,
     reason: Option<String>,
+    last_refresh_at: Option<String>,
+}
+
+impl From<&GrantRecord> for GrantJson {
+    fn from(g: &GrantRecord) -> Self {
+        GrantJson {
+            state: g.state.as_str(),
+            scopes: g.scopes.to_vec(),
+            updated_at: rfc3339(g.updated_at),
+            reason: g.reason.clone(),
+            last_refresh_at: g.last_refresh_at.map(rfc3339),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -85,18 +98,13 @@ fn answer(user: &UserRecord, grant: &GrantRecord, with_grant: bool) -> SignInJso
         granted_scopes: grant.scopes.to_vec(),
         offline_access: !grant.needs_consent(),
         needs_consent: grant.needs_consent(),
-        grant: with_grant.then(|| GrantJson {
-            state: grant.state.as_str(),
-            scopes: grant.scopes.to_vec(),
-            updated_at: rfc3339(grant.updated_at),
-            reason: grant.reason.clone(),
-        }),
+        grant: with_grant.then(|| grant.into()),
     }
 }
 
 /// The cross-site request checks of a state-changing browser call: a custom header that a
 /// cross-site form cannot send, and, when the browser names one, an allowed origin.
-fn gate(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn gate(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let xrw = headers
         .get("x-requested-with")
         .map(HeaderValue::as_bytes)

@@ -134,6 +134,8 @@ pub struct Options {
     pub allowed_origins: Vec<String>,
     /// Whether the emulator's Android and iOS clients are authorized parties.
     pub mobile_parties: bool,
+    /// A webhook receiver URL and secret.
+    pub webhook: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -141,6 +143,7 @@ impl Default for Options {
         Options {
             allowed_origins: vec!["https://app.example.com".into()],
             mobile_parties: true,
+            webhook: None,
         }
     }
 }
@@ -182,6 +185,11 @@ impl TestApp {
             file.provider.authorized_parties =
                 vec![emulator.android_client_id(), emulator.ios_client_id()];
         }
+        if let Some((url, secret)) = options.webhook {
+            file.events.webhook_url = Some(url);
+            file.events.webhook_secret = Some(secret.into());
+        }
+        file.provider.api_base = Some(emulator_url.clone());
         file.store.url = Some(format!(
             "sqlite://{}",
             dir.path().join("grantkeeper.db").display()
@@ -356,6 +364,46 @@ impl TestApp {
             req = req.header(*k, *v);
         }
         Answer::from(req.send().await.unwrap()).await
+    }
+
+    /// Creates an API key with these scopes; returns its secret.
+    pub async fn api_key(&self, scopes: &[grantkeeper_server::apikeys::KeyScope]) -> String {
+        let (_, secret) = grantkeeper_server::apikeys::create_api_key(
+            self.app.store().as_ref(),
+            self.app.clock().as_ref(),
+            "test",
+            scopes,
+        )
+        .await
+        .unwrap();
+        secret.expose_secret().to_owned()
+    }
+
+    /// A /v1 call with an API key.
+    pub async fn v1(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    /// Signs a user in on the web and returns their sub.
+    pub async fn signed_in(&self, email: &str) -> String {
+        let a = self.authcode_web(&self.web_code(email).await).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.body["user"]["sub"].as_str().unwrap().to_owned()
     }
 
     /// Opens the user's held refresh token through the app's vault.

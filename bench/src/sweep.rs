@@ -1,0 +1,124 @@
+//! The sweep figure: a `refresh` sweep over N users while the token endpoint answers after
+//! `latency` ms. With `concurrency` refreshes in flight the ideal is N x latency / concurrency;
+//! the figure is ideal / achieved (1.0 = no overhead at all).
+
+use anyhow::Context;
+use grantkeeper_broker::sweep::{Job, Outcome, SweepOptions, run_sweep};
+use grantkeeper_core::{MasterKey, SecretString, SystemClock};
+use grantkeeper_emulator::{Emulator, EmulatorOptions};
+use grantkeeper_server::config::{FileConfig, Settings};
+use grantkeeper_server::{App, Platform};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use url::Url;
+
+pub async fn run(users: usize, latency_ms: u64, concurrency: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = SystemClock::shared();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let emulator = Emulator::open(EmulatorOptions {
+        base_url: Url::parse(&base)?,
+        data_dir: None,
+        clock: clock.clone(),
+        control_api: true,
+    })
+    .await?;
+    tokio::spawn(axum::serve(listener, emulator.router()).into_future());
+
+    let client = emulator.web_client();
+    let mut file = FileConfig::default();
+    file.provider.issuer = Some(base.clone());
+    file.provider.client_id = Some(client.client_id.clone());
+    file.provider.client_secret = Some(client.client_secret.clone());
+    file.provider.api_base = Some(base.clone());
+    file.store.url = Some(format!(
+        "sqlite://{}",
+        dir.path().join("bench.db").display()
+    ));
+    let settings = Settings::from_file(&file, dir.path())?;
+    let store = grantkeeper_store::open(&settings.store_url).await?;
+    let master = MasterKey::from_base64(&MasterKey::generate_base64())?;
+    let app = App::new(settings, store, &master, clock).await?;
+    let http = reqwest::Client::new();
+
+    eprintln!("signing in {users} users...");
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..users {
+        let (app, http, base, client_id) = (
+            app.clone(),
+            http.clone(),
+            base.clone(),
+            client.client_id.clone(),
+        );
+        tasks.spawn(async move {
+            let code: serde_json::Value = http
+                .post(format!("{base}/_emulator/codes"))
+                .json(
+                    &json!({"email": format!("user{i:06}@example.com"), "client_id": client_id,
+                    "scope": "openid email https://www.googleapis.com/auth/drive.appdata",
+                    "redirect_uri": "postmessage", "access_type": "offline"}),
+                )
+                .send()
+                .await?
+                .json()
+                .await?;
+            let code = SecretString::from(code["code"].as_str().context("no code")?.to_owned());
+            app.sign_in(&code, Platform::Web)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(())
+        });
+        while tasks.len() >= 32 {
+            if let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    eprintln!(
+        "signed in {users} users in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    http.put(format!("{base}/_emulator/faults"))
+        .json(&json!({"token": {"latency_ms": latency_ms}}))
+        .send()
+        .await?;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let summary = run_sweep(
+        app.broker(),
+        app.store(),
+        app.api_http().clone(),
+        app.settings().api_base.clone(),
+        Job::Refresh,
+        SweepOptions {
+            concurrency,
+            rate_per_sec: None,
+            page_size: 500,
+        },
+        stop,
+        &|_| {},
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let achieved = started.elapsed();
+    let ideal =
+        Duration::from_millis(latency_ms) * u32::try_from(users)? / u32::try_from(concurrency)?;
+    let ok = summary.counts.get(&Outcome::Ok).copied().unwrap_or(0);
+    println!(
+        "scenario  users  latency_ms  concurrency  ok     ideal_s  achieved_s  ratio (ideal/achieved, goal >= 0.9)"
+    );
+    println!(
+        "sweep     {users:<5}  {latency_ms:<10}  {concurrency:<11}  {ok:<5}  {:<7.2}  {:<10.2}  {:.3}",
+        ideal.as_secs_f64(),
+        achieved.as_secs_f64(),
+        ideal.as_secs_f64() / achieved.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The development page's offline demo: the signed-in user's Drive appDataFolder as the server
+//! reads it on the offline path (through the broker, as any app service would), a small file
+//! added the same way, and the offline job run for that user now. Served by `grantkeeper dev`.
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::signin::{gate, read_body};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use grantkeeper_broker::TokenRequest;
+use grantkeeper_core::scopes::DRIVE_APPDATA;
+use grantkeeper_core::{ExposeSecret, Scopes};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/demo/files", get(list_files).post(add_file))
+        .route("/demo/offline-job", post(offline_job))
+}
+
+const LIST: &str =
+    "drive/v3/files?spaces=appDataFolder&fields=files(id,name,modifiedTime,size)&pageSize=100";
+
+/// Calls a Google API as `sub` through the broker; answers the API's status and JSON.
+async fn call(
+    app: &App,
+    sub: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Option<(String, Vec<u8>)>,
+) -> Result<(u16, Value), ApiError> {
+    let token = app
+        .broker()
+        .access_token(
+            sub,
+            &TokenRequest {
+                scopes: Some(Scopes::parse(DRIVE_APPDATA)),
+                min_ttl: None,
+            },
+        )
+        .await?;
+    let base = app.settings().api_base.as_str().trim_end_matches('/');
+    let mut req = app
+        .api_http()
+        .request(method, format!("{base}/{path_and_query}"))
+        .bearer_auth(token.token.expose_secret());
+    if let Some((content_type, bytes)) = body {
+        req = req.header("content-type", content_type).body(bytes);
+    }
+    let response = req
+        .send()
+        .await
+        .map_err(|_| ApiError::UpstreamUnavailable {
+            message: "the Drive API did not answer".to_owned(),
+            retry_after: None,
+        })?;
+    let status = response.status().as_u16();
+    let value = response.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+async fn list_files(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (sub, _) = app.session_user(&headers).await?;
+    let (status, files) = call(&app, &sub, Method::GET, LIST, None).await?;
+    app.audit()
+        .record(
+            "session",
+            Some(&sub),
+            "proxy",
+            "GET drive/v3/files".to_owned(),
+            &status.to_string(),
+        )
+        .await;
+    Ok(Json(json!({"status": status, "result": files})).into_response())
+}
+
+#[derive(Deserialize)]
+struct NewFile {
+    name: String,
+    content: String,
+}
+
+async fn add_file(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    gate(&app, &headers)?;
+    let (sub, _) = app.session_user(&headers).await?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let file: NewFile = serde_json::from_slice(&bytes).map_err(|_| {
+        ApiError::InvalidRequest("send {\"name\": \"...\", \"content\": \"...\"}".to_owned())
+    })?;
+    if file.name.trim().is_empty() || file.name.len() > 200 {
+        return Err(ApiError::InvalidRequest(
+            "the name must be 1 to 200 characters".to_owned(),
+        ));
+    }
+    let boundary = format!("gk{}", grantkeeper_core::random::token::<12>());
+    let metadata =
+        json!({"name": file.name, "parents": ["appDataFolder"], "mimeType": "text/plain"});
+    let multipart = format!(
+        "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n\
+         --{boundary}\r\nContent-Type: text/plain\r\n\r\n{}\r\n--{boundary}--\r\n",
+        file.content
+    );
+    let (status, created) = call(
+        &app,
+        &sub,
+        Method::POST,
+        "upload/drive/v3/files?uploadType=multipart",
+        Some((
+            format!("multipart/related; boundary={boundary}"),
+            multipart.into_bytes(),
+        )),
+    )
+    .await?;
+    app.audit()
+        .record(
+            "session",
+            Some(&sub),
+            "proxy",
+            "POST upload/drive/v3/files".to_owned(),
+            &status.to_string(),
+        )
+        .await;
+    Ok(Json(json!({"status": status, "result": created})).into_response())
+}
+
+/// What a nightly job does for one user: refresh the grant upstream, then read their files.
+async fn offline_job(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    gate(&app, &headers)?;
+    let (sub, _) = app.session_user(&headers).await?;
+    let token = app.broker().refresh_now(&sub).await?;
+    let (status, files) = call(&app, &sub, Method::GET, LIST, None).await?;
+    let count = files["files"].as_array().map_or(0, Vec::len);
+    app.audit()
+        .record(
+            "session",
+            Some(&sub),
+            "offline_job",
+            "refresh + list appDataFolder".to_owned(),
+            "ok",
+        )
+        .await;
+    Ok(Json(json!({
+        "refreshed": true,
+        "expires_at": token.expires_at.format(&Rfc3339).unwrap_or_default(),
+        "drive_status": status,
+        "files": count,
+    }))
+    .into_response())
+}

@@ -1,0 +1,316 @@
+//! Google API calls made as a user: `ANY /v1/users/{sub}/google/{path}` -> `{api_base}/{path}`.
+//!
+//! The query string, the headers (minus hop-by-hop ones and the caller's credentials) and the
+//! body go upstream as they came; the answer comes back as Google gave it, streamed, error
+//! JSON included. A 401 from the API means the access token died early (revoked, or rotated
+//! out): the broker refreshes once and the call is retried once, which needs the body again,
+//! so bodies up to 1 MiB are buffered; larger ones stream and are not retried.
+
+use crate::app::App;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use grantkeeper_broker::{AccessToken, TokenRequest};
+use grantkeeper_core::ExposeSecret;
+use url::Url;
+
+/// Bodies up to this size are kept so that the call can be retried after a refresh.
+pub const REPLAYABLE: usize = 1024 * 1024;
+/// Largest body passed upstream.
+pub const MAX_BODY: u64 = 256 * 1024 * 1024;
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), plus the
+/// caller's own credentials.
+fn is_stripped(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "authorization"
+            | "cookie"
+            | "set-cookie"
+            | "content-length"
+    )
+}
+
+fn forwarded_headers(from: &HeaderMap) -> HeaderMap {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::new();
+    for (name, value) in from {
+        if !is_stripped(name) && !named.iter().any(|n| n == name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The part of the request path after `/google/`.
+pub fn upstream_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/users/")?;
+    let (_, after) = rest.split_once("/google/")?;
+    Some(after)
+}
+
+/// `{api_base}/{path}`, refusing anything that could leave `api_base`: dot segments (also
+/// percent-encoded), empty segments, backslashes, and results on another origin or path.
+pub fn upstream_url(api_base: &Url, path: &str, query: Option<&str>) -> Result<Url, ApiError> {
+    let refuse = || {
+        ApiError::InvalidRequest(
+            "the API path must be a plain relative path under the API base, like drive/v3/files"
+                .to_owned(),
+        )
+    };
+    if path.is_empty() || path.contains('\\') || path.contains('#') {
+        return Err(refuse());
+    }
+    for segment in path.split('/') {
+        let decoded = percent_decode(segment).ok_or_else(refuse)?;
+        if segment.is_empty()
+            || decoded == "."
+            || decoded == ".."
+            || decoded.contains('/')
+            || decoded.contains('\\')
+        {
+            return Err(refuse());
+        }
+    }
+    let base = api_base.as_str().trim_end_matches('/');
+    let mut text = format!("{base}/{path}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        text.push('?');
+        text.push_str(q);
+    }
+    let url = Url::parse(&text).map_err(|_| refuse())?;
+    let base_path = api_base.path().trim_end_matches('/');
+    if url.origin() != api_base.origin() || !url.path().starts_with(&format!("{base_path}/")) {
+        return Err(refuse());
+    }
+    Ok(url)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+enum Outgoing {
+    Buffered(Bytes),
+    Streaming(reqwest::Body),
+}
+
+/// Reads up to [`REPLAYABLE`] bytes; beyond that, the rest streams behind what was read.
+async fn take_body(body: Body) -> Result<Outgoing, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::InvalidRequest("the request body could not be read".to_owned())
+        })?;
+        buf.extend_from_slice(&chunk);
+        if buf.len() > REPLAYABLE {
+            let head =
+                futures_util::stream::once(async move { Ok::<Bytes, axum::Error>(buf.freeze()) });
+            let mut seen = 0u64;
+            let limited = head.chain(stream).map(move |c| {
+                let c = c?;
+                seen += c.len() as u64;
+                if seen > MAX_BODY {
+                    return Err(axum::Error::new("the request body is too large"));
+                }
+                Ok(c)
+            });
+            return Ok(Outgoing::Streaming(reqwest::Body::wrap_stream(limited)));
+        }
+    }
+    Ok(Outgoing::Buffered(buf.freeze()))
+}
+
+async fn send(
+    app: &App,
+    method: &Method,
+    url: &Url,
+    headers: &HeaderMap,
+    token: &AccessToken,
+    body: reqwest::Body,
+) -> Result<reqwest::Response, ApiError> {
+    app.api_http()
+        .request(method.clone(), url.clone())
+        .headers(headers.clone())
+        .bearer_auth(token.token.expose_secret())
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() || e.is_connect() {
+                ApiError::UpstreamUnavailable {
+                    message: "the Google API did not answer in time".to_owned(),
+                    retry_after: Some(std::time::Duration::from_secs(1)),
+                }
+            } else if e.is_body() || e.is_request() {
+                ApiError::Upstream("the request could not be sent to the Google API".to_owned())
+            } else {
+                ApiError::Upstream("the Google API call failed".to_owned())
+            }
+        })
+}
+
+/// Calls the API as the user and answers what it answered.
+pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = upstream_path(parts.uri.path())
+        .ok_or_else(|| ApiError::NotFound("no such endpoint".to_owned()))?;
+    let url = upstream_url(&app.settings().api_base, path, parts.uri.query())?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY) {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY as usize,
+        });
+    }
+    let headers = forwarded_headers(&parts.headers);
+    let token = app
+        .broker()
+        .access_token(sub, &TokenRequest::default())
+        .await?;
+    let outgoing = take_body(body).await?;
+    let response = match outgoing {
+        Outgoing::Buffered(bytes) => {
+            let first = send(
+                app,
+                &parts.method,
+                &url,
+                &headers,
+                &token,
+                bytes.clone().into(),
+            )
+            .await?;
+            if first.status() == StatusCode::UNAUTHORIZED {
+                tracing::info!(%sub, "the API refused the access token; refreshing once");
+                let fresh = app
+                    .broker()
+                    .refresh_after_rejection(sub, &token.token)
+                    .await?;
+                send(app, &parts.method, &url, &headers, &fresh, bytes.into()).await?
+            } else {
+                first
+            }
+        }
+        Outgoing::Streaming(body) => send(app, &parts.method, &url, &headers, &token, body).await?,
+    };
+    let status = response.status();
+    let mut out = Response::builder().status(status.as_u16());
+    for (name, value) in response.headers() {
+        if !is_stripped(name) || name == header::CONTENT_LENGTH {
+            out = out.header(name, value);
+        }
+    }
+    out.body(Body::from_stream(response.bytes_stream()))
+        .map_err(|e| ApiError::Internal(format!("building the proxied answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("https://www.googleapis.com").unwrap()
+    }
+
+    #[test]
+    fn plain_paths_are_joined_under_the_base() {
+        let u = upstream_url(&base(), "drive/v3/files", Some("spaces=appDataFolder")).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://www.googleapis.com/drive/v3/files?spaces=appDataFolder"
+        );
+        let nested = Url::parse("http://127.0.0.1:8080/_google").unwrap();
+        let u = upstream_url(&nested, "drive/v3/files/abc", None).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:8080/_google/drive/v3/files/abc"
+        );
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        for bad in [
+            "",
+            "../x",
+            "drive/../../x",
+            "drive/%2e%2e/x",
+            "drive/%2E./x",
+            "a//b",
+            "/evil",
+            "a\\b",
+            "drive/%2fetc",
+            "x/.",
+            "%zz",
+        ] {
+            assert!(
+                upstream_url(&base(), bad, None).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+        // A scheme-looking first segment stays a path on the API's own host.
+        let u = upstream_url(&base(), "http:x", None).unwrap();
+        assert_eq!(u.host_str(), Some("www.googleapis.com"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer gk_key".parse().unwrap());
+        h.insert("cookie", "gk_session=x".parse().unwrap());
+        h.insert("connection", "keep-alive, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("x-goog-upload-protocol", "multipart".parse().unwrap());
+        let out = forwarded_headers(&h);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.contains_key("content-type"));
+        assert!(out.contains_key("x-goog-upload-protocol"));
+    }
+
+    #[test]
+    fn the_path_after_google() {
+        assert_eq!(
+            upstream_path("/v1/users/123/google/drive/v3/files"),
+            Some("drive/v3/files")
+        );
+        assert_eq!(upstream_path("/v1/users/123/token"), None);
+    }
+}

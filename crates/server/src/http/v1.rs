@@ -1,0 +1,249 @@
+//! The API for the app's other services (`Authorization: Bearer <api key>`): users, fresh
+//! access tokens, and Google API calls made as a user. Every hand-out, proxied call and
+//! deletion is audited.
+
+use crate::apikeys::{Caller, KeyScope};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::proxy;
+use crate::http::signin::{GrantJson, UserJson, read_body};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use grantkeeper_broker::TokenRequest;
+use grantkeeper_core::{ExposeSecret, Scopes};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/v1/users", get(list_users))
+        .route("/v1/users/{sub}", get(get_user).delete(delete_user))
+        .route("/v1/users/{sub}/token", post(token))
+        .route("/v1/users/{sub}/google/{*path}", any(proxy_call))
+}
+
+#[derive(Serialize)]
+struct UserWithGrant {
+    user: UserJson,
+    grant: GrantJson,
+}
+
+#[derive(Serialize)]
+struct UserPageJson {
+    users: Vec<UserWithGrant>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+const MAX_PAGE: u32 = 500;
+
+async fn list_users(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, KeyScope::UsersRead).await?;
+    let q: PageQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|_| ApiError::InvalidRequest("the query string is malformed".to_owned()))?;
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be 1 to {MAX_PAGE}")))?,
+    };
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest("the cursor is not one this API gave".to_owned())
+                })?,
+        ),
+    };
+    let page = app.store().list_users(after.as_deref(), limit).await?;
+    Ok(Json(UserPageJson {
+        users: page
+            .users
+            .iter()
+            .map(|(u, g)| UserWithGrant {
+                user: u.into(),
+                grant: g.into(),
+            })
+            .collect(),
+        next_cursor: page.next.map(|s| URL_SAFE_NO_PAD.encode(s)),
+    })
+    .into_response())
+}
+
+async fn get_user(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(sub): Path<String>,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, KeyScope::UsersRead).await?;
+    let (user, grant) = app
+        .store()
+        .user(&sub)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no user with this sub".to_owned()))?;
+    Ok(Json(UserWithGrant {
+        user: (&user).into(),
+        grant: (&grant).into(),
+    })
+    .into_response())
+}
+
+async fn delete_user(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(sub): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(&headers, KeyScope::UsersWrite).await?;
+    let result = app
+        .delete_user(&sub, &format!("deleted by API key {}", caller.key_id))
+        .await;
+    audit(&app, &caller, &sub, "delete_user", String::new(), &result).await;
+    result?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+impl App {
+    /// Revokes the user's grant at Google, then deletes the user with everything held for them.
+    pub async fn delete_user(&self, sub: &str, reason: &str) -> Result<(), ApiError> {
+        use grantkeeper_broker::BrokerError;
+        match self.broker().revoke_grant(sub, reason).await {
+            Ok(()) | Err(BrokerError::NeedsConsent) | Err(BrokerError::Revoked { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.broker().forget(sub);
+        if !self.store().delete_user(sub).await? {
+            return Err(ApiError::NotFound("no user with this sub".to_owned()));
+        }
+        tracing::info!(%sub, "user deleted");
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    scopes: Option<Vec<String>>,
+    min_ttl: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TokenJson {
+    access_token: String,
+    expires_at: String,
+    scopes: Vec<String>,
+}
+
+/// Largest `min_ttl` accepted: Google's tokens live an hour.
+const MAX_MIN_TTL: u64 = 3600;
+
+async fn token(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(sub): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(&headers, KeyScope::Token).await?;
+    let bytes = read_body(body, 16 * 1024).await?;
+    let req: TokenBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TokenBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::InvalidRequest(format!(
+                "the body must be JSON like {{\"scopes\": [\"...\"], \"min_ttl\": 300}} ({})",
+                match e.classify() {
+                    serde_json::error::Category::Data => "unexpected field or type",
+                    _ => "malformed JSON",
+                }
+            ))
+        })?
+    };
+    if req.min_ttl.is_some_and(|t| t > MAX_MIN_TTL) {
+        return Err(ApiError::InvalidRequest(format!(
+            "min_ttl must be 0 to {MAX_MIN_TTL} seconds"
+        )));
+    }
+    let request = TokenRequest {
+        scopes: req.scopes.as_ref().map(Scopes::from_iter),
+        min_ttl: req.min_ttl.map(Duration::from_secs),
+    };
+    let detail = request
+        .scopes
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let result = app
+        .broker()
+        .access_token(&sub, &request)
+        .await
+        .map_err(ApiError::from);
+    audit(&app, &caller, &sub, "token", detail, &result).await;
+    let token = result?;
+    let body = TokenJson {
+        access_token: token.token.expose_secret().to_owned(),
+        expires_at: token.expires_at.format(&Rfc3339).unwrap_or_default(),
+        scopes: token.scopes.to_vec(),
+    };
+    Ok(([(CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+async fn proxy_call(
+    State(app): State<App>,
+    Path((sub, _)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = app.authorize(request.headers(), KeyScope::Proxy).await?;
+    let detail = format!(
+        "{} {}",
+        request.method(),
+        proxy::upstream_path(request.uri().path()).unwrap_or("?")
+    );
+    let result = proxy::forward(&app, &sub, request).await;
+    let outcome = match &result {
+        Ok(r) => r.status().as_u16().to_string(),
+        Err(e) => e.code().to_owned(),
+    };
+    app.audit()
+        .record(&caller.key_id, Some(&sub), "proxy", detail, &outcome)
+        .await;
+    result
+}
+
+async fn audit<T>(
+    app: &App,
+    caller: &Caller,
+    sub: &str,
+    action: &str,
+    detail: String,
+    result: &Result<T, ApiError>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    app.audit()
+        .record(&caller.key_id, Some(sub), action, detail, outcome)
+        .await;
+}
