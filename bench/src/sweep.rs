@@ -33,6 +33,8 @@ pub async fn run(users: usize, latency_ms: u64, concurrency: usize) -> anyhow::R
     file.provider.client_id = Some(client.client_id.clone());
     file.provider.client_secret = Some(client.client_secret.clone());
     file.provider.api_base = Some(base.clone());
+    // The sweep's concurrency is the figure's denominator: let the broker run as many.
+    file.broker.refresh_concurrency = Some(concurrency);
     file.store.url = Some(format!(
         "sqlite://{}",
         dir.path().join("bench.db").display()

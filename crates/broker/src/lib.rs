@@ -15,6 +15,7 @@
 //! outcome and the latency.
 
 mod backoff;
+mod budget;
 mod cache;
 mod fingerprint;
 mod flight;
@@ -23,6 +24,7 @@ pub mod sweep;
 pub use fingerprint::fingerprint;
 
 use crate::backoff::Backoffs;
+use crate::budget::Budget;
 use crate::cache::TokenCache;
 use crate::flight::{Flights, InstanceLock, Landed};
 use aws_lc_rs::digest;
@@ -60,6 +62,10 @@ pub struct BrokerSettings {
     pub backoff_max: Duration,
     /// Most access tokens kept in memory.
     pub cache_capacity: u64,
+    /// Most upstream refreshes in flight at once, across all grants.
+    pub refresh_concurrency: usize,
+    /// Most upstream refreshes started per second, across all grants (None: no pace).
+    pub upstream_rate: Option<f64>,
 }
 
 impl Default for BrokerSettings {
@@ -70,6 +76,8 @@ impl Default for BrokerSettings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             cache_capacity: 200_000,
+            refresh_concurrency: 64,
+            upstream_rate: None,
         }
     }
 }
@@ -147,6 +155,7 @@ struct Inner {
     backoff: Backoffs,
     /// `expires_in` of the provider's last refresh answer, in seconds; 0 until one is seen.
     observed_lifetime: AtomicU64,
+    budget: Budget,
 }
 
 /// What a caller queued on a grant's lock wants.
@@ -173,6 +182,7 @@ impl Broker {
         settings: BrokerSettings,
     ) -> Broker {
         let cache = TokenCache::new(settings.cache_capacity, clock.clone());
+        let budget = Budget::new(settings.refresh_concurrency, settings.upstream_rate);
         Broker {
             inner: Arc::new(Inner {
                 store,
@@ -185,6 +195,7 @@ impl Broker {
                 instances: InstanceLock,
                 backoff: Backoffs::default(),
                 observed_lifetime: AtomicU64::new(0),
+                budget,
             }),
         }
     }
@@ -516,6 +527,7 @@ impl Inner {
                 .get()
                 .open_secret(&held.sealed, Aad::refresh_token(sub))
                 .map_err(Self::vault_error)?;
+            let slot = self.budget.acquire().await;
             let started = Instant::now();
             let answer = tokio::time::timeout(REFRESH_TIMEOUT, self.provider.refresh(&secret))
                 .await
@@ -530,6 +542,7 @@ impl Inner {
                     })
                 });
             drop(secret);
+            drop(slot);
             match answer {
                 Ok(response) => {
                     return self

@@ -279,6 +279,13 @@ pub async fn sweep(
         .map_err(|_| anyhow!("--job is refresh or drive-appdata"))?;
     let rate = rate.map(|r| parse_rate(&r)).transpose()?;
     let app = open_app(target).await?;
+    let budget = app.settings().broker.refresh_concurrency;
+    if concurrency > budget {
+        eprintln!(
+            "note: at most {budget} refreshes run at once ([broker] refresh_concurrency), \
+             below --concurrency {concurrency}"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

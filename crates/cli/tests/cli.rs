@@ -180,6 +180,23 @@ async fn dev_serves_the_page_signs_in_and_survives_a_restart() {
         .unwrap();
     assert_eq!(me["user"]["sub"], answer["user"]["sub"]);
 
+    // The page's offline demo: the server reads and writes the user's Drive app folder through
+    // the broker, and runs the offline job for the user now.
+    let demo = |method: &str, path: &str| {
+        http.request(method.parse().unwrap(), format!("{}{path}", dev.url))
+            .header("cookie", &cookie)
+            .header("x-requested-with", "XmlHttpRequest")
+    };
+    let added: Value = demo("POST", "/demo/files")
+        .json(&json!({"name": "notes.txt", "content": "hello"}))
+        .send().await.unwrap().json().await.unwrap();
+    assert_eq!(added["status"], 200, "{added}");
+    let files: Value = demo("GET", "/demo/files").send().await.unwrap().json().await.unwrap();
+    assert_eq!(files["result"]["files"][0]["name"], "notes.txt", "{files}");
+    let job: Value = demo("POST", "/demo/offline-job").send().await.unwrap().json().await.unwrap();
+    assert_eq!(job["refreshed"], true, "{job}");
+    assert_eq!(job["files"], 1, "{job}");
+
     // `check` and `migrate` work on the running dev deployment.
     let (ok, text) = run(&["check", "--data-dir", data_arg]);
     assert!(ok, "{text}");

@@ -99,6 +99,8 @@ impl App {
             clock.clone(),
             BrokerSettings {
                 min_ttl: settings.broker.min_ttl,
+                refresh_concurrency: settings.broker.refresh_concurrency,
+                upstream_rate: settings.broker.upstream_rate,
                 ..BrokerSettings::default()
             },
         );

@@ -185,7 +185,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             min_ttl: Duration::from_secs(300),
-            refresh_concurrency: 16,
+            refresh_concurrency: 64,
             upstream_rate: None,
         }
     }
@@ -443,7 +443,16 @@ impl Settings {
                 .refresh_concurrency
                 .unwrap_or(defaults.refresh_concurrency)
                 .max(1),
-            upstream_rate: b.upstream_rate,
+            upstream_rate: match b.upstream_rate {
+                Some(r) if !(r.is_finite() && r > 0.0) => {
+                    return Err(err(
+                        "broker.upstream_rate",
+                        format!("{r} is not a rate"),
+                        "write refreshes per second above 0, e.g. 50, or leave it out",
+                    ));
+                }
+                r => r,
+            },
         };
 
         let webhook = match (&file.events.webhook_url, &file.events.webhook_secret) {

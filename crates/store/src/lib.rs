@@ -4,7 +4,9 @@
 //! (which is also the webhook's outbox), sessions, the wrapped data keys of the vault, API
 //! keys, the audit trail and the progress of sweep jobs, behind narrow async traits split by
 //! capability, so each caller asks only for what it needs. SQLite is the embedded backend;
-//! a PostgreSQL backend satisfies the same traits. Each backend keeps its own migrations.
+//! PostgreSQL serves several instances sharing one database. Both satisfy the same traits and
+//! pass the same conformance suite; each keeps its own migrations, and the rules of what a
+//! write becomes (`merge`) and of what a row must hold (`rows`) are shared.
 //!
 //! Leaves to others: sealing and opening (values arrive sealed and leave sealed; the store
 //! never sees a plaintext token), deciding what a grant's state should be beyond the rules
@@ -15,14 +17,20 @@
 
 mod error;
 mod merge;
+// First: its column-list macros are used by both backends' statements.
+#[macro_use]
+mod rows;
+mod postgres;
 mod sqlite;
 
 pub use error::StoreError;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
 use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -39,6 +47,19 @@ pub(crate) fn page_limit(limit: u32) -> u32 {
         0 => DEFAULT_PAGE,
         limit => limit.min(MAX_PAGE),
     }
+}
+
+/// A page of [`GrantStore::list_users`] from up to `limit + 1` users read in order: one row
+/// more than asked says whether another page follows.
+pub(crate) fn user_page(mut users: Vec<(UserRecord, GrantRecord)>, limit: u32) -> UserPage {
+    let limit = limit as usize;
+    let next = if users.len() > limit {
+        users.truncate(limit);
+        users.last().map(|(user, _)| user.profile.sub.clone())
+    } else {
+        None
+    };
+    UserPage { users, next }
 }
 
 /// A user row.
@@ -403,16 +424,48 @@ pub trait Store:
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:`), creating the database
-/// file if needed and applying pending migrations.
+/// How a store connects to a database server. SQLite keeps its own fixed pools (one writer, a
+/// few readers, a busy timeout) and reads none of this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Connections one process keeps to the database at most.
+    pub max_connections: u32,
+    /// Longest time one statement may run (waiting for a row lock included) before the server
+    /// cancels it and the store answers [`StoreError::Unavailable`]. Zero means no limit.
+    pub statement_timeout: Duration,
+    /// How long a caller waits for a connection (a new one, or a pooled one while all are
+    /// busy) before the store answers [`StoreError::Unavailable`].
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            statement_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store named by `url` with [`StoreOptions::default`]; see [`open_with`].
 pub async fn open(url: &str) -> Result<SharedStore> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// Opens the store named by `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://...` or
+/// `postgresql://...`) and applies pending migrations. A SQLite database file is created if
+/// needed; a PostgreSQL database must exist.
+pub async fn open_with(url: &str, options: &StoreOptions) -> Result<SharedStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url, options).await?))
     } else {
         // The URL is not echoed: a database URL may carry a password.
         let scheme = url.split_once(':').map_or("(none)", |(scheme, _)| scheme);
         Err(StoreError::Config(format!(
-            "store.url scheme {scheme:?} is not supported: use sqlite://PATH"
+            "store.url scheme {scheme:?} is not supported: use sqlite://PATH or postgres://..."
         )))
     }
 }

@@ -16,8 +16,8 @@ mod audit;
 mod grants;
 mod keys;
 mod outbox;
-mod rows;
 mod sessions;
+mod statements;
 mod sweeps;
 mod users;
 
@@ -152,7 +152,12 @@ impl SqliteStore {
     /// to do.
     pub async fn migrate(&self) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        migrator().run(&mut *tx).await.map_err(map_migrate)?;
+        // run_direct: `run` takes an `Acquire`, whose higher-ranked bound makes this future not
+        // `Send` (sqlx says as much on run_direct).
+        migrator()
+            .run_direct(None, &mut *tx, false)
+            .await
+            .map_err(map_migrate)?;
         tx.commit().await.map_err(map_sqlx)?;
         tracing::debug!(
             version = MIGRATIONS.last().map_or(0, |m| m.0),

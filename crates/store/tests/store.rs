@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The store's one test binary: the conformance suite that every backend passes unchanged,
-//! run here against SQLite files, and the checks particular to SQLite.
+//! run here against SQLite files and PostgreSQL databases, and the checks particular to each.
 
 #[macro_use]
 #[path = "store/conformance/mod.rs"]
@@ -8,3 +8,6 @@ mod conformance;
 
 #[path = "store/sqlite.rs"]
 mod sqlite;
+
+#[path = "store/postgres.rs"]
+mod postgres;

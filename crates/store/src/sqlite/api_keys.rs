@@ -1,7 +1,7 @@
 //! API keys of the app services, kept by the hash of their secret.
 
-use super::rows::{self, unix};
 use super::{SqliteStore, map_sqlx};
+use crate::rows::{self, unix};
 use crate::{ApiKeyRecord, ApiKeyStore, Result};
 use async_trait::async_trait;
 use time::OffsetDateTime;

@@ -1,7 +1,7 @@
 //! The audit trail: appended in batches by the server's background writer, read newest first.
 
-use super::rows::{self, unix};
 use super::{SqliteStore, map_sqlx};
+use crate::rows::{self, unix};
 use crate::{AuditFilter, AuditRecord, AuditStore, Result, page_limit};
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};

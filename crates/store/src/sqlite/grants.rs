@@ -1,12 +1,13 @@
 //! The broker's and operators' writes to grants, listing and deleting users.
 
-use super::rows::{self, SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST};
+use super::statements::{SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST};
 use super::users::{append_event, write_grant};
 use super::{SqliteStore, map_sqlx};
 use crate::merge::{Merged, check_fence, merge_refresh, merge_state_update};
+use crate::rows;
 use crate::{
     GrantEvent, GrantRecord, GrantStore, RefreshSuccess, Result, StateUpdate, StoreError, UserPage,
-    page_limit,
+    page_limit, user_page,
 };
 use async_trait::async_trait;
 use sqlx::SqliteConnection;
@@ -49,27 +50,17 @@ impl GrantStore for SqliteStore {
 
     async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage> {
         let limit = page_limit(limit);
-        // One row more than asked says whether another page follows.
         let fetch = i64::from(limit) + 1;
         let query = match after {
             None => sqlx::query(SELECT_USERS_FIRST).bind(fetch),
             Some(after) => sqlx::query(SELECT_USERS_AFTER).bind(fetch).bind(after),
         };
         let found = query.fetch_all(&self.read).await.map_err(map_sqlx)?;
-        let mut users = found
+        let users = found
             .iter()
-            .map(|row| match rows::user_and_grant(row)? {
-                (user, Some(grant)) => Ok((user, grant)),
-                (_, None) => Err(StoreError::Corrupt("a user has no grant row".into())),
-            })
+            .map(rows::user_with_grant)
             .collect::<Result<Vec<_>>>()?;
-        let next = if users.len() > limit as usize {
-            users.truncate(limit as usize);
-            users.last().map(|(user, _)| user.profile.sub.clone())
-        } else {
-            None
-        };
-        Ok(UserPage { users, next })
+        Ok(user_page(users, limit))
     }
 
     async fn delete_user(&self, sub: &str) -> Result<bool> {

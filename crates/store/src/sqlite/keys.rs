@@ -1,7 +1,7 @@
 //! The vault's wrapped data keys.
 
-use super::rows::{self, unix};
 use super::{SqliteStore, map_sqlx};
+use crate::rows::{self, unix};
 use crate::{DataKeyRecord, KeyStore, Result};
 use async_trait::async_trait;
 use sqlx::SqliteConnection;

@@ -1,8 +1,8 @@
 //! The webhook outbox: grant events not yet delivered. An event row is written in the
 //! transaction of the state change it describes, so a change is never committed without it.
 
-use super::rows::{self, unix};
 use super::{SqliteStore, map_sqlx};
+use crate::rows::{self, unix};
 use crate::{OutboxStore, PendingEvent, Result, StoreError};
 use async_trait::async_trait;
 use time::OffsetDateTime;

@@ -1,7 +1,7 @@
 //! Sessions, kept by the hash of their secret.
 
-use super::rows::{self, unix};
 use super::{SqliteStore, map_sqlx};
+use crate::rows::{self, unix};
 use crate::{Result, SessionRecord, SessionStore};
 use async_trait::async_trait;
 use time::OffsetDateTime;

@@ -1,7 +1,7 @@
 //! Progress of the `sweep` jobs, so that an interrupted run resumes where it stopped.
 
-use super::rows::{self, unix};
 use super::{SqliteStore, map_sqlx};
+use crate::rows::{self, unix};
 use crate::{Result, StoreError, SweepRun, SweepStore};
 use async_trait::async_trait;
 use time::OffsetDateTime;

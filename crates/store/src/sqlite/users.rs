@@ -1,8 +1,9 @@
 //! Users, grants and the grant history.
 
-use super::rows::{self, SELECT_USER_AND_GRANT, unix};
+use super::statements::SELECT_USER_AND_GRANT;
 use super::{SqliteStore, map_sqlx};
 use crate::merge::{StateChange, merge_sign_in};
+use crate::rows::{self, unix};
 use crate::{
     GrantEvent, GrantRecord, Result, SignIn, SignInOutcome, StoreError, UserRecord, UserStore,
 };

@@ -30,7 +30,9 @@ pub struct Fixture {
 }
 
 /// Expands to one `#[tokio::test]` per check. `fresh` makes a [`Fixture`]; `pair` makes a
-/// fixture and a second, independently opened store on the same database.
+/// fixture and a second, independently opened store on the same database. Both answer None
+/// when the backend's server is not there to test against (the runner has said so): the
+/// check then returns without running.
 macro_rules! conformance_suite {
     (fresh: $fresh:path, pair: $pair:path) => {
         conformance_suite!(@store $fresh;
@@ -98,7 +100,7 @@ macro_rules! conformance_suite {
     (@store $fresh:path; $($module:ident :: $name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let fixture = $fresh().await;
+            let Some(fixture) = $fresh().await else { return };
             crate::conformance::$module::$name(fixture.store.clone()).await;
             drop(fixture);
         }
@@ -106,7 +108,7 @@ macro_rules! conformance_suite {
     (@pair $pair:path; $($module:ident :: $name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let (fixture, second) = $pair().await;
+            let Some((fixture, second)) = $pair().await else { return };
             crate::conformance::$module::$name(fixture.store.clone(), second).await;
             drop(fixture);
         }
