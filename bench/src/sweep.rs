@@ -103,6 +103,7 @@ pub async fn run(users: usize, latency_ms: u64, concurrency: usize) -> anyhow::R
             concurrency,
             rate_per_sec: None,
             page_size: 500,
+            ..SweepOptions::default()
         },
         stop,
         &|_| {},

@@ -18,7 +18,10 @@ impl Budget {
         let pace = rate_per_sec
             .filter(|r| r.is_finite() && *r > 0.0)
             .map(|r| (Duration::from_secs_f64(1.0 / r), Mutex::new(Instant::now())));
-        Budget { slots: Semaphore::new(concurrency.max(1)), pace }
+        Budget {
+            slots: Semaphore::new(concurrency.max(1)),
+            pace,
+        }
     }
 
     /// Waits for a slot and for the pace; the permit is the slot.
@@ -49,7 +52,11 @@ mod tests {
         let b = budget.acquire().await;
         assert!(a.is_some() && b.is_some());
         // Both slots are taken: a third waits until one is given back.
-        assert!(tokio::time::timeout(Duration::from_secs(5), budget.acquire()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), budget.acquire())
+                .await
+                .is_err()
+        );
         drop(a);
         let _c = budget.acquire().await;
         // Starts were spaced by 100 ms each on the paused clock.

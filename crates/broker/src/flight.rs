@@ -3,11 +3,17 @@
 //!
 //! The map holds an entry only while somebody holds a ticket for it, so it stays as small as
 //! the number of grants being refreshed at this moment.
+//!
+//! Across instances sharing a store, [`InstanceLock`] adds the grant's refresh lease.
 
-use crate::AccessToken;
+use crate::{AccessToken, BrokerError};
+use grantkeeper_core::SharedClock;
+use grantkeeper_store::{SharedStore, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
 
 /// What a finished flight leaves for the callers that waited on it.
 #[derive(Clone)]
@@ -126,6 +132,158 @@ impl Boarded<'_> {
     }
 }
 
+/// The cross-instance half of the single flight (invariant 4): a lease on the grant's refresh,
+/// kept by the store and shared by every instance on it. Taken after the in-process lock and
+/// only before an upstream call, so callers in one process share one lease (and one wait for
+/// it), and hand-outs of held tokens never write to the store. It expires by itself, a little
+/// after the longest a refresh may take, so a holder that dies blocks the others no longer
+/// than that. Writes stay fenced by the grant's version either way: the lease saves upstream
+/// calls, not correctness.
+pub(crate) struct InstanceLock {
+    store: SharedStore,
+    clock: SharedClock,
+    /// This broker's name as a lease holder; random, so that instances never share one.
+    owner: Arc<str>,
+}
+
+/// How long a lease lasts: the longest refresh, plus a margin for the store writes around it,
+/// the wait for the upstream budget and clocks of instances that disagree a little.
+pub(crate) const LEASE: Duration = Duration::from_secs(crate::REFRESH_TIMEOUT.as_secs() + 10);
+/// A holder that has had its lease this long extends it before calling upstream, so that the
+/// call never outlives it.
+const RENEW_AFTER: Duration = Duration::from_secs(5);
+/// How long a caller waits for another instance's lease before giving up: the longest it can
+/// legitimately be held, plus a second (the store keeps whole seconds).
+pub(crate) const LEASE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
+
+/// Time between two looks at a lease held elsewhere: 25 to 50 ms, jittered so that waiting
+/// instances do not poll in step.
+pub(crate) fn poll_interval() -> Duration {
+    Duration::from_millis(25 + grantkeeper_core::random::u64() % 26)
+}
+
+impl InstanceLock {
+    pub(crate) fn new(store: SharedStore, clock: SharedClock) -> InstanceLock {
+        InstanceLock {
+            store,
+            clock,
+            owner: Arc::from(format!(
+                "broker-{}",
+                grantkeeper_core::random::token::<12>()
+            )),
+        }
+    }
+
+    /// Takes the grant's lease when nobody else holds it; None when another instance does.
+    pub(crate) async fn try_acquire(
+        &self,
+        sub: &str,
+    ) -> Result<Option<InstanceGuard>, BrokerError> {
+        let now = self.clock.now();
+        match self
+            .store
+            .try_lease_refresh(sub, &self.owner, until(now, LEASE), now)
+            .await
+        {
+            Ok(true) => Ok(Some(InstanceGuard {
+                store: self.store.clone(),
+                clock: self.clock.clone(),
+                owner: self.owner.clone(),
+                sub: sub.to_owned(),
+                taken_at: now,
+                released: false,
+            })),
+            Ok(false) => Ok(None),
+            Err(StoreError::NotFound) => Err(BrokerError::UnknownUser),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the grant's lease, waiting while another instance holds it; `Unavailable` when
+    /// it stays held for longer than any refresh may take.
+    pub(crate) async fn acquire(&self, sub: &str) -> Result<InstanceGuard, BrokerError> {
+        let give_up = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            if let Some(guard) = self.try_acquire(sub).await? {
+                return Ok(guard);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(still_held());
+            }
+            tokio::time::sleep(poll_interval()).await;
+        }
+    }
+}
+
+/// The answer when another instance keeps a grant's lease for longer than a refresh may take.
+pub(crate) fn still_held() -> BrokerError {
+    BrokerError::Unavailable {
+        retry_after: Duration::from_secs(1),
+        detail: "another instance keeps refreshing this grant".to_owned(),
+    }
+}
+
+fn until(now: OffsetDateTime, lease: Duration) -> OffsetDateTime {
+    now.checked_add(time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE))
+        .unwrap_or(now)
+}
+
+/// Holding a grant's lease. [`InstanceGuard::release`] gives it back; a guard dropped without
+/// that (an error on the way) gives it back from a task of its own.
+pub(crate) struct InstanceGuard {
+    store: SharedStore,
+    clock: SharedClock,
+    owner: Arc<str>,
+    sub: String,
+    taken_at: OffsetDateTime,
+    released: bool,
+}
+
+impl InstanceGuard {
+    /// Just before an upstream call: extends the lease when local waits (the upstream budget)
+    /// have eaten into its margin. False when it was lost meanwhile (it ran out and another
+    /// instance took it): the caller must not call upstream.
+    pub(crate) async fn keep(&mut self) -> Result<bool, BrokerError> {
+        let now = self.clock.now();
+        if now - self.taken_at < RENEW_AFTER {
+            return Ok(true);
+        }
+        let kept = self
+            .store
+            .try_lease_refresh(&self.sub, &self.owner, until(now, LEASE), now)
+            .await?;
+        if kept {
+            self.taken_at = now;
+        }
+        Ok(kept)
+    }
+
+    pub(crate) async fn release(mut self) {
+        self.released = true;
+        release(&self.store, &self.sub, &self.owner).await;
+    }
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Without a runtime (shutting down) the lease simply runs out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, sub, owner) = (self.store.clone(), self.sub.clone(), self.owner.clone());
+            runtime.spawn(async move { release(&store, &sub, &owner).await });
+        }
+    }
+}
+
+async fn release(store: &SharedStore, sub: &str, owner: &str) {
+    if let Err(e) = store.release_refresh_lease(sub, owner).await {
+        // It runs out by itself; until then the others wait for it.
+        tracing::warn!(sub, error = %e, "could not give back a grant's refresh lease");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,24 +321,5 @@ mod tests {
         assert_eq!(flights.len(), 1);
         drop(late);
         assert_eq!(flights.len(), 0);
-    }
-}
-
-/// The cross-instance half of the single flight (invariant 4): held, after the in-process
-/// lock, for the whole refresh. With SQLite there is one process per database, so the
-/// in-process lock is the whole story and this holds nothing. The PostgreSQL store will offer
-/// a session-level advisory lock keyed by the grant (`pg_advisory_lock(hashtextextended(sub,
-/// 0))`); acquiring it here, and releasing it when the guard drops, is all the broker will
-/// need. Writes stay fenced by the grant's version either way, so the lock saves upstream
-/// calls, not correctness.
-#[derive(Default)]
-pub(crate) struct InstanceLock;
-
-/// Held while refreshing; releases the cross-instance lock when dropped.
-pub(crate) struct InstanceGuard;
-
-impl InstanceLock {
-    pub(crate) async fn acquire(&self, _sub: &str) -> Result<InstanceGuard, crate::BrokerError> {
-        Ok(InstanceGuard)
     }
 }

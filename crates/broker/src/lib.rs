@@ -2,12 +2,14 @@
 //!
 //! Owns: handing out an access token for a user's grant, valid for as long as the caller
 //! needs (a bounded in-process cache, then the token persisted in the store, then a refresh);
-//! one refresh per grant at a time (callers queue on the grant's lock and share its result;
-//! the seam for a cross-instance lock is `flight::InstanceLock`); sealing, fenced
-//! persistence and caching of what a refresh brings; per-grant backoff with jitter after
-//! transient upstream failures (the grant turns `failing`, never `revoked`); marking a grant
-//! `revoked` on `invalid_grant` after ruling out a race with a newer refresh token; revoking a
-//! grant at the provider; and the [`sweep`] jobs over every grant.
+//! one refresh per grant at a time, across every instance sharing the store (callers queue on
+//! the grant's lock and share its result; before calling upstream, the one in front takes the
+//! grant's refresh lease in the store, or waits for the token of the instance holding it);
+//! sealing, fenced persistence and caching of what a refresh brings; per-grant backoff with
+//! jitter after transient upstream failures (the grant turns `failing`, never `revoked`);
+//! marking a grant `revoked` on `invalid_grant` after ruling out a race with a newer refresh
+//! token; revoking a grant at the provider; and the [`sweep`] jobs over every grant, shared by
+//! any number of processes.
 //!
 //! Leaves to others: HTTP towards clients and its error bodies (the server maps
 //! [`BrokerError`]), the token endpoint protocol (the provider), storage and its fencing (the
@@ -26,7 +28,7 @@ pub use fingerprint::fingerprint;
 use crate::backoff::Backoffs;
 use crate::budget::Budget;
 use crate::cache::TokenCache;
-use crate::flight::{Flights, InstanceLock, Landed};
+use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
 use aws_lc_rs::digest;
 use grantkeeper_core::{
     Aad, ExposeSecret, GrantState, Scopes, SecretString, SharedClock, VaultHandle,
@@ -158,6 +160,14 @@ struct Inner {
     budget: Budget,
 }
 
+/// How [`Inner::lease`] ended.
+enum Leased {
+    /// This instance holds the lease; the grant as read under it.
+    Taken(Box<GrantRecord>, InstanceGuard),
+    /// Another writer put a token in the grant that answers the demand.
+    Written(AccessToken),
+}
+
 /// What a caller queued on a grant's lock wants.
 enum Demand {
     /// Any token covering `scopes` that stays valid long enough.
@@ -182,6 +192,7 @@ impl Broker {
         settings: BrokerSettings,
     ) -> Broker {
         let cache = TokenCache::new(settings.cache_capacity, clock.clone());
+        let instances = InstanceLock::new(store.clone(), clock.clone());
         let budget = Budget::new(settings.refresh_concurrency, settings.upstream_rate);
         Broker {
             inner: Arc::new(Inner {
@@ -192,7 +203,7 @@ impl Broker {
                 settings,
                 cache,
                 flights: Flights::default(),
-                instances: InstanceLock,
+                instances,
                 backoff: Backoffs::default(),
                 observed_lifetime: AtomicU64::new(0),
                 budget,
@@ -367,7 +378,6 @@ impl Inner {
         let sub = sub.to_owned();
         let task = tokio::spawn(async move {
             let mut boarded = ticket.board().await;
-            let _instances = self.instances.acquire(&sub).await?;
             self.aboard(&sub, demand, &mut boarded).await
         });
         match task.await {
@@ -386,25 +396,13 @@ impl Inner {
         demand: Demand,
         boarded: &mut flight::Boarded<'_>,
     ) -> Result<AccessToken, BrokerError> {
-        match (boarded.shared(), &demand) {
-            (Some(Landed::Misconfigured(detail)), _) => {
+        match boarded.shared() {
+            Some(Landed::Misconfigured(detail)) => {
                 return Err(BrokerError::Misconfigured {
                     detail: detail.clone(),
                 });
             }
-            (Some(Landed::Token(t)), Demand::HandOut { scopes, .. })
-                if t.scopes.contains_all(scopes) && self.unexpired(t) =>
-            {
-                return Ok(t.clone());
-            }
-            (Some(Landed::Token(t)), Demand::Refresh) if self.unexpired(t) => {
-                return Ok(t.clone());
-            }
-            (Some(Landed::Token(t)), Demand::Rejected(r))
-                if !same(&t.token, r) && self.unexpired(t) =>
-            {
-                return Ok(t.clone());
-            }
+            Some(Landed::Token(t)) if self.takes_fresh(&demand, t) => return Ok(t.clone()),
             _ => {}
         }
 
@@ -465,7 +463,15 @@ impl Inner {
             });
         }
 
-        let answer = self.refresh(sub, grant).await;
+        let answer = match self.lease(sub, &demand, grant).await {
+            Ok(Leased::Taken(grant, mut lease)) => {
+                let answer = self.refresh(sub, *grant, &mut lease).await;
+                lease.release().await;
+                answer
+            }
+            Ok(Leased::Written(t)) => Ok(t),
+            Err(e) => Err(e),
+        };
         boarded.land(match &answer {
             Ok(t) => Landed::Token(t.clone()),
             Err(BrokerError::Misconfigured { detail }) => Landed::Misconfigured(detail.clone()),
@@ -475,6 +481,120 @@ impl Inner {
             (Err(BrokerError::Unavailable { .. }), Some(t)) => Ok(t),
             (answer, _) => answer,
         }
+    }
+
+    /// Before an upstream call: the grant's refresh lease across instances (invariant 4), with
+    /// the grant as it is under it. While another instance holds the lease, nothing is asked
+    /// upstream: the grant is re-read every few tens of milliseconds, and a token that instance
+    /// writes answers the demand as a flight of this process would. When the lease frees with
+    /// no such token (the holder failed or died), this caller takes it and refreshes. A
+    /// snapshot refresh waits for the lease but refreshes from its snapshot whatever happened.
+    async fn lease(
+        &self,
+        sub: &str,
+        demand: &Demand,
+        read: GrantRecord,
+    ) -> Result<Leased, BrokerError> {
+        let give_up = tokio::time::Instant::now() + flight::LEASE_WAIT;
+        let started = Instant::now();
+        let mut waited = false;
+        loop {
+            if let Some(lease) = self.instances.try_acquire(sub).await? {
+                if matches!(demand, Demand::Snapshot(_)) {
+                    return Ok(Leased::Taken(Box::new(read), lease));
+                }
+                // The holder before us may have committed between our read and our lease.
+                let current = self
+                    .store
+                    .grant(sub)
+                    .await?
+                    .ok_or(BrokerError::UnknownUser)?;
+                if let Some(t) = self.written_meanwhile(sub, demand, &read, &current)? {
+                    lease.release().await;
+                    return Ok(Leased::Written(t));
+                }
+                if waited {
+                    tracing::info!(
+                        sub,
+                        waited_ms = elapsed_ms(started),
+                        "the other instance's refresh left no token; refreshing here"
+                    );
+                }
+                return Ok(Leased::Taken(Box::new(current), lease));
+            }
+            if !waited {
+                tracing::debug!(
+                    sub,
+                    "another instance is refreshing this grant; waiting for its token"
+                );
+                waited = true;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                tracing::warn!(
+                    sub,
+                    outcome = "lease_held",
+                    waited_ms = elapsed_ms(started),
+                    "another instance held this grant's refresh lease for longer than a refresh may take"
+                );
+                return Err(flight::still_held());
+            }
+            tokio::time::sleep(flight::poll_interval()).await;
+            let current = self
+                .store
+                .grant(sub)
+                .await?
+                .ok_or(BrokerError::UnknownUser)?;
+            if let Some(t) = self.written_meanwhile(sub, demand, &read, &current)? {
+                tracing::info!(
+                    sub,
+                    outcome = "joined",
+                    latency_ms = elapsed_ms(started),
+                    "another instance refreshed; using its token"
+                );
+                return Ok(Leased::Written(t));
+            }
+        }
+    }
+
+    /// The token another writer (an instance holding the lease, a sign-in) put in the grant
+    /// since `read`, when it answers `demand` as a flight of this process would; an error when
+    /// the grant became unusable meanwhile.
+    fn written_meanwhile(
+        &self,
+        sub: &str,
+        demand: &Demand,
+        read: &GrantRecord,
+        current: &GrantRecord,
+    ) -> Result<Option<AccessToken>, BrokerError> {
+        if let Some(e) = unusable(current) {
+            self.forget(sub);
+            return Err(e);
+        }
+        if current.access_token == read.access_token {
+            return Ok(None);
+        }
+        let Some(t) = self.persisted(sub, current) else {
+            return Ok(None);
+        };
+        if !self.takes_fresh(demand, &t) {
+            return Ok(None);
+        }
+        self.cache.insert(sub, t.clone());
+        self.backoff.clear(sub);
+        Ok(Some(t))
+    }
+
+    /// True when a token just refreshed (by a flight of this process, or by another instance)
+    /// answers `demand`. Not held to `min_ttl`: when the provider's lifetime is shorter, a
+    /// fresh token is the best there is.
+    fn takes_fresh(&self, demand: &Demand, t: &AccessToken) -> bool {
+        let covers = match demand {
+            Demand::HandOut { scopes, .. } => t.scopes.contains_all(scopes),
+            Demand::Refresh => true,
+            Demand::Rejected(rejected) => !same(&t.token, rejected),
+            Demand::Snapshot(_) => false,
+        };
+        covers && self.unexpired(t)
     }
 
     /// True when `token`, already held, answers `demand` without a refresh.
@@ -515,8 +635,13 @@ impl Inner {
     }
 
     /// One refresh of `grant` (plus, after an `invalid_grant` caused by a newer refresh token,
-    /// one more with that token).
-    async fn refresh(&self, sub: &str, mut grant: GrantRecord) -> Result<AccessToken, BrokerError> {
+    /// one more with that token), holding the grant's `lease`.
+    async fn refresh(
+        &self,
+        sub: &str,
+        mut grant: GrantRecord,
+        lease: &mut InstanceGuard,
+    ) -> Result<AccessToken, BrokerError> {
         let mut raced = false;
         loop {
             let Some(held) = grant.refresh_token.clone() else {
@@ -528,6 +653,15 @@ impl Inner {
                 .open_secret(&held.sealed, Aad::refresh_token(sub))
                 .map_err(Self::vault_error)?;
             let slot = self.budget.acquire().await;
+            if !lease.keep().await? {
+                // Waiting for the budget outlasted the lease and another instance took it.
+                tracing::info!(
+                    sub,
+                    outcome = "lease_lost",
+                    "lost the grant's refresh lease while waiting for the upstream budget"
+                );
+                return Err(flight::still_held());
+            }
             let started = Instant::now();
             let answer = tokio::time::timeout(REFRESH_TIMEOUT, self.provider.refresh(&secret))
                 .await
@@ -815,7 +949,7 @@ impl Inner {
         // Under the grant's lock, so that no refresh of it runs meanwhile.
         let ticket = self.flights.ticket(sub);
         let mut boarded = ticket.board().await;
-        let _instances = self.instances.acquire(sub).await?;
+        let lease = self.instances.acquire(sub).await?;
         let started = Instant::now();
         let grant = self
             .store
@@ -865,6 +999,7 @@ impl Inner {
         }
         self.forget(sub);
         boarded.land(Landed::Nothing);
+        lease.release().await;
         tracing::info!(
             sub,
             outcome = "revoked",

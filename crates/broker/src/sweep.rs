@@ -1,28 +1,41 @@
-//! `grantkeeper sweep`: one job run over every user, resumable.
+//! `grantkeeper sweep`: one job run over every user, resumable, shared by any number of
+//! processes.
 //!
-//! Users are taken in `sub` order, page by page, and worked on through a sliding window of at
-//! most `concurrency` at once (a slow user holds one place, not a whole page), started at
-//! most `rate_per_sec` times a second. Progress is a watermark: the largest `sub` such that
-//! every user up to it is done, saved with the counts of those users every page or few
-//! seconds, so that an interrupted run (the stop signal, a crash) resumes after it.
+//! A run is cut into batches of users in `sub` order, which the store hands out one process at
+//! a time under a lease (`SweepBatchStore`): a process claims a batch, works on its users, and
+//! marks it done with their counts; a batch whose process stopped or died is claimed again by
+//! the next one, which continues after its saved progress. Within a process, users are worked
+//! on through a sliding window of at most `concurrency` at once (a slow user holds one place,
+//! not a whole batch; the next batch is claimed before this one runs dry), started at most
+//! `rate_per_sec` times a second. A batch's progress is a watermark: the largest `sub` such
+//! that every user of the batch up to it is done, saved (which also extends the lease) every
+//! hundred users or few seconds, so that an interrupted run (the stop signal, a crash) resumes
+//! after it.
 //!
 //! Jobs: `refresh` refreshes every usable grant (a refresh is a use, which keeps Google from
 //! expiring grants unused for six months); `drive-appdata` lists each user's Drive
 //! appDataFolder, checking end to end that their token works against the API.
 
 use crate::{Broker, BrokerError, TokenRequest};
-use grantkeeper_core::{ExposeSecret, GrantState, Scopes, scopes::DRIVE_APPDATA};
-use grantkeeper_store::{GrantRecord, SharedStore, UserRecord};
+use grantkeeper_core::{ExposeSecret, GrantState, Scopes, SharedClock, scopes::DRIVE_APPDATA};
+use grantkeeper_store::{GrantRecord, SharedStore, StoreError, SweepBatch, UserRecord};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use url::Url;
 
-/// Progress is saved at least this often while users complete.
+/// A batch's progress is saved, and its lease extended, at least this often while it is held
+/// (also when no user completes, so that a slow one does not cost the batch its lease)...
 const SAVE_EVERY: Duration = Duration::from_secs(3);
+/// ...and every this many users done.
+const SAVE_USERS: u32 = 100;
+/// How long a batch stays a process's without a save: long enough for a slow store, short
+/// enough that the batch of a process that died is soon continued.
+const BATCH_LEASE: Duration = Duration::from_secs(30);
 
 /// What a sweep does for each user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,8 +84,11 @@ pub struct SweepOptions {
     pub concurrency: usize,
     /// Most users started per second; None: as fast as the window allows.
     pub rate_per_sec: Option<f64>,
-    /// Users read from the store at a time; progress is saved at least once a page.
+    /// Users in a batch, and read from the store at a time.
     pub page_size: u32,
+    /// How long a batch stays a process's without a save: when a process dies, another
+    /// continues its batch this long after its last save.
+    pub batch_lease: Duration,
 }
 
 impl Default for SweepOptions {
@@ -81,6 +97,7 @@ impl Default for SweepOptions {
             concurrency: 8,
             rate_per_sec: None,
             page_size: 100,
+            batch_lease: BATCH_LEASE,
         }
     }
 }
@@ -131,7 +148,9 @@ pub struct SweepEvent {
     pub outcome: Outcome,
     /// For people; never a token.
     pub detail: String,
-    /// Users done in this run so far, counting those an earlier, interrupted invocation did.
+    /// Users of the run done so far as this invocation knows: those the run counted when it
+    /// joined (batches done by earlier or other invocations), those an earlier holder did in a
+    /// batch it continued, and its own.
     pub done: u64,
     /// Users in the store when this invocation started.
     pub total: u64,
@@ -142,21 +161,28 @@ pub struct SweepEvent {
 pub struct SweepSummary {
     /// Users by outcome, in this invocation (the store keeps the whole run's counts).
     pub counts: BTreeMap<Outcome, u64>,
-    /// The watermark this invocation resumed after, when it continued an interrupted run.
+    /// Where this invocation resumed, when its first batch was one another invocation left
+    /// unfinished: that batch's saved progress.
     pub resumed_from: Option<String>,
     /// True when the stop signal ended it early: the run stays unfinished, and the next
-    /// invocation of the job resumes it.
+    /// invocation of the job (or another process on it) continues it.
     pub interrupted: bool,
     pub elapsed: Duration,
 }
 
-/// Runs `job` for every user, from where an unfinished run of it stopped. `api_base` is the
+/// Runs `job` for every user, as one of any number of processes sharing the job's run: joins
+/// the unfinished run of the job (or starts one), then claims batches of users until none is
+/// left, taking over first the batches of processes that stopped or died. `api_base` is the
 /// Google APIs base (`https://www.googleapis.com`, or the emulator's base) for jobs that call
 /// an API; `http` is the client they call it with. Each completed user is reported to
 /// `on_event`. When `stop` turns true nothing new starts, the users in flight finish, the
-/// progress is saved, and the summary says `interrupted`.
+/// progress of the batches held is saved and they are given back (a rerun, or another
+/// process, continues them at once), and the summary says `interrupted`. Otherwise, once no
+/// batch is left to claim, the run is finished if every batch of it is done (a process still
+/// working on one finishes it later).
 ///
-/// Fails on options that cannot work and on store errors (progress up to then is saved).
+/// Fails on options that cannot work and on store errors (progress up to then is saved and
+/// the batches given back).
 #[allow(clippy::too_many_arguments)] // the job's whole context, named by the caller
 pub async fn run_sweep(
     broker: &Broker,
@@ -170,8 +196,9 @@ pub async fn run_sweep(
 ) -> Result<SweepSummary, BrokerError> {
     let started = Instant::now();
     let limiter = check_options(&opts)?;
+    let clock = broker.inner.clock.clone();
     let run = store
-        .start_or_resume_sweep(job.as_str(), broker.inner.clock.now())
+        .start_or_resume_sweep(job.as_str(), clock.now())
         .await?;
     let total = store.count_users().await?;
     let mut sweep = Sweep {
@@ -180,55 +207,70 @@ pub async fn run_sweep(
         http,
         api_base,
         store: store.clone(),
+        clock: clock.clone(),
         run_id: run.id,
+        owner: format!("sweep-{}", grantkeeper_core::random::token::<12>()),
+        page_size: opts.page_size,
+        batch_lease: opts.batch_lease,
         total,
-        done: 0,
+        done: parse_counts(&run.counts).values().sum(),
         counts: BTreeMap::new(),
-        prefix_counts: parse_counts(&run.counts),
+        claims: 0,
+        resumed_from: None,
+        held: HashMap::new(),
+        pending: VecDeque::new(),
         window: VecDeque::new(),
         first_seq: 0,
-        watermark: run.cursor.clone(),
-        saved_watermark: run.cursor.clone(),
-        done_since_save: 0,
-        last_save: Instant::now(),
-        page_size: opts.page_size,
+        exhausted: false,
         on_event,
     };
-    sweep.done = sweep.prefix_counts.values().sum();
-    if let Some(cursor) = &run.cursor {
-        tracing::info!(job = %job, cursor, "resuming an interrupted sweep");
-    }
 
-    let outcome = sweep
-        .drive(run.cursor.clone(), opts.concurrency, limiter, stop)
-        .await;
-    let interrupted = match outcome {
-        Ok(interrupted) => interrupted,
-        Err(e) => {
-            sweep.save(true).await;
-            return Err(e);
+    let mut limiter = limiter;
+    let mut wait_stop = stop.clone();
+    let interrupted = loop {
+        let outcome = sweep
+            .drive(opts.concurrency, limiter.take(), stop.clone())
+            .await;
+        // However it ended, what is still held is saved and given back.
+        sweep.give_back().await;
+        if outcome? {
+            break true;
         }
+        if store
+            .complete_sweep_run_if_done(run.id, clock.now())
+            .await?
+        {
+            break false;
+        }
+        // Other processes hold the run's last batches: wait until they finish them, or until
+        // the lease of one that died runs out and its batch can be continued here.
+        tracing::info!(
+            job = %job,
+            run = run.id,
+            "no batch left to claim; waiting for the batches other processes hold"
+        );
+        let poll =
+            (opts.batch_lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = wait_stop.changed() => {}
+        }
+        if *wait_stop.borrow() {
+            break true;
+        }
+        sweep.exhausted = false;
+        limiter = check_options(&opts)?;
     };
-    if interrupted {
-        sweep.save(true).await;
-    } else {
-        store
-            .finish_sweep(
-                run.id,
-                &counts_json(&sweep.prefix_counts),
-                broker.inner.clock.now(),
-            )
-            .await?;
-    }
     let summary = SweepSummary {
         counts: sweep.counts,
-        resumed_from: run.cursor,
+        resumed_from: sweep.resumed_from,
         interrupted,
         elapsed: started.elapsed(),
     };
     tracing::info!(
         job = %job,
         interrupted,
+        batches = sweep.claims,
         elapsed_ms = u64::try_from(summary.elapsed.as_millis()).unwrap_or(u64::MAX),
         counts = %counts_json(&summary.counts),
         "sweep ended"
@@ -287,8 +329,54 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// One user dispatched, in `sub` order; `outcome` is set when it completes.
 struct Slot {
+    batch: i64,
     sub: String,
     outcome: Option<Outcome>,
+}
+
+/// A user of a held batch, read and not yet dispatched.
+struct Pending {
+    batch: i64,
+    sub: String,
+    grant: GrantRecord,
+}
+
+/// A batch this process holds.
+struct Held {
+    batch: SweepBatch,
+    /// Its users this process completed, as the store adds them to the run's when it is done.
+    counts: BTreeMap<Outcome, u64>,
+    /// Its users read and not yet under the watermark (pending, or in the window): the batch
+    /// is done when none is left.
+    open: usize,
+    /// The largest `sub` of the batch such that every user of it up to there is done.
+    watermark: Option<String>,
+    saved: Option<String>,
+    since_save: u32,
+    last_save: Instant,
+}
+
+/// A batch claimed, with its users still to do.
+struct Claimed {
+    batch: SweepBatch,
+    users: Vec<(UserRecord, GrantRecord)>,
+    /// Users of it that the process before this one did (up to its saved progress).
+    done_before: u64,
+}
+
+/// A claim under way, in a task of its own: it holds a store connection (SQLite's one writer)
+/// while it runs, so it must go on while this process awaits other store calls.
+type Claiming = tokio::task::JoinHandle<Result<Option<Claimed>, StoreError>>;
+
+/// Why progress is saved.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Save {
+    /// Users completed: when enough did, or enough time passed.
+    Progress,
+    /// Time passed: the lease is extended even when the watermark did not move (a slow user).
+    Renew,
+    /// Before giving the batch back.
+    Last,
 }
 
 struct Sweep<'a> {
@@ -297,42 +385,57 @@ struct Sweep<'a> {
     http: reqwest::Client,
     api_base: Url,
     store: SharedStore,
+    clock: SharedClock,
     run_id: i64,
+    /// This invocation's name as the holder of batches.
+    owner: String,
+    page_size: u32,
+    batch_lease: Duration,
     total: u64,
+    /// Users of the run done as far as this invocation knows: those counted in the run when it
+    /// joined, those done in batches it took over, and its own.
     done: u64,
     /// This invocation's.
     counts: BTreeMap<Outcome, u64>,
-    /// The run's, for the users up to the watermark only: they are what the store keeps, so a
-    /// user done beyond the watermark before an interruption is not counted twice.
-    prefix_counts: BTreeMap<Outcome, u64>,
-    /// Dispatched users not yet under the watermark; `first_seq` is the front's number.
+    claims: u64,
+    resumed_from: Option<String>,
+    held: HashMap<i64, Held>,
+    /// Users to dispatch, in batch and `sub` order.
+    pending: VecDeque<Pending>,
+    /// Dispatched users not yet under their batch's watermark; `first_seq` is the front's
+    /// number.
     window: VecDeque<Slot>,
     first_seq: u64,
-    watermark: Option<String>,
-    saved_watermark: Option<String>,
-    done_since_save: u32,
-    last_save: Instant,
-    page_size: u32,
+    /// A claim found nothing left.
+    exhausted: bool,
     on_event: &'a (dyn Fn(&SweepEvent) + Send + Sync),
 }
 
 impl Sweep<'_> {
-    /// Dispatches and collects until every user is done (Ok(false)) or `stop` ended it
-    /// (Ok(true)).
+    /// Saves come often enough that a live process never loses a batch to its lease.
+    fn save_every(&self) -> Duration {
+        SAVE_EVERY
+            .min(self.batch_lease / 3)
+            .max(Duration::from_millis(50))
+    }
+
+    /// Dispatches and collects until no batch is left to claim and every user is done
+    /// (Ok(false)), or `stop` ended it (Ok(true)).
     async fn drive(
         &mut self,
-        after: Option<String>,
         concurrency: usize,
         mut limiter: Option<Limiter>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<bool, BrokerError> {
-        let mut after = after;
-        let mut page: VecDeque<(UserRecord, GrantRecord)> = VecDeque::new();
-        let mut more = true;
         let mut tasks: JoinSet<(Outcome, String)> = JoinSet::new();
         let mut seq_of: HashMap<tokio::task::Id, u64> = HashMap::new();
+        let mut claiming: Option<Claiming> = None;
         let mut interrupted = false;
         let mut failure: Option<BrokerError> = None;
+        let save_every = self.save_every();
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + save_every, save_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // Fill the window.
@@ -341,50 +444,54 @@ impl Sweep<'_> {
                     interrupted = true;
                     break;
                 }
-                if page.is_empty() && more {
-                    match self
-                        .store
-                        .list_users(after.as_deref(), self.page_size)
-                        .await
-                    {
-                        Ok(p) => {
-                            more = p.next.is_some();
-                            if let Some((user, _)) = p.users.last() {
-                                after = Some(user.profile.sub.clone());
-                            } else {
-                                more = false;
-                            }
-                            page.extend(p.users);
-                        }
-                        Err(e) => {
-                            failure = Some(e.into());
-                            break;
-                        }
-                    }
+                // The next batch is claimed while this one still has users to start, so that
+                // the window never waits for the store.
+                if claiming.is_none() && !self.exhausted && self.pending.len() < concurrency {
+                    claiming = Some(self.claim());
                 }
-                let Some((user, grant)) = page.pop_front() else {
+                if self.pending.is_empty() {
+                    let Some(next) = claiming.take() else {
+                        break;
+                    };
+                    if let Err(e) = self.claimed(next.await).await {
+                        failure = Some(e);
+                    }
+                    continue;
+                }
+                let Some(Pending { batch, sub, grant }) = self.pending.pop_front() else {
                     break;
                 };
-                let sub = user.profile.sub;
                 let seq = self.first_seq + self.window.len() as u64;
                 if let Some(reason) = skip_reason(self.job, &grant) {
                     self.window.push_back(Slot {
-                        sub: sub.clone(),
+                        batch,
+                        sub,
                         outcome: None,
                     });
-                    self.complete(seq, Outcome::Skipped, reason).await;
+                    if let Err(e) = self.complete(seq, Outcome::Skipped, reason).await {
+                        failure = Some(e);
+                    }
                     continue;
                 }
                 if let Some(limiter) = &mut limiter {
-                    tokio::select! {
-                        () = limiter.admit() => {}
-                        () = stopped(&mut stop) => {
-                            interrupted = true;
-                            break;
+                    // A slow pace must not cost the batches their leases. (`admit` only moves
+                    // the pace once its wait is over, so it may be polled again after a tick.)
+                    let admitted = loop {
+                        tokio::select! {
+                            () = limiter.admit() => break true,
+                            () = stopped(&mut stop) => break false,
+                            _ = renew.tick() => self.renew().await,
                         }
+                    };
+                    if !admitted {
+                        // Not started: it stays to do, for whoever continues the batch.
+                        self.pending.push_front(Pending { batch, sub, grant });
+                        interrupted = true;
+                        break;
                     }
                 }
                 self.window.push_back(Slot {
+                    batch,
                     sub: sub.clone(),
                     outcome: None,
                 });
@@ -400,7 +507,10 @@ impl Sweep<'_> {
             }
 
             if tasks.is_empty() {
-                if interrupted || failure.is_some() || (page.is_empty() && !more) {
+                if interrupted || failure.is_some() {
+                    break;
+                }
+                if self.pending.is_empty() && claiming.is_none() && self.exhausted {
                     break;
                 }
                 continue;
@@ -413,15 +523,35 @@ impl Sweep<'_> {
                         Some(Err(e)) => (e.id(), Outcome::Failing, format!("the job's task failed: {e}")),
                         None => continue,
                     };
-                    if let Some(seq) = seq_of.remove(&id) {
-                        self.complete(seq, outcome, detail).await;
+                    if let Some(seq) = seq_of.remove(&id)
+                        && let Err(e) = self.complete(seq, outcome, detail).await
+                    {
+                        failure.get_or_insert(e);
                     }
                 }
+                claimed = async {
+                    match claiming.as_mut() {
+                        Some(next) => next.await,
+                        None => std::future::pending().await,
+                    }
+                }, if claiming.is_some() => {
+                    claiming = None;
+                    if let Err(e) = self.claimed(claimed).await {
+                        failure.get_or_insert(e);
+                    }
+                }
+                _ = renew.tick() => self.renew().await,
                 () = stopped(&mut stop), if !interrupted => {
                     tracing::info!(job = %self.job, in_flight = tasks.len(), "stop asked: letting the users in flight finish");
                     interrupted = true;
                 }
             }
+        }
+        // A batch claimed meanwhile is taken in, to be given back with the others.
+        if let Some(next) = claiming.take()
+            && let Err(e) = self.claimed(next.await).await
+        {
+            failure.get_or_insert(e);
         }
         match failure {
             Some(e) => Err(e),
@@ -429,17 +559,120 @@ impl Sweep<'_> {
         }
     }
 
-    /// Records a user done, reports it, moves the watermark, saves now and then.
-    async fn complete(&mut self, seq: u64, outcome: Outcome, detail: String) {
+    /// Claims the run's next batch and reads its users, in the background.
+    fn claim(&self) -> Claiming {
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let (run_id, owner, size, lease) = (
+            self.run_id,
+            self.owner.clone(),
+            self.page_size,
+            self.batch_lease,
+        );
+        tokio::spawn(async move {
+            let now = clock.now();
+            let Some(batch) = store
+                .claim_sweep_batch(run_id, &owner, size, lease_end(now, lease), now)
+                .await?
+            else {
+                return Ok(None);
+            };
+            match batch_users(&store, &batch, size).await {
+                Ok((users, done_before)) => Ok(Some(Claimed {
+                    batch,
+                    users,
+                    done_before,
+                })),
+                Err(e) => {
+                    // Given back at once rather than left to run out.
+                    let _ = store.release_sweep_batch(batch.id, &owner).await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// Takes in what a claim brought.
+    async fn claimed(
+        &mut self,
+        claimed: Result<Result<Option<Claimed>, StoreError>, tokio::task::JoinError>,
+    ) -> Result<(), BrokerError> {
+        let claimed = claimed.map_err(|e| BrokerError::Unavailable {
+            retry_after: Duration::from_secs(1),
+            detail: format!("claiming a sweep batch ended abnormally: {e}"),
+        })??;
+        let Some(Claimed {
+            batch,
+            users,
+            done_before,
+        }) = claimed
+        else {
+            self.exhausted = true;
+            return Ok(());
+        };
+        if self.held.contains_key(&batch.id) {
+            // One of ours whose lease ran out (saves failed for a while): the claim renewed it,
+            // and its users are already here.
+            return Ok(());
+        }
+        self.claims += 1;
+        // Only a batch left by another process has progress of its own.
+        if let Some(progress) = &batch.progress {
+            tracing::info!(
+                job = %self.job,
+                batch = batch.id,
+                progress,
+                "continuing a batch another process left unfinished"
+            );
+            if self.claims == 1 {
+                self.resumed_from = Some(progress.clone());
+            }
+        }
+        self.done += done_before;
+        let id = batch.id;
+        let open = users.len();
+        self.pending
+            .extend(users.into_iter().map(|(user, grant)| Pending {
+                batch: id,
+                sub: user.profile.sub,
+                grant,
+            }));
+        self.held.insert(
+            id,
+            Held {
+                open,
+                watermark: batch.progress.clone(),
+                saved: batch.progress.clone(),
+                batch,
+                counts: BTreeMap::new(),
+                since_save: 0,
+                last_save: Instant::now(),
+            },
+        );
+        // A batch with nothing left (its users done or deleted) is done at once.
+        self.settle(id).await
+    }
+
+    /// Records a user done, reports it, moves its batch's watermark; saves now and then and
+    /// finishes batches that are done.
+    async fn complete(
+        &mut self,
+        seq: u64,
+        outcome: Outcome,
+        detail: String,
+    ) -> Result<(), BrokerError> {
         let Some(slot) = seq
             .checked_sub(self.first_seq)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.window.get_mut(i))
         else {
-            return;
+            return Ok(());
         };
         slot.outcome = Some(outcome);
         let sub = slot.sub.clone();
+        if let Some(held) = self.held.get_mut(&slot.batch) {
+            *held.counts.entry(outcome).or_default() += 1;
+        }
         *self.counts.entry(outcome).or_default() += 1;
         self.done += 1;
         (self.on_event)(&SweepEvent {
@@ -449,50 +682,187 @@ impl Sweep<'_> {
             done: self.done,
             total: self.total,
         });
+        let mut moved: Vec<i64> = Vec::new();
         while let Some(Slot {
             outcome: Some(_), ..
         }) = self.window.front()
         {
-            if let Some(Slot {
-                sub,
-                outcome: Some(outcome),
-            }) = self.window.pop_front()
-            {
-                *self.prefix_counts.entry(outcome).or_default() += 1;
-                self.watermark = Some(sub);
+            if let Some(Slot { batch, sub, .. }) = self.window.pop_front() {
                 self.first_seq += 1;
-                self.done_since_save += 1;
+                // Users of a batch lost to another process are not its to record.
+                if let Some(held) = self.held.get_mut(&batch) {
+                    held.watermark = Some(sub);
+                    held.open = held.open.saturating_sub(1);
+                    held.since_save += 1;
+                    if moved.last() != Some(&batch) {
+                        moved.push(batch);
+                    }
+                }
             }
         }
-        self.save(false).await;
+        for batch in moved {
+            self.settle(batch).await?;
+        }
+        Ok(())
     }
 
-    /// Saves the watermark when it moved and a page's worth of users or a few seconds passed
-    /// (or always, with `now`).
-    async fn save(&mut self, now: bool) {
-        if self.watermark == self.saved_watermark {
-            return;
-        }
-        if !now && self.done_since_save < self.page_size && self.last_save.elapsed() < SAVE_EVERY {
-            return;
-        }
-        let Some(cursor) = self.watermark.clone() else {
-            return;
+    /// Finishes the batch when none of its users is left, else saves its progress when due.
+    async fn settle(&mut self, id: i64) -> Result<(), BrokerError> {
+        let Some(held) = self.held.get(&id) else {
+            return Ok(());
         };
+        if held.open > 0 {
+            self.save(id, Save::Progress).await;
+            return Ok(());
+        }
+        let counts = counts_json(&held.counts);
         match self
             .store
-            .save_sweep_progress(self.run_id, &cursor, &counts_json(&self.prefix_counts))
+            .finish_sweep_batch(id, &self.owner, &counts, self.clock.now())
             .await
         {
             Ok(()) => {
-                self.saved_watermark = Some(cursor);
-                self.done_since_save = 0;
-                self.last_save = Instant::now();
+                self.held.remove(&id);
+                Ok(())
             }
-            // The work is done either way; a resume would only redo some of it.
-            Err(e) => tracing::warn!(job = %self.job, error = %e, "could not save sweep progress"),
+            Err(StoreError::Conflict) => {
+                self.lost(id);
+                Ok(())
+            }
+            // Kept, to be saved and given back with the others.
+            Err(e) => Err(e.into()),
         }
     }
+
+    /// Saves a batch's watermark when `why` says so, extending its lease.
+    async fn save(&mut self, id: i64, why: Save) {
+        let Some(held) = self.held.get(&id) else {
+            return;
+        };
+        let moved = held.watermark != held.saved;
+        let late = held.last_save.elapsed() >= self.save_every();
+        let due = match why {
+            Save::Progress => moved && (held.since_save >= SAVE_USERS || late),
+            Save::Renew => late,
+            Save::Last => moved,
+        };
+        // Before any user of it is done, the batch's start says "nothing yet" (none of its
+        // users is at or before it); the run's first batch has none to say.
+        let Some(progress) = held.watermark.clone().or_else(|| held.batch.after.clone()) else {
+            return;
+        };
+        if !due {
+            return;
+        }
+        let now = self.clock.now();
+        match self
+            .store
+            .save_batch_progress(id, &self.owner, &progress, lease_end(now, self.batch_lease))
+            .await
+        {
+            Ok(()) => {
+                if let Some(held) = self.held.get_mut(&id) {
+                    held.saved = held.watermark.clone();
+                    held.since_save = 0;
+                    held.last_save = Instant::now();
+                }
+            }
+            Err(StoreError::Conflict) => self.lost(id),
+            // The work is done either way; whoever continues the batch redoes some of it.
+            Err(e) => {
+                tracing::warn!(
+                    job = %self.job,
+                    batch = id,
+                    error = %e,
+                    "could not save sweep progress"
+                )
+            }
+        }
+    }
+
+    /// Extends the lease of every batch held that was not saved for a while.
+    async fn renew(&mut self) {
+        let ids: Vec<i64> = self.held.keys().copied().collect();
+        for id in ids {
+            self.save(id, Save::Renew).await;
+        }
+    }
+
+    /// The batch's lease ran out and another process took it: that process does what was not
+    /// saved; this one starts nothing more of it and records nothing of it.
+    fn lost(&mut self, id: i64) {
+        if self.held.remove(&id).is_some() {
+            self.pending.retain(|p| p.batch != id);
+            tracing::info!(
+                job = %self.job,
+                batch = id,
+                "another process took over a batch whose lease ran out; leaving it to that process"
+            );
+        }
+    }
+
+    /// Saves the progress of every batch still held and gives them back, so that a rerun or
+    /// another process continues them at once.
+    async fn give_back(&mut self) {
+        let ids: Vec<i64> = self.held.keys().copied().collect();
+        for id in ids {
+            self.save(id, Save::Last).await;
+            if self.held.remove(&id).is_none() {
+                continue;
+            }
+            match self.store.release_sweep_batch(id, &self.owner).await {
+                Ok(()) | Err(StoreError::Conflict) => {}
+                // Its lease runs out by itself; until then nobody continues it.
+                Err(e) => {
+                    tracing::warn!(
+                        job = %self.job,
+                        batch = id,
+                        error = %e,
+                        "could not give a sweep batch back"
+                    )
+                }
+            }
+        }
+        self.pending.clear();
+    }
+}
+
+/// The users of `batch` still to do, in `sub` order, and how many of it are done already (up
+/// to its progress).
+async fn batch_users(
+    store: &SharedStore,
+    batch: &SweepBatch,
+    page: u32,
+) -> Result<(Vec<(UserRecord, GrantRecord)>, u64), StoreError> {
+    let mut users = Vec::new();
+    let mut done_before = 0;
+    let mut after = batch.after.clone();
+    loop {
+        let p = store.list_users(after.as_deref(), page).await?;
+        for (user, grant) in p.users {
+            if user.profile.sub > batch.last {
+                return Ok((users, done_before));
+            }
+            if batch
+                .progress
+                .as_ref()
+                .is_some_and(|progress| user.profile.sub <= *progress)
+            {
+                done_before += 1;
+            } else {
+                users.push((user, grant));
+            }
+        }
+        match p.next {
+            Some(next) if next < batch.last => after = Some(next),
+            _ => return Ok((users, done_before)),
+        }
+    }
+}
+
+fn lease_end(now: OffsetDateTime, lease: Duration) -> OffsetDateTime {
+    now.checked_add(time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE))
+        .unwrap_or(now)
 }
 
 /// Why a user needs no work, when none is needed.

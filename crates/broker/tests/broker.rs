@@ -1,10 +1,13 @@
 //! The broker against the real Google emulator over HTTP on 127.0.0.1, with a real SQLite
-//! file and a real vault. One test binary; modules beneath it.
+//! file (and, for the checks of several instances on one database, a real PostgreSQL
+//! database too) and a real vault. One test binary; modules beneath it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod broker {
     pub mod concurrency;
     pub mod harness;
+    pub mod instances;
+    pub mod postgres;
     pub mod revocation;
     pub mod sweep;
     pub mod tokens;

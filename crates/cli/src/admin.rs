@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 /// Opens the deployment named by `target` as the server would.
 pub async fn open_app(target: &Target) -> anyhow::Result<App> {
     let (settings, master) = load(&config_path(target)?)?;
-    let store = grantkeeper_store::open(&settings.store_url)
+    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("opening the store")?;
     Ok(App::new(settings, store, &master, SystemClock::shared()).await?)
@@ -273,6 +273,7 @@ pub async fn sweep(
     job: &str,
     concurrency: usize,
     rate: Option<String>,
+    batch_lease: std::time::Duration,
 ) -> anyhow::Result<()> {
     let job: Job = job
         .parse()
@@ -326,6 +327,7 @@ pub async fn sweep(
             concurrency: concurrency.max(1),
             rate_per_sec: rate,
             page_size: 500,
+            batch_lease,
         },
         stop_rx,
         &on_event,

@@ -114,7 +114,7 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
 
     let (mut settings, master) = crate::ops::load(&config_path)?;
     settings.secure_cookies = false; // dev serves plain HTTP
-    let store = grantkeeper_store::open(&settings.store_url)
+    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("opening the store")?;
     grantkeeper_server::apikeys::ensure_api_key(

@@ -6,6 +6,7 @@
 mod admin;
 mod dev;
 mod ops;
+mod transfer;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -86,6 +87,22 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Writes every user, grant, event, API key, audit row and wrapped data key as JSON lines
+    /// (sealed values stay sealed)
+    Export {
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reads an export into this deployment's store; rows already present are left alone, so
+    /// running it again changes nothing. The deployment must use the exporter's master key.
+    Import {
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Runs a job for every grant: `refresh` checks and warms each grant; `drive-appdata` lists
     /// each user's Drive app folder. Ctrl-C stops cleanly; running it again resumes.
     Sweep {
@@ -96,9 +113,19 @@ enum Command {
         /// Upstream calls started per second at most, e.g. 50/s
         #[arg(long)]
         rate: Option<String>,
+        /// When a sweep process dies, another continues its batch this long after its last
+        /// save (several sweeps may run at once on one database)
+        #[arg(long, default_value = "30s", value_parser = parse_lease)]
+        batch_lease: std::time::Duration,
         #[command(flatten)]
         target: Target,
     },
+}
+
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    grantkeeper_server::config::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration like 30s or 2m"))
 }
 
 #[derive(Subcommand)]
@@ -188,12 +215,15 @@ async fn main() -> std::process::ExitCode {
             limit,
             target,
         } => admin::audit(&target, user, since, limit).await,
+        Command::Export { output, target } => transfer::export(&target, output).await,
+        Command::Import { input, target } => transfer::import(&target, input).await,
         Command::Sweep {
             job,
             concurrency,
             rate,
+            batch_lease,
             target,
-        } => admin::sweep(&target, &job, concurrency, rate).await,
+        } => admin::sweep(&target, &job, concurrency, rate, batch_lease).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

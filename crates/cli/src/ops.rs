@@ -49,7 +49,7 @@ pub fn config_path(target: &Target) -> anyhow::Result<PathBuf> {
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let (settings, master) = load(&config_path)?;
     let addr = settings.addr;
-    let store = grantkeeper_store::open(&settings.store_url)
+    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("opening the store")?;
     let app = App::new(settings, store, &master, SystemClock::shared()).await?;
@@ -64,7 +64,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 pub async fn migrate(target: Target) -> anyhow::Result<()> {
     let (settings, _) = load(&config_path(&target)?)?;
     // Opening applies pending migrations.
-    let store = grantkeeper_store::open(&settings.store_url)
+    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("migrating the store")?;
     println!("{} store is up to date", store.backend());
@@ -90,7 +90,7 @@ pub async fn check(target: Target) -> anyhow::Result<()> {
         }
     };
     report("configuration", Ok(path.display().to_string()));
-    match grantkeeper_store::open(&settings.store_url).await {
+    match grantkeeper_store::open_with(&settings.store_url, &settings.store).await {
         Ok(store) => {
             report(
                 "store",

@@ -9,6 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "cli/instances.rs"]
+mod instances;
+
 const BIN: &str = env!("CARGO_BIN_EXE_grantkeeper");
 
 /// A running `grantkeeper` process, killed when dropped.
@@ -189,11 +192,28 @@ async fn dev_serves_the_page_signs_in_and_survives_a_restart() {
     };
     let added: Value = demo("POST", "/demo/files")
         .json(&json!({"name": "notes.txt", "content": "hello"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(added["status"], 200, "{added}");
-    let files: Value = demo("GET", "/demo/files").send().await.unwrap().json().await.unwrap();
+    let files: Value = demo("GET", "/demo/files")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(files["result"]["files"][0]["name"], "notes.txt", "{files}");
-    let job: Value = demo("POST", "/demo/offline-job").send().await.unwrap().json().await.unwrap();
+    let job: Value = demo("POST", "/demo/offline-job")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(job["refreshed"], true, "{job}");
     assert_eq!(job["files"], 1, "{job}");
 

@@ -80,6 +80,10 @@ pub struct ProviderSection {
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     pub url: Option<String>,
+    /// PostgreSQL: connections per instance.
+    pub max_connections: Option<u32>,
+    /// PostgreSQL: longest a statement may run.
+    pub statement_timeout: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +167,7 @@ pub struct Settings {
     pub mobile_redirect_uri: String,
     pub api_base: Url,
     pub store_url: String,
+    pub store: grantkeeper_store::StoreOptions,
     pub broker: BrokerSettings,
     pub webhook: Option<WebhookSettings>,
 }
@@ -431,6 +436,20 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| "sqlite://grantkeeper.db".to_owned());
         let store_url = resolve_sqlite_path(&store_url, base);
+        let mut store = grantkeeper_store::StoreOptions::default();
+        if let Some(n) = file.store.max_connections {
+            if n == 0 {
+                return Err(err(
+                    "store.max_connections",
+                    "0 connections",
+                    "write 1 or more (default 16)",
+                ));
+            }
+            store.max_connections = n;
+        }
+        if let Some(t) = &file.store.statement_timeout {
+            store.statement_timeout = t.resolve("store.statement_timeout")?;
+        }
 
         let b = &file.broker;
         let defaults = BrokerSettings::default();
@@ -507,6 +526,7 @@ impl Settings {
             mobile_redirect_uri: p.mobile_redirect_uri.clone().unwrap_or_default(),
             api_base,
             store_url,
+            store,
             broker,
             webhook,
         })

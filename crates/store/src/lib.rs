@@ -3,10 +3,14 @@
 //! Owns: users, grants (state, scopes, sealed tokens, fencing version), grant state history
 //! (which is also the webhook's outbox), sessions, the wrapped data keys of the vault, API
 //! keys, the audit trail and the progress of sweep jobs, behind narrow async traits split by
-//! capability, so each caller asks only for what it needs. SQLite is the embedded backend;
-//! PostgreSQL serves several instances sharing one database. Both satisfy the same traits and
-//! pass the same conformance suite; each keeps its own migrations, and the rules of what a
-//! write becomes (`merge`) and of what a row must hold (`rows`) are shared.
+//! capability, so each caller asks only for what it needs. For instances sharing a database
+//! it also owns refresh leases (one refresher of a grant at a time) and sweep batches (several
+//! sweep processes on one run); and exports and imports, which move a deployment from one
+//! store to another of either backend. SQLite is the embedded backend; PostgreSQL serves
+//! several instances sharing one database. Both satisfy the same traits and pass the same
+//! conformance suite; each keeps its own migrations, and the rules of what a write becomes
+//! (`merge`), of what a row must hold (`rows`) and of what an export carries (`transfer`) are
+//! shared.
 //!
 //! Leaves to others: sealing and opening (values arrive sealed and leave sealed; the store
 //! never sees a plaintext token), deciding what a grant's state should be beyond the rules
@@ -22,6 +26,7 @@ mod merge;
 mod rows;
 mod postgres;
 mod sqlite;
+mod transfer;
 
 pub use error::StoreError;
 pub use postgres::PostgresStore;
@@ -35,8 +40,8 @@ use time::OffsetDateTime;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The most rows one page of [`GrantStore::list_users`] or [`AuditStore::audit`] holds; a
-/// larger `limit` is lowered to it.
+/// The most rows one page of [`GrantStore::list_users`], [`AuditStore::audit`] or
+/// [`TransferStore::export_page`] holds; a larger `limit` is lowered to it.
 pub const MAX_PAGE: u32 = 1000;
 /// The page size of a `limit` of 0 (as in `AuditFilter::default()`).
 pub const DEFAULT_PAGE: u32 = 100;
@@ -401,6 +406,134 @@ pub trait SweepStore: Send + Sync {
     async fn finish_sweep(&self, id: i64, counts: &str, at: OffsetDateTime) -> Result<()>;
 }
 
+/// A short exclusive right to refresh one grant, across every instance sharing the store.
+/// It expires by itself, so a crashed holder blocks the others no longer than the lease.
+#[async_trait]
+pub trait RefreshLeaseStore: Send + Sync {
+    /// Takes the grant's refresh lease for `owner` until `until`, if nobody else holds an
+    /// unexpired one at `now` (the holder may extend its own). Returns whether `owner` holds it
+    /// now. Unknown user: [`StoreError::NotFound`]. Does not change the grant's `version`.
+    async fn try_lease_refresh(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Gives the lease back if `owner` holds it.
+    async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()>;
+}
+
+/// A slice of a sweep run, claimed by one sweep process at a time under a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepBatch {
+    pub id: i64,
+    pub run_id: i64,
+    /// The batch covers the users with `after < sub <= last` (`after` None: from the first).
+    pub after: Option<String>,
+    pub last: String,
+    /// Users of the batch with `sub <= progress` are done (None: none yet).
+    pub progress: Option<String>,
+    pub owner: String,
+    pub lease_until: OffsetDateTime,
+}
+
+#[async_trait]
+pub trait SweepBatchStore: Send + Sync {
+    /// Claims work of run `run_id` for `owner`: first a batch whose lease expired at `now`
+    /// (its owner died: `progress` says where it stopped), else a new batch of up to `size`
+    /// users after the run's last batch. Atomic across processes. None when every user of the
+    /// run is in a batch that is done or leased.
+    async fn claim_sweep_batch(
+        &self,
+        run_id: i64,
+        owner: &str,
+        size: u32,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<SweepBatch>>;
+    /// Records progress inside a batch and extends its lease. [`StoreError::Conflict`] when
+    /// `owner` no longer holds it (its lease expired and another process took the batch).
+    async fn save_batch_progress(
+        &self,
+        batch_id: i64,
+        owner: &str,
+        progress: &str,
+        lease_until: OffsetDateTime,
+    ) -> Result<()>;
+    /// Marks the batch done and adds `counts` (JSON object of outcome -> number) to the run's
+    /// counts. Conflict as above.
+    async fn finish_sweep_batch(
+        &self,
+        batch_id: i64,
+        owner: &str,
+        counts: &str,
+        at: OffsetDateTime,
+    ) -> Result<()>;
+    /// Gives an unfinished batch back at once (a clean stop), keeping its progress, so that
+    /// the next claim takes it without waiting for the lease to run out. Conflict as above.
+    async fn release_sweep_batch(&self, batch_id: i64, owner: &str) -> Result<()>;
+    /// Finishes the run (sets `finished_at`) when every batch is done and no user lies after
+    /// the last batch; returns whether the run is finished (also when it already was).
+    async fn complete_sweep_run_if_done(&self, run_id: i64, at: OffsetDateTime) -> Result<bool>;
+}
+
+/// The kinds of records an export holds, in the order an import needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportKind {
+    DataKey,
+    User,
+    Grant,
+    GrantEvent,
+    ApiKey,
+    Audit,
+}
+
+impl ExportKind {
+    pub const ALL: [ExportKind; 6] = [
+        ExportKind::DataKey,
+        ExportKind::User,
+        ExportKind::Grant,
+        ExportKind::GrantEvent,
+        ExportKind::ApiKey,
+        ExportKind::Audit,
+    ];
+}
+
+/// One row of a deployment, as an export carries it: every column, times as Unix seconds,
+/// sealed values and wrapped keys as standard base64 (still sealed: the target needs the same
+/// master key). Sessions and sweep bookkeeping are not exported.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExportRecord {
+    pub kind: ExportKind,
+    /// The row's columns by name.
+    pub row: serde_json::Map<String, serde_json::Value>,
+}
+
+#[async_trait]
+pub trait TransferStore: Send + Sync {
+    /// Up to `limit` rows of one kind in a stable order after `after` (the position the
+    /// previous page returned), and the position after the last row (None when done).
+    async fn export_page(
+        &self,
+        kind: ExportKind,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<ExportRecord>, Option<String>)>;
+    /// Writes rows idempotently in one transaction: each row is inserted unless a row with the
+    /// same key exists (users, grants: `sub`; data and API keys, events, audit: `id`), in which
+    /// case it is left as it is. Identity sequences are moved past imported ids.
+    async fn import(&self, records: Vec<ExportRecord>) -> Result<ImportCounts>;
+}
+
+/// How many rows an import inserted and how many it found already present.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub inserted: u64,
+    pub present: u64,
+}
+
 /// Everything the server needs from a store.
 #[async_trait]
 pub trait Store:
@@ -412,6 +545,9 @@ pub trait Store:
     + AuditStore
     + OutboxStore
     + SweepStore
+    + RefreshLeaseStore
+    + SweepBatchStore
+    + TransferStore
     + Send
     + Sync
     + 'static

@@ -3,8 +3,10 @@
 //! Many processes write at once here, so every read-modify-write holds what it reads: the
 //! sign-in merge and the fenced grant writes lock the grant row (`SELECT ... FOR UPDATE`)
 //! inside their transaction, after the sign-in has created or updated the user row, which
-//! orders concurrent sign-ins of one user; the other writes are single statements whose
-//! unique indexes settle races (`INSERT ... ON CONFLICT`). Transactions run at READ COMMITTED
+//! orders concurrent sign-ins of one user; sweep batches are cut while holding their run's row
+//! and taken over past the batches other transactions hold (`FOR UPDATE SKIP LOCKED`); the
+//! other writes are single statements whose unique indexes settle races (`INSERT ... ON
+//! CONFLICT`, refresh leases among them). Transactions run at READ COMMITTED
 //! whatever the server's default, as those locks are designed for: each statement sees what
 //! committed before it. A transaction or statement that the server aborts because of a
 //! concurrent one (a deadlock, or a serialization failure of a single statement under a
@@ -17,12 +19,15 @@
 
 mod api_keys;
 mod audit;
+mod batches;
 mod grants;
 mod keys;
+mod leases;
 mod outbox;
 mod sessions;
 mod statements;
 mod sweeps;
+mod transfer;
 mod users;
 
 use crate::{Result, Store, StoreError, StoreOptions};
@@ -50,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "offline access",
         include_str!("../migrations/postgres/0002_offline_access.sql"),
+    ),
+    (
+        3,
+        "instances",
+        include_str!("../migrations/postgres/0003_instances.sql"),
     ),
 ];
 

@@ -6,8 +6,8 @@
 
 use crate::{
     ApiKeyRecord, AuditRecord, DataKeyRecord, GrantEvent, GrantRecord, PendingEvent, Result,
-    SealedAccessToken, SealedRefreshToken, SessionRecord, StoreError, SweepRun, TokenFingerprint,
-    UserRecord,
+    SealedAccessToken, SealedRefreshToken, SessionRecord, StoreError, SweepBatch, SweepRun,
+    TokenFingerprint, UserRecord,
 };
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
 use time::OffsetDateTime;
@@ -42,6 +42,13 @@ macro_rules! user_and_grant_columns {
             ", g.sub AS grant_sub, ",
             grant_columns!()
         )
+    };
+}
+
+/// A sweep batch's columns, as [`sweep_batch`] reads them.
+macro_rules! sweep_batch_columns {
+    () => {
+        "id, run_id, after, last, progress, owner, lease_until"
     };
 }
 
@@ -306,5 +313,18 @@ pub(crate) fn sweep_run(row: &impl Columns) -> Result<SweepRun> {
         finished_at: opt_time(row, "finished_at")?,
         cursor: row.opt_text("cursor")?,
         counts: row.text("counts")?,
+    })
+}
+
+/// Columns: `sweep_batch_columns!`.
+pub(crate) fn sweep_batch(row: &impl Columns) -> Result<SweepBatch> {
+    Ok(SweepBatch {
+        id: row.int("id")?,
+        run_id: row.int("run_id")?,
+        after: row.opt_text("after")?,
+        last: row.text("last")?,
+        progress: row.opt_text("progress")?,
+        owner: row.text("owner")?,
+        lease_until: time(row, "lease_until")?,
     })
 }

@@ -13,12 +13,15 @@
 
 mod api_keys;
 mod audit;
+mod batches;
 mod grants;
 mod keys;
+mod leases;
 mod outbox;
 mod sessions;
 mod statements;
 mod sweeps;
+mod transfer;
 mod users;
 
 use crate::{Result, Store, StoreError};
@@ -58,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "offline access",
         include_str!("../migrations/sqlite/0002_offline_access.sql"),
+    ),
+    (
+        3,
+        "instances",
+        include_str!("../migrations/sqlite/0003_instances.sql"),
     ),
 ];
 

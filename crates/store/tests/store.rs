@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The store's one test binary: the conformance suite that every backend passes unchanged,
-//! run here against SQLite files and PostgreSQL databases, and the checks particular to each.
+//! run here against SQLite files and PostgreSQL databases, the checks particular to each, and
+//! those between the two.
 
 #[macro_use]
 #[path = "store/conformance/mod.rs"]
@@ -11,3 +12,6 @@ mod sqlite;
 
 #[path = "store/postgres.rs"]
 mod postgres;
+
+#[path = "store/backends.rs"]
+mod backends;

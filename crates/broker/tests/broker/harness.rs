@@ -1,7 +1,9 @@
-//! `Env`: an emulator on port 0, a SQLite store in a temp dir, a vault with a random key, a
-//! provider client and a manual clock shared by all of them; sign-in done the way the server
-//! does it (exchange, seal, record), and typed helpers for the emulator's control API. Logs
-//! of every test are captured at trace level (GRANTKEEPER_TEST_LOG=1 also prints them).
+//! `Env`: an emulator on port 0, a store (a SQLite file in a temp dir, or a PostgreSQL
+//! database of its own), a vault with a random key, a provider client and a manual clock
+//! shared by all of them; sign-in done the way the server does it (exchange, seal, record),
+//! and typed helpers for the emulator's control API. `open_store` opens the same database
+//! again, as another instance would. Logs of every test are captured at trace level
+//! (GRANTKEEPER_TEST_LOG=1 also prints them).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -67,10 +69,14 @@ pub struct Env {
     pub emulator: Emulator,
     pub clock: Arc<ManualClock>,
     pub store: SharedStore,
+    /// Where `store` lives; `open_store` opens it again.
+    store_url: String,
     pub vault: VaultHandle,
     pub provider: Provider,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
+    /// Keeps the PostgreSQL database until the check ends.
+    _database: Option<super::postgres::TestDatabase>,
 }
 
 /// A code minted through the control API.
@@ -94,9 +100,26 @@ impl<'a> Code<'a> {
 }
 
 impl Env {
+    /// With a SQLite file.
     pub async fn start() -> Env {
-        init_logs();
         let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("grantkeeper.db").display());
+        Env::start_on(url, dir, None).await
+    }
+
+    /// With a PostgreSQL database of its own; None when the checks on PostgreSQL are skipped.
+    pub async fn start_postgres() -> Option<Env> {
+        let database = super::postgres::TestDatabase::migrated().await?;
+        let url = database.url.clone();
+        Some(Env::start_on(url, tempfile::tempdir().unwrap(), Some(database)).await)
+    }
+
+    async fn start_on(
+        store_url: String,
+        dir: tempfile::TempDir,
+        database: Option<super::postgres::TestDatabase>,
+    ) -> Env {
+        init_logs();
         let clock = ManualClock::new();
         let shared: SharedClock = clock.clone();
 
@@ -112,12 +135,7 @@ impl Env {
         .unwrap();
         tokio::spawn(axum::serve(listener, emulator.router()).into_future());
 
-        let store = grantkeeper_store::open(&format!(
-            "sqlite://{}",
-            dir.path().join("grantkeeper.db").display()
-        ))
-        .await
-        .unwrap();
+        let store = grantkeeper_store::open(&store_url).await.unwrap();
 
         let mut vault = Vault::new();
         vault
@@ -145,11 +163,38 @@ impl Env {
             emulator,
             clock,
             store,
+            store_url,
             vault: VaultHandle::new(vault),
             provider,
             http,
             _dir: dir,
+            _database: database,
         }
+    }
+
+    /// The same database opened again, as another instance (another process) opens it.
+    pub async fn open_store(&self) -> SharedStore {
+        grantkeeper_store::open(&self.store_url).await.unwrap()
+    }
+
+    /// A broker of another instance: its own store connections, the same database.
+    pub fn broker_on(&self, store: SharedStore) -> Broker {
+        Broker::new(
+            store,
+            self.provider.clone(),
+            self.vault.clone(),
+            self.shared_clock(),
+            BrokerSettings::default(),
+        )
+    }
+
+    /// Signs in `emails`, a few at a time; their subs in the same order.
+    pub async fn sign_in_all(&self, emails: &[String]) -> Vec<String> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(emails.iter().map(|e| self.sign_in(e)))
+            .buffered(8)
+            .collect()
+            .await
     }
 
     pub fn now(&self) -> time::OffsetDateTime {

@@ -76,6 +76,7 @@ async fn refresh_sweep_refreshes_every_usable_grant_once() {
             concurrency: 8,
             rate_per_sec: None,
             page_size: 10,
+            ..SweepOptions::default()
         },
         stop,
         &on_event,
@@ -131,6 +132,7 @@ async fn an_interrupted_sweep_resumes_where_it_stopped() {
         concurrency: 8,
         rate_per_sec: None,
         page_size: 10,
+        ..SweepOptions::default()
     };
 
     let (stop_tx, stop) = watch::channel(false);
@@ -230,6 +232,7 @@ async fn the_rate_limit_bounds_how_many_start() {
             concurrency: 8,
             rate_per_sec: Some(rate),
             page_size: 5,
+            ..SweepOptions::default()
         },
         stop,
         &on_event,
@@ -309,6 +312,7 @@ async fn drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token
             concurrency: 4,
             rate_per_sec: None,
             page_size: 4,
+            ..SweepOptions::default()
         },
         stop,
         &on_event,

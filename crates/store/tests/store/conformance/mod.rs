@@ -1,16 +1,19 @@
 //! What every backend of the store must do, written against the traits only.
 //!
 //! Each check is a `pub async fn` taking the store (and, for a few, a second handle on the same
-//! database). A backend runs the whole list with [`conformance_suite!`], giving functions that
-//! make a fresh, isolated database.
+//! database, or a second, independent database). A backend runs the whole list with
+//! [`conformance_suite!`], giving functions that make a fresh, isolated database.
 
 pub mod api_keys;
 pub mod audit;
+pub mod batches;
 pub mod grants;
 pub mod keys;
+pub mod leases;
 pub mod outbox;
 pub mod sessions;
 pub mod sweeps;
+pub mod transfer;
 pub mod users;
 
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
@@ -32,7 +35,7 @@ pub struct Fixture {
 /// Expands to one `#[tokio::test]` per check. `fresh` makes a [`Fixture`]; `pair` makes a
 /// fixture and a second, independently opened store on the same database. Both answer None
 /// when the backend's server is not there to test against (the runner has said so): the
-/// check then returns without running.
+/// check then returns without running. Checks of the `@twin` list get two fresh databases.
 macro_rules! conformance_suite {
     (fresh: $fresh:path, pair: $pair:path) => {
         conformance_suite!(@store $fresh;
@@ -89,12 +92,31 @@ macro_rules! conformance_suite {
             sweeps::sweep_run_resumes_until_finished,
             sweeps::sweep_jobs_are_independent,
             sweeps::finished_sweep_takes_no_progress,
+            leases::refresh_lease_is_exclusive_until_it_ends,
+            leases::refresh_lease_is_free_once_released,
+            leases::refresh_lease_of_unknown_user_is_not_found,
+            leases::refresh_lease_race_one_wins,
+            batches::sweep_batches_cover_every_user_once,
+            batches::expired_batches_are_taken_over_once,
+            batches::sweep_run_is_finished_when_its_last_batch_is,
+            batches::expired_batch_is_taken_over_where_it_stopped,
+            batches::released_batch_is_claimable_at_once,
+            batches::batch_claims_of_unknown_empty_and_finished_runs,
+            transfer::export_rows_have_one_shape,
         );
         conformance_suite!(@pair $pair;
             users::concurrent_sign_ins_across_instances,
             keys::ensure_data_key_race_across_instances,
             grants::concurrent_refreshes_across_instances,
             sweeps::concurrent_sweep_starts_across_instances,
+            leases::refresh_lease_race_across_instances,
+            batches::sweep_batches_cover_every_user_once_across_instances,
+            batches::expired_batches_are_taken_over_once_across_instances,
+        );
+        conformance_suite!(@twin $fresh;
+            transfer::export_imports_into_a_fresh_store,
+            transfer::imported_store_keeps_working,
+            transfer::import_refuses_what_does_not_fit,
         );
     };
     (@store $fresh:path; $($module:ident :: $name:ident),* $(,)?) => {$(
@@ -103,6 +125,15 @@ macro_rules! conformance_suite {
             let Some(fixture) = $fresh().await else { return };
             crate::conformance::$module::$name(fixture.store.clone()).await;
             drop(fixture);
+        }
+    )*};
+    (@twin $fresh:path; $($module:ident :: $name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(source) = $fresh().await else { return };
+            let Some(target) = $fresh().await else { return };
+            crate::conformance::$module::$name(source.store.clone(), target.store.clone()).await;
+            drop((source, target));
         }
     )*};
     (@pair $pair:path; $($module:ident :: $name:ident),* $(,)?) => {$(

@@ -1,0 +1,355 @@
+//! Several grantkeeper processes on one PostgreSQL database: one refresh per grant across
+//! instances, and moving a deployment between stores.
+
+use super::{client, run, start};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// A database of its own on the test PostgreSQL server, dropped when done.
+struct Database {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Database {
+    /// None (after saying "skipped") when no server answers outside CI; panics in CI.
+    async fn create() -> Option<Database> {
+        let admin = std::env::var("GRANTKEEPER_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let conn = match sqlx::PgPool::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("PostgreSQL is not reachable for the multi-instance tests: {e}");
+                }
+                eprintln!("skipped: PostgreSQL not reachable ({e})");
+                return None;
+            }
+        };
+        let name = format!(
+            "gk_cli_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        // The name is made here from the process id and a counter.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&conn)
+            .await
+            .unwrap();
+        conn.close().await;
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        Some(Database {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop from a thread of its own: this may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(conn) = sqlx::PgPool::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&conn)
+                    .await;
+                    conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A standalone emulator and a config file pointing a deployment at `store_url`.
+fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
+    std::fs::write(
+        dir.join("master.key"),
+        "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
+    )
+    .unwrap();
+    let config = dir.join(format!(
+        "grantkeeper-{}.toml",
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\naddr = \"127.0.0.1:0\"\n[provider]\nissuer = {emulator_url:?}\napi_base = {emulator_url:?}\n\
+             client_secret_file = \"client_secret.json\"\n[store]\nurl = {store_url:?}\n\
+             [vault]\nmaster_key_file = \"master.key\"\n[broker]\nrefresh_concurrency = 64\n"
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_owned()
+}
+
+async fn emulator_json(
+    http: &reqwest::Client,
+    emulator: &str,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> Value {
+    http.request(
+        method.parse().unwrap(),
+        format!("{emulator}/_emulator/{path}"),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap_or(Value::Null)
+}
+
+/// Signs `n` users in through `server` (32 at a time); returns their subs.
+async fn sign_in_many(
+    http: &reqwest::Client,
+    emulator: &str,
+    dir: &Path,
+    server: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let secret: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("client_secret.json")).unwrap())
+            .unwrap();
+    let client_id = secret["web"]["client_id"].as_str().unwrap().to_owned();
+    let mut subs = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, emulator, server, client_id) = (
+            http.clone(),
+            emulator.to_owned(),
+            server.to_owned(),
+            client_id.clone(),
+        );
+        let email = format!("{prefix}{i:05}@example.com");
+        tasks.spawn(async move {
+            let code: Value = http
+                .post(format!("{emulator}/_emulator/codes"))
+                .json(
+                    &json!({"email": email, "client_id": client_id, "scope": "openid email",
+                              "redirect_uri": "postmessage", "access_type": "offline"}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let r = http
+                .post(format!("{server}/authcode"))
+                .header("x-requested-with", "test")
+                .header("content-type", "text/plain")
+                .body(code["code"].as_str().unwrap().to_owned())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.unwrap();
+            body["user"]["sub"].as_str().unwrap().to_owned()
+        });
+        while tasks.len() >= 32 {
+            subs.push(tasks.join_next().await.unwrap().unwrap());
+        }
+    }
+    while let Some(s) = tasks.join_next().await {
+        subs.push(s.unwrap());
+    }
+    subs
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_refresh_a_grant_once() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let config = deployment(dir.path(), &emulator.url, &db.url);
+    let a = start(&["serve", "--config", &config]);
+    let b = start(&["serve", "--config", &config]);
+    let http = client();
+    let (ok, text) = run(&[
+        "api-keys", "create", "--name", "svc", "--scope", "token", "--config", &config,
+    ]);
+    assert!(ok, "{text}");
+    let key = text.lines().last().unwrap().trim().to_owned();
+
+    // The held token expires a second after sign-in.
+    emulator_json(
+        &http,
+        &emulator.url,
+        "PUT",
+        "settings",
+        json!({"access_token_ttl_secs": 2}),
+    )
+    .await;
+    let sub = sign_in_many(&http, &emulator.url, dir.path(), &a.url, "stampede", 1)
+        .await
+        .remove(0);
+    emulator_json(
+        &http,
+        &emulator.url,
+        "PUT",
+        "settings",
+        json!({"access_token_ttl_secs": 3600}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let server = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let (http, key, sub) = (http.clone(), key.clone(), sub.clone());
+        tasks.spawn(async move {
+            let r = http
+                .post(format!("{server}/v1/users/{sub}/token"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body["access_token"].as_str().map(str::to_owned))
+        });
+    }
+    let mut tokens = std::collections::HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        let (status, token) = r.unwrap();
+        assert_eq!(status, 200);
+        tokens.insert(token.unwrap());
+    }
+    let stats = emulator_json(&http, &emulator.url, "GET", "stats", Value::Null).await;
+    assert_eq!(stats["refreshes"], 1, "{stats}");
+    assert_eq!(tokens.len(), 1);
+}
+
+#[tokio::test]
+async fn a_sqlite_deployment_moves_to_postgres_and_back() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let sqlite = deployment(dir.path(), &emulator.url, "sqlite://from.db");
+    let http = client();
+    let subs = {
+        let server = start(&["serve", "--config", &sqlite]);
+        sign_in_many(&http, &emulator.url, dir.path(), &server.url, "move", 30).await
+    };
+    let (ok, text) = run(&[
+        "api-keys", "create", "--name", "svc", "--scope", "token", "--config", &sqlite,
+    ]);
+    assert!(ok, "{text}");
+    let key = text.lines().last().unwrap().trim().to_owned();
+
+    let export = dir.path().join("export.jsonl");
+    let (ok, text) = run(&[
+        "export",
+        "--output",
+        export.to_str().unwrap(),
+        "--config",
+        &sqlite,
+    ]);
+    assert!(ok, "{text}");
+    let postgres = deployment(dir.path(), &emulator.url, &db.url);
+    let (ok, text) = run(&[
+        "import",
+        "--input",
+        export.to_str().unwrap(),
+        "--config",
+        &postgres,
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("already present") && text.contains("imported"),
+        "{text}"
+    );
+    // Again: nothing new.
+    let (ok, text) = run(&[
+        "import",
+        "--input",
+        export.to_str().unwrap(),
+        "--config",
+        &postgres,
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("imported 0 rows"), "{text}");
+
+    // The moved grants still refresh, and the moved API key still works.
+    let server = start(&["serve", "--config", &postgres]);
+    for sub in &subs {
+        let r = http
+            .post(format!("{}/v1/users/{sub}/token", server.url))
+            .bearer_auth(&key)
+            .json(&json!({"min_ttl": 3600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let stats = emulator_json(&http, &emulator.url, "GET", "stats", Value::Null).await;
+    assert_eq!(stats["refreshes"], 30);
+
+    // And back: PostgreSQL -> a new SQLite file holds the same rows.
+    let back = dir.path().join("back.jsonl");
+    let (ok, text) = run(&[
+        "export",
+        "--output",
+        back.to_str().unwrap(),
+        "--config",
+        &postgres,
+    ]);
+    assert!(ok, "{text}");
+    let sqlite_again = deployment(dir.path(), &emulator.url, "sqlite://back.db");
+    let (ok, text) = run(&[
+        "import",
+        "--input",
+        back.to_str().unwrap(),
+        "--config",
+        &sqlite_again,
+    ]);
+    assert!(ok, "{text}");
+    let (ok, list) = run(&["users", "list", "--config", &sqlite_again]);
+    assert!(ok);
+    assert_eq!(
+        list.lines().filter(|l| l.contains("@example.com")).count(),
+        30,
+        "{list}"
+    );
+}

@@ -1,0 +1,48 @@
+//! Refresh leases: which instance may refresh a grant now.
+
+use super::{SqliteStore, map_sqlx};
+use crate::rows::unix;
+use crate::{RefreshLeaseStore, Result};
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+#[async_trait]
+impl RefreshLeaseStore for SqliteStore {
+    async fn try_lease_refresh(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        // One statement, so one decision under the write lock: a new lease is inserted, a held
+        // one is taken over only when it ended by `now` or is the owner's own; otherwise
+        // nothing changes and no row is counted. An unknown user fails the foreign key, which
+        // the error mapping calls NotFound. The grant's row is not written.
+        let done = sqlx::query(
+            "INSERT INTO refresh_leases (sub, owner, lease_until) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sub) DO UPDATE
+                SET owner = excluded.owner, lease_until = excluded.lease_until
+              WHERE refresh_leases.lease_until <= ?4 OR refresh_leases.owner = excluded.owner",
+        )
+        .bind(sub)
+        .bind(owner)
+        .bind(unix(until))
+        .bind(unix(now))
+        .execute(&self.write)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()> {
+        // Another owner's lease (this one's ran out and was taken) stays.
+        sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
+            .bind(sub)
+            .bind(owner)
+            .execute(&self.write)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+}

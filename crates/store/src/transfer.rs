@@ -1,0 +1,432 @@
+//! Exports and imports, for every backend: which table each [`ExportKind`] is, its columns and
+//! how each travels as JSON, and the statements that page through a table and insert rows into
+//! it. Both schemas give each column the same name and a type that decodes to the same Rust
+//! value, and both compare keys in byte order, so both backends cut the same pages of the same
+//! rows in the same shape: an export of one imports into the other. The backends only run the
+//! statements, inside their own transactions.
+//!
+//! A row travels as a JSON object of every column of its table but the backend's own
+//! bookkeeping (PostgreSQL's `api_keys.seq`): times and other integers as numbers, booleans as
+//! booleans, sealed values and wrapped keys as standard base64, NULL as null. A row that does
+//! not fit its table is refused naming the column, never quoting the value.
+
+use crate::rows::Columns;
+use crate::{ExportKind, ExportRecord, Result, StoreError};
+use ColumnType::{Bool, Bytes, Int, OptBytes, OptInt, OptText, Text};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value};
+use sqlx::query_builder::Separated;
+use sqlx::{Database, Encode, QueryBuilder};
+
+/// How a column's values travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ColumnType {
+    Text,
+    OptText,
+    Int,
+    OptInt,
+    Bool,
+    Bytes,
+    OptBytes,
+}
+
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub ty: ColumnType,
+}
+
+const fn column(name: &'static str, ty: ColumnType) -> Column {
+    Column { name, ty }
+}
+
+/// The table of one kind of record.
+pub(crate) struct Table {
+    pub kind: ExportKind,
+    pub name: &'static str,
+    /// The column a row is known by, and pages are cut by: `sub`, or `id`.
+    pub key: &'static str,
+    /// The key is an integer (else text, compared as bytes).
+    pub numeric_key: bool,
+    /// The store assigns the key from a sequence (PostgreSQL: an identity column, which an import
+    /// must override and then move past what it wrote; SQLite's AUTOINCREMENT follows inserted
+    /// ids by itself).
+    pub sequence: bool,
+    pub columns: &'static [Column],
+}
+
+const DATA_KEYS: Table = Table {
+    kind: ExportKind::DataKey,
+    name: "data_keys",
+    key: "id",
+    numeric_key: true,
+    // PostgreSQL's data key ids are chosen by the vault, not by a sequence.
+    sequence: false,
+    columns: &[
+        column("id", Int),
+        column("wrapped", Bytes),
+        column("created_at", Int),
+        column("active", Bool),
+    ],
+};
+
+const USERS: Table = Table {
+    kind: ExportKind::User,
+    name: "users",
+    key: "sub",
+    numeric_key: false,
+    sequence: false,
+    columns: &[
+        column("sub", Text),
+        column("email", OptText),
+        column("email_verified", Bool),
+        column("name", OptText),
+        column("picture", OptText),
+        column("given_name", OptText),
+        column("family_name", OptText),
+        column("locale", OptText),
+        column("hd", OptText),
+        column("created_at", Int),
+        column("updated_at", Int),
+        column("last_sign_in_at", OptInt),
+    ],
+};
+
+const GRANTS: Table = Table {
+    kind: ExportKind::Grant,
+    name: "grants",
+    key: "sub",
+    numeric_key: false,
+    sequence: false,
+    columns: &[
+        column("sub", Text),
+        column("state", Text),
+        column("scopes", Text),
+        column("refresh_token", OptBytes),
+        column("rt_hash", OptText),
+        column("rt_prefix_hash", OptText),
+        column("refresh_token_received_at", OptInt),
+        column("access_token", OptBytes),
+        column("access_token_expires_at", OptInt),
+        column("reason", OptText),
+        column("state_changed_at", Int),
+        column("updated_at", Int),
+        column("last_refresh_at", OptInt),
+        column("last_error", OptText),
+        column("version", Int),
+    ],
+};
+
+const GRANT_EVENTS: Table = Table {
+    kind: ExportKind::GrantEvent,
+    name: "grant_events",
+    key: "id",
+    numeric_key: true,
+    sequence: true,
+    columns: &[
+        column("id", Int),
+        column("sub", Text),
+        column("from_state", OptText),
+        column("to_state", Text),
+        column("reason", Text),
+        column("at", Int),
+        column("delivered_at", OptInt),
+        column("attempts", Int),
+        column("next_attempt_at", Int),
+    ],
+};
+
+const API_KEYS: Table = Table {
+    kind: ExportKind::ApiKey,
+    name: "api_keys",
+    key: "id",
+    numeric_key: false,
+    sequence: false,
+    columns: &[
+        column("id", Text),
+        column("name", Text),
+        column("hash", Text),
+        column("scopes", Text),
+        column("created_at", Int),
+        column("revoked_at", OptInt),
+    ],
+};
+
+const AUDIT: Table = Table {
+    kind: ExportKind::Audit,
+    name: "audit",
+    key: "id",
+    numeric_key: true,
+    sequence: true,
+    columns: &[
+        column("id", Int),
+        column("at", Int),
+        column("actor", Text),
+        column("sub", OptText),
+        column("action", Text),
+        column("detail", Text),
+        column("outcome", Text),
+    ],
+};
+
+pub(crate) fn table(kind: ExportKind) -> &'static Table {
+    match kind {
+        ExportKind::DataKey => &DATA_KEYS,
+        ExportKind::User => &USERS,
+        ExportKind::Grant => &GRANTS,
+        ExportKind::GrantEvent => &GRANT_EVENTS,
+        ExportKind::ApiKey => &API_KEYS,
+        ExportKind::Audit => &AUDIT,
+    }
+}
+
+impl Table {
+    /// The key among a row's cells.
+    fn key_of<'c>(&self, cells: &'c [Cell]) -> Option<&'c Cell> {
+        let index = self.columns.iter().position(|c| c.name == self.key)?;
+        cells.get(index)
+    }
+
+    /// `a, b, c`: the columns in their order.
+    fn column_list(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name).collect();
+        names.join(", ")
+    }
+}
+
+/// Where a page starts: after this key.
+enum Position {
+    Text(String),
+    Int(i64),
+}
+
+/// The position an export caller passed back, as the key it stands for.
+fn position(table: &Table, after: String) -> Result<Position> {
+    if table.numeric_key {
+        after.parse().map(Position::Int).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "the export position for {} is not one this store gave",
+                table.name
+            ))
+        })
+    } else {
+        Ok(Position::Text(after))
+    }
+}
+
+/// `SELECT` of up to `fetch` rows of `table` after `after`, in key order (byte order for text:
+/// SQLite's order, and PostgreSQL's for these COLLATE "C" columns).
+pub(crate) fn select_page<DB>(
+    table: &Table,
+    after: Option<String>,
+    fetch: i64,
+) -> Result<QueryBuilder<DB>>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'a> String: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> i64: Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {} FROM {}",
+        table.column_list(),
+        table.name
+    ));
+    match after.map(|after| position(table, after)).transpose()? {
+        None => {}
+        Some(Position::Text(after)) => {
+            query
+                .push(format!(" WHERE {} > ", table.key))
+                .push_bind(after);
+        }
+        Some(Position::Int(after)) => {
+            query
+                .push(format!(" WHERE {} > ", table.key))
+                .push_bind(after);
+        }
+    }
+    query
+        .push(format!(" ORDER BY {} LIMIT ", table.key))
+        .push_bind(fetch);
+    Ok(query)
+}
+
+/// One row read by [`select_page`], as an export carries it.
+pub(crate) fn export_row(table: &Table, row: &impl Columns) -> Result<ExportRecord> {
+    let mut out = Map::new();
+    for column in table.columns {
+        let name = column.name;
+        let value = match column.ty {
+            Text => Value::from(row.text(name)?),
+            OptText => row.opt_text(name)?.map_or(Value::Null, Value::from),
+            Int => Value::from(row.int(name)?),
+            OptInt => row.opt_int(name)?.map_or(Value::Null, Value::from),
+            Bool => Value::from(row.flag(name)?),
+            Bytes => Value::from(STANDARD.encode(row.bytes(name)?)),
+            OptBytes => row
+                .opt_bytes(name)?
+                .map_or(Value::Null, |bytes| Value::from(STANDARD.encode(bytes))),
+        };
+        out.insert(name.to_owned(), value);
+    }
+    Ok(ExportRecord {
+        kind: table.kind,
+        row: out,
+    })
+}
+
+/// A page of up to `limit` records from `limit + 1` read in key order, and the position after
+/// its last record when more follow.
+pub(crate) fn page(
+    table: &Table,
+    mut records: Vec<ExportRecord>,
+    limit: u32,
+) -> (Vec<ExportRecord>, Option<String>) {
+    let limit = limit as usize;
+    if records.len() <= limit {
+        return (records, None);
+    }
+    records.truncate(limit);
+    let next = records
+        .last()
+        .and_then(|record| record.row.get(table.key))
+        .and_then(|key| match key {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        });
+    (records, next)
+}
+
+/// One column's value of a row to import.
+#[derive(Debug)]
+pub(crate) enum Cell {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+    Bytes(Option<Vec<u8>>),
+}
+
+/// The rows of one table to import, each as its table's columns in order.
+pub(crate) struct Rows {
+    pub table: &'static Table,
+    pub rows: Vec<Vec<Cell>>,
+    /// The largest key among the rows, for a table whose keys come from a sequence.
+    pub max_id: Option<i64>,
+}
+
+/// The records of an import by table, in the order an import needs them ([`ExportKind::ALL`]:
+/// users before their grants, grants before their events), each kind's records in the order
+/// given; every row checked against its table's columns before anything is written.
+pub(crate) fn import_plan(records: Vec<ExportRecord>) -> Result<Vec<Rows>> {
+    let mut plan: Vec<Rows> = ExportKind::ALL
+        .iter()
+        .map(|&kind| Rows {
+            table: table(kind),
+            rows: Vec::new(),
+            max_id: None,
+        })
+        .collect();
+    for record in records {
+        // ALL names every kind: each record finds its place.
+        let Some(rows) = plan.iter_mut().find(|rows| rows.table.kind == record.kind) else {
+            continue;
+        };
+        let cells = import_row(rows.table, record.row)?;
+        if rows.table.sequence
+            && let Some(Cell::Int(Some(id))) = rows.table.key_of(&cells)
+        {
+            rows.max_id = Some(rows.max_id.map_or(*id, |max| max.max(*id)));
+        }
+        rows.rows.push(cells);
+    }
+    plan.retain(|rows| !rows.rows.is_empty());
+    Ok(plan)
+}
+
+fn import_row(table: &Table, mut row: Map<String, Value>) -> Result<Vec<Cell>> {
+    let refused =
+        |what: String| StoreError::Corrupt(format!("an imported {} row {what}", table.name));
+    let mut cells = Vec::with_capacity(table.columns.len());
+    for column in table.columns {
+        let name = column.name;
+        let value = row
+            .remove(name)
+            .ok_or_else(|| refused(format!("lacks the column {name}")))?;
+        let wrong = || refused(format!("has a value of the wrong type in {name}"));
+        let cell = match (column.ty, value) {
+            (OptText, Value::Null) => Cell::Text(None),
+            (Text | OptText, Value::String(text)) => Cell::Text(Some(text)),
+            (OptInt, Value::Null) => Cell::Int(None),
+            (Int | OptInt, Value::Number(number)) => {
+                Cell::Int(Some(number.as_i64().ok_or_else(wrong)?))
+            }
+            (Bool, Value::Bool(flag)) => Cell::Bool(flag),
+            (OptBytes, Value::Null) => Cell::Bytes(None),
+            (Bytes | OptBytes, Value::String(text)) => {
+                Cell::Bytes(Some(STANDARD.decode(text).map_err(|_| {
+                    refused(format!("has a value that is not standard base64 in {name}"))
+                })?))
+            }
+            _ => return Err(wrong()),
+        };
+        cells.push(cell);
+    }
+    // A column this store does not know would be lost: refuse the row rather than drop it.
+    if let Some(unknown) = row.keys().next() {
+        return Err(refused(format!(
+            "has a column this store does not know: {unknown:?}"
+        )));
+    }
+    Ok(cells)
+}
+
+/// Rows per INSERT of an import: at most 1,500 bound values (15 columns), far below the limits
+/// of both databases (SQLite 32,766, PostgreSQL 65,535).
+pub(crate) const ROWS_PER_INSERT: usize = 100;
+
+/// `INSERT` of `rows` into `table`, each left out when a row with its key exists (and counted
+/// as present by the caller: the statement's rows affected are those inserted). Another unique
+/// index that a row breaks (an API key's hash, a second active data key) still fails: that row
+/// is not the one the store holds. `overriding`: PostgreSQL's words for writing an identity.
+pub(crate) fn insert<DB>(table: &Table, rows: &[Vec<Cell>], overriding: bool) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'a> Option<&'a str>: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a [u8]>: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<i64>: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> bool: Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut insert = QueryBuilder::new(format!(
+        "INSERT INTO {} ({}) ",
+        table.name,
+        table.column_list()
+    ));
+    if overriding {
+        insert.push("OVERRIDING SYSTEM VALUE ");
+    }
+    insert.push_values(rows, |mut out, cells| {
+        for cell in cells {
+            push_cell(&mut out, cell);
+        }
+    });
+    insert.push(format!(" ON CONFLICT ({}) DO NOTHING", table.key));
+    insert
+}
+
+fn push_cell<DB>(out: &mut Separated<'_, DB, &'static str>, cell: &Cell)
+where
+    DB: Database,
+    for<'a> Option<&'a str>: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a [u8]>: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<i64>: Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> bool: Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match cell {
+        Cell::Text(text) => out.push_bind(text.as_deref()),
+        Cell::Int(int) => out.push_bind(*int),
+        Cell::Bool(flag) => out.push_bind(*flag),
+        Cell::Bytes(bytes) => out.push_bind(bytes.as_deref()),
+    };
+}

@@ -1,0 +1,166 @@
+//! Refresh leases (`RefreshLeaseStore`): one instance at a time may refresh a grant; a lease
+//! ends by itself, or when its holder gives it back; the grant itself is not written.
+
+use super::{signed_in, state_update, t};
+use grantkeeper_core::GrantState;
+use grantkeeper_store::{SharedStore, StoreError};
+use std::collections::HashSet;
+
+async fn take(store: &SharedStore, sub: &str, owner: &str, until: i64, now: i64) -> bool {
+    store
+        .try_lease_refresh(sub, owner, t(until), t(now))
+        .await
+        .unwrap()
+}
+
+pub async fn refresh_lease_is_exclusive_until_it_ends(store: SharedStore) {
+    let held = signed_in(&store, "lea").await;
+    assert!(take(&store, "lea", "instance-a", 30, 0).await);
+    // Held by another, unexpired: not taken.
+    assert!(!take(&store, "lea", "instance-b", 40, 10).await);
+    // Its holder may take it again, and moves its end.
+    assert!(take(&store, "lea", "instance-a", 45, 20).await);
+    assert!(!take(&store, "lea", "instance-b", 90, 44).await);
+    // Ended at its end (45 <= now): the next owner takes it, and the old one no longer holds it.
+    assert!(take(&store, "lea", "instance-b", 90, 45).await);
+    assert!(!take(&store, "lea", "instance-a", 100, 46).await);
+    assert!(take(&store, "lea", "instance-b", 100, 46).await);
+
+    // A lease is beside the grant, not in it: same row, same version, no event.
+    assert_eq!(store.grant("lea").await.unwrap(), Some(held.clone()));
+    assert_eq!(store.grant_events("lea").await.unwrap().len(), 1);
+    // So a fenced write of what was read before the lease still goes through.
+    let (after, _) = store
+        .update_grant_state(
+            "lea",
+            Some(held.version),
+            state_update(GrantState::Failing, "503", None, 50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.version, held.version + 1);
+}
+
+pub async fn refresh_lease_is_free_once_released(store: SharedStore) {
+    signed_in(&store, "rel").await;
+    assert!(take(&store, "rel", "instance-a", 600, 0).await);
+    // Only the holder gives it back: another's release changes nothing.
+    store
+        .release_refresh_lease("rel", "instance-b")
+        .await
+        .unwrap();
+    assert!(!take(&store, "rel", "instance-b", 600, 1).await);
+
+    store
+        .release_refresh_lease("rel", "instance-a")
+        .await
+        .unwrap();
+    // Free at once, long before the end it had.
+    assert!(take(&store, "rel", "instance-b", 600, 2).await);
+    // A late release by the old holder leaves the new holder's lease alone.
+    store
+        .release_refresh_lease("rel", "instance-a")
+        .await
+        .unwrap();
+    assert!(!take(&store, "rel", "instance-c", 600, 3).await);
+    // Giving back twice is harmless.
+    for _ in 0..2 {
+        store
+            .release_refresh_lease("rel", "instance-b")
+            .await
+            .unwrap();
+    }
+    assert!(take(&store, "rel", "instance-c", 600, 4).await);
+}
+
+pub async fn refresh_lease_of_unknown_user_is_not_found(store: SharedStore) {
+    signed_in(&store, "kim").await;
+    let err = store
+        .try_lease_refresh("ghost", "instance-a", t(30), t(0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    // Nothing to give back is not an error.
+    store
+        .release_refresh_lease("ghost", "instance-a")
+        .await
+        .unwrap();
+
+    // A deleted user's lease goes with them: the user signing in again starts free.
+    assert!(take(&store, "kim", "instance-a", 600, 0).await);
+    assert!(store.delete_user("kim").await.unwrap());
+    let err = store
+        .try_lease_refresh("kim", "instance-b", t(600), t(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    signed_in(&store, "kim").await;
+    assert!(take(&store, "kim", "instance-b", 600, 2).await);
+}
+
+pub async fn refresh_lease_race_one_wins(store: SharedStore) {
+    lease_race(&[store.clone(), store]).await;
+}
+
+pub async fn refresh_lease_race_across_instances(first: SharedStore, second: SharedStore) {
+    lease_race(&[first, second]).await;
+}
+
+/// Many owners want one grant's lease at once, round after round: each round exactly one gets
+/// it, until it gives it back.
+async fn lease_race(stores: &[SharedStore]) {
+    const OWNERS: usize = 16;
+    const ROUNDS: i64 = 3;
+    let held = signed_in(&stores[0], "ray").await;
+    for round in 0..ROUNDS {
+        let mut tasks = Vec::new();
+        for i in 0..OWNERS {
+            let store = stores[i % stores.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("instance-{i}");
+                let won = store
+                    .try_lease_refresh("ray", &owner, t(round * 100 + 60), t(round * 100))
+                    .await
+                    .unwrap();
+                (owner, won)
+            }));
+        }
+        let mut winners = HashSet::new();
+        for task in tasks {
+            let (owner, won) = task.await.unwrap();
+            if won {
+                winners.insert(owner);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let winner = winners.into_iter().next().unwrap();
+        // The others are still shut out; the winner holds it.
+        for store in stores {
+            assert!(
+                !store
+                    .try_lease_refresh(
+                        "ray",
+                        "someone-else",
+                        t(round * 100 + 60),
+                        t(round * 100 + 1)
+                    )
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(
+            stores[1 % stores.len()]
+                .try_lease_refresh("ray", &winner, t(round * 100 + 60), t(round * 100 + 1))
+                .await
+                .unwrap()
+        );
+        stores[0]
+            .release_refresh_lease("ray", &winner)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        stores[1 % stores.len()].grant("ray").await.unwrap(),
+        Some(held)
+    );
+}
