@@ -196,6 +196,16 @@ impl Default for BrokerSettings {
     }
 }
 
+/// The environment variables that name a configuration key: `GRANTKEEPER_SECTION__KEY`. Other
+/// `GRANTKEEPER_*` variables (a test database URL, say) are not configuration and are ignored.
+fn config_variables(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(k, _)| {
+        k.strip_prefix("GRANTKEEPER_")
+            .is_some_and(|rest| rest.contains("__"))
+    })
+    .collect()
+}
+
 /// Reads the file and the environment.
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     if !path.exists() {
@@ -210,7 +220,8 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         .prefix_separator("_")
         .separator("__")
         .list_separator(",")
-        .try_parsing(true);
+        .try_parsing(true)
+        .source(Some(config_variables(std::env::vars())));
     for k in list_keys {
         env = env.with_list_parse_key(k);
     }
@@ -547,6 +558,22 @@ fn resolve_sqlite_path(url: &str, base: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_section_key_variables_are_configuration() {
+        let vars = [
+            ("GRANTKEEPER_VAULT__MASTER_KEY", "k"),
+            ("GRANTKEEPER_TEST_POSTGRES", "postgres://x"),
+            ("GRANTKEEPERX__Y", "z"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let kept = config_variables(vars.into_iter());
+        assert_eq!(
+            kept.keys().collect::<Vec<_>>(),
+            ["GRANTKEEPER_VAULT__MASTER_KEY"]
+        );
+    }
 
     #[test]
     fn durations() {
