@@ -70,7 +70,7 @@ pub struct Env {
     pub clock: Arc<ManualClock>,
     pub store: SharedStore,
     /// Where `store` lives; `open_store` opens it again.
-    store_url: String,
+    pub store_url: String,
     pub vault: VaultHandle,
     pub provider: Provider,
     pub http: reqwest::Client,

@@ -431,3 +431,54 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
         .unwrap();
     assert_ne!(next.id, run.id);
 }
+
+mod two_sweeps_on_two_pools_with_the_cli_settings {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(env) = super::Env::start_postgres().await {
+            super::two_sweeps_on_two_pools_with_the_cli_settings(env).await;
+        }
+    }
+}
+
+/// The CLI's settings (batches of 500, 16 users at once) with two processes, each on its own
+/// pool of the store's default size.
+async fn two_sweeps_on_two_pools_with_the_cli_settings(env: Env) {
+    let emails: Vec<String> = (0..1000).map(email).collect();
+    env.sign_in_all(&emails).await;
+    let opts = SweepOptions {
+        concurrency: 16,
+        rate_per_sec: None,
+        page_size: 500,
+        ..SweepOptions::default()
+    };
+    let (events_a, events_b): (Events, Events) = Default::default();
+    let (_stop_tx, stop) = watch::channel(false);
+    // Each process: a runtime of its own on a thread of its own, and a pool of its own.
+    let (first, second) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let process = |events: Events| {
+                let (env, opts, stop) = (&env, opts.clone(), stop.clone());
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async move {
+                        let store = grantkeeper_store::open(&env.store_url).await.unwrap();
+                        let broker = env.broker_on(store.clone());
+                        sweep(env, &broker, &store, opts, stop, events, None).await
+                    })
+                })
+            };
+            let (a, b) = (process(events_a.clone()), process(events_b.clone()));
+            (a.join().unwrap(), b.join().unwrap())
+        })
+    });
+    assert!(!first.interrupted && !second.interrupted);
+    let refreshed = refreshes_by_email(&env).await;
+    assert_eq!(refreshed.len(), 1000);
+    assert!(refreshed.values().all(|n| *n == 1), "{refreshed:?}");
+    assert_eq!(ok(&first) + ok(&second), 1000);
+}
