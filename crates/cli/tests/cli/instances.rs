@@ -1,9 +1,11 @@
 //! Several grantkeeper processes on one PostgreSQL database: one refresh per grant across
-//! instances, and moving a deployment between stores.
+//! instances, sweeps that split the users, and moving a deployment between stores.
 
-use super::{client, run, start};
+use super::{BIN, client, run, start};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -351,5 +353,137 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
         list.lines().filter(|l| l.contains("@example.com")).count(),
         30,
         "{list}"
+    );
+}
+
+/// Emails refreshed so far, by count.
+async fn refreshes_by_email(http: &reqwest::Client, emulator: &str) -> HashMap<String, u64> {
+    let stats = emulator_json(http, emulator, "GET", "stats", Value::Null).await;
+    stats["refreshes_by_email"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+/// A sweep process; `lease` is how soon a peer continues its batches if it dies.
+fn sweep_process(config: &str, lease: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args([
+            "sweep",
+            "--job",
+            "refresh",
+            "--concurrency",
+            "16",
+            "--batch-lease",
+            lease,
+            "--config",
+            config,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The JSON lines a sweep printed, read to the end while the process runs: a pipe nobody
+/// reads fills up and stops the process at its next line.
+fn collect(child: std::process::Child) -> std::thread::JoinHandle<(bool, usize)> {
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .count();
+        (out.status.success(), lines)
+    })
+}
+
+const USERS: usize = 5000;
+
+#[tokio::test]
+async fn sweeps_split_the_users_and_survive_a_killed_peer() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let config = deployment(dir.path(), &emulator.url, &db.url);
+    let server = start(&["serve", "--config", &config]);
+    let http = client();
+    let subs = sign_in_many(
+        &http,
+        &emulator.url,
+        dir.path(),
+        &server.url,
+        "sweep",
+        USERS,
+    )
+    .await;
+    assert_eq!(subs.len(), USERS);
+
+    // Two sweeps at once: every user refreshed exactly once, by one of them.
+    let (x, y) = (
+        collect(sweep_process(&config, "30s")),
+        collect(sweep_process(&config, "30s")),
+    );
+    let ((x_ok, x_lines), (y_ok, y_lines)) = (x.join().unwrap(), y.join().unwrap());
+    assert!(x_ok && y_ok);
+    assert_eq!(x_lines + y_lines, USERS);
+    assert!(
+        x_lines > 0 && y_lines > 0,
+        "both took part: {x_lines} and {y_lines}"
+    );
+    let counts = refreshes_by_email(&http, &emulator.url).await;
+    assert_eq!(counts.len(), USERS);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "someone was refreshed twice"
+    );
+
+    // A new run, with one sweep killed with SIGKILL midway: the other finishes all the rest once
+    // the dead one's batch lease runs out.
+    emulator_json(
+        &http,
+        &emulator.url,
+        "PUT",
+        "faults",
+        json!({"token": {"latency_ms": 5}}),
+    )
+    .await;
+    let mut doomed = sweep_process(&config, "3s");
+    let survivor = collect(sweep_process(&config, "3s"));
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(doomed.stdout.take().unwrap()).lines();
+        for _ in 0..300 {
+            out.next().unwrap().unwrap();
+        }
+    }
+    Command::new("kill")
+        .args(["-KILL", &doomed.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = doomed.wait();
+    let (survivor_ok, _) = survivor.join().unwrap();
+    assert!(survivor_ok);
+    let counts = refreshes_by_email(&http, &emulator.url).await;
+    assert!(
+        counts.values().all(|&n| n >= 2),
+        "every user was refreshed in the second run too"
+    );
+    // Only what the dead one had done but not yet saved is done again.
+    let again = counts.values().filter(|&&n| n > 2).count();
+    assert!(
+        again < 500,
+        "{again} users refreshed twice in the second run"
     );
 }
