@@ -2,6 +2,7 @@
 //! instances, sweeps that split the users, and moving a deployment between stores.
 
 use super::{BIN, client, run, start};
+use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,74 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// A database of its own on the test PostgreSQL server, dropped when done.
-struct Database {
-    admin: String,
-    name: String,
-    pub url: String,
-}
-
+/// Numbers the config files of one test.
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-impl Database {
-    /// None (after saying "skipped") when no server answers outside CI; panics in CI.
-    async fn create() -> Option<Database> {
-        let admin = std::env::var("GRANTKEEPER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let conn = match sqlx::PgPool::connect(&admin).await {
-            Ok(c) => c,
-            Err(e) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!("PostgreSQL is not reachable for the multi-instance tests: {e}");
-                }
-                eprintln!("skipped: PostgreSQL not reachable ({e})");
-                return None;
-            }
-        };
-        let name = format!(
-            "gk_cli_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        // The name is made here from the process id and a counter.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&conn)
-            .await
-            .unwrap();
-        conn.close().await;
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        Some(Database {
-            admin,
-            name,
-            url: url.to_string(),
-        })
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop from a thread of its own: this may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(conn) = sqlx::PgPool::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&conn)
-                    .await;
-                    conn.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// A standalone emulator and a config file pointing a deployment at `store_url`.
 fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
@@ -181,7 +116,7 @@ async fn sign_in_many(
 
 #[tokio::test]
 async fn two_instances_on_one_database_refresh_a_grant_once() {
-    let Some(db) = Database::create().await else {
+    let Some(db) = TestDatabase::empty().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -257,7 +192,7 @@ async fn two_instances_on_one_database_refresh_a_grant_once() {
 
 #[tokio::test]
 async fn a_sqlite_deployment_moves_to_postgres_and_back() {
-    let Some(db) = Database::create().await else {
+    let Some(db) = TestDatabase::empty().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -405,7 +340,7 @@ const USERS: usize = 5000;
 
 #[tokio::test]
 async fn sweeps_split_the_users_and_survive_a_killed_peer() {
-    let Some(db) = Database::create().await else {
+    let Some(db) = TestDatabase::empty().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
