@@ -298,26 +298,33 @@ fn render(inner: &Inner, p: &AuthParams, v: &Valid) -> Response {
         .clone()
         .unwrap_or_else(|| accounts.first().cloned().unwrap_or_default());
     let mut account_html = String::new();
-    for a in &accounts {
+    // Stable ids for browser tests: `account-<n>` in the order shown, `scope-<n>` in the order
+    // requested (README, "Consent page").
+    for (i, a) in accounts.iter().enumerate() {
         let checked = if *a == selected { " checked" } else { "" };
         account_html.push_str(&format!(
-            "<label class=\"account\"><input type=\"radio\" name=\"account\" value=\"{e}\"{checked}> {e}</label>",
+            "<label class=\"account\"><input type=\"radio\" id=\"account-{i}\" name=\"account\" \
+             value=\"{e}\"{checked}> {e}</label>",
             e = html_escape(a)
         ));
     }
     let mut scope_html = String::new();
-    for s in &v.requested {
+    for (i, s) in v.requested.iter().enumerate() {
         let e = html_escape(s);
+        // Identity scopes cannot be unticked: a disabled box shows them, a hidden field sends them.
         if is_identity(s) {
             scope_html.push_str(&format!(
-                "<li><label><input type=\"checkbox\" checked disabled> {d}</label>\
-                 <input type=\"hidden\" name=\"grant\" value=\"{e}\"><small>{e}</small></li>",
+                "<li><label><input type=\"checkbox\" id=\"scope-{i}\" checked disabled \
+                 aria-describedby=\"scope-{i}-name\"> {d}</label>\
+                 <input type=\"hidden\" name=\"grant\" value=\"{e}\">\
+                 <small id=\"scope-{i}-name\">{e}</small></li>",
                 d = html_escape(describe(s)),
             ));
         } else {
             scope_html.push_str(&format!(
-                "<li><label><input type=\"checkbox\" name=\"grant\" value=\"{e}\" checked> {d}</label>\
-                 <small>{e}</small></li>",
+                "<li><label><input type=\"checkbox\" id=\"scope-{i}\" name=\"grant\" value=\"{e}\" checked \
+                 aria-describedby=\"scope-{i}-name\"> {d}</label>\
+                 <small id=\"scope-{i}-name\">{e}</small></li>",
                 d = html_escape(describe(s)),
             ));
         }
@@ -357,7 +364,8 @@ fn render(inner: &Inner, p: &AuthParams, v: &Valid) -> Response {
          <form method=\"post\" action=\"{action}\">{hidden}\
          <fieldset><legend>Choose an account</legend>{account_html}\
          <label class=\"other\">Or use another account: \
-         <input type=\"email\" name=\"email_other\" placeholder=\"someone@example.com\"></label>\
+         <input type=\"email\" id=\"email-other\" name=\"email_other\" autocomplete=\"email\" \
+         placeholder=\"someone@example.com\"></label>\
          </fieldset>\
          <fieldset><legend>Select what {project} can access</legend><ul>{scope_html}</ul></fieldset>\
          <div class=\"buttons\"><button type=\"submit\" name=\"action\" value=\"allow\" id=\"allow\">Allow</button>\
@@ -548,16 +556,19 @@ fn popup(message: &serde_json::Value, origin: &str) -> Response {
 
 const STYLE: &str = "<style>\
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;background:#f1f3f4;margin:0;color:#202124}\
-main{max-width:34rem;margin:3rem auto;background:#fff;border:1px solid #dadce0;border-radius:8px;padding:2rem}\
+main{max-width:34rem;margin:3rem auto;background:#fff;border:1px solid #dadce0;border-radius:8px;padding:2rem;\
+word-wrap:break-word;overflow-wrap:anywhere}\
 .brand{font-size:1.3rem;margin:0 0 1rem}.brand span{font-size:.8rem;color:#5f6368}\
 h1{font-size:1.3rem;font-weight:400}.client{color:#5f6368;font-size:.8rem;word-break:break-all}\
-fieldset{border:1px solid #dadce0;border-radius:6px;margin:1rem 0}\
-label{display:block;margin:.4rem 0}ul{list-style:none;padding:0;margin:0}\
+fieldset{border:1px solid #dadce0;border-radius:6px;margin:1rem 0;min-width:0}\
+label{display:block;margin:.4rem 0}.account,li label{display:flex;align-items:baseline;gap:.3rem}\
+ul{list-style:none;padding:0;margin:0}\
 li{margin:.5rem 0}li small{display:block;color:#5f6368;margin-left:1.6rem;word-break:break-all}\
 .other input{width:100%;box-sizing:border-box;padding:.4rem}\
 .buttons{display:flex;flex-direction:row-reverse;gap:.6rem}\
-button{padding:.5rem 1.4rem;border-radius:4px;border:1px solid #dadce0;background:#fff;font-size:.95rem}\
+button{padding:.5rem 1.4rem;min-height:2.75rem;border-radius:4px;border:1px solid #dadce0;background:#fff;font-size:.95rem}\
 #allow{background:#1a73e8;border-color:#1a73e8;color:#fff}.error{color:#d93025}\
+@media (max-width:36rem){main{margin:0;border:0;border-radius:0;padding:1rem}}\
 </style>";
 
 #[cfg(test)]

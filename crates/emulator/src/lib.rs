@@ -8,8 +8,9 @@
 //! rules and error envelope.
 //!
 //! Owns: its project's clients, keys, users, codes and tokens (hashes only, journaled under
-//! `DIR/emulator/`), each user's Drive files, a server-rendered consent page, and a control API
-//! under `/_emulator/` for tests (mint codes, revoke users, rotate keys, inject faults, move its
+//! `DIR/emulator/`), each user's Drive files, a server-rendered consent page, the Google
+//! Identity Services code-model script apps load from `/gsi/client`, and a control API under
+//! `/_emulator/` for tests (mint codes, revoke users, rotate keys, inject faults, move its
 //! clock, read stats and Drive files).
 //!
 //! Leaves to others: binding a listener (the caller serves [`Emulator::router`] at its base
@@ -21,6 +22,7 @@ mod control;
 mod discovery;
 mod drive;
 mod error;
+mod gsi;
 mod jwt;
 mod keys;
 mod oauth;
@@ -221,6 +223,7 @@ impl Emulator {
             .route("/tokeninfo", tokeninfo.clone())
             .route("/oauth2/v3/tokeninfo", tokeninfo)
             .route("/avatar/{sub}", get(discovery::avatar))
+            .route("/gsi/client", get(gsi::client))
             .merge(drive::router());
         if self.inner.control_api {
             router = router.nest("/_emulator", control::router());

@@ -76,7 +76,7 @@ impl Profile {
 /// A small SVG avatar: the picture claim points here, so no outside host is ever involved.
 pub(crate) fn avatar_svg(sub: &str) -> String {
     let digest = util::sha256(sub.as_bytes());
-    let hue = u16::from(digest.first().copied().unwrap_or(0)) * 360 / 256;
+    let hue = u32::from(digest.first().copied().unwrap_or(0)) * 360 / 256;
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"96\" height=\"96\" viewBox=\"0 0 96 96\">\
          <rect width=\"96\" height=\"96\" rx=\"48\" fill=\"hsl({hue},55%,45%)\"/>\
@@ -96,6 +96,15 @@ mod tests {
         assert_ne!(a, sub_for("bob@example.com"));
         assert_eq!(a.len(), 21);
         assert!(a.chars().all(|c| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn every_sub_gets_an_avatar() {
+        // Enough subs that the first digest byte takes its high values too.
+        for i in 0..2000 {
+            let svg = avatar_svg(&sub_for(&format!("user{i}@example.com")));
+            assert!(svg.starts_with("<svg") && svg.contains("hsl("));
+        }
     }
 
     #[test]

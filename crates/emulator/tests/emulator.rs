@@ -13,6 +13,7 @@ mod emulator {
     mod drive_access;
     mod drive_ops;
     mod faults;
+    mod gsi;
     mod persistence;
     mod refresh;
     mod revoke;

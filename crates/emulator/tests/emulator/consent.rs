@@ -464,3 +464,63 @@ async fn prompt_none_answers_without_a_page_once_consented() {
     let a = t.exchange(&q["code"], &redirect).await;
     assert_eq!(a.status, 200, "{}", a.text);
 }
+
+#[tokio::test]
+async fn the_page_has_stable_selectors_and_a_label_for_every_input() {
+    let t = TestEmu::start().await;
+    let scope = format!("openid email {DRIVE_APPDATA}");
+    let (status, html) = consent_page(
+        &t,
+        &[
+            ("client_id", &t.web_id),
+            (
+                "redirect_uri",
+                "storagerelay://http/127.0.0.1:5555?id=auth1",
+            ),
+            ("response_type", "code"),
+            ("scope", &scope),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    for (i, user) in ["alice@example.com", "bob@example.com", "carol@example.com"]
+        .iter()
+        .enumerate()
+    {
+        assert!(html.contains(&format!(
+            "id=\"account-{i}\" name=\"account\" value=\"{user}\""
+        )));
+    }
+    for id in [
+        "scope-0",
+        "scope-1",
+        "scope-2",
+        "email-other",
+        "allow",
+        "cancel",
+    ] {
+        assert_eq!(html.matches(&format!("id=\"{id}\"")).count(), 1, "{id}");
+    }
+    assert!(html.contains(&format!(
+        "id=\"scope-2\" name=\"grant\" value=\"{DRIVE_APPDATA}\" checked"
+    )));
+    // Every input a person sees sits inside its label.
+    let mut visible = 0;
+    for (at, _) in html.match_indices("<input") {
+        let tag = html[at..].split('>').next().unwrap();
+        if tag.contains("type=\"hidden\"") {
+            continue;
+        }
+        let before = &html[..at];
+        let open = before.matches("<label").count();
+        let closed = before.matches("</label>").count();
+        assert_eq!(open, closed + 1, "{tag} has no label");
+        visible += 1;
+    }
+    assert_eq!(
+        visible,
+        3 + 1 + 3,
+        "three accounts, another account, three scopes"
+    );
+    assert!(html.contains("name=\"viewport\""));
+}

@@ -79,10 +79,20 @@ impl TestEmu {
     }
 
     pub async fn start_with(data_dir: Option<PathBuf>, control_api: bool) -> TestEmu {
+        Self::launch(data_dir, control_api, "").await
+    }
+
+    /// An emulator whose base URL has a path, `prefix` (e.g. `/_google`), as when it is
+    /// mounted inside another server.
+    pub async fn start_under(prefix: &str) -> TestEmu {
+        Self::launch(None, true, prefix).await
+    }
+
+    async fn launch(data_dir: Option<PathBuf>, control_api: bool, prefix: &str) -> TestEmu {
         let clock = ManualClock::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let base = format!("http://{addr}");
+        let base = format!("http://{addr}{prefix}");
         let shared: SharedClock = clock.clone();
         let emu = Emulator::open(EmulatorOptions {
             base_url: base.parse().unwrap(),
@@ -92,7 +102,11 @@ impl TestEmu {
         })
         .await
         .unwrap();
-        let router = emu.router();
+        let router = if prefix.is_empty() {
+            emu.router()
+        } else {
+            axum::Router::new().nest(prefix, emu.router())
+        };
         let server = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
