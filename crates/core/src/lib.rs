@@ -2,18 +2,23 @@
 //!
 //! Owns: the [`Clock`] (time is a parameter, never read from the system elsewhere), secret
 //! strings that redact themselves, OAuth scope sets with Google's normalisation, grant states,
-//! user profiles, random identifiers, and the [`vault`] that seals tokens at rest.
+//! user profiles, random identifiers, the [`vault`] that seals tokens at rest, and the
+//! process's [`metrics`] (Prometheus families and per-minute activity for the store).
 //!
 //! Leaves to others: HTTP, storage and the provider protocol. Nothing here does I/O.
 
 pub mod clock;
 pub mod grant;
+pub mod metrics;
 pub mod random;
 pub mod scopes;
 pub mod vault;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use grant::{GrantState, UserProfile};
+pub use metrics::Metrics;
 pub use scopes::Scopes;
 pub use secrecy::{ExposeSecret, SecretString};
-pub use vault::{Aad, KeyId, MasterKey, Purpose, Vault, VaultError, VaultHandle};
+pub use vault::{
+    Aad, KeyId, KeyringSource, MasterKey, Purpose, Vault, VaultError, VaultHandle, WeakVaultHandle,
+};

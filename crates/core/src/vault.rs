@@ -17,18 +17,33 @@
 //!
 //! The additional authenticated data is the 5-byte header followed by
 //! `grantkeeper/<purpose>/<row>`: a value opens only under the same key id, for the same purpose
-//! (refresh token, access token, data key) and for the same row (the user's `sub`, or the data
-//! key's id). A refresh token copied into another user's row does not open.
+//! (refresh token, access token, data key, pending revocation) and for the same row (the user's
+//! `sub`, the data key's id, or the pending revocation's id). A refresh token copied into another
+//! user's row does not open.
 //!
 //! Plaintext never leaves this module except as a [`SecretString`] or a zeroized buffer, and no
 //! error says anything about the key or the value.
+//!
+//! # Rotation, seen from a running process
+//!
+//! A process holds its keyring in a [`VaultHandle`]. Another process (`grantkeeper keys
+//! rotate`) may add a data key, make it the active one and re-seal values under it while this
+//! one runs. A handle built [`VaultHandle::with_source`] reads the keyring again from its
+//! [`KeyringSource`] when asked ([`VaultHandle::reload`], which the server does periodically)
+//! and, once, when [`VaultHandle::open_secret`] meets a value sealed under a key id it does not
+//! know: then it retries with the keyring it just read. Until it reloads, it keeps sealing
+//! under the key that was active when it last read: still a valid key, which rotation retires
+//! only once it seals nothing.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad as GcmAad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use zeroize::Zeroizing;
 
 const VERSION: u8 = 1;
@@ -45,6 +60,9 @@ pub enum Purpose {
     RefreshToken,
     AccessToken,
     DataKey,
+    /// A token waiting in the revocation queue to be revoked at the provider; its row is the
+    /// queue entry's id, not a `sub` (the user may be gone).
+    PendingRevocation,
 }
 
 impl Purpose {
@@ -53,6 +71,7 @@ impl Purpose {
             Purpose::RefreshToken => "refresh_token",
             Purpose::AccessToken => "access_token",
             Purpose::DataKey => "data_key",
+            Purpose::PendingRevocation => "pending_revocation",
         }
     }
 }
@@ -75,6 +94,15 @@ impl<'a> Aad<'a> {
         Aad {
             purpose: Purpose::AccessToken,
             row: sub,
+        }
+    }
+
+    /// A token queued for revocation at the provider, bound to its queue entry `id`: copied
+    /// into another entry (or a grant) it does not open.
+    pub fn pending_revocation(id: &'a str) -> Self {
+        Aad {
+            purpose: Purpose::PendingRevocation,
+            row: id,
         }
     }
 
@@ -170,6 +198,8 @@ fn open_with(
 /// The key that wraps data keys. Its `Debug` shows nothing.
 pub struct MasterKey {
     key: LessSafeKey,
+    /// Kept (zeroized on drop) for [`MasterKey::try_clone`].
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -182,7 +212,14 @@ impl MasterKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, VaultError> {
         Ok(MasterKey {
             key: key_from(bytes)?,
+            bytes: Zeroizing::new(*bytes),
         })
+    }
+
+    /// A second handle on the same key: a running server keeps one to unwrap the data keys
+    /// that a rotation adds.
+    pub fn try_clone(&self) -> Result<Self, VaultError> {
+        Self::from_bytes(&self.bytes)
     }
 
     /// Parses the base64 of 32 bytes (surrounding white space allowed), as the key file and
@@ -285,6 +322,16 @@ impl Vault {
         self.active
     }
 
+    /// Whether this vault opens values under key `id`.
+    pub fn has_key(&self, id: KeyId) -> bool {
+        self.keys.contains_key(&id)
+    }
+
+    /// The ids of its keys, in order.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        self.keys.keys().copied().collect()
+    }
+
     pub fn seal(&self, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, VaultError> {
         let id = self.active.ok_or(VaultError::NoActiveKey)?;
         let key = self.keys.get(&id).ok_or(VaultError::NoActiveKey)?;
@@ -308,26 +355,168 @@ impl Vault {
     }
 }
 
-/// The vault in use, shared by every part that seals or opens. Key rotation swaps in a new
-/// [`Vault`]; holders of the old one keep a consistent view until they ask again.
+/// Where a [`VaultHandle`] reads the keyring again (the server: the store's data keys, unwrapped
+/// with the master key). A failure is described for people, never with a key in it; the source
+/// logs it, as this crate does no I/O.
+pub trait KeyringSource: Send + Sync {
+    fn load(&self) -> Pin<Box<dyn Future<Output = Result<Vault, String>> + Send + '_>>;
+}
+
+/// The vault in use, shared by every part that seals or opens. Cheap to clone; clones share
+/// it. A reload swaps in a new [`Vault`]; holders of the old one keep a consistent view until
+/// they ask again.
+#[derive(Clone)]
+pub struct VaultHandle(Arc<Shared>);
+
+struct Shared {
+    current: RwLock<Arc<Vault>>,
+    source: Option<Arc<dyn KeyringSource>>,
+    /// One reload at a time: the many opens that meet a new key together read the keyring once.
+    reloading: tokio::sync::Mutex<()>,
+    /// Key ids that the last reload did not find either. Opens of values under them are not
+    /// sent to the source again until the next reload (a value under a key that no longer
+    /// exists must not turn every read of it into a read of the keyring).
+    missing: Mutex<BTreeSet<u32>>,
+}
+
+impl fmt::Debug for VaultHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultHandle")
+            .field("vault", &self.get())
+            .field("reloads", &self.0.source.is_some())
+            .finish()
+    }
+}
+
+/// A [`VaultHandle`] that does not keep the vault alive (for a background reloader that should
+/// end with its owner).
 #[derive(Clone, Debug)]
-pub struct VaultHandle(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Vault>>>);
+pub struct WeakVaultHandle(Weak<Shared>);
+
+impl WeakVaultHandle {
+    pub fn upgrade(&self) -> Option<VaultHandle> {
+        self.0.upgrade().map(VaultHandle)
+    }
+}
 
 impl VaultHandle {
+    /// A handle that never reloads: the vault changes only through [`VaultHandle::replace`].
     pub fn new(vault: Vault) -> Self {
-        VaultHandle(std::sync::Arc::new(std::sync::RwLock::new(
-            std::sync::Arc::new(vault),
-        )))
+        Self::build(vault, None)
+    }
+
+    /// A handle that reads the keyring again from `source` on [`VaultHandle::reload`] and when
+    /// an open meets an unknown key id.
+    pub fn with_source(vault: Vault, source: Arc<dyn KeyringSource>) -> Self {
+        Self::build(vault, Some(source))
+    }
+
+    fn build(vault: Vault, source: Option<Arc<dyn KeyringSource>>) -> Self {
+        VaultHandle(Arc::new(Shared {
+            current: RwLock::new(Arc::new(vault)),
+            source,
+            reloading: tokio::sync::Mutex::new(()),
+            missing: Mutex::new(BTreeSet::new()),
+        }))
     }
 
     /// The current vault.
-    pub fn get(&self) -> std::sync::Arc<Vault> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn get(&self) -> Arc<Vault> {
+        self.0
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the vault (after adding or activating a key).
     pub fn replace(&self, vault: Vault) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(vault);
+        *self.0.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(vault);
+    }
+
+    pub fn downgrade(&self) -> WeakVaultHandle {
+        WeakVaultHandle(Arc::downgrade(&self.0))
+    }
+
+    /// Reads the keyring again from the source and makes it current; true when its keys or its
+    /// active key changed. Without a source: false.
+    pub async fn reload(&self) -> Result<bool, String> {
+        let Some(source) = &self.0.source else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.0.reloading.lock().await;
+        self.reload_from(source.as_ref()).await
+    }
+
+    /// Holding `reloading`.
+    async fn reload_from(&self, source: &dyn KeyringSource) -> Result<bool, String> {
+        let vault = source.load().await?;
+        let before = self.get();
+        let changed = vault.key_ids() != before.key_ids() || vault.active() != before.active();
+        self.replace(vault);
+        self.missing().clear();
+        Ok(changed)
+    }
+
+    fn missing(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.0.missing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure the current vault has key `id`, reading the keyring once if it does not;
+    /// true when it has it then.
+    async fn know(&self, id: KeyId) -> bool {
+        let Some(source) = &self.0.source else {
+            return false;
+        };
+        if self.get().has_key(id) {
+            return true;
+        }
+        if self.missing().contains(&id.0) {
+            return false;
+        }
+        let _one_at_a_time = self.0.reloading.lock().await;
+        // Another open may have read the keyring while this one waited.
+        if self.get().has_key(id) {
+            return true;
+        }
+        if self.missing().contains(&id.0) {
+            return false;
+        }
+        if self.reload_from(source.as_ref()).await.is_err() {
+            return false;
+        }
+        let known = self.get().has_key(id);
+        if !known {
+            self.missing().insert(id.0);
+        }
+        known
+    }
+
+    /// Opens `sealed` with the current vault; a value under a key id it does not know reloads
+    /// the keyring once (see [`VaultHandle::with_source`]) and is opened again.
+    pub async fn open(
+        &self,
+        sealed: &[u8],
+        aad: Aad<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let first = self.get().open(sealed, aad);
+        match first {
+            Err(VaultError::UnknownKey(id)) if self.know(KeyId(id)).await => {
+                self.get().open(sealed, aad)
+            }
+            other => other,
+        }
+    }
+
+    /// [`VaultHandle::open`], as text.
+    pub async fn open_secret(
+        &self,
+        sealed: &[u8],
+        aad: Aad<'_>,
+    ) -> Result<SecretString, VaultError> {
+        let bytes = self.open(sealed, aad).await?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| VaultError::Malformed)?;
+        Ok(SecretString::from(text))
     }
 }
 
@@ -379,6 +568,42 @@ mod tests {
             v.open(&sealed, Aad::access_token("alice")).unwrap_err(),
             VaultError::Open
         );
+    }
+
+    #[test]
+    fn a_queued_revocation_opens_only_under_its_own_entry() {
+        let v = vault(1);
+        let sealed = v
+            .seal_secret(&secret("1//refresh"), Aad::pending_revocation("rev_a"))
+            .unwrap();
+        let opened = v
+            .open_secret(&sealed, Aad::pending_revocation("rev_a"))
+            .unwrap();
+        assert_eq!(opened.expose_secret(), "1//refresh");
+        for other in [
+            Aad::pending_revocation("rev_b"),
+            Aad::refresh_token("rev_a"),
+            Aad::access_token("rev_a"),
+        ] {
+            assert_eq!(v.open(&sealed, other).unwrap_err(), VaultError::Open);
+        }
+        // And a grant's refresh token does not open as a queued one.
+        let held = v.seal(b"token", Aad::refresh_token("alice")).unwrap();
+        assert_eq!(
+            v.open(&held, Aad::pending_revocation("alice")).unwrap_err(),
+            VaultError::Open
+        );
+    }
+
+    #[test]
+    fn existing_aads_keep_their_bytes() {
+        let header = [1u8, 0, 0, 0, 7];
+        let mut expected = header.to_vec();
+        expected.extend_from_slice(b"grantkeeper/refresh_token/alice");
+        assert_eq!(Aad::refresh_token("alice").bytes(&header), expected);
+        let mut expected = header.to_vec();
+        expected.extend_from_slice(b"grantkeeper/pending_revocation/rev_1");
+        assert_eq!(Aad::pending_revocation("rev_1").bytes(&header), expected);
     }
 
     #[test]
@@ -456,6 +681,150 @@ mod tests {
         let other = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
         assert!(other.unwrap_key(KeyId(3), &wrapped).is_err());
         assert!(!format!("{master:?}").contains(text.expose_secret()));
+    }
+
+    /// A keyring that answers a vault of the given keys (the last one active), counting reads.
+    struct Keys {
+        ids: Mutex<Vec<u32>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Keys {
+        fn new(ids: &[u32]) -> Arc<Keys> {
+            Arc::new(Keys {
+                ids: Mutex::new(ids.to_vec()),
+                reads: Default::default(),
+            })
+        }
+        fn set(&self, ids: &[u32]) {
+            *self.ids.lock().unwrap() = ids.to_vec();
+        }
+        fn reads(&self) -> usize {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn vault(&self) -> Vault {
+            let ids = self.ids.lock().unwrap().clone();
+            let mut v = Vault::new();
+            for id in &ids {
+                v.add_key(KeyId(*id), &[*id as u8; 32]).unwrap();
+            }
+            if let Some(last) = ids.last() {
+                v.set_active(KeyId(*last)).unwrap();
+            }
+            v
+        }
+    }
+
+    impl KeyringSource for Keys {
+        fn load(&self) -> Pin<Box<dyn Future<Output = Result<Vault, String>> + Send + '_>> {
+            Box::pin(async move {
+                self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                Ok(self.vault())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handle_reloads_once_for_a_value_under_a_new_key() {
+        let keys = Keys::new(&[1]);
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let old = handle.get().seal(b"old", Aad::refresh_token("a")).unwrap();
+
+        // Another process adds key 2, makes it active and seals under it.
+        keys.set(&[1, 2]);
+        let new = keys.vault().seal(b"new", Aad::refresh_token("a")).unwrap();
+        assert_eq!(
+            handle
+                .get()
+                .open(&new, Aad::refresh_token("a"))
+                .unwrap_err(),
+            VaultError::UnknownKey(2)
+        );
+        let opens: Vec<_> = (0..16)
+            .map(|_| {
+                let handle = handle.clone();
+                let new = new.clone();
+                tokio::spawn(async move {
+                    handle
+                        .open_secret(&new, Aad::refresh_token("a"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for open in opens {
+            assert_eq!(open.await.unwrap().expose_secret(), "new");
+        }
+        assert_eq!(keys.reads(), 1, "concurrent misses read the keyring once");
+        assert_eq!(
+            handle.get().active(),
+            Some(KeyId(2)),
+            "and seal under the new key"
+        );
+        assert_eq!(
+            &*handle.open(&old, Aad::refresh_token("a")).await.unwrap(),
+            b"old"
+        );
+        assert_eq!(keys.reads(), 1, "a known key reads nothing");
+    }
+
+    #[tokio::test]
+    async fn a_key_the_keyring_lacks_is_asked_for_once_per_reload() {
+        let keys = Keys::new(&[1]);
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let stray = vault(9).seal(b"x", Aad::refresh_token("a")).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                handle
+                    .open(&stray, Aad::refresh_token("a"))
+                    .await
+                    .unwrap_err(),
+                VaultError::UnknownKey(9)
+            );
+        }
+        assert_eq!(keys.reads(), 1);
+        // A periodic reload forgets what was missing.
+        assert!(!handle.reload().await.unwrap(), "nothing changed");
+        assert!(handle.open(&stray, Aad::refresh_token("a")).await.is_err());
+        assert_eq!(keys.reads(), 3);
+        // Without a source, nothing is read.
+        let fixed = VaultHandle::new(vault(1));
+        assert!(!fixed.reload().await.unwrap());
+        assert_eq!(
+            fixed
+                .open(&stray, Aad::refresh_token("a"))
+                .await
+                .unwrap_err(),
+            VaultError::UnknownKey(9)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_says_whether_the_keyring_changed() {
+        let keys = Keys::new(&[1]);
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        assert!(!handle.reload().await.unwrap());
+        keys.set(&[1, 2]);
+        assert!(handle.reload().await.unwrap());
+        keys.set(&[2]);
+        assert!(
+            handle.reload().await.unwrap(),
+            "a retired key leaves the keyring"
+        );
+        assert_eq!(handle.get().key_ids(), vec![KeyId(2)]);
+        let weak = handle.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(handle);
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_master_key_clone_unwraps_the_same_keys() {
+        let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
+        let wrapped = master.wrap(KeyId(5), &[7u8; 32]).unwrap();
+        let twin = master.try_clone().unwrap();
+        assert_eq!(*twin.unwrap_key(KeyId(5), &wrapped).unwrap(), [7u8; 32]);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! grantkeeper's persistence.
 //!
 //! Owns: users, grants (state, scopes, sealed tokens, fencing version), grant state history
-//! (which is also the webhook's outbox), sessions, the wrapped data keys of the vault, API
-//! keys, the audit trail and the progress of sweep jobs, behind narrow async traits split by
-//! capability, so each caller asks only for what it needs. For instances sharing a database
+//! (which is also the webhook's outbox), sessions (of users, and of operators in the admin
+//! console, with its user search), the wrapped data keys of the vault, API keys, the audit
+//! trail, the progress of sweep jobs and per-minute activity counts (summed across instances,
+//! for the console's charts), Cross-Account Protection's received event ids and sign-in blocks
+//! ([`RiscStore`]), behind narrow async traits split by capability, so
+//! each caller asks only for what it needs. For instances sharing a database
 //! it also owns refresh leases (one refresher of a grant at a time) and sweep batches (several
 //! sweep processes on one run); and exports and imports, which move a deployment from one
 //! store to another of either backend. SQLite is the embedded backend; PostgreSQL serves
@@ -17,19 +20,38 @@
 //! documented on [`UserStore::record_sign_in`] and [`GrantStore`], delivering webhooks, and
 //! HTTP.
 //!
+//! It also keeps the revocation queue ([`RevocationQueueStore`]): tokens of grants revoked or
+//! deleted here whose revocation at the provider has not got through yet, until a retry does.
+//!
+//! Sealed values, each bound by its AAD to its row (what re-sealing under a new data key must
+//! cover): `grants.refresh_token` (`Aad::refresh_token(sub)`), `grants.access_token`
+//! (`Aad::access_token(sub)`), `pending_revocations.token` (`Aad::pending_revocation(id)`); and
+//! `data_keys.wrapped`, wrapped by the master key (`data_key/<id>`).
+//!
 //! Times are whole seconds since the Unix epoch in the database, [`OffsetDateTime`] here.
 
+mod activity;
+mod admin;
 mod error;
 mod merge;
 // First: its column-list macros are used by both backends' statements.
 #[macro_use]
 mod rows;
 mod postgres;
+mod revocations;
+mod risc;
+mod rotation;
 mod sqlite;
 mod transfer;
 
+pub use admin::{AdminSessionRecord, AdminSessionStore, UserSearch, UserSearchStore};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
+pub use revocations::{PendingRevocation, RevocationQueueStore, RevocationTokenKind};
+pub use risc::{MAX_SUBJECT_MATCHES, RiscStore, SignInBlock, TokenLookup};
+pub use rotation::{
+    DataKeyStatus, KeyRotationStore, Reseal, SealedColumn, SealedCounts, SealedValue,
+};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -117,7 +139,8 @@ pub struct GrantRecord {
     pub last_refresh_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
     /// Incremented by every write to the row; a writer that read version `v` may write only
-    /// if the row still has `v` (fencing across instances).
+    /// if the row still has `v` (fencing across instances). Re-sealing a token under another
+    /// data key changes no value and leaves it as it is ([`KeyRotationStore::reseal`]).
     pub version: i64,
 }
 
@@ -217,7 +240,8 @@ pub struct DataKeyRecord {
 
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    /// Every data key, oldest first.
+    /// Every data key that is not retired (see [`KeyRotationStore::retire_data_key`]), oldest
+    /// first.
     async fn data_keys(&self) -> Result<Vec<DataKeyRecord>>;
     /// Inserts `candidate` as the active key only if no key is active yet (the first start of
     /// a deployment; several instances may race here and exactly one wins), then returns
@@ -300,6 +324,10 @@ pub trait GrantStore: Send + Sync {
 
     /// How many users there are (for progress bars).
     async fn count_users(&self) -> Result<u64>;
+
+    /// How many grants are in each state: every state of [`GrantState::ALL`], in that order,
+    /// zero when none (the `grantkeeper_grants` gauge and the admin console).
+    async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, u64)>>;
 }
 
 /// An API key of an app service. Only a SHA-256 of the secret is stored.
@@ -534,6 +562,42 @@ pub struct ImportCounts {
     pub present: u64,
 }
 
+/// Activity of one series during one minute, summed across instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityPoint {
+    /// Start of the minute (UTC, seconds truncated to a multiple of 60).
+    pub minute: OffsetDateTime,
+    /// One of the [`series`] constants.
+    pub series: String,
+    pub count: u64,
+    /// Sum and maximum of the durations of the timed series, in milliseconds (0 otherwise).
+    pub total_ms: u64,
+    pub max_ms: u64,
+}
+
+/// The names of the activity series (defined beside the metrics that count them). Only these
+/// are written by grantkeeper itself; the store keeps any short name it is given.
+pub use grantkeeper_core::metrics::series;
+
+/// Per-minute counts of what the instances did, kept for the admin console's charts. Every
+/// instance adds its own counts; the store sums them. Not exported: it is history that a new
+/// store may start without.
+#[async_trait]
+pub trait ActivityStore: Send + Sync {
+    /// Adds the points to the stored ones (count and total_ms summed, max_ms maxed), in one
+    /// transaction. A minute that is not a whole minute is truncated to its start; points of
+    /// the same minute and series within `points` are added together first.
+    async fn add_activity(&self, points: Vec<ActivityPoint>) -> Result<()>;
+    /// Points with `since <= minute < until`, ordered by minute then series.
+    async fn activity(
+        &self,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ActivityPoint>>;
+    /// Deletes points with `minute < before`; returns how many.
+    async fn prune_activity(&self, before: OffsetDateTime) -> Result<u64>;
+}
+
 /// Everything the server needs from a store.
 #[async_trait]
 pub trait Store:
@@ -548,6 +612,12 @@ pub trait Store:
     + RefreshLeaseStore
     + SweepBatchStore
     + TransferStore
+    + ActivityStore
+    + AdminSessionStore
+    + UserSearchStore
+    + RiscStore
+    + RevocationQueueStore
+    + KeyRotationStore
     + Send
     + Sync
     + 'static

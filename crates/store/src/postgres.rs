@@ -17,6 +17,8 @@
 //! another) and carries the `statement_timeout` of [`StoreOptions`], so that no statement, and
 //! no wait for a row lock, holds a caller longer than that.
 
+mod activity;
+mod admin;
 mod api_keys;
 mod audit;
 mod batches;
@@ -24,6 +26,9 @@ mod grants;
 mod keys;
 mod leases;
 mod outbox;
+mod revocations;
+mod risc;
+mod rotation;
 mod sessions;
 mod statements;
 mod sweeps;
@@ -60,6 +65,31 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "instances",
         include_str!("../migrations/postgres/0003_instances.sql"),
+    ),
+    (
+        4,
+        "activity",
+        include_str!("../migrations/postgres/0004_activity.sql"),
+    ),
+    (
+        5,
+        "admin sessions",
+        include_str!("../migrations/postgres/0005_admin_sessions.sql"),
+    ),
+    (
+        6,
+        "cross-account protection",
+        include_str!("../migrations/postgres/0006_risc.sql"),
+    ),
+    (
+        7,
+        "key rotation",
+        include_str!("../migrations/postgres/0007_key_rotation.sql"),
+    ),
+    (
+        8,
+        "pending revocations",
+        include_str!("../migrations/postgres/0008_pending_revocations.sql"),
     ),
 ];
 

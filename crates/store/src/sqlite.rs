@@ -11,6 +11,8 @@
 //! An in-memory database lives as long as its one connection, so there both pools are that
 //! one connection, kept open for the life of the store.
 
+mod activity;
+mod admin;
 mod api_keys;
 mod audit;
 mod batches;
@@ -18,6 +20,9 @@ mod grants;
 mod keys;
 mod leases;
 mod outbox;
+mod revocations;
+mod risc;
+mod rotation;
 mod sessions;
 mod statements;
 mod sweeps;
@@ -66,6 +71,31 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "instances",
         include_str!("../migrations/sqlite/0003_instances.sql"),
+    ),
+    (
+        4,
+        "activity",
+        include_str!("../migrations/sqlite/0004_activity.sql"),
+    ),
+    (
+        5,
+        "admin sessions",
+        include_str!("../migrations/sqlite/0005_admin_sessions.sql"),
+    ),
+    (
+        6,
+        "cross-account protection",
+        include_str!("../migrations/sqlite/0006_risc.sql"),
+    ),
+    (
+        7,
+        "key rotation",
+        include_str!("../migrations/sqlite/0007_key_rotation.sql"),
+    ),
+    (
+        8,
+        "pending revocations",
+        include_str!("../migrations/sqlite/0008_pending_revocations.sql"),
     ),
 ];
 

@@ -8,7 +8,9 @@
 //! A row travels as a JSON object of every column of its table but the backend's own
 //! bookkeeping (PostgreSQL's `api_keys.seq`): times and other integers as numbers, booleans as
 //! booleans, sealed values and wrapped keys as standard base64, NULL as null. A row that does
-//! not fit its table is refused naming the column, never quoting the value.
+//! not fit its table is refused naming the column, never quoting the value. A row without a
+//! column that may be NULL is read as NULL there: an export made before a migration added a
+//! nullable column (`data_keys.retired_at`) still imports.
 
 use crate::rows::Columns;
 use crate::{ExportKind, ExportRecord, Result, StoreError};
@@ -67,6 +69,7 @@ const DATA_KEYS: Table = Table {
         column("wrapped", Bytes),
         column("created_at", Int),
         column("active", Bool),
+        column("retired_at", OptInt),
     ],
 };
 
@@ -350,9 +353,11 @@ fn import_row(table: &Table, mut row: Map<String, Value>) -> Result<Vec<Cell>> {
     let mut cells = Vec::with_capacity(table.columns.len());
     for column in table.columns {
         let name = column.name;
-        let value = row
-            .remove(name)
-            .ok_or_else(|| refused(format!("lacks the column {name}")))?;
+        let value = match row.remove(name) {
+            Some(value) => value,
+            None if matches!(column.ty, OptText | OptInt | OptBytes) => Value::Null,
+            None => return Err(refused(format!("lacks the column {name}"))),
+        };
         let wrong = || refused(format!("has a value of the wrong type in {name}"));
         let cell = match (column.ty, value) {
             (OptText, Value::Null) => Cell::Text(None),

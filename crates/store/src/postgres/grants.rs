@@ -10,6 +10,7 @@ use crate::{
     page_limit, user_page,
 };
 use async_trait::async_trait;
+use grantkeeper_core::GrantState;
 use time::OffsetDateTime;
 
 #[async_trait]
@@ -81,6 +82,10 @@ impl GrantStore for PostgresStore {
             .await
             .map_err(map_pg)?;
         u64::try_from(count).map_err(|_| StoreError::Corrupt("the user count is negative".into()))
+    }
+
+    async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, u64)>> {
+        self.grants_by_state().await
     }
 }
 

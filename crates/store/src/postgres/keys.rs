@@ -6,7 +6,9 @@ use crate::{DataKeyRecord, KeyStore, Result};
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-const SELECT_KEYS: &str = "SELECT id, wrapped, created_at, active FROM data_keys ORDER BY id";
+/// Retired keys are left out: they seal nothing, and no vault loads them again.
+const SELECT_KEYS: &str =
+    "SELECT id, wrapped, created_at, active FROM data_keys WHERE retired_at IS NULL ORDER BY id";
 
 #[async_trait]
 impl KeyStore for PostgresStore {
@@ -46,7 +48,7 @@ impl PostgresStore {
     }
 }
 
-async fn all_keys(conn: &mut PgConnection) -> PgResult<Vec<DataKeyRecord>> {
+pub(super) async fn all_keys(conn: &mut PgConnection) -> PgResult<Vec<DataKeyRecord>> {
     let found = sqlx::query(SELECT_KEYS).fetch_all(conn).await?;
     Ok(found.iter().map(rows::data_key).collect::<Result<_>>()?)
 }

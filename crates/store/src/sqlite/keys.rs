@@ -6,7 +6,9 @@ use crate::{DataKeyRecord, KeyStore, Result};
 use async_trait::async_trait;
 use sqlx::SqliteConnection;
 
-const SELECT_KEYS: &str = "SELECT id, wrapped, created_at, active FROM data_keys ORDER BY id";
+/// Retired keys are left out: they seal nothing, and no vault loads them again.
+const SELECT_KEYS: &str =
+    "SELECT id, wrapped, created_at, active FROM data_keys WHERE retired_at IS NULL ORDER BY id";
 
 #[async_trait]
 impl KeyStore for SqliteStore {
@@ -36,7 +38,7 @@ impl KeyStore for SqliteStore {
     }
 }
 
-async fn all_keys(conn: &mut SqliteConnection) -> Result<Vec<DataKeyRecord>> {
+pub(super) async fn all_keys(conn: &mut SqliteConnection) -> Result<Vec<DataKeyRecord>> {
     let rows = sqlx::query(SELECT_KEYS)
         .fetch_all(conn)
         .await

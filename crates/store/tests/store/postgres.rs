@@ -71,13 +71,18 @@ async fn schema_is_present_with_byte_ordered_subs() {
         tables,
         [
             "_sqlx_migrations",
+            "activity",
+            "admin_sessions",
             "api_keys",
             "audit",
             "data_keys",
             "grant_events",
             "grants",
+            "pending_revocations",
             "refresh_leases",
+            "risc_events",
             "sessions",
+            "sign_in_blocks",
             "sweep_batches",
             "sweep_runs",
             "users"
@@ -95,6 +100,8 @@ async fn schema_is_present_with_byte_ordered_subs() {
     assert_eq!(
         indexes,
         [
+            "admin_sessions_expires_at",
+            "admin_sessions_key_id",
             "audit_at",
             "audit_sub",
             "data_keys_one_active",
@@ -102,6 +109,8 @@ async fn schema_is_present_with_byte_ordered_subs() {
             "grant_events_sub",
             "grants_rt_hash",
             "grants_rt_prefix_hash",
+            "pending_revocations_due",
+            "risc_events_received_at",
             "sessions_expires_at",
             "sessions_sub",
             "sweep_batches_last",
@@ -139,7 +148,7 @@ async fn schema_is_present_with_byte_ordered_subs() {
     .fetch_all(&mut raw)
     .await
     .unwrap();
-    assert_eq!(collations.len(), 11, "{collations:?}");
+    assert_eq!(collations.len(), 13, "{collations:?}");
     for (table, column, collation) in &collations {
         assert_eq!(collation.as_deref(), Some("C"), "{table}.{column}");
     }
@@ -238,7 +247,19 @@ async fn migrations_are_idempotent_and_safe_to_start_together() {
             .fetch_all(&mut raw)
             .await
             .unwrap();
-    assert_eq!(applied, [(1, true), (2, true), (3, true)]);
+    assert_eq!(
+        applied,
+        [
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, true),
+            (5, true),
+            (6, true),
+            (7, true),
+            (8, true)
+        ]
+    );
     raw.close().await.unwrap();
 }
 

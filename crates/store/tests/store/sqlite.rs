@@ -105,13 +105,18 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
         tables,
         [
             "_sqlx_migrations",
+            "activity",
+            "admin_sessions",
             "api_keys",
             "audit",
             "data_keys",
             "grant_events",
             "grants",
+            "pending_revocations",
             "refresh_leases",
+            "risc_events",
             "sessions",
+            "sign_in_blocks",
             "sweep_batches",
             "sweep_runs",
             "users"
@@ -129,6 +134,8 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
     assert_eq!(
         indexes,
         [
+            "admin_sessions_expires_at",
+            "admin_sessions_key_id",
             "audit_at",
             "audit_sub",
             "data_keys_one_active",
@@ -136,6 +143,8 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "grant_events_sub",
             "grants_rt_hash",
             "grants_rt_prefix_hash",
+            "pending_revocations_due",
+            "risc_events_received_at",
             "sessions_expires_at",
             "sessions_sub",
             "sweep_batches_last",
@@ -280,7 +289,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 8);
 }
 
 #[tokio::test]

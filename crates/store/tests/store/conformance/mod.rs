@@ -4,6 +4,8 @@
 //! database, or a second, independent database). A backend runs the whole list with
 //! [`conformance_suite!`], giving functions that make a fresh, isolated database.
 
+pub mod activity;
+pub mod admin;
 pub mod api_keys;
 pub mod audit;
 pub mod batches;
@@ -11,6 +13,9 @@ pub mod grants;
 pub mod keys;
 pub mod leases;
 pub mod outbox;
+pub mod revocations;
+pub mod risc;
+pub mod rotation;
 pub mod sessions;
 pub mod sweeps;
 pub mod transfer;
@@ -79,6 +84,12 @@ macro_rules! conformance_suite {
             sessions::purge_expired_sessions,
             keys::ensure_data_key_inserts_once,
             keys::concurrent_ensure_data_key_has_one_winner,
+            rotation::sealed_values_are_counted_by_key_id,
+            rotation::a_new_key_becomes_active_only_over_the_key_seen_active,
+            rotation::concurrent_rotations_have_one_winner,
+            rotation::values_outside_a_key_are_paged_by_row,
+            rotation::a_reseal_skips_a_value_replaced_since_it_was_read,
+            rotation::a_key_is_retired_only_when_it_seals_nothing,
             api_keys::api_key_lifecycle,
             api_keys::duplicate_api_key_already_exists,
             api_keys::api_keys_list_oldest_first,
@@ -103,20 +114,57 @@ macro_rules! conformance_suite {
             batches::released_batch_is_claimable_at_once,
             batches::batch_claims_of_unknown_empty_and_finished_runs,
             transfer::export_rows_have_one_shape,
+            activity::activity_adds_sum_counts_and_max_durations,
+            activity::activity_batches_merge_and_minutes_are_whole,
+            activity::activity_range_is_half_open_and_ordered,
+            activity::activity_is_pruned_by_age,
+            activity::grants_are_counted_by_state,
+            admin::admin_session_lifecycle,
+            admin::admin_session_of_unknown_key_is_not_found,
+            admin::duplicate_admin_session_already_exists,
+            admin::purge_expired_admin_sessions,
+            admin::search_users_by_email_ignoring_ascii_case,
+            admin::search_users_by_sub_prefix,
+            admin::search_text_has_no_wildcards,
+            admin::search_users_by_state,
+            admin::search_users_pages_by_sub,
+            admin::search_without_conditions_lists_every_user,
+            risc::security_events_are_recorded_once,
+            risc::security_events_are_pruned_by_age,
+            risc::concurrent_receipts_of_one_event_record_it_once,
+            risc::sign_in_block_lifecycle,
+            risc::sign_in_block_needs_no_user_and_outlives_one,
+            risc::users_are_found_by_exact_email,
+            risc::users_are_found_by_refresh_token_fingerprint,
+            risc::a_shared_prefix_finds_every_grant,
+            risc::lookups_are_capped,
+            revocations::revocations_are_due_in_order_of_their_next_attempt,
+            revocations::failed_revocations_wait_and_count_their_attempts,
+            revocations::revoked_entries_are_deleted_once,
+            revocations::duplicate_revocation_id_already_exists,
+            revocations::a_revocation_queued_with_its_state_change_commits_with_it,
+            revocations::a_revocation_queued_with_its_state_change_fails_with_it,
+            revocations::queued_revocations_outlive_their_user,
         );
         conformance_suite!(@pair $pair;
             users::concurrent_sign_ins_across_instances,
             keys::ensure_data_key_race_across_instances,
+            rotation::concurrent_rotations_across_instances,
             grants::concurrent_refreshes_across_instances,
             sweeps::concurrent_sweep_starts_across_instances,
             leases::refresh_lease_race_across_instances,
             batches::sweep_batches_cover_every_user_once_across_instances,
             batches::expired_batches_are_taken_over_once_across_instances,
+            activity::concurrent_activity_adds_across_instances,
+            risc::concurrent_receipts_across_instances,
+            revocations::an_entry_revoked_by_another_instance_is_gone_for_both,
         );
         conformance_suite!(@twin $fresh;
             transfer::export_imports_into_a_fresh_store,
             transfer::imported_store_keeps_working,
             transfer::import_refuses_what_does_not_fit,
+            rotation::a_retired_key_moves_with_an_export,
+            rotation::an_export_without_retirements_imports,
         );
     };
     (@store $fresh:path; $($module:ident :: $name:ident),* $(,)?) => {$(

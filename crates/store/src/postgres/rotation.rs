@@ -1,0 +1,222 @@
+//! Rotation of the vault's data keys: counting sealed values by the key id in their header,
+//! a new active key, fenced re-seals and retirement. A new key is made active holding the row
+//! of the key that was (`FOR UPDATE`), so that of two rotations at once the second finds it
+//! changed; a re-seal is one `UPDATE ... WHERE value = read`, which PostgreSQL evaluates again
+//! on the row as a concurrent writer left it.
+
+use super::keys::all_keys;
+use super::{PgError, PgResult, PostgresStore, map_pg, retrying};
+use crate::rotation::{
+    self, DataKeyStatus, KeyRotationStore, Reseal, SealedColumn, SealedCounts, SealedValue,
+};
+use crate::rows::{Columns, unix};
+use crate::{DataKeyRecord, Result, StoreError, page_limit};
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+
+const SELECT_STATUSES: &str =
+    "SELECT id, created_at, active, retired_at FROM data_keys ORDER BY id";
+
+/// Sealed values by their first five bytes.
+const COUNT_SEALED: &str = "SELECT head, COUNT(*) AS n FROM (
+        SELECT substr(refresh_token, 1, 5) AS head FROM grants WHERE refresh_token IS NOT NULL
+        UNION ALL
+        SELECT substr(access_token, 1, 5) FROM grants WHERE access_token IS NOT NULL
+        UNION ALL
+        SELECT substr(token, 1, 5) FROM pending_revocations
+    ) AS heads GROUP BY head";
+
+/// The values of one column not under the key whose header is $1, `$2` at most, in row
+/// order; the `_AFTER` forms start after the row $3.
+const REFRESH_OUTSIDE: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
+     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1
+     ORDER BY sub LIMIT $2";
+const REFRESH_OUTSIDE_AFTER: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
+     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1 AND sub > $3
+     ORDER BY sub LIMIT $2";
+const ACCESS_OUTSIDE: &str = "SELECT sub AS row, access_token AS sealed FROM grants
+     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1
+     ORDER BY sub LIMIT $2";
+const ACCESS_OUTSIDE_AFTER: &str = "SELECT sub AS row, access_token AS sealed FROM grants
+     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1 AND sub > $3
+     ORDER BY sub LIMIT $2";
+const PENDING_OUTSIDE: &str = "SELECT id AS row, token AS sealed FROM pending_revocations
+     WHERE substr(token, 1, 5) <> $1
+     ORDER BY id LIMIT $2";
+const PENDING_OUTSIDE_AFTER: &str = "SELECT id AS row, token AS sealed FROM pending_revocations
+     WHERE substr(token, 1, 5) <> $1 AND id > $3
+     ORDER BY id LIMIT $2";
+
+fn outside_statement(column: SealedColumn, after: bool) -> &'static str {
+    match (column, after) {
+        (SealedColumn::RefreshToken, false) => REFRESH_OUTSIDE,
+        (SealedColumn::RefreshToken, true) => REFRESH_OUTSIDE_AFTER,
+        (SealedColumn::AccessToken, false) => ACCESS_OUTSIDE,
+        (SealedColumn::AccessToken, true) => ACCESS_OUTSIDE_AFTER,
+        (SealedColumn::PendingRevocation, false) => PENDING_OUTSIDE,
+        (SealedColumn::PendingRevocation, true) => PENDING_OUTSIDE_AFTER,
+    }
+}
+
+/// Replaces the value of row $2 by $1 only if it is still $3. Neither `version` nor
+/// `updated_at` moves: the value opens to what it did.
+fn reseal_statement(column: SealedColumn) -> &'static str {
+    match column {
+        SealedColumn::RefreshToken => {
+            "UPDATE grants SET refresh_token = $1 WHERE sub = $2 AND refresh_token = $3"
+        }
+        SealedColumn::AccessToken => {
+            "UPDATE grants SET access_token = $1 WHERE sub = $2 AND access_token = $3"
+        }
+        SealedColumn::PendingRevocation => {
+            "UPDATE pending_revocations SET token = $1 WHERE id = $2 AND token = $3"
+        }
+    }
+}
+
+const RETIRE: &str = "UPDATE data_keys SET retired_at = $2
+     WHERE id = $1 AND NOT active AND retired_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(refresh_token, 1, 5) = $3)
+       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(access_token, 1, 5) = $3)
+       AND NOT EXISTS (SELECT 1 FROM pending_revocations WHERE substr(token, 1, 5) = $3)";
+
+#[async_trait]
+impl KeyRotationStore for PostgresStore {
+    async fn data_key_statuses(&self) -> Result<Vec<DataKeyStatus>> {
+        let mut conn = self.pool.acquire().await.map_err(map_pg)?;
+        let counts = count_sealed(&mut conn).await?;
+        let found = sqlx::query(SELECT_STATUSES)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_pg)?;
+        found
+            .iter()
+            .map(|row| rotation::data_key_status(row, &counts))
+            .collect()
+    }
+
+    async fn count_sealed(&self) -> Result<SealedCounts> {
+        let mut conn = self.pool.acquire().await.map_err(map_pg)?;
+        Ok(count_sealed(&mut conn).await?)
+    }
+
+    async fn rotate_data_key(
+        &self,
+        candidate: DataKeyRecord,
+        expected_active: u32,
+    ) -> Result<Vec<DataKeyRecord>> {
+        retrying(|| self.rotate_data_key_once(&candidate, expected_active)).await
+    }
+
+    async fn sealed_outside(
+        &self,
+        column: SealedColumn,
+        key: u32,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SealedValue>> {
+        let query = sqlx::query(outside_statement(column, after.is_some()))
+            .bind(rotation::header(key))
+            .bind(i64::from(page_limit(limit)));
+        let query = match after {
+            Some(after) => query.bind(after),
+            None => query,
+        };
+        let found = query.fetch_all(&self.pool).await.map_err(map_pg)?;
+        found
+            .iter()
+            .map(|row| {
+                Ok(SealedValue {
+                    column,
+                    row: row.text("row")?,
+                    sealed: row.bytes("sealed")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reseal(&self, reseals: Vec<Reseal>) -> Result<u64> {
+        if reseals.is_empty() {
+            return Ok(0);
+        }
+        retrying(|| self.reseal_once(&reseals)).await
+    }
+
+    async fn retire_data_key(&self, id: u32, at: OffsetDateTime) -> Result<bool> {
+        let done = retrying(|| async {
+            Ok(sqlx::query(RETIRE)
+                .bind(i64::from(id))
+                .bind(unix(at))
+                .bind(rotation::header(id))
+                .execute(&self.pool)
+                .await?)
+        })
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+impl PostgresStore {
+    async fn rotate_data_key_once(
+        &self,
+        candidate: &DataKeyRecord,
+        expected_active: u32,
+    ) -> PgResult<Vec<DataKeyRecord>> {
+        let mut tx = self.begin().await?;
+        let active: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM data_keys WHERE active FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if active != Some(i64::from(expected_active)) {
+            return Err(PgError::Store(StoreError::Conflict));
+        }
+        sqlx::query("UPDATE data_keys SET active = FALSE WHERE id = $1")
+            .bind(i64::from(expected_active))
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO data_keys (id, wrapped, created_at, active) VALUES ($1, $2, $3, TRUE)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(i64::from(candidate.id))
+        .bind(&candidate.wrapped)
+        .bind(unix(candidate.created_at))
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // The id is taken; dropping the transaction rolls the deactivation back.
+            return Err(PgError::Store(StoreError::Conflict));
+        }
+        let keys = all_keys(&mut tx).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn reseal_once(&self, reseals: &[Reseal]) -> PgResult<u64> {
+        let mut tx = self.begin().await?;
+        let mut written = 0;
+        for reseal in reseals {
+            let done = sqlx::query(reseal_statement(reseal.column))
+                .bind(&reseal.to)
+                .bind(&reseal.row)
+                .bind(&reseal.from)
+                .execute(&mut *tx)
+                .await?;
+            written += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+async fn count_sealed(conn: &mut PgConnection) -> PgResult<SealedCounts> {
+    let found = sqlx::query(COUNT_SEALED).fetch_all(conn).await?;
+    let mut counts = SealedCounts::default();
+    for row in &found {
+        let n = u64::try_from(row.int("n")?)
+            .map_err(|_| StoreError::Corrupt("a count of sealed values is negative".into()))?;
+        counts.add(&row.bytes("head")?, n);
+    }
+    Ok(counts)
+}
