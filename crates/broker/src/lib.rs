@@ -8,8 +8,9 @@
 //! sealing, fenced persistence and caching of what a refresh brings; per-grant backoff with
 //! jitter after transient upstream failures (the grant turns `failing`, never `revoked`);
 //! marking a grant `revoked` on `invalid_grant` after ruling out a race with a newer refresh
-//! token; revoking a grant at the provider; and the [`sweep`] jobs over every grant, shared by
-//! any number of processes.
+//! token; revoking a grant at the provider, or when it cannot be reached, revoking it here at
+//! once and queueing the provider's revocation ([`Broker::revoke_or_queue`]); and the [`sweep`]
+//! jobs over every grant, shared by any number of processes.
 //!
 //! Leaves to others: HTTP towards clients and its error bodies (the server maps
 //! [`BrokerError`]), the token endpoint protocol (the provider), storage and its fencing (the
@@ -21,9 +22,13 @@ mod budget;
 mod cache;
 mod fingerprint;
 mod flight;
+mod revocation;
 pub mod sweep;
 
 pub use fingerprint::fingerprint;
+pub use revocation::{
+    FIRST_RETRY, LONGEST_RETRY, QUEUED_NOTE, RevocationOutcome, revocation_retry_delay,
+};
 
 use crate::backoff::Backoffs;
 use crate::budget::Budget;
@@ -31,7 +36,7 @@ use crate::cache::TokenCache;
 use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
 use aws_lc_rs::digest;
 use grantkeeper_core::{
-    Aad, ExposeSecret, GrantState, Scopes, SecretString, SharedClock, VaultHandle,
+    Aad, ExposeSecret, GrantState, Metrics, Scopes, SecretString, SharedClock, VaultHandle,
 };
 use grantkeeper_provider::{Provider, ProviderError, TokenResponse};
 use grantkeeper_store::{
@@ -68,6 +73,9 @@ pub struct BrokerSettings {
     pub refresh_concurrency: usize,
     /// Most upstream refreshes started per second, across all grants (None: no pace).
     pub upstream_rate: Option<f64>,
+    /// Where refreshes (outcome, time) and the cache's hits and misses are counted; disabled
+    /// by default.
+    pub metrics: Metrics,
 }
 
 impl Default for BrokerSettings {
@@ -80,6 +88,7 @@ impl Default for BrokerSettings {
             cache_capacity: 200_000,
             refresh_concurrency: 64,
             upstream_rate: None,
+            metrics: Metrics::disabled(),
         }
     }
 }
@@ -231,8 +240,10 @@ impl Broker {
             && self.inner.lasts(&t, need)
         {
             tracing::trace!(sub, outcome = "cached", "handed out an access token");
+            self.inner.settings.metrics.cache(true);
             return Ok((*t).clone());
         }
+        self.inner.settings.metrics.cache(false);
         self.inner
             .clone()
             .fly(
@@ -275,9 +286,13 @@ impl Broker {
     /// Revokes the grant at the provider (refresh token, or access token when none), then
     /// marks it revoked with its tokens dropped and forgets it. A transient provider failure
     /// returns [`BrokerError::Unavailable`] and changes nothing; the provider's "already
-    /// gone" counts as success.
+    /// gone" counts as success. [`Broker::revoke_or_queue`] revokes here whatever the provider
+    /// says.
     pub async fn revoke_grant(&self, sub: &str, reason: &str) -> Result<(), BrokerError> {
-        self.inner.revoke_grant(sub, reason).await
+        self.inner
+            .revoke(sub, reason, revocation::OnFailure::ChangeNothing)
+            .await
+            .map(|_| ())
     }
 
     /// Drops what the process holds for `sub` (after a revocation, deletion or sign-in
@@ -432,7 +447,7 @@ impl Inner {
                 return Err(BrokerError::ScopeNotGranted { missing });
             }
         }
-        let persisted = self.persisted(sub, &grant);
+        let persisted = self.persisted(sub, &grant).await;
         if let Some(t) = &persisted
             && self.satisfies(sub, &demand, t)
         {
@@ -509,7 +524,7 @@ impl Inner {
                     .grant(sub)
                     .await?
                     .ok_or(BrokerError::UnknownUser)?;
-                if let Some(t) = self.written_meanwhile(sub, demand, &read, &current)? {
+                if let Some(t) = self.written_meanwhile(sub, demand, &read, &current).await? {
                     lease.release().await;
                     return Ok(Leased::Written(t));
                 }
@@ -544,7 +559,7 @@ impl Inner {
                 .grant(sub)
                 .await?
                 .ok_or(BrokerError::UnknownUser)?;
-            if let Some(t) = self.written_meanwhile(sub, demand, &read, &current)? {
+            if let Some(t) = self.written_meanwhile(sub, demand, &read, &current).await? {
                 tracing::info!(
                     sub,
                     outcome = "joined",
@@ -559,7 +574,7 @@ impl Inner {
     /// The token another writer (an instance holding the lease, a sign-in) put in the grant
     /// since `read`, when it answers `demand` as a flight of this process would; an error when
     /// the grant became unusable meanwhile.
-    fn written_meanwhile(
+    async fn written_meanwhile(
         &self,
         sub: &str,
         demand: &Demand,
@@ -573,7 +588,7 @@ impl Inner {
         if current.access_token == read.access_token {
             return Ok(None);
         }
-        let Some(t) = self.persisted(sub, current) else {
+        let Some(t) = self.persisted(sub, current).await else {
             return Ok(None);
         };
         if !self.takes_fresh(demand, &t) {
@@ -608,14 +623,15 @@ impl Inner {
         }
     }
 
-    /// The access token persisted with the grant, opened. One that does not open (sealed
-    /// under a key this vault lacks) is treated as absent: a refresh replaces it.
-    fn persisted(&self, sub: &str, grant: &GrantRecord) -> Option<AccessToken> {
+    /// The access token persisted with the grant, opened (under a key the vault does not hold
+    /// yet, after reading the keyring again: another process rotated the keys). One that does
+    /// not open is treated as absent: a refresh replaces it.
+    async fn persisted(&self, sub: &str, grant: &GrantRecord) -> Option<AccessToken> {
         let sealed = grant.access_token.as_ref()?;
         match self
             .vault
-            .get()
             .open_secret(&sealed.sealed, Aad::access_token(sub))
+            .await
         {
             Ok(token) => Some(AccessToken {
                 token,
@@ -649,8 +665,8 @@ impl Inner {
             };
             let secret = self
                 .vault
-                .get()
                 .open_secret(&held.sealed, Aad::refresh_token(sub))
+                .await
                 .map_err(Self::vault_error)?;
             let slot = self.budget.acquire().await;
             if !lease.keep().await? {
@@ -677,6 +693,10 @@ impl Inner {
                 });
             drop(secret);
             drop(slot);
+            let outcome = answer
+                .as_ref()
+                .map_or_else(ProviderError::outcome, |_| "ok");
+            self.settings.metrics.refresh(outcome, started.elapsed());
             match answer {
                 Ok(response) => {
                     return self
@@ -869,7 +889,7 @@ impl Inner {
             // with the grant is not (it is what this refresh replaces).
             if new_refresh.is_none()
                 && current.access_token != grant.access_token
-                && let Some(theirs) = self.persisted(sub, &current)
+                && let Some(theirs) = self.persisted(sub, &current).await
                 && self.unexpired(&theirs)
             {
                 self.cache.insert(sub, theirs.clone());
@@ -943,70 +963,5 @@ impl Inner {
             retry_after: wait,
             detail: e.to_string(),
         }
-    }
-
-    async fn revoke_grant(&self, sub: &str, reason: &str) -> Result<(), BrokerError> {
-        // Under the grant's lock, so that no refresh of it runs meanwhile.
-        let ticket = self.flights.ticket(sub);
-        let mut boarded = ticket.board().await;
-        let lease = self.instances.acquire(sub).await?;
-        let started = Instant::now();
-        let grant = self
-            .store
-            .grant(sub)
-            .await?
-            .ok_or(BrokerError::UnknownUser)?;
-        let vault = self.vault.get();
-        let token = match (&grant.refresh_token, &grant.access_token) {
-            (Some(rt), _) => Some(
-                vault
-                    .open_secret(&rt.sealed, Aad::refresh_token(sub))
-                    .map_err(Self::vault_error)?,
-            ),
-            (None, Some(at)) => vault.open_secret(&at.sealed, Aad::access_token(sub)).ok(),
-            (None, None) => None,
-        };
-        if let Some(token) = token {
-            match self.provider.revoke(&token).await {
-                // A dead grant is what we want.
-                Ok(()) | Err(ProviderError::InvalidGrant { .. }) => {}
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(sub, outcome = "unavailable", latency_ms = elapsed_ms(started), error = %e, "could not revoke a grant at the provider");
-                    return Err(BrokerError::Unavailable {
-                        retry_after: e.retry_after().unwrap_or(self.settings.backoff_base),
-                        detail: e.to_string(),
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(sub, outcome = "misconfigured", error = %e, "the provider refused grantkeeper's revocation request; the grant is left as it is");
-                    return Err(BrokerError::Misconfigured {
-                        detail: e.to_string(),
-                    });
-                }
-            }
-        }
-        let update = StateUpdate {
-            state: GrantState::Revoked,
-            reason: reason.to_owned(),
-            error: None,
-            drop_tokens: true,
-            at: self.clock.now(),
-        };
-        match self.store.update_grant_state(sub, None, update).await {
-            Ok(_) => {}
-            Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
-            Err(e) => return Err(e.into()),
-        }
-        self.forget(sub);
-        boarded.land(Landed::Nothing);
-        lease.release().await;
-        tracing::info!(
-            sub,
-            outcome = "revoked",
-            latency_ms = elapsed_ms(started),
-            reason,
-            "revoked a grant"
-        );
-        Ok(())
     }
 }

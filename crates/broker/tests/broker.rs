@@ -7,7 +7,9 @@ mod broker {
     pub mod concurrency;
     pub mod harness;
     pub mod instances;
+    pub mod metrics;
     pub mod postgres;
+    pub mod queued_revocation;
     pub mod revocation;
     pub mod sweep;
     pub mod tokens;

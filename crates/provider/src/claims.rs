@@ -55,6 +55,17 @@ pub(crate) struct Header {
 
 /// Reads the header before any key is looked up, so that `alg: none` or HS256 are refused
 /// as such (jsonwebtoken cannot even parse `none`).
+/// A signature-only check: RS256 and nothing else; the claims are checked by our own code,
+/// which knows Google's quirks (two issuer spellings, no `exp` on security events).
+pub(crate) fn signature_only() -> jsonwebtoken::Validation {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    validation
+}
+
 pub(crate) fn parse_header(token: &str) -> Result<Header, IdTokenError> {
     #[derive(Deserialize)]
     struct Raw {

@@ -60,6 +60,19 @@ impl ProviderError {
         }
     }
 
+    /// The outcome label of this failure in metrics (one of
+    /// [`grantkeeper_core::metrics::PROVIDER_OUTCOMES`]).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidGrant { .. } => "invalid_grant",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Protocol { .. } => "error",
+        }
+    }
+
     pub(crate) fn protocol(detail: impl Into<String>) -> Self {
         Self::Protocol {
             detail: detail.into(),
@@ -123,6 +136,25 @@ impl IdTokenError {
     /// True when the same token may verify later (the keys could not be fetched).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::KeysUnavailable(_))
+    }
+
+    /// The outcome label of this failure in metrics (one of
+    /// [`grantkeeper_core::metrics::VERIFY_OUTCOMES`]).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::UnauthorizedParty => "unauthorized_party",
+            Self::Expired => "expired",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::LifetimeTooLong => "lifetime_too_long",
+            Self::MissingSubject => "missing_subject",
+            Self::KeysUnavailable(_) => "keys_unavailable",
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Owns: discovery, the token endpoint (code exchange and refresh), revocation, the
 //! classification of the provider's errors into what a caller can act on (dead grant,
-//! operator mistake, transient), and ID-token verification through a kid-indexed JWKS cache
-//! that honours the provider's cache headers.
+//! operator mistake, transient), ID-token verification through a kid-indexed JWKS cache
+//! that honours the provider's cache headers, and the verification of the security event
+//! tokens of Cross-Account Protection ([`risc`]) through a cache of the same kind.
 //!
 //! Leaves to others: retries and backoff (the broker decides; a code is single use), storing
 //! or sealing anything (the store and the vault), HTTP routes (the server), and the HTTP
@@ -21,6 +22,7 @@ mod error;
 mod http;
 mod keystore;
 mod provider;
+pub mod risc;
 mod settings;
 mod token;
 
@@ -29,6 +31,7 @@ pub use discovery::Discovery;
 pub use error::{IdTokenError, ProviderError};
 pub use keystore::KeyStoreStats;
 pub use provider::Provider;
+pub use risc::{SecurityEvent, SecurityEventError, SecurityEventVerifier};
 pub use settings::ProviderSettings;
 pub use token::TokenResponse;
 

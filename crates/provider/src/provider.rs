@@ -7,12 +7,13 @@ use crate::http::{Answer, send};
 use crate::keystore::{JwksDocument, JwksSource, KeyStore, KeyStoreStats, Lookup};
 use crate::settings::ProviderSettings;
 use crate::token::{TokenResponse, parse_success};
-use grantkeeper_core::{ExposeSecret, SecretString, SharedClock};
+use grantkeeper_core::{ExposeSecret, Metrics, SecretString, SharedClock};
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
 use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::OnceCell;
 use url::Url;
 
@@ -21,6 +22,8 @@ use url::Url;
 #[derive(Clone)]
 pub struct Provider {
     inner: Arc<Inner>,
+    /// Where code exchanges, ID-token verifications and JWKS fetches are counted.
+    metrics: Metrics,
 }
 
 struct Inner {
@@ -49,11 +52,7 @@ impl Provider {
     /// `http` should have timeouts and must not follow redirects (a token endpoint that
     /// redirects is answered with [`ProviderError::Protocol`]).
     pub fn new(settings: ProviderSettings, http: reqwest::Client, clock: SharedClock) -> Self {
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
+        let validation = crate::claims::signature_only();
         let keys = KeyStore::new(clock.clone(), settings.jwks_refetch_cooldown);
         Self {
             inner: Arc::new(Inner {
@@ -64,7 +63,14 @@ impl Provider {
                 keys,
                 validation,
             }),
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// This provider (sharing its discovery document and keys) counting its code exchanges,
+    /// ID-token verifications and JWKS fetches in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self { metrics, ..self }
     }
 
     pub fn settings(&self) -> &ProviderSettings {
@@ -84,7 +90,9 @@ impl Provider {
         redirect_uri: &str,
     ) -> Result<TokenResponse, ProviderError> {
         let s = &self.inner.settings;
-        self.inner
+        let started = Instant::now();
+        let answer = self
+            .inner
             .token_call(
                 Call::Code,
                 &[
@@ -95,7 +103,12 @@ impl Provider {
                     ("client_secret", s.client_secret.expose_secret()),
                 ],
             )
-            .await
+            .await;
+        let outcome = answer
+            .as_ref()
+            .map_or_else(ProviderError::outcome, |_| "ok");
+        self.metrics.exchange(outcome, started.elapsed());
+        answer
     }
 
     /// Mints a new access token. The answer normally has no refresh token: keep the old one.
@@ -155,9 +168,19 @@ impl Provider {
         &self,
         id_token: &SecretString,
     ) -> Result<IdTokenClaims, IdTokenError> {
+        let started = Instant::now();
+        let verified = self.verify(id_token).await;
+        let outcome = verified
+            .as_ref()
+            .map_or_else(IdTokenError::outcome, |_| "ok");
+        self.metrics.verify(outcome, started.elapsed());
+        verified
+    }
+
+    async fn verify(&self, id_token: &SecretString) -> Result<IdTokenClaims, IdTokenError> {
         let token = id_token.expose_secret();
         let header = parse_header(token)?;
-        let key = match self.inner.keys.key(&header.kid, &*self.inner).await {
+        let key = match self.inner.keys.key(&header.kid, &self.jwks()).await {
             Lookup::Key(key) => key,
             Lookup::Unknown => return Err(IdTokenError::UnknownKey),
             Lookup::Unavailable(e) => return Err(IdTokenError::KeysUnavailable(e.to_string())),
@@ -196,7 +219,15 @@ impl Provider {
     /// still inside their grace period count as usable.
     pub async fn check(&self) -> Result<(), ProviderError> {
         self.discovery().await?;
-        self.inner.keys.ensure_loaded(&*self.inner).await
+        self.inner.keys.ensure_loaded(&self.jwks()).await
+    }
+
+    /// The JWKS source the key cache fetches through, counting each fetch.
+    fn jwks(&self) -> Jwks<'_> {
+        Jwks {
+            inner: &self.inner,
+            metrics: &self.metrics,
+        }
     }
 
     /// Counters of the JWKS cache.
@@ -278,7 +309,24 @@ impl Inner {
     }
 }
 
-impl JwksSource for Inner {
+/// The provider's JWKS over HTTP (discovery's `jwks_uri`), as the key cache sees it.
+struct Jwks<'a> {
+    inner: &'a Inner,
+    metrics: &'a Metrics,
+}
+
+impl JwksSource for Jwks<'_> {
+    async fn fetch_jwks(&self) -> Result<JwksDocument, ProviderError> {
+        let fetched = self.inner.fetch_jwks().await;
+        let outcome = fetched
+            .as_ref()
+            .map_or_else(ProviderError::outcome, |_| "ok");
+        self.metrics.jwks_fetch(outcome);
+        fetched
+    }
+}
+
+impl Inner {
     async fn fetch_jwks(&self) -> Result<JwksDocument, ProviderError> {
         let discovery = self.discovery().await?;
         let answer = self

@@ -10,4 +10,6 @@ mod provider {
     mod exchange;
     mod id_token;
     mod keystore;
+    mod metrics;
+    mod risc;
 }
