@@ -4,11 +4,13 @@
 
 use crate::audit::AuditLog;
 use crate::config::Settings;
-use crate::keys::{KeyringError, load_vault};
+use crate::keys::{KeyringError, RELOAD_EVERY, StoreKeyring, load_vault, spawn_reloader};
+use crate::metrics::ActivityFlusher;
+use crate::revocations::{RetryPass, RevocationRetrier, Which};
 use grantkeeper_broker::{Broker, BrokerSettings};
-use grantkeeper_core::{MasterKey, SharedClock, Vault, VaultHandle};
-use grantkeeper_provider::Provider;
-use grantkeeper_store::{ApiKeyRecord, SharedStore};
+use grantkeeper_core::{MasterKey, Metrics, SharedClock, Vault, VaultHandle};
+use grantkeeper_provider::{Provider, SecurityEventVerifier};
+use grantkeeper_store::{ApiKeyRecord, SharedStore, StoreError};
 use moka::sync::Cache;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,8 @@ struct Inner {
     store: SharedStore,
     vault: VaultHandle,
     provider: Provider,
+    /// Verifies Cross-Account Protection's security event tokens (`POST /risc`).
+    security_events: SecurityEventVerifier,
     broker: Broker,
     audit: AuditLog,
     /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
@@ -41,6 +45,11 @@ struct Inner {
     api_http: reqwest::Client,
     clock: SharedClock,
     demo_page: bool,
+    /// What this process counts, for `/metrics` and (through `activity`) the store.
+    metrics: Metrics,
+    activity: Arc<ActivityFlusher>,
+    /// Retries the revocations at the provider that did not get through.
+    revocations: Arc<RevocationRetrier>,
 }
 
 /// How long a looked-up API key is trusted without asking the store again.
@@ -72,7 +81,8 @@ pub fn api_http_client() -> Result<reqwest::Client, StartError> {
 
 impl App {
     /// Builds the server: opens the vault's data keys (creating the first on a new store) and
-    /// starts the audit writer and, when configured, the webhook deliverer.
+    /// starts the audit writer, the retrier of queued revocations and, when configured, the
+    /// webhook deliverer.
     pub async fn new(
         settings: Settings,
         store: SharedStore,
@@ -90,8 +100,18 @@ impl App {
         clock: SharedClock,
         http: reqwest::Client,
     ) -> Result<App, StartError> {
-        let vault = VaultHandle::new(load_vault(store.as_ref(), master_key, clock.as_ref()).await?);
-        let provider = Provider::new(settings.provider.clone(), http.clone(), clock.clone());
+        // The keyring is read again when a value under an unknown key turns up (another
+        // process rotated the keys) and every RELOAD_EVERY, so a rotation needs no restart.
+        let vault = VaultHandle::with_source(
+            load_vault(store.as_ref(), master_key, clock.as_ref()).await?,
+            Arc::new(StoreKeyring::new(store.clone(), master_key)?),
+        );
+        spawn_reloader(&vault, RELOAD_EVERY);
+        let metrics = Metrics::new(clock.clone());
+        let security_events =
+            SecurityEventVerifier::new(settings.provider.clone(), http.clone(), clock.clone());
+        let provider = Provider::new(settings.provider.clone(), http.clone(), clock.clone())
+            .with_metrics(metrics.clone());
         let broker = Broker::new(
             store.clone(),
             provider.clone(),
@@ -101,10 +121,19 @@ impl App {
                 min_ttl: settings.broker.min_ttl,
                 refresh_concurrency: settings.broker.refresh_concurrency,
                 upstream_rate: settings.broker.upstream_rate,
+                metrics: metrics.clone(),
                 ..BrokerSettings::default()
             },
         );
         let audit = AuditLog::start(store.clone(), clock.clone());
+        let activity = ActivityFlusher::start(store.clone(), metrics.clone(), clock.clone());
+        let revocations = RevocationRetrier::start(
+            store.clone(),
+            provider.clone(),
+            vault.clone(),
+            clock.clone(),
+            metrics.clone(),
+        );
         if let Some(webhook) = settings.webhook.clone() {
             tokio::spawn(crate::webhook::deliver(
                 store.clone(),
@@ -119,6 +148,7 @@ impl App {
                 store,
                 vault,
                 provider,
+                security_events,
                 broker,
                 audit,
                 api_keys: Cache::builder()
@@ -128,6 +158,9 @@ impl App {
                 api_http: api_http_client()?,
                 clock,
                 demo_page: false,
+                metrics,
+                activity,
+                revocations,
             }),
         })
     }
@@ -154,6 +187,10 @@ impl App {
     pub fn provider(&self) -> &Provider {
         &self.inner.provider
     }
+    /// The verifier of the provider's security event tokens.
+    pub fn security_events(&self) -> &SecurityEventVerifier {
+        &self.inner.security_events
+    }
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
     }
@@ -163,8 +200,34 @@ impl App {
     pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
     }
-    pub fn demo_page(&self) -> bool {
+    /// What this process counts: `/metrics` renders it, and its activity goes to the store.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    /// Writes the activity counted so far to the store now (it is otherwise written every
+    /// [`crate::metrics::FLUSH_EVERY`]); returns how many points. Call before a clean exit.
+    pub async fn flush_activity(&self) -> Result<usize, StoreError> {
+        self.inner.activity.flush().await
+    }
+    /// Retries every queued revocation at the provider now, whenever its next attempt was
+    /// due (the background task retries due ones every [`crate::revocations::POLL_EVERY`]).
+    pub async fn retry_revocations_now(&self) -> Result<RetryPass, StoreError> {
+        self.inner.revocations.retry(Which::All).await
+    }
+    /// Writes what is still held in memory (audit rows, activity) before a clean exit.
+    pub async fn shutdown(&self) {
+        self.audit().flush().await;
+        if let Err(e) = self.flush_activity().await {
+            tracing::warn!(error = %e, "could not write the last activity counts");
+        }
+    }
+    /// Whether this is `grantkeeper dev` (the emulator beside the server, its control API open).
+    pub fn dev_mode(&self) -> bool {
         self.inner.demo_page
+    }
+    /// Whether the demo page and its `/demo/*` calls are served (`dev`, or `server.demo_page`).
+    pub fn demo_page(&self) -> bool {
+        self.inner.demo_page || self.inner.settings.demo_page
     }
     pub(crate) fn api_key_cache(&self) -> &Cache<String, Option<ApiKeyRecord>> {
         &self.inner.api_keys

@@ -59,6 +59,8 @@ pub struct ServerSection {
     pub allowed_origins: Vec<String>,
     /// Seconds, or a number with a unit: `45s`, `30m`, `12h`, `30d`.
     pub session_ttl: Option<DurationValue>,
+    /// Serve the demo web page at `/` (always on in `dev`).
+    pub demo_page: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +162,8 @@ pub struct Settings {
     /// Origins (`scheme://host[:port]`) allowed to call the sign-in endpoints from a browser.
     pub allowed_origins: Vec<String>,
     pub session_ttl: Duration,
+    /// Serve the demo web page at `/` and its `/demo/*` calls.
+    pub demo_page: bool,
     /// Set the Secure attribute on cookies (off only in `dev`, which serves plain HTTP).
     pub secure_cookies: bool,
     pub provider: ProviderSettings,
@@ -528,6 +532,7 @@ impl Settings {
             public_url,
             allowed_origins,
             session_ttl,
+            demo_page: file.server.demo_page.unwrap_or(false),
             secure_cookies: true,
             provider,
             web_redirect_uri: p

@@ -1,8 +1,20 @@
 //! Loads the vault's data keys from the store, unwrapping them with the master key; creates the
-//! first data key on a deployment's first start.
+//! first data key on a deployment's first start; and keeps a running server's keyring current
+//! while `grantkeeper keys rotate` (see [`crate::rotation`]) adds and retires keys: the
+//! [`StoreKeyring`] is the source a [`VaultHandle`] reads again when it meets a value under a key
+//! it does not know, and [`spawn_reloader`] reads it every [`RELOAD_EVERY`] besides.
 
-use grantkeeper_core::{Clock, KeyId, MasterKey, Vault};
-use grantkeeper_store::{DataKeyRecord, KeyStore};
+use grantkeeper_core::{Clock, KeyId, KeyringSource, MasterKey, Vault, VaultHandle};
+use grantkeeper_store::{DataKeyRecord, KeyStore, SharedStore};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+
+/// How often a running server reads the store's data keys again: after a rotation makes a new
+/// key active, every server seals under it within this time, even one that meets no value
+/// under it. Rotation retires old keys only after twice this ([`crate::rotation`]).
+pub const RELOAD_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -40,8 +52,13 @@ pub async fn load_vault(
             })
             .await?;
     }
+    vault_from(&records, master)
+}
+
+/// The vault of these data keys (the store's, not retired), one of them active.
+pub fn vault_from(records: &[DataKeyRecord], master: &MasterKey) -> Result<Vault, KeyringError> {
     let mut vault = Vault::new();
-    for record in &records {
+    for record in records {
         let key = master
             .unwrap_key(KeyId(record.id), &record.wrapped)
             .map_err(|_| KeyringError::WrongMasterKey(record.id))?;
@@ -54,4 +71,65 @@ pub async fn load_vault(
         return Err(KeyringError::NoActiveKey);
     }
     Ok(vault)
+}
+
+/// The store's data keys as a running server reads them again. Never creates a key.
+pub struct StoreKeyring {
+    store: SharedStore,
+    master: MasterKey,
+}
+
+impl StoreKeyring {
+    pub fn new(store: SharedStore, master: &MasterKey) -> Result<StoreKeyring, KeyringError> {
+        Ok(StoreKeyring {
+            store,
+            master: master.try_clone()?,
+        })
+    }
+
+    async fn load_now(&self) -> Result<Vault, KeyringError> {
+        let records = self.store.data_keys().await?;
+        vault_from(&records, &self.master)
+    }
+}
+
+impl KeyringSource for StoreKeyring {
+    fn load(&self) -> Pin<Box<dyn Future<Output = Result<Vault, String>> + Send + '_>> {
+        Box::pin(async move {
+            match self.load_now().await {
+                Ok(vault) => {
+                    tracing::debug!(keys = ?vault.key_ids(), active = ?vault.active(), "read the store's data keys");
+                    Ok(vault)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the store's data keys again; keeping those held");
+                    Err(e.to_string())
+                }
+            }
+        })
+    }
+}
+
+/// Reads the keyring of `handle` again every `every`, for as long as the handle (a clone of
+/// it) lives elsewhere.
+pub fn spawn_reloader(handle: &VaultHandle, every: Duration) {
+    let weak = handle.downgrade();
+    tokio::spawn(async move {
+        let mut ticks = interval_at(Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(handle) = weak.upgrade() else {
+                return;
+            };
+            if let Ok(true) = handle.reload().await {
+                let vault = handle.get();
+                tracing::info!(
+                    keys = ?vault.key_ids().iter().map(|k| k.0).collect::<Vec<_>>(),
+                    active = ?vault.active().map(|k| k.0),
+                    "the store's data keys changed; sealing under the active one"
+                );
+            }
+        }
+    });
 }

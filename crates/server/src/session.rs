@@ -6,6 +6,7 @@ use crate::signin::hex;
 use aws_lc_rs::digest;
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
+use grantkeeper_broker::RevocationOutcome;
 use grantkeeper_core::SecretString;
 use grantkeeper_store::SessionRecord;
 use secrecy::ExposeSecret;
@@ -16,16 +17,21 @@ fn hash(secret: &str) -> String {
     hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
-/// The session secret named by the request's cookie, if any.
-pub fn cookie_secret(headers: &HeaderMap) -> Option<SecretString> {
+/// The value of the request's cookie `name`, if any.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| SecretString::from(value.trim().to_owned()))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// The session secret named by the request's cookie, if any.
+pub fn cookie_secret(headers: &HeaderMap) -> Option<SecretString> {
+    cookie(headers, COOKIE_NAME).map(SecretString::from)
 }
 
 impl App {
@@ -72,6 +78,39 @@ impl App {
                 ApiError::Unauthorized("the session has ended; sign in again".to_owned())
             })?;
         Ok((session.sub, id_hash))
+    }
+
+    /// The user asked to disconnect: revoke the grant at Google (its refresh token, or the
+    /// access token when no refresh token is held), mark it revoked with its tokens dropped,
+    /// and end every session of the user. The user asked to leave, so that is honoured here at
+    /// once even when Google cannot be reached: the grant is revoked here and its revocation at
+    /// Google queued and retried until it gets through ([`RevocationOutcome::Queued`], audited
+    /// as `queued`).
+    pub async fn disconnect(&self, sub: &str) -> Result<RevocationOutcome, ApiError> {
+        let result = self
+            .broker()
+            .revoke_or_queue(sub, "disconnected by the user")
+            .await
+            .map_err(ApiError::from);
+        let outcome = match &result {
+            Ok(RevocationOutcome::Revoked) => "ok",
+            Ok(RevocationOutcome::Queued) => "queued",
+            Err(e) => e.code(),
+        };
+        self.audit()
+            .record("session", Some(sub), "disconnect", String::new(), outcome)
+            .await;
+        let revoked = result?;
+        self.store().delete_user_sessions(sub).await?;
+        match revoked {
+            RevocationOutcome::Revoked => tracing::info!(%sub, "user disconnected"),
+            RevocationOutcome::Queued => tracing::warn!(
+                %sub,
+                outcome = "queued",
+                "user disconnected here; Google could not revoke the grant, so its revocation there is queued and retried"
+            ),
+        }
+        Ok(revoked)
     }
 
     /// Ends the session named by the request's cookie, if any.

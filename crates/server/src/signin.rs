@@ -49,10 +49,32 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
+impl Platform {
+    /// `web`, `android` or `ios`, as the HTTP contract and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Web => "web",
+            Platform::Android => "android",
+            Platform::Ios => "ios",
+        }
+    }
+}
+
 impl App {
     /// Exchanges a one-time code from `platform`, verifies its ID token, and records the user
-    /// and grant.
+    /// and grant. Every sign-in is counted in the metrics with its outcome.
     pub async fn sign_in(
+        &self,
+        code: &SecretString,
+        platform: Platform,
+    ) -> Result<SignInOutcome, ApiError> {
+        let result = self.exchange_and_record(code, platform).await;
+        let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
+        self.metrics().sign_in(outcome, platform.as_str());
+        result
+    }
+
+    async fn exchange_and_record(
         &self,
         code: &SecretString,
         platform: Platform,
@@ -79,6 +101,7 @@ impl App {
             .verify_id_token(id_token)
             .await
             .map_err(id_token_error)?;
+        self.refuse_blocked_sign_in(&claims.sub).await?;
         let profile = claims.profile();
         let vault = self.vault();
         let refresh_token = match &tokens.refresh_token {

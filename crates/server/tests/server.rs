@@ -3,8 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod server {
+    pub mod admin;
     pub mod bad_input;
     pub mod harness;
+    pub mod metrics;
+    pub mod page;
+    pub mod revocations;
+    pub mod risc;
+    pub mod rotation;
     pub mod secrets;
     pub mod signin;
     pub mod v1;

@@ -1,15 +1,15 @@
-//! The development page's offline demo: the signed-in user's Drive appDataFolder as the server
-//! reads it on the offline path (through the broker, as any app service would), a small file
-//! added the same way, and the offline job run for that user now. Served by `grantkeeper dev`.
+//! The demo page's offline calls: the signed-in user's Drive appDataFolder as the server reads
+//! it on the offline path (through the broker, as any app service would), files added and
+//! deleted the same way, and the offline job run for that user now. Served with the page.
 
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::signin::{gate, read_body};
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use grantkeeper_broker::TokenRequest;
 use grantkeeper_core::scopes::DRIVE_APPDATA;
@@ -21,13 +21,16 @@ use time::format_description::well_known::Rfc3339;
 pub fn routes() -> Router<App> {
     Router::new()
         .route("/demo/files", get(list_files).post(add_file))
+        .route("/demo/files/{id}", delete(delete_file))
         .route("/demo/offline-job", post(offline_job))
 }
 
 const LIST: &str =
     "drive/v3/files?spaces=appDataFolder&fields=files(id,name,modifiedTime,size)&pageSize=100";
 
-/// Calls a Google API as `sub` through the broker; answers the API's status and JSON.
+/// Calls a Google API as `sub` through the broker; answers the API's status and JSON. A 401
+/// (the token was revoked or expired early) is retried once after a refresh, as the proxy does;
+/// a grant found revoked then surfaces as `grant_revoked`.
 async fn call(
     app: &App,
     sub: &str,
@@ -46,23 +49,81 @@ async fn call(
         )
         .await?;
     let base = app.settings().api_base.as_str().trim_end_matches('/');
-    let mut req = app
-        .api_http()
-        .request(method, format!("{base}/{path_and_query}"))
-        .bearer_auth(token.token.expose_secret());
-    if let Some((content_type, bytes)) = body {
-        req = req.header("content-type", content_type).body(bytes);
+    let url = format!("{base}/{path_and_query}");
+    let send = |token: &grantkeeper_core::SecretString| {
+        let mut req = app
+            .api_http()
+            .request(method.clone(), &url)
+            .bearer_auth(token.expose_secret());
+        if let Some((content_type, bytes)) = &body {
+            req = req
+                .header("content-type", content_type.as_str())
+                .body(bytes.clone());
+        }
+        async move {
+            req.send().await.map_err(|_| ApiError::UpstreamUnavailable {
+                message: "the Drive API did not answer".to_owned(),
+                retry_after: None,
+            })
+        }
+    };
+    let mut response = send(&token.token).await?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        let fresh = app
+            .broker()
+            .refresh_after_rejection(sub, &token.token)
+            .await?;
+        response = send(&fresh.token).await?;
     }
-    let response = req
-        .send()
-        .await
-        .map_err(|_| ApiError::UpstreamUnavailable {
-            message: "the Drive API did not answer".to_owned(),
-            retry_after: None,
-        })?;
     let status = response.status().as_u16();
     let value = response.json::<Value>().await.unwrap_or(Value::Null);
     Ok((status, value))
+}
+
+/// A Drive file id as Drive makes them: letters, digits, `-` and `_`.
+fn valid_file_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn delete_file(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    gate(&app, &headers)?;
+    let (sub, _) = app.session_user(&headers).await?;
+    if !valid_file_id(&id) {
+        return Err(ApiError::InvalidRequest(
+            "a file id has letters, digits, '-' and '_' only".to_owned(),
+        ));
+    }
+    let (status, result) = call(
+        &app,
+        &sub,
+        Method::DELETE,
+        &format!("drive/v3/files/{id}"),
+        None,
+    )
+    .await?;
+    app.audit()
+        .record(
+            "session",
+            Some(&sub),
+            "proxy",
+            "DELETE drive/v3/files".to_owned(),
+            &status.to_string(),
+        )
+        .await;
+    if status == 404 {
+        return Err(ApiError::NotFound(
+            "no such file in the app folder".to_owned(),
+        ));
+    }
+    Ok(Json(json!({"status": status, "result": result})).into_response())
 }
 
 async fn list_files(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -137,18 +198,27 @@ async fn add_file(
 async fn offline_job(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
     let (sub, _) = app.session_user(&headers).await?;
-    let token = app.broker().refresh_now(&sub).await?;
-    let (status, files) = call(&app, &sub, Method::GET, LIST, None).await?;
-    let count = files["files"].as_array().map_or(0, Vec::len);
+    let run = async {
+        let token = app.broker().refresh_now(&sub).await?;
+        let (status, files) = call(&app, &sub, Method::GET, LIST, None).await?;
+        Ok::<_, ApiError>((token, status, files))
+    };
+    let result = run.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
     app.audit()
         .record(
             "session",
             Some(&sub),
             "offline_job",
             "refresh + list appDataFolder".to_owned(),
-            "ok",
+            outcome,
         )
         .await;
+    let (token, status, files) = result?;
+    let count = files["files"].as_array().map_or(0, Vec::len);
     Ok(Json(json!({
         "refreshed": true,
         "expires_at": token.expires_at.format(&Rfc3339).unwrap_or_default(),

@@ -1,10 +1,13 @@
 //! The axum routers. Handlers translate HTTP to calls on [`App`] and back; rules live in the
 //! app's operations, not here.
 
+mod admin;
 mod demo;
+mod metrics;
 mod ops;
 mod page;
 pub mod proxy;
+mod risc;
 mod signin;
 mod v1;
 
@@ -29,7 +32,10 @@ pub fn router(app: App) -> Router {
     let mut routes = Router::new()
         .merge(signin::routes())
         .merge(v1::routes())
-        .merge(ops::routes());
+        .merge(ops::routes())
+        .merge(metrics::routes())
+        .merge(risc::routes())
+        .merge(admin::routes());
     if app.demo_page() {
         routes = routes.merge(page::routes()).merge(demo::routes());
     }

@@ -15,7 +15,8 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use grantkeeper_broker::{AccessToken, TokenRequest};
-use grantkeeper_core::ExposeSecret;
+use grantkeeper_core::{ExposeSecret, Metrics};
+use std::time::Instant;
 use url::Url;
 
 /// Bodies up to this size are kept so that the call can be retried after a refresh.
@@ -202,6 +203,35 @@ pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response,
         });
     }
     let headers = forwarded_headers(&parts.headers);
+    // Timed from here: what comes before is the caller's request being checked.
+    let started = Instant::now();
+    let answered = call(app, sub, &parts, &url, &headers, body).await;
+    let class = match &answered {
+        Ok(response) => Metrics::status_class(response.status().as_u16()),
+        Err(_) => "error",
+    };
+    app.metrics().proxy(class, started.elapsed());
+    let response = answered?;
+    let status = response.status();
+    let mut out = Response::builder().status(status.as_u16());
+    for (name, value) in response.headers() {
+        if !is_stripped(name) || name == header::CONTENT_LENGTH {
+            out = out.header(name, value);
+        }
+    }
+    out.body(Body::from_stream(response.bytes_stream()))
+        .map_err(|e| ApiError::Internal(format!("building the proxied answer: {e}")))
+}
+
+/// Gets the user's token and calls the API (once more after a 401, when the body allows).
+async fn call(
+    app: &App,
+    sub: &str,
+    parts: &axum::http::request::Parts,
+    url: &Url,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<reqwest::Response, ApiError> {
     let token = app
         .broker()
         .access_token(sub, &TokenRequest::default())
@@ -212,8 +242,8 @@ pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response,
             let first = send(
                 app,
                 &parts.method,
-                &url,
-                &headers,
+                url,
+                headers,
                 &token,
                 bytes.clone().into(),
             )
@@ -224,22 +254,14 @@ pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response,
                     .broker()
                     .refresh_after_rejection(sub, &token.token)
                     .await?;
-                send(app, &parts.method, &url, &headers, &fresh, bytes.into()).await?
+                send(app, &parts.method, url, headers, &fresh, bytes.into()).await?
             } else {
                 first
             }
         }
-        Outgoing::Streaming(body) => send(app, &parts.method, &url, &headers, &token, body).await?,
+        Outgoing::Streaming(body) => send(app, &parts.method, url, headers, &token, body).await?,
     };
-    let status = response.status();
-    let mut out = Response::builder().status(status.as_u16());
-    for (name, value) in response.headers() {
-        if !is_stripped(name) || name == header::CONTENT_LENGTH {
-            out = out.header(name, value);
-        }
-    }
-    out.body(Body::from_stream(response.bytes_stream()))
-        .map_err(|e| ApiError::Internal(format!("building the proxied answer: {e}")))
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub fn routes() -> Router<App> {
         .route("/authcode", post(authcode))
         .route("/me", get(me))
         .route("/logout", post(logout))
+        .route("/disconnect", post(disconnect))
 }
 
 /// The user object of the HTTP contract.
@@ -243,7 +244,17 @@ async fn authcode(
     let body = read_body(body, BODY_LIMIT).await?;
     let (code, platform) = parse_authcode(kind, &body, query.platform)?;
     let outcome = app.sign_in(&code, platform).await?;
-    let cookie = app.start_session(&outcome.user.profile.sub).await?;
+    let sub = &outcome.user.profile.sub;
+    let detail = format!("{} {}", platform.as_str(), outcome.grant.scopes);
+    let result = if outcome.grant.needs_consent() {
+        "needs_consent"
+    } else {
+        "ok"
+    };
+    app.audit()
+        .record("session", Some(sub), "sign_in", detail, result)
+        .await;
+    let cookie = app.start_session(sub).await?;
     let mut response = Json(answer(&outcome.user, &outcome.grant, false)).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(SET_COOKIE, v);
@@ -267,6 +278,23 @@ async fn logout(State(app): State<App>, headers: HeaderMap) -> Result<Response, 
     if let Ok(v) = HeaderValue::from_str(&app.clear_cookie()) {
         response.headers_mut().insert(SET_COOKIE, v);
     }
+    Ok(response)
+}
+
+/// Revokes the user's grant at Google, deletes the tokens held and every session of the user.
+async fn disconnect(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    gate(&app, &headers)?;
+    let (sub, _) = app.session_user(&headers).await?;
+    let outcome = app.disconnect(&sub).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&app.clear_cookie()) {
+        response.headers_mut().insert(SET_COOKIE, v);
+    }
+    // `revoked`, or `queued` when Google could not be reached and the revocation is retried.
+    response.headers_mut().insert(
+        "grantkeeper-revocation",
+        HeaderValue::from_static(outcome.as_str()),
+    );
     Ok(response)
 }
 

@@ -16,7 +16,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use grantkeeper_broker::TokenRequest;
+use grantkeeper_broker::{RevocationOutcome, TokenRequest};
 use grantkeeper_core::{ExposeSecret, Scopes};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -120,25 +120,48 @@ async fn delete_user(
     let result = app
         .delete_user(&sub, &format!("deleted by API key {}", caller.key_id))
         .await;
-    audit(&app, &caller, &sub, "delete_user", String::new(), &result).await;
+    let outcome = match &result {
+        Ok(RevocationOutcome::Revoked) => "ok",
+        Ok(RevocationOutcome::Queued) => "queued",
+        Err(e) => e.code(),
+    };
+    app.audit()
+        .record(
+            &caller.key_id,
+            Some(&sub),
+            "delete_user",
+            String::new(),
+            outcome,
+        )
+        .await;
     result?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 impl App {
     /// Revokes the user's grant at Google, then deletes the user with everything held for them.
-    pub async fn delete_user(&self, sub: &str, reason: &str) -> Result<(), ApiError> {
-        use grantkeeper_broker::BrokerError;
-        match self.broker().revoke_grant(sub, reason).await {
-            Ok(()) | Err(BrokerError::NeedsConsent) | Err(BrokerError::Revoked { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+    /// When Google cannot be reached the user is deleted here all the same, and the grant's
+    /// revocation at Google is queued and retried until it gets through
+    /// ([`RevocationOutcome::Queued`]).
+    pub async fn delete_user(
+        &self,
+        sub: &str,
+        reason: &str,
+    ) -> Result<RevocationOutcome, ApiError> {
+        let revoked = self.broker().revoke_or_queue(sub, reason).await?;
         self.broker().forget(sub);
         if !self.store().delete_user(sub).await? {
             return Err(ApiError::NotFound("no user with this sub".to_owned()));
         }
-        tracing::info!(%sub, "user deleted");
-        Ok(())
+        match revoked {
+            RevocationOutcome::Revoked => tracing::info!(%sub, "user deleted"),
+            RevocationOutcome::Queued => tracing::warn!(
+                %sub,
+                outcome = "queued",
+                "user deleted here; Google could not revoke the grant, so its revocation there is queued and retried"
+            ),
+        }
+        Ok(revoked)
     }
 }
 
@@ -201,6 +224,7 @@ async fn token(
         .map_err(ApiError::from);
     audit(&app, &caller, &sub, "token", detail, &result).await;
     let token = result?;
+    app.metrics().token_handout();
     let body = TokenJson {
         access_token: token.token.expose_secret().to_owned(),
         expires_at: token.expires_at.format(&Rfc3339).unwrap_or_default(),

@@ -58,6 +58,8 @@ pub struct TestApp {
     pub app: App,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The server's master key (another process on its store, a rotation, needs it).
+    pub master: MasterKey,
 }
 
 pub struct Answer {
@@ -136,6 +138,11 @@ pub struct Options {
     pub mobile_parties: bool,
     /// A webhook receiver URL and secret.
     pub webhook: Option<(String, String)>,
+    /// Serve the demo page (`server.demo_page`).
+    pub demo_page: bool,
+    /// Keep the emulator's state (its keys included) under the test's directory, in
+    /// `emulator/`.
+    pub emulator_data_dir: bool,
 }
 
 impl Default for Options {
@@ -144,6 +151,8 @@ impl Default for Options {
             allowed_origins: vec!["https://app.example.com".into()],
             mobile_parties: true,
             webhook: None,
+            demo_page: false,
+            emulator_data_dir: false,
         }
     }
 }
@@ -162,7 +171,7 @@ impl TestApp {
         let emulator_url = format!("http://{}", emulator_listener.local_addr().unwrap());
         let emulator = Emulator::open(EmulatorOptions {
             base_url: Url::parse(&emulator_url).unwrap(),
-            data_dir: None,
+            data_dir: options.emulator_data_dir.then(|| dir.path().to_path_buf()),
             clock: clock.clone(),
             control_api: true,
         })
@@ -177,6 +186,7 @@ impl TestApp {
         file.server.addr = Some(listener.local_addr().unwrap().to_string());
         file.server.public_url = Some(url.clone());
         file.server.allowed_origins = options.allowed_origins;
+        file.server.demo_page = Some(options.demo_page);
         file.provider.issuer = Some(emulator_url.clone());
         file.provider.client_id = Some(client.client_id.clone());
         file.provider.client_secret = Some(client.client_secret.clone());
@@ -219,6 +229,7 @@ impl TestApp {
                 .build()
                 .unwrap(),
             dir,
+            master,
         }
     }
 

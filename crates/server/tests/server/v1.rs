@@ -157,15 +157,19 @@ async fn tokens_are_handed_out_from_the_held_grant() {
         .map(|r| (r.action.as_str(), r.outcome.as_str()))
         .collect();
     assert_eq!(
-        outcomes[..3],
+        outcomes[..4],
         [
+            ("sign_in", "ok"),
             ("token", "ok"),
             ("token", "ok"),
             ("token", "scope_not_granted")
         ],
         "{outcomes:?}"
     );
-    assert!(rows.iter().all(|r| r.actor.starts_with("key_")));
+    assert!(
+        rows.iter()
+            .all(|r| r.actor.starts_with("key_") || (r.action == "sign_in" && r.actor == "session"))
+    );
     assert!(rows.iter().any(|r| r.detail.contains("userinfo.email")));
 }
 
@@ -522,10 +526,13 @@ async fn the_openapi_document_matches_the_routes() {
         "/authcode",
         "/me",
         "/logout",
+        "/disconnect",
         "/v1/users",
         "/v1/users/{sub}",
         "/v1/users/{sub}/token",
         "/v1/users/{sub}/google/{path}",
+        "/metrics",
+        "/risc",
     ] {
         assert!(paths.contains_key(required), "{required} undocumented");
     }
