@@ -3,6 +3,7 @@
 use crate::Target;
 use crate::ops::{config_path, load};
 use anyhow::{Context, anyhow, bail};
+use grantkeeper_broker::RevocationOutcome;
 use grantkeeper_broker::sweep::{self, Job, Outcome, SweepEvent, SweepOptions};
 use grantkeeper_core::{ExposeSecret, SystemClock};
 use grantkeeper_server::App;
@@ -196,17 +197,30 @@ pub async fn users_show(target: &Target, sub: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Revokes here at once; when Google cannot be reached, its revocation there is queued, and the
+/// running servers retry it (this process ends too soon to).
 pub async fn users_revoke(target: &Target, sub: &str) -> anyhow::Result<()> {
     let app = open_app(target).await?;
-    app.broker()
-        .revoke_grant(sub, "revoked by an operator")
+    let revoked = app
+        .broker()
+        .revoke_or_queue(sub, "revoked by an operator")
         .await
         .map_err(|e| anyhow!("{e}"))?;
+    let outcome = match revoked {
+        RevocationOutcome::Revoked => "ok",
+        RevocationOutcome::Queued => "queued",
+    };
     app.audit()
-        .record("cli", Some(sub), "revoke", String::new(), "ok")
+        .record("cli", Some(sub), "revoke", String::new(), outcome)
         .await;
     app.audit().flush().await;
-    println!("revoked the grant of {sub} at Google and here");
+    match revoked {
+        RevocationOutcome::Revoked => println!("revoked the grant of {sub} at Google and here"),
+        RevocationOutcome::Queued => println!(
+            "revoked the grant of {sub} here; the revocation at Google is queued and retried \
+             by the running servers"
+        ),
+    }
     Ok(())
 }
 

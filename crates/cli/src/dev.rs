@@ -129,7 +129,7 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     let app = App::new(settings, store, &master, clock)
         .await?
         .with_demo_page();
-    let router = grantkeeper_server::http::router(app).nest("/_google", emulator.router());
+    let router = grantkeeper_server::http::router(app.clone()).nest("/_google", emulator.router());
 
     println!("grantkeeper dev: data in {}", data_dir.display());
     println!(
@@ -139,7 +139,9 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     );
     println!("sign in at {base}/ ; the Google emulator is at {base}/_google");
     println!("listening on http://{bound}");
-    serve_until_signal(listener, router).await
+    let served = serve_until_signal(listener, router).await;
+    app.shutdown().await;
+    served
 }
 
 pub async fn emulator(addr: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 
 mod admin;
 mod dev;
+mod keys;
 mod ops;
 mod transfer;
 
@@ -71,6 +72,9 @@ enum Command {
     /// API keys of the app's services
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// The vault's data keys: rotate them while servers run, list them
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Users and their grants
     #[command(subcommand)]
     Users(UsersCommand),
@@ -154,6 +158,36 @@ enum ApiKeysCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Makes a new data key the active one and re-seals every sealed value under it, then
+    /// retires the old keys; running servers pick the new key up without a restart. Ctrl-C
+    /// stops after the batch under way; running it again resumes.
+    Rotate {
+        /// Values re-sealed per store transaction (1 to 1000)
+        #[arg(long, default_value_t = grantkeeper_server::rotation::DEFAULT_BATCH_SIZE,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        batch_size: u32,
+        /// How long the new key must have been active before old keys are retired: running
+        /// servers read the keys again every 30 s, so a shorter time is safe only when no
+        /// server writes meanwhile
+        #[arg(long, default_value = "60s", value_parser = parse_grace)]
+        grace: std::time::Duration,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One line per data key: id, created, active, retired, and how many values it seals
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    grantkeeper_server::config::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration like 60s, 2m or 0s"))
+}
+
+#[derive(Subcommand)]
 enum UsersCommand {
     /// Every user with their grant's state
     List {
@@ -202,6 +236,12 @@ async fn main() -> std::process::ExitCode {
         Command::ApiKeys(ApiKeysCommand::Revoke { id, target }) => {
             admin::api_keys_revoke(&target, &id).await
         }
+        Command::Keys(KeysCommand::Rotate {
+            batch_size,
+            grace,
+            target,
+        }) => keys::rotate(&target, batch_size, grace).await,
+        Command::Keys(KeysCommand::List { target }) => keys::list(&target).await,
         Command::Users(UsersCommand::List { target }) => admin::users_list(&target).await,
         Command::Users(UsersCommand::Show { sub, target }) => {
             admin::users_show(&target, &sub).await

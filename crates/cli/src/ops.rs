@@ -58,7 +58,9 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     println!("listening on http://{bound}");
-    serve_until_signal(listener, grantkeeper_server::http::router(app)).await
+    let served = serve_until_signal(listener, grantkeeper_server::http::router(app.clone())).await;
+    app.shutdown().await;
+    served
 }
 
 pub async fn migrate(target: Target) -> anyhow::Result<()> {

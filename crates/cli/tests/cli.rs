@@ -11,6 +11,10 @@ use std::time::Duration;
 
 #[path = "cli/instances.rs"]
 mod instances;
+#[path = "cli/keys.rs"]
+mod keys;
+#[path = "cli/revocations.rs"]
+mod revocations;
 
 const BIN: &str = env!("CARGO_BIN_EXE_grantkeeper");
 

@@ -1,0 +1,226 @@
+//! `keys rotate` and `keys list`: the vault's data keys of a deployment, rotated while its
+//! servers run (the rules are grantkeeper-server's `rotation`).
+
+use crate::Target;
+use crate::ops::{config_path, load};
+use anyhow::{Context, anyhow, bail};
+use grantkeeper_core::SystemClock;
+use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions, RotationSummary};
+use grantkeeper_store::SharedStore;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, grantkeeper_core::MasterKey)> {
+    let (settings, master) = load(&config_path(target)?)?;
+    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+        .await
+        .context("opening the store")?;
+    Ok((store, master))
+}
+
+fn when(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// One line per data key: id, when it was made, whether it is active, when it was retired,
+/// and how many sealed values name it.
+pub async fn list(target: &Target) -> anyhow::Result<()> {
+    let (store, _) = open_store(target).await?;
+    let statuses = store.data_key_statuses().await?;
+    let counts = store.count_sealed().await?;
+    let rows: Vec<[String; 5]> = statuses
+        .iter()
+        .map(|k| {
+            [
+                k.id.to_string(),
+                when(k.created_at),
+                if k.active { "yes" } else { "no" }.to_owned(),
+                k.retired_at.map(when).unwrap_or_else(|| "-".to_owned()),
+                k.sealed_values.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    let known: u64 = statuses.iter().map(|k| k.sealed_values).sum();
+    let stray = counts.total() - known.min(counts.total());
+    if stray > 0 {
+        println!(
+            "{stray} sealed values name no data key of this store ({} malformed): they do not open",
+            counts.malformed
+        );
+    }
+    Ok(())
+}
+
+/// `keys rotate`: begins (or resumes) a rotation and runs it to its end, or until Ctrl-C.
+pub async fn rotate(target: &Target, batch_size: u32, grace: Duration) -> anyhow::Result<()> {
+    let (store, master) = open_store(target).await?;
+    let mut rotation = Rotation::begin(store, &master, SystemClock::shared()).await?;
+    let old: Vec<String> = rotation.old_keys().iter().map(u32::to_string).collect();
+    let from = if old.is_empty() {
+        String::new()
+    } else {
+        format!(" (from key {})", old.join(", "))
+    };
+    if rotation.resumed() {
+        println!("resuming rotation to key {}{from}", rotation.key());
+    } else {
+        println!("rotating to key {}{from}", rotation.key());
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping after the batch under way (Ctrl-C again to quit at once)");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} values  {per_sec}  eta {eta}  {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let on_event = |e: &RotationEvent| match &bar {
+        Some(bar) => show(bar, e),
+        None => println!("{}", json_line(e)),
+    };
+    let summary = rotation
+        .run(
+            &RotationOptions {
+                batch_size,
+                grace,
+                ..RotationOptions::default()
+            },
+            stop_rx,
+            &on_event,
+        )
+        .await?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    report(&summary)
+}
+
+fn show(bar: &ProgressBar, e: &RotationEvent) {
+    match e {
+        RotationEvent::Batch { done, total, .. } => {
+            bar.set_length(*total);
+            bar.set_position(*done);
+        }
+        RotationEvent::Waiting { remaining } => bar.set_message(format!(
+            "waiting {} s for running servers to load the new key",
+            seconds(*remaining)
+        )),
+        RotationEvent::Verified { remaining, .. } => {
+            bar.set_message(format!("{remaining} values left under old keys"))
+        }
+        // Said once the run ends.
+        RotationEvent::Retired { .. } => {}
+    }
+}
+
+fn json_line(e: &RotationEvent) -> serde_json::Value {
+    match e {
+        RotationEvent::Batch {
+            column,
+            resealed,
+            skipped,
+            unreadable,
+            done,
+            total,
+        } => json!({"event": "batch", "column": column.as_str(), "resealed": resealed,
+                    "skipped": skipped, "unreadable": unreadable, "done": done, "total": total}),
+        RotationEvent::Waiting { remaining } => {
+            json!({"event": "waiting", "seconds": seconds(*remaining)})
+        }
+        RotationEvent::Verified { pass, remaining } => {
+            json!({"event": "verified", "pass": pass, "remaining": remaining})
+        }
+        RotationEvent::Retired { key } => json!({"event": "retired", "key": key}),
+    }
+}
+
+/// Whole seconds, rounded up (a wait of 0.4 s is not "0 s").
+fn seconds(d: Duration) -> u64 {
+    u64::try_from(d.as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
+fn report(summary: &RotationSummary) -> anyhow::Result<()> {
+    println!(
+        "re-sealed {} values under key {} ({} rewritten meanwhile by a running server, {} that do not open)",
+        summary.resealed, summary.key, summary.skipped, summary.unreadable
+    );
+    for key in &summary.retired {
+        println!("retired key {key}");
+    }
+    if summary.interrupted {
+        println!("interrupted: run `grantkeeper keys rotate` again to resume");
+        return Ok(());
+    }
+    if summary.finished() {
+        println!("rotation to key {} finished", summary.key);
+        return Ok(());
+    }
+    let kept: Vec<String> = summary.kept.iter().map(u32::to_string).collect();
+    if summary.remaining > 0 {
+        bail!(
+            "{} values are still not sealed under key {} after {} passes; key(s) {} kept. Values \
+             that do not open were logged by row; run `grantkeeper keys rotate` again to resume",
+            summary.remaining,
+            summary.key,
+            summary.passes,
+            if kept.is_empty() {
+                "-".to_owned()
+            } else {
+                kept.join(", ")
+            }
+        );
+    }
+    Err(anyhow!(
+        "key(s) {} still seal values written meanwhile; run `grantkeeper keys rotate` again to resume",
+        kept.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use grantkeeper_server::rotation::DEFAULT_GRACE;
+
+    #[test]
+    fn the_grace_option_defaults_to_the_librarys_grace() {
+        // main.rs spells the default as text for clap.
+        assert_eq!(
+            grantkeeper_server::config::parse_duration("60s"),
+            Some(DEFAULT_GRACE)
+        );
+    }
+}

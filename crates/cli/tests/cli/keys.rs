@@ -1,0 +1,223 @@
+//! `keys rotate` and `keys list` on the data dir of a running `grantkeeper dev`: the server
+//! hands out tokens after the rotation without a restart, and a rotation stopped with Ctrl-C
+//! resumes without making a third key.
+
+use super::{BIN, client, run, sign_in, start};
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Signs `n` users in through the dev server, 16 at a time; returns their subs.
+async fn sign_in_many(http: &reqwest::Client, url: &str, data: &Path, n: usize) -> Vec<String> {
+    let mut subs = Vec::new();
+    let emails: Vec<String> = (0..n).map(|i| format!("key{i:03}@example.com")).collect();
+    for chunk in emails.chunks(16) {
+        let answers = join_all(chunk.iter().map(|email| sign_in(http, url, data, email))).await;
+        for (answer, _) in answers {
+            subs.push(answer["user"]["sub"].as_str().unwrap().to_owned());
+        }
+    }
+    subs
+}
+
+/// `keys list` as rows of cells (header left out).
+fn key_rows(data_arg: &str) -> Vec<Vec<String>> {
+    let (ok, listing) = run(&["keys", "list", "--data-dir", data_arg]);
+    assert!(ok, "{listing}");
+    let mut lines = listing.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES"],
+        "{listing}"
+    );
+    lines
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// The id, active, retired (as `-` or a time) and values of each key.
+fn keys_shown(rows: &[Vec<String>]) -> Vec<(String, String, bool, u64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r[0].clone(),
+                r[2].clone(),
+                r[3] != "-",
+                r[4].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn hand_out(http: &reqwest::Client, url: &str, key: &str, sub: &str, body: Value) -> Value {
+    let r = http
+        .post(format!("{url}/v1/users/{sub}/token"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn keys_rotate_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let http = client();
+    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
+    let api_key = std::fs::read_to_string(data.join("dev-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let subs = sign_in_many(&http, &dev.url, &data, 20).await;
+    for sub in &subs {
+        hand_out(&http, &dev.url, &api_key, sub, json!({})).await;
+    }
+    let rows = key_rows(data_arg);
+    assert_eq!(
+        keys_shown(&rows),
+        [("1".to_owned(), "yes".to_owned(), false, 40)],
+        "a refresh and an access token per user: {rows:?}"
+    );
+
+    // No server writes meanwhile here, so old keys may be retired at once.
+    let (ok, out) = run(&[
+        "keys",
+        "rotate",
+        "--batch-size",
+        "7",
+        "--grace",
+        "0s",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("rotating to key 2 (from key 1)"), "{out}");
+    let events: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let batches: Vec<&Value> = events.iter().filter(|e| e["event"] == "batch").collect();
+    // 20 refresh tokens and 20 access tokens, 7 at a time.
+    assert_eq!(batches.len(), 6, "{out}");
+    assert_eq!(batches.last().unwrap()["done"], 40, "{out}");
+    assert!(
+        batches
+            .iter()
+            .all(|b| b["skipped"] == 0 && b["unreadable"] == 0),
+        "{out}"
+    );
+    assert!(
+        events.contains(&json!({"event": "verified", "pass": 1, "remaining": 0})),
+        "{out}"
+    );
+    assert!(
+        events.contains(&json!({"event": "retired", "key": 1})),
+        "{out}"
+    );
+    assert!(out.contains("rotation to key 2 finished"), "{out}");
+
+    // The server started before the rotation, with key 1 alone. A token that must last longer
+    // than the held one makes it read the grant, open both tokens (sealed under key 2, which it
+    // had not loaded) and refresh.
+    for sub in &subs {
+        let token = hand_out(&http, &dev.url, &api_key, sub, json!({"min_ttl": 3600})).await;
+        assert!(token["access_token"].as_str().unwrap().starts_with("ya29."));
+    }
+    let rows = key_rows(data_arg);
+    assert_eq!(
+        keys_shown(&rows),
+        [
+            ("1".to_owned(), "no".to_owned(), true, 0),
+            ("2".to_owned(), "yes".to_owned(), false, 40),
+        ],
+        "what the server sealed since is under key 2: {rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_rotation_resumes_without_a_third_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let http = client();
+    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
+    let api_key = std::fs::read_to_string(data.join("dev-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let subs = sign_in_many(&http, &dev.url, &data, 150).await;
+
+    // One value per batch, so that Ctrl-C lands midway.
+    let mut child = Command::new(BIN)
+        .args([
+            "keys",
+            "rotate",
+            "--batch-size",
+            "1",
+            "--grace",
+            "0s",
+            "--data-dir",
+            data_arg,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = Vec::new();
+    while !out.iter().any(|l: &String| l.starts_with('{')) {
+        out.push(lines.next().unwrap().unwrap());
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out.extend(lines.map_while(Result::ok));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "a stopped rotation exits cleanly: {out:?}");
+    assert_eq!(out[0], "rotating to key 2 (from key 1)", "{out:?}");
+    assert!(out.iter().any(|l| l.contains("interrupted")), "{out:?}");
+    let done_first = out.iter().filter(|l| l.contains("\"batch\"")).count();
+    assert!(done_first < 300, "stopped midway: {done_first}");
+
+    let rows = key_rows(data_arg);
+    let shown = keys_shown(&rows);
+    assert_eq!(shown.len(), 2, "{rows:?}");
+    assert_eq!(
+        (shown[0].3 + shown[1].3, shown[0].2, shown[1].1.as_str()),
+        (300, false, "yes"),
+        "{rows:?}"
+    );
+    assert_eq!(shown[1].3, done_first as u64, "{rows:?}");
+
+    let (ok, rest) = run(&["keys", "rotate", "--grace", "0s", "--data-dir", data_arg]);
+    assert!(ok, "{rest}");
+    assert!(
+        rest.contains("resuming rotation to key 2 (from key 1)"),
+        "{rest}"
+    );
+    assert!(rest.contains("rotation to key 2 finished"), "{rest}");
+    let rows = key_rows(data_arg);
+    assert_eq!(
+        keys_shown(&rows),
+        [
+            ("1".to_owned(), "no".to_owned(), true, 0),
+            ("2".to_owned(), "yes".to_owned(), false, 300),
+        ],
+        "no third key: {rows:?}"
+    );
+    // The running server opens what the two runs sealed.
+    for sub in subs.iter().step_by(15) {
+        hand_out(&http, &dev.url, &api_key, sub, json!({"min_ttl": 3600})).await;
+    }
+}
