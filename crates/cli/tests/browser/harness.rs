@@ -19,10 +19,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_grantkeeper");
 const STEP: Duration = Duration::from_secs(20);
 
 /// The Chromium flags of DEVELOPERS.md; the profile directory is added per browser.
-const CHROMIUM_FLAGS: [&str; 8] = [
+const CHROMIUM_FLAGS: [&str; 9] = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-quic",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
