@@ -72,7 +72,9 @@ fn write_config(dir: &Path, base: &str, emulator: &Emulator) -> anyhow::Result<P
          [provider]\nissuer = {issuer:?}\nclient_secret_file = \"client_secret.json\"\n\
          authorized_parties = [{android:?}, {ios:?}]\napi_base = {issuer:?}\ngoogle_quirks = true\n\n\
          [store]\nurl = \"sqlite://grantkeeper.db\"\n\n\
-         [vault]\nmaster_key_file = {MASTER_KEY_FILE:?}\n",
+         [vault]\nmaster_key_file = {MASTER_KEY_FILE:?}\n\n\
+         # Development serves one person on loopback: no rate limits.\n\
+         [limits]\nauthcode_per_minute = 0\nv1_per_second = 0\n",
         addr = base.trim_start_matches("http://"),
         origins = origins,
         issuer = emulator.base_url().as_str().trim_end_matches('/'),

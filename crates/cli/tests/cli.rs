@@ -303,7 +303,8 @@ async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
         dir.path().join("grantkeeper.toml"),
         format!(
             "[server]\naddr = \"127.0.0.1:0\"\n[provider]\nissuer = {:?}\nclient_secret_file = \"client_secret.json\"\n\
-             [store]\nurl = \"sqlite://gk.db\"\n[vault]\nmaster_key_file = \"master.key\"\n",
+             [store]\nurl = \"sqlite://gk.db\"\n[vault]\nmaster_key_file = \"master.key\"\n\
+             [limits]\nauthcode_per_minute = 60\nauthcode_burst = 2\n",
             emulator.url
         ),
     )
@@ -334,6 +335,25 @@ async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
             .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+    // The per-IP sign-in limit sees the peer's address: the third attempt within the burst of
+    // two is refused before the code is even looked at.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{}/authcode", serve.url))
+            .header("x-requested-with", "XmlHttpRequest")
+            .header("content-type", "application/octet-stream")
+            .body("4/not-a-code")
+            .send()
+            .await
+            .unwrap();
+        statuses.push((r.status().as_u16(), r.headers().contains_key("retry-after")));
+    }
+    assert_eq!(
+        statuses,
+        [(400, false), (400, false), (429, true)],
+        "{statuses:?}"
+    );
     // The environment overrides the file.
     let (ok, text) = {
         let out = Command::new(BIN)

@@ -122,7 +122,8 @@ pub async fn ensure_api_key(
 }
 
 impl App {
-    /// Authenticates a `/v1` request and checks that its key may do `needed`.
+    /// Authenticates a `/v1` request, checks that its key may do `needed`, and counts it
+    /// against the key's rate limit (`limits.v1_per_second`).
     pub async fn authorize(
         &self,
         headers: &HeaderMap,
@@ -160,6 +161,7 @@ impl App {
                 key.id
             )));
         }
+        self.limits().check_key(&key.id)?;
         Ok(Caller {
             key_id: key.id,
             scopes: key.scopes,

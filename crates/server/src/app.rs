@@ -5,6 +5,7 @@
 use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::keys::{KeyringError, RELOAD_EVERY, StoreKeyring, load_vault, spawn_reloader};
+use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
 use crate::revocations::{RetryPass, RevocationRetrier, Which};
 use grantkeeper_broker::{Broker, BrokerSettings};
@@ -50,6 +51,8 @@ struct Inner {
     activity: Arc<ActivityFlusher>,
     /// Retries the revocations at the provider that did not get through.
     revocations: Arc<RevocationRetrier>,
+    /// Rate limits of sign-in attempts and `/v1` calls.
+    limits: Limits,
 }
 
 /// How long a looked-up API key is trusted without asking the store again.
@@ -142,8 +145,10 @@ impl App {
                 clock.clone(),
             ));
         }
+        let limits = Limits::new(&settings.limits);
         Ok(App {
             inner: Arc::new(Inner {
+                limits,
                 settings,
                 store,
                 vault,
@@ -228,6 +233,10 @@ impl App {
     /// Whether the demo page and its `/demo/*` calls are served (`dev`, or `server.demo_page`).
     pub fn demo_page(&self) -> bool {
         self.inner.demo_page || self.inner.settings.demo_page
+    }
+    /// The rate limits of sign-in attempts (per client IP) and `/v1` calls (per API key).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
     pub(crate) fn api_key_cache(&self) -> &Cache<String, Option<ApiKeyRecord>> {
         &self.inner.api_keys

@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub broker: BrokerSection,
     #[serde(default)]
     pub events: EventsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +115,29 @@ pub struct EventsSection {
     pub webhook_secret: Option<SecretString>,
 }
 
+/// Rate limits, the inbound request timeout and the proxied body limit. A rate of 0 turns
+/// that limit off.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Sign-in attempts (`POST /authcode`, `POST /admin/login`) per client IP and minute.
+    pub authcode_per_minute: Option<u32>,
+    /// How many sign-in attempts one IP may make at once before the rate applies.
+    pub authcode_burst: Option<u32>,
+    /// `/v1` requests per API key and second.
+    pub v1_per_second: Option<u32>,
+    /// How many `/v1` requests one key may make at once before the rate applies.
+    pub v1_burst: Option<u32>,
+    /// Longest an inbound request may take to be answered (its headers; a streamed body may
+    /// take longer).
+    pub request_timeout: Option<DurationValue>,
+    /// Largest request body, in bytes, passed to a Google API by the proxy.
+    pub proxy_body_limit: Option<u64>,
+    /// Take the client IP of the sign-in limit from the left-most `X-Forwarded-For` address
+    /// instead of the connection's peer: only behind a proxy that sets that header itself.
+    pub trust_forwarded_for: Option<bool>,
+}
+
 /// A duration written as whole seconds or as a number with a unit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -174,6 +199,128 @@ pub struct Settings {
     pub store: grantkeeper_store::StoreOptions,
     pub broker: BrokerSettings,
     pub webhook: Option<WebhookSettings>,
+    pub limits: LimitSettings,
+}
+
+/// A token bucket's shape: `rate` requests per `per`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSettings {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// The validated `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Per client IP on `POST /authcode` and `POST /admin/login`; `None`: no limit.
+    pub sign_in: Option<RateSettings>,
+    /// Per API key on `/v1/*`; `None`: no limit.
+    pub v1: Option<RateSettings>,
+    pub request_timeout: Duration,
+    pub proxy_body_limit: u64,
+    pub trust_forwarded_for: bool,
+}
+
+/// Sign-in attempts per IP: 10 a minute, 20 at once.
+pub const DEFAULT_SIGN_IN_RATE: RateSettings = RateSettings {
+    rate: 10,
+    per: Duration::from_secs(60),
+    burst: 20,
+};
+/// `/v1` requests per key: 50 a second, 200 at once.
+pub const DEFAULT_V1_RATE: RateSettings = RateSettings {
+    rate: 50,
+    per: Duration::from_secs(1),
+    burst: 200,
+};
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            sign_in: Some(DEFAULT_SIGN_IN_RATE),
+            v1: Some(DEFAULT_V1_RATE),
+            request_timeout: Duration::from_secs(30),
+            proxy_body_limit: 32 * 1024 * 1024,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Validates `[limits]`; what is left out keeps its default.
+    pub fn from_section(l: &LimitsSection) -> Result<LimitSettings, ConfigError> {
+        let defaults = LimitSettings::default();
+        let rate = |rate: Option<u32>,
+                    burst: Option<u32>,
+                    d: RateSettings,
+                    keys: (&str, &str)|
+         -> Result<Option<RateSettings>, ConfigError> {
+            let rate = rate.unwrap_or(d.rate);
+            if rate == 0 {
+                return Ok(None);
+            }
+            let burst = burst.unwrap_or(d.burst);
+            if burst == 0 {
+                return Err(err(
+                    keys.1,
+                    format!(
+                        "a burst of 0 lets no request through while {} is {rate}",
+                        keys.0
+                    ),
+                    format!(
+                        "write 1 or more, or set {} = 0 to turn the limit off",
+                        keys.0
+                    ),
+                ));
+            }
+            Ok(Some(RateSettings {
+                rate,
+                per: d.per,
+                burst,
+            }))
+        };
+        let sign_in = rate(
+            l.authcode_per_minute,
+            l.authcode_burst,
+            DEFAULT_SIGN_IN_RATE,
+            ("limits.authcode_per_minute", "limits.authcode_burst"),
+        )?;
+        let v1 = rate(
+            l.v1_per_second,
+            l.v1_burst,
+            DEFAULT_V1_RATE,
+            ("limits.v1_per_second", "limits.v1_burst"),
+        )?;
+        let request_timeout = match &l.request_timeout {
+            Some(d) => d.resolve("limits.request_timeout")?,
+            None => defaults.request_timeout,
+        };
+        if request_timeout.is_zero() {
+            return Err(err(
+                "limits.request_timeout",
+                "a timeout of 0 answers every request with an error",
+                "write e.g. 30s (the default)",
+            ));
+        }
+        let proxy_body_limit = l.proxy_body_limit.unwrap_or(defaults.proxy_body_limit);
+        if proxy_body_limit == 0 {
+            return Err(err(
+                "limits.proxy_body_limit",
+                "a limit of 0 bytes refuses every proxied body",
+                "write the largest body in bytes, e.g. 33554432 (32 MiB, the default)",
+            ));
+        }
+        Ok(LimitSettings {
+            sign_in,
+            v1,
+            request_timeout,
+            proxy_body_limit,
+            trust_forwarded_for: l
+                .trust_forwarded_for
+                .unwrap_or(defaults.trust_forwarded_for),
+        })
+    }
 }
 
 /// Where grant state changes are delivered.
@@ -527,6 +674,8 @@ impl Settings {
             }
         };
 
+        let limits = LimitSettings::from_section(&file.limits)?;
+
         Ok(Settings {
             addr,
             public_url,
@@ -545,6 +694,7 @@ impl Settings {
             store,
             broker,
             webhook,
+            limits,
         })
     }
 }
@@ -601,6 +751,114 @@ mod tests {
         );
         assert_eq!(normalise_origin("ftp://x"), None);
         assert_eq!(normalise_origin("nonsense"), None);
+    }
+
+    /// A file with client credentials and `extra` after them.
+    fn load(extra: &str) -> Result<FileConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grantkeeper.toml");
+        let text = format!("[provider]\nclient_id = \"id\"\nclient_secret = \"secret\"\n{extra}");
+        std::fs::write(&path, text).unwrap();
+        load_file(&path)
+    }
+
+    fn limits(extra: &str) -> Result<LimitSettings, ConfigError> {
+        let file = load(extra).unwrap();
+        Settings::from_file(&file, Path::new("/tmp")).map(|s| s.limits)
+    }
+
+    #[test]
+    fn limits_have_defaults() {
+        let l = limits("").unwrap();
+        assert_eq!(l, LimitSettings::default());
+        assert_eq!(l.sign_in, Some(DEFAULT_SIGN_IN_RATE));
+        assert_eq!(l.v1, Some(DEFAULT_V1_RATE));
+        assert_eq!(l.request_timeout, Duration::from_secs(30));
+        assert_eq!(l.proxy_body_limit, 32 * 1024 * 1024);
+        assert!(!l.trust_forwarded_for);
+    }
+
+    #[test]
+    fn limits_are_read_from_their_section() {
+        let l = limits(
+            "[limits]\nauthcode_per_minute = 5\nauthcode_burst = 7\nv1_per_second = 100\n\
+             v1_burst = 300\nrequest_timeout = \"2m\"\nproxy_body_limit = 1048576\n\
+             trust_forwarded_for = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l.sign_in,
+            Some(RateSettings {
+                rate: 5,
+                per: Duration::from_secs(60),
+                burst: 7
+            })
+        );
+        assert_eq!(
+            l.v1,
+            Some(RateSettings {
+                rate: 100,
+                per: Duration::from_secs(1),
+                burst: 300
+            })
+        );
+        assert_eq!(l.request_timeout, Duration::from_secs(120));
+        assert_eq!(l.proxy_body_limit, 1_048_576);
+        assert!(l.trust_forwarded_for);
+        // Seconds as a plain number too.
+        let l = limits("[limits]\nrequest_timeout = 5\n").unwrap();
+        assert_eq!(l.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_rate_of_zero_turns_a_limit_off() {
+        let l =
+            limits("[limits]\nauthcode_per_minute = 0\nv1_per_second = 0\nv1_burst = 0\n").unwrap();
+        assert_eq!(l.sign_in, None);
+        assert_eq!(l.v1, None);
+    }
+
+    #[track_caller]
+    fn refused(extra: &str, key: &str) {
+        match limits(extra) {
+            Ok(l) => panic!("{extra:?} was accepted: {l:?}"),
+            Err(e) => {
+                assert_eq!(e.key, key, "{e}");
+                assert!(e.to_string().starts_with(key), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_limits_are_refused_naming_the_key() {
+        refused("[limits]\nauthcode_burst = 0\n", "limits.authcode_burst");
+        refused(
+            "[limits]\nv1_per_second = 10\nv1_burst = 0\n",
+            "limits.v1_burst",
+        );
+        refused("[limits]\nrequest_timeout = 0\n", "limits.request_timeout");
+        refused(
+            "[limits]\nrequest_timeout = \"soon\"\n",
+            "limits.request_timeout",
+        );
+        refused(
+            "[limits]\nproxy_body_limit = 0\n",
+            "limits.proxy_body_limit",
+        );
+    }
+
+    #[test]
+    fn unknown_or_mistyped_limit_keys_are_refused() {
+        for extra in [
+            "[limits]\nauthcode_per_hour = 5\n",
+            "[limits]\nv1_per_second = -1\n",
+            "[limits]\ntrust_forwarded_for = \"maybe\"\n",
+        ] {
+            let e = load(extra).unwrap_err();
+            assert_eq!(e.key, "config", "{e}");
+        }
+        let e = load("[limits]\nauthcode_per_hour = 5\n").unwrap_err();
+        assert!(e.to_string().contains("authcode_per_hour"), "{e}");
     }
 
     #[test]

@@ -29,7 +29,8 @@ fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
         format!(
             "[server]\naddr = \"127.0.0.1:0\"\n[provider]\nissuer = {emulator_url:?}\napi_base = {emulator_url:?}\n\
              client_secret_file = \"client_secret.json\"\n[store]\nurl = {store_url:?}\n\
-             [vault]\nmaster_key_file = \"master.key\"\n[broker]\nrefresh_concurrency = 64\n"
+             [vault]\nmaster_key_file = \"master.key\"\n[broker]\nrefresh_concurrency = 64\n\
+             [limits]\nauthcode_per_minute = 0\nv1_per_second = 0\n"
         ),
     )
     .unwrap();

@@ -19,7 +19,6 @@ use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::iter::once;
-use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
@@ -36,6 +35,7 @@ pub fn router(app: App) -> Router {
         .merge(metrics::routes())
         .merge(risc::routes())
         .merge(admin::routes());
+    let request_timeout = app.settings().limits.request_timeout;
     if app.demo_page() {
         routes = routes.merge(page::routes()).merge(demo::routes());
     }
@@ -48,7 +48,7 @@ pub fn router(app: App) -> Router {
         }))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
+            request_timeout,
         ))
         // The span names the route template, never the URI: query strings and path segments
         // may carry codes or user ids that do not belong in logs.

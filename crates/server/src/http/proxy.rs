@@ -4,7 +4,9 @@
 //! body go upstream as they came; the answer comes back as Google gave it, streamed, error
 //! JSON included. A 401 from the API means the access token died early (revoked, or rotated
 //! out): the broker refreshes once and the call is retried once, which needs the body again,
-//! so bodies up to 1 MiB are buffered; larger ones stream and are not retried.
+//! so bodies up to 1 MiB are buffered; larger ones stream and are not retried. A body larger
+//! than `limits.proxy_body_limit` is refused with 413, before the call when its length is
+//! declared, else as soon as it is read past the limit.
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -16,13 +18,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use grantkeeper_broker::{AccessToken, TokenRequest};
 use grantkeeper_core::{ExposeSecret, Metrics};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use url::Url;
 
 /// Bodies up to this size are kept so that the call can be retried after a refresh.
 pub const REPLAYABLE: usize = 1024 * 1024;
-/// Largest body passed upstream.
-pub const MAX_BODY: u64 = 256 * 1024 * 1024;
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), plus the
 /// caller's own credentials.
@@ -127,11 +129,19 @@ fn percent_decode(s: &str) -> Option<String> {
 
 enum Outgoing {
     Buffered(Bytes),
-    Streaming(reqwest::Body),
+    /// The body, and whether it went past the limit while streaming (the call then fails).
+    Streaming(reqwest::Body, Arc<AtomicBool>),
 }
 
-/// Reads up to [`REPLAYABLE`] bytes; beyond that, the rest streams behind what was read.
-async fn take_body(body: Body) -> Result<Outgoing, ApiError> {
+fn too_large(limit: u64) -> ApiError {
+    ApiError::PayloadTooLarge {
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+    }
+}
+
+/// Reads up to [`REPLAYABLE`] bytes; beyond that, the rest streams behind what was read. No
+/// more than `limit` bytes in all.
+async fn take_body(body: Body, limit: u64) -> Result<Outgoing, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
@@ -139,19 +149,28 @@ async fn take_body(body: Body) -> Result<Outgoing, ApiError> {
             ApiError::InvalidRequest("the request body could not be read".to_owned())
         })?;
         buf.extend_from_slice(&chunk);
+        if buf.len() as u64 > limit {
+            return Err(too_large(limit));
+        }
         if buf.len() > REPLAYABLE {
             let head =
                 futures_util::stream::once(async move { Ok::<Bytes, axum::Error>(buf.freeze()) });
+            let exceeded = Arc::new(AtomicBool::new(false));
+            let flag = exceeded.clone();
             let mut seen = 0u64;
             let limited = head.chain(stream).map(move |c| {
                 let c = c?;
                 seen += c.len() as u64;
-                if seen > MAX_BODY {
+                if seen > limit {
+                    flag.store(true, Ordering::Relaxed);
                     return Err(axum::Error::new("the request body is too large"));
                 }
                 Ok(c)
             });
-            return Ok(Outgoing::Streaming(reqwest::Body::wrap_stream(limited)));
+            return Ok(Outgoing::Streaming(
+                reqwest::Body::wrap_stream(limited),
+                exceeded,
+            ));
         }
     }
     Ok(Outgoing::Buffered(buf.freeze()))
@@ -197,10 +216,9 @@ pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response,
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY) {
-        return Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY as usize,
-        });
+    let limit = app.settings().limits.proxy_body_limit;
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large(limit));
     }
     let headers = forwarded_headers(&parts.headers);
     // Timed from here: what comes before is the caller's request being checked.
@@ -236,7 +254,8 @@ async fn call(
         .broker()
         .access_token(sub, &TokenRequest::default())
         .await?;
-    let outgoing = take_body(body).await?;
+    let limit = app.settings().limits.proxy_body_limit;
+    let outgoing = take_body(body, limit).await?;
     let response = match outgoing {
         Outgoing::Buffered(bytes) => {
             let first = send(
@@ -259,7 +278,12 @@ async fn call(
                 first
             }
         }
-        Outgoing::Streaming(body) => send(app, &parts.method, url, headers, &token, body).await?,
+        Outgoing::Streaming(body, exceeded) => {
+            match send(app, &parts.method, url, headers, &token, body).await {
+                Err(_) if exceeded.load(Ordering::Relaxed) => return Err(too_large(limit)),
+                other => other?,
+            }
+        }
     };
     Ok(response)
 }

@@ -7,7 +7,7 @@ use crate::signin::Platform;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{CONTENT_TYPE, ORIGIN, SET_COOKIE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -232,8 +232,11 @@ async fn authcode(
     State(app): State<App>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // First, so that every attempt counts, refused ones too, and costs nothing once over.
+    app.limits().check_sign_in(&headers, &extensions)?;
     gate(&app, &headers)?;
     let query: PlatformQuery = match query {
         Some(q) => serde_urlencoded::from_str(&q)

@@ -4,7 +4,7 @@
 use grantkeeper_core::{ExposeSecret, MasterKey, SystemClock};
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::App;
-use grantkeeper_server::config::{FileConfig, Settings};
+use grantkeeper_server::config::{FileConfig, LimitsSection, Settings};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -83,6 +83,11 @@ impl Answer {
         }
     }
 
+    /// Reads an answer got by a request built by hand.
+    pub async fn from_response(r: reqwest::Response) -> Answer {
+        Answer::from(r).await
+    }
+
     /// The `name=value` of the session cookie this answer set.
     pub fn session_cookie(&self) -> Option<String> {
         self.headers
@@ -143,6 +148,18 @@ pub struct Options {
     /// Keep the emulator's state (its keys included) under the test's directory, in
     /// `emulator/`.
     pub emulator_data_dir: bool,
+    /// `[limits]`. The default turns the rate limits off, so that tests making many calls
+    /// are not limited; a test of the limits sets its own.
+    pub limits: LimitsSection,
+}
+
+/// `[limits]` with both rate limits off, everything else at its default.
+pub fn no_rate_limits() -> LimitsSection {
+    LimitsSection {
+        authcode_per_minute: Some(0),
+        v1_per_second: Some(0),
+        ..LimitsSection::default()
+    }
 }
 
 impl Default for Options {
@@ -153,6 +170,7 @@ impl Default for Options {
             webhook: None,
             demo_page: false,
             emulator_data_dir: false,
+            limits: no_rate_limits(),
         }
     }
 }
@@ -200,6 +218,7 @@ impl TestApp {
             file.events.webhook_secret = Some(secret.into());
         }
         file.provider.api_base = Some(emulator_url.clone());
+        file.limits = options.limits;
         file.store.url = Some(format!(
             "sqlite://{}",
             dir.path().join("grantkeeper.db").display()
@@ -216,8 +235,14 @@ impl TestApp {
         let app = App::with_http_client(settings, store, &master, clock, http)
             .await
             .unwrap();
+        // With the peer's address, which the sign-in rate limit counts by.
         tokio::spawn(
-            axum::serve(listener, grantkeeper_server::http::router(app.clone())).into_future(),
+            axum::serve(
+                listener,
+                grantkeeper_server::http::router(app.clone())
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .into_future(),
         );
         TestApp {
             url,

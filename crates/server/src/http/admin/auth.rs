@@ -23,7 +23,7 @@ use aws_lc_rs::{constant_time, hmac};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN, SET_COOKIE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use grantkeeper_core::{ExposeSecret, SecretString};
 use grantkeeper_store::AdminSessionRecord;
@@ -268,8 +268,22 @@ pub struct LoginForm {
 pub async fn login(
     State(app): State<App>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Body,
 ) -> Result<Response, PageError> {
+    // Each attempt guesses an API key: limited per client IP as `/authcode` is.
+    if let Err(error) = app.limits().check_sign_in(&headers, &extensions) {
+        let wait = match &error {
+            ApiError::RateLimited { retry_after } => retry_after.as_secs().max(1),
+            _ => 1,
+        };
+        return Err(PageError {
+            error,
+            message: format!(
+                "Too many sign-in attempts from this address. Wait {wait} seconds and try again."
+            ),
+        });
+    }
     check_origin(&app, &headers)?;
     let form: LoginForm = read_form(&headers, body).await?;
     let submitted = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();

@@ -1,0 +1,290 @@
+//! `[limits]`: the sign-in rate limit per client IP, the `/v1` limit per API key, and the
+//! largest proxied body.
+
+use super::harness::{Answer, Options, TestApp, no_rate_limits};
+use grantkeeper_server::apikeys::KeyScope::{Proxy, UsersRead};
+use grantkeeper_server::config::LimitsSection;
+use std::time::Duration;
+
+async fn with_limits(limits: LimitsSection) -> TestApp {
+    TestApp::start_with(Options {
+        limits,
+        ..Options::default()
+    })
+    .await
+}
+
+/// The Retry-After of a 429, in whole seconds.
+#[track_caller]
+fn retry_after(a: &Answer) -> u64 {
+    let v = a
+        .headers
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After on {} {}", a.status, a.text));
+    let secs: u64 = v.to_str().unwrap().parse().unwrap();
+    assert!(secs >= 1, "Retry-After {secs}");
+    secs
+}
+
+/// A sign-in attempt that costs nothing but the limit's token (no X-Requested-With).
+async fn cheap_attempt(t: &TestApp) -> Answer {
+    t.post_authcode("", Some("text/plain"), &[], b"x".to_vec())
+        .await
+}
+
+async fn emails(t: &TestApp) -> Vec<String> {
+    let page = t.app.store().list_users(None, 500).await.unwrap();
+    page.users
+        .iter()
+        .filter_map(|(u, _)| u.profile.email.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_ins_beyond_the_burst_are_refused_until_the_bucket_refills() {
+    let t = with_limits(LimitsSection {
+        authcode_per_minute: Some(60),
+        authcode_burst: Some(2),
+        ..no_rate_limits()
+    })
+    .await;
+    let code = t.web_code("limited@example.com").await;
+    // The burst goes on attempts refused for other reasons: every attempt counts.
+    let mut refused = None;
+    for _ in 0..20 {
+        let a = cheap_attempt(&t).await;
+        if a.status == 429 {
+            refused = Some(a);
+            break;
+        }
+        a.assert_error(403, "csrf");
+    }
+    let refused = refused.expect("the burst of 2 was never exhausted");
+    refused.assert_error(429, "rate_limited");
+    retry_after(&refused);
+
+    let a = t.authcode_web(&code).await;
+    a.assert_error(429, "rate_limited");
+    let wait = retry_after(&a);
+    assert!(wait <= 60, "Retry-After {wait} for a rate of one a second");
+    assert!(
+        emails(&t).await.is_empty(),
+        "a refused sign-in wrote a user"
+    );
+    assert_eq!(
+        t.stats().await["code_exchanges"],
+        0,
+        "a refused sign-in reached Google"
+    );
+
+    // After Retry-After, the same (unused) code goes through.
+    let mut answer = a;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(retry_after(&answer))).await;
+        answer = t.authcode_web(&code).await;
+        if answer.status != 429 {
+            break;
+        }
+    }
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(emails(&t).await, ["limited@example.com"]);
+}
+
+#[tokio::test]
+async fn the_sign_in_limit_counts_forwarded_addresses_only_when_trusted() {
+    let limits = |trust: bool| LimitsSection {
+        authcode_per_minute: Some(1),
+        authcode_burst: Some(1),
+        trust_forwarded_for: Some(trust),
+        ..no_rate_limits()
+    };
+    let from = |t: &TestApp, ip: &'static str| {
+        let url = t.url.clone();
+        let http = t.http.clone();
+        async move {
+            let r = http
+                .post(format!("{url}/authcode"))
+                .header("x-forwarded-for", format!("{ip}, 10.0.0.1"))
+                .header("content-type", "text/plain")
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+
+    let trusted = with_limits(limits(true)).await;
+    assert_eq!(from(&trusted, "203.0.113.1").await, 403);
+    assert_eq!(from(&trusted, "203.0.113.1").await, 429);
+    assert_eq!(from(&trusted, "203.0.113.2").await, 403, "another client");
+
+    // Not trusted: the header is the client's to write, and all come from one peer.
+    let untrusted = with_limits(limits(false)).await;
+    assert_eq!(from(&untrusted, "203.0.113.1").await, 403);
+    assert_eq!(from(&untrusted, "203.0.113.2").await, 429);
+}
+
+#[tokio::test]
+async fn console_sign_in_attempts_are_limited_with_an_html_page() {
+    let t = with_limits(LimitsSection {
+        authcode_per_minute: Some(1),
+        authcode_burst: Some(2),
+        ..no_rate_limits()
+    })
+    .await;
+    let attempt = || async {
+        let r = t
+            .http
+            .post(format!("{}/admin/login", t.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("api_key=gk_guess&csrf=x")
+            .send()
+            .await
+            .unwrap();
+        Answer::from_response(r).await
+    };
+    for _ in 0..2 {
+        // No double-submit cookie: refused, but counted.
+        assert_eq!(attempt().await.status, 403);
+    }
+    let a = attempt().await;
+    assert_eq!(a.status, 429, "{}", a.text);
+    retry_after(&a);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        a.headers
+    );
+    assert!(a.text.contains(r#"data-code="rate_limited""#), "{}", a.text);
+    // `/authcode` shares the per-IP budget of sign-in attempts.
+    cheap_attempt(&t).await.assert_error(429, "rate_limited");
+}
+
+#[tokio::test]
+async fn each_api_key_has_its_own_limit() {
+    let t = with_limits(LimitsSection {
+        v1_per_second: Some(1),
+        v1_burst: Some(2),
+        ..no_rate_limits()
+    })
+    .await;
+    let busy = t.api_key(&[UsersRead]).await;
+    let other = t.api_key(&[UsersRead]).await;
+    let mut refused = None;
+    for _ in 0..20 {
+        let a = t.v1("GET", "/v1/users", Some(&busy), None).await;
+        if a.status == 429 {
+            refused = Some(a);
+            break;
+        }
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let refused = refused.expect("the burst of 2 was never exhausted");
+    refused.assert_error(429, "rate_limited");
+    let mut wait = retry_after(&refused);
+
+    let a = t.v1("GET", "/v1/users", Some(&other), None).await;
+    assert_eq!(a.status, 200, "the other key is not limited: {}", a.text);
+    // Unauthenticated calls are refused as such, not counted against a key.
+    t.v1("GET", "/v1/users", Some("gk_unknown"), None)
+        .await
+        .assert_error(401, "unauthorized");
+
+    let mut answer = None;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let a = t.v1("GET", "/v1/users", Some(&busy), None).await;
+        if a.status != 429 {
+            answer = Some(a);
+            break;
+        }
+        wait = retry_after(&a);
+    }
+    let answer = answer.expect("the key was never allowed again");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+#[tokio::test]
+async fn a_rate_of_zero_turns_the_limits_off() {
+    let t = with_limits(LimitsSection {
+        authcode_per_minute: Some(0),
+        authcode_burst: Some(1),
+        v1_per_second: Some(0),
+        v1_burst: Some(1),
+        ..LimitsSection::default()
+    })
+    .await;
+    for _ in 0..30 {
+        cheap_attempt(&t).await.assert_error(403, "csrf");
+    }
+    let key = t.api_key(&[UsersRead]).await;
+    for _ in 0..30 {
+        let a = t.v1("GET", "/v1/users", Some(&key), None).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+}
+
+#[tokio::test]
+async fn a_proxied_body_over_the_limit_is_refused_with_413() {
+    let t = with_limits(LimitsSection {
+        proxy_body_limit: Some(1024),
+        ..no_rate_limits()
+    })
+    .await;
+    let sub = t.signed_in("big@example.com").await;
+    let key = t.api_key(&[Proxy]).await;
+    let url = format!("{}/v1/users/{sub}/google/upload/drive/v3/files", t.url);
+
+    // Declared by Content-Length: refused before anything is read.
+    let r = t
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .header("content-type", "application/octet-stream")
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
+    Answer::from_response(r)
+        .await
+        .assert_error(413, "payload_too_large");
+
+    // Streamed without a length: refused once read past the limit.
+    let chunks = (0..4).map(|_| Ok::<_, std::io::Error>(vec![b'b'; 1024]));
+    let r = t
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    Answer::from_response(r)
+        .await
+        .assert_error(413, "payload_too_large");
+    assert_eq!(
+        t.stats().await["drive_requests"],
+        0,
+        "nothing went upstream"
+    );
+
+    // Within the limit, the call goes through to the API.
+    let r = t
+        .http
+        .get(format!(
+            "{}/v1/users/{sub}/google/drive/v3/files?spaces=appDataFolder",
+            t.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
