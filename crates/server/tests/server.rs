@@ -5,8 +5,11 @@
 mod server {
     pub mod admin;
     pub mod bad_input;
+    pub mod faults;
     pub mod harness;
+    pub mod limits;
     pub mod metrics;
+    pub mod no_leaks;
     pub mod page;
     pub mod revocations;
     pub mod risc;
