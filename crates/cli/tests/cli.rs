@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "cli/crash.rs"]
+mod crash;
 #[path = "cli/instances.rs"]
 mod instances;
 #[path = "cli/keys.rs"]
