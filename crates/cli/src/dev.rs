@@ -128,9 +128,7 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     )
     .await
     .context("registering the dev API key")?;
-    let app = App::new(settings, store, &master, clock)
-        .await?
-        .with_demo_page();
+    let app = App::new(settings, store, &master, clock).await?.into_dev();
     let router = grantkeeper_server::http::router(app.clone()).nest("/_google", emulator.router());
 
     println!("grantkeeper dev: data in {}", data_dir.display());

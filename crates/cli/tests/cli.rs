@@ -53,6 +53,8 @@ fn start(args: &[&str]) -> Running {
             .unwrap();
         stdout.push(line.clone());
         if let Some(url) = line.strip_prefix("listening on ") {
+            // Keep reading, or a later write to a full pipe would block the process.
+            std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
             return Running {
                 child,
                 url: url.to_owned(),

@@ -45,7 +45,9 @@ struct Inner {
     /// For calls to Google APIs on users' behalf: longer timeout than the token endpoint's.
     api_http: reqwest::Client,
     clock: SharedClock,
-    demo_page: bool,
+    /// This is `grantkeeper dev`: the demo page is served and may offer the emulator's
+    /// control API.
+    dev: bool,
     /// What this process counts, for `/metrics` and (through `activity`) the store.
     metrics: Metrics,
     activity: Arc<ActivityFlusher>,
@@ -162,7 +164,7 @@ impl App {
                     .build(),
                 api_http: api_http_client()?,
                 clock,
-                demo_page: false,
+                dev: false,
                 metrics,
                 activity,
                 revocations,
@@ -170,11 +172,12 @@ impl App {
         })
     }
 
-    /// Serves the development pages at `/` and `/demo/*` (used by `grantkeeper dev`).
-    pub fn with_demo_page(self) -> App {
+    /// Marks this as `grantkeeper dev`'s server: the demo page at `/` and `/demo/*`, with the
+    /// emulator's control API offered on it.
+    pub fn into_dev(self) -> App {
         match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
-                inner.demo_page = true;
+                inner.dev = true;
                 App {
                     inner: Arc::new(inner),
                 }
@@ -228,11 +231,11 @@ impl App {
     }
     /// Whether this is `grantkeeper dev` (the emulator beside the server, its control API open).
     pub fn dev_mode(&self) -> bool {
-        self.inner.demo_page
+        self.inner.dev
     }
     /// Whether the demo page and its `/demo/*` calls are served (`dev`, or `server.demo_page`).
     pub fn demo_page(&self) -> bool {
-        self.inner.demo_page || self.inner.settings.demo_page
+        self.inner.dev || self.inner.settings.demo_page
     }
     /// The rate limits of sign-in attempts (per client IP) and `/v1` calls (per API key).
     pub fn limits(&self) -> &Limits {

@@ -3,12 +3,12 @@
 //! grant whose refresh token was issued but never committed is marked `needs_consent` and
 //! repaired by one consenting sign-in.
 
+use super::instances::deployment;
 use super::{BIN, client, run};
 use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,27 +21,6 @@ const CONCURRENCY: usize = 16;
 const PACE: Duration = Duration::from_millis(70);
 /// Attempts per email, each with a fresh code, while the server is down or restarting.
 const ATTEMPTS: usize = 3;
-
-/// A config file for a deployment on `store_url`, with the rate limits off.
-fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
-    std::fs::write(
-        dir.join("master.key"),
-        "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
-    )
-    .unwrap();
-    let config = dir.join("grantkeeper-crash.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\naddr = \"127.0.0.1:0\"\n[provider]\nissuer = {emulator_url:?}\napi_base = {emulator_url:?}\n\
-             client_secret_file = \"client_secret.json\"\n[store]\nurl = {store_url:?}\n\
-             [vault]\nmaster_key_file = \"master.key\"\n\
-             [limits]\nauthcode_per_minute = 0\nv1_per_second = 0\n"
-        ),
-    )
-    .unwrap();
-    config.to_str().unwrap().to_owned()
-}
 
 /// A `serve` process, killed with SIGKILL when dropped.
 struct Server {

@@ -14,7 +14,7 @@ use std::time::Duration;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A standalone emulator and a config file pointing a deployment at `store_url`.
-fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
+pub(crate) fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
     std::fs::write(
         dir.join("master.key"),
         "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
