@@ -35,6 +35,7 @@ use crate::budget::Budget;
 use crate::cache::TokenCache;
 use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
 use aws_lc_rs::digest;
+use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{
     Aad, ExposeSecret, GrantState, Metrics, Scopes, SecretString, SharedClock, VaultHandle,
 };
@@ -53,6 +54,25 @@ use time::OffsetDateTime;
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a fenced write is retried after the row moved under it.
 const FENCE_ATTEMPTS: usize = 3;
+
+/// A refresh token that dies at an age in this range (in hours) most likely met the 7-day
+/// expiry of apps in the Testing publishing status: from 6.5 days (the expiry is counted from
+/// consent, a little before grantkeeper received the token) to 8 days (a grant nobody asked a
+/// token for in the day after it died).
+const TESTING_EXPIRY_HOURS: std::ops::Range<i64> = 156..192;
+
+/// What the age of a refresh token that died (`invalid_grant`) suggests, if anything.
+fn death_warning(age: time::Duration) -> Option<Warning> {
+    let hours = age.whole_hours();
+    if TESTING_EXPIRY_HOURS.contains(&hours) {
+        Some(Warning::TestingExpiry)
+    } else if hours < TESTING_EXPIRY_HOURS.start {
+        Some(Warning::TokenDiedEarly)
+    } else {
+        // Older tokens die for many reasons (six months unused, a password change...).
+        None
+    }
+}
 
 /// How the broker hands out and refreshes tokens.
 #[derive(Clone, Debug)]
@@ -751,7 +771,7 @@ impl Inner {
         description: &str,
         started: Instant,
     ) -> Result<GrantRecord, BrokerError> {
-        let reason = format!("invalid_grant at refresh: {description}");
+        let mut reason = format!("invalid_grant at refresh: {description}");
         for _ in 0..FENCE_ATTEMPTS {
             let current = self
                 .store
@@ -768,6 +788,21 @@ impl Inner {
                 .is_some_and(|rt| rt.fingerprint.hash != used.hash)
             {
                 return Ok(current);
+            }
+            let now = self.clock.now();
+            let age = current.refresh_token_received_at.map(|at| now - at);
+            let warning = age.and_then(death_warning);
+            if let (Some(age), Some(warning)) = (age, warning) {
+                reason = format!(
+                    "invalid_grant at refresh: {description} (the refresh token was {:.1} days old: {})",
+                    age.as_seconds_f64() / 86_400.0,
+                    match warning {
+                        Warning::TestingExpiry =>
+                            "the 7-day expiry of apps in the Testing publishing status",
+                        _ =>
+                            "more than 100 tokens issued for this user and client, or a revocation",
+                    }
+                );
             }
             let update = StateUpdate {
                 state: GrantState::Revoked,
@@ -790,6 +825,16 @@ impl Inner {
                         reason = %reason,
                         "the provider declared the grant dead; marked revoked"
                     );
+                    if let Some(warning) = warning {
+                        self.settings.metrics.warning(warning);
+                        tracing::warn!(
+                            sub,
+                            warning = warning.kind(),
+                            token_age_hours = age.map_or(0, |a| a.whole_hours()),
+                            "{}",
+                            warning.advice()
+                        );
+                    }
                     return Err(BrokerError::Revoked { reason });
                 }
                 Err(StoreError::Conflict) => continue,

@@ -13,4 +13,5 @@ mod broker {
     pub mod revocation;
     pub mod sweep;
     pub mod tokens;
+    pub mod warnings;
 }

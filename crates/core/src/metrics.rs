@@ -97,6 +97,77 @@ pub const PLATFORMS: &[&str] = &["web", "android", "ios"];
 /// upstream answer was passed on (no token could be had, the API could not be reached).
 pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
+/// Something an operator must act on, which grantkeeper can only infer from how the provider
+/// answered. Counted in `grantkeeper_warnings{kind}` and in the activity series
+/// [`Warning::series`], so that the admin console shows them across every instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Warning {
+    /// A refresh token died about 7 days after it was issued: the OAuth consent screen is
+    /// in the Testing publishing status, whose refresh tokens live 7 days.
+    TestingExpiry,
+    /// A refresh token died well before any expiry: most often more than 100 refresh tokens
+    /// were issued for the user and the client (the oldest die silently), else the user
+    /// revoked access or changed a password.
+    TokenDiedEarly,
+    /// The provider refused grantkeeper's client credentials: the client secret was reset or
+    /// the client deleted.
+    InvalidClient,
+}
+
+impl Warning {
+    /// Every warning, in the order the console lists them.
+    pub const ALL: [Warning; 3] = [
+        Warning::TestingExpiry,
+        Warning::TokenDiedEarly,
+        Warning::InvalidClient,
+    ];
+
+    /// The `kind` label value.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Warning::TestingExpiry => "testing_expiry",
+            Warning::TokenDiedEarly => "token_died_early",
+            Warning::InvalidClient => "invalid_client",
+        }
+    }
+
+    /// The activity series it is counted in.
+    pub fn series(self) -> &'static str {
+        match self {
+            Warning::TestingExpiry => series::WARNING_TESTING_EXPIRY,
+            Warning::TokenDiedEarly => series::WARNING_TOKEN_DIED_EARLY,
+            Warning::InvalidClient => series::WARNING_INVALID_CLIENT,
+        }
+    }
+
+    /// A short title for people.
+    pub fn title(self) -> &'static str {
+        match self {
+            Warning::TestingExpiry => "Refresh tokens expiring after 7 days",
+            Warning::TokenDiedEarly => "Refresh tokens dying early",
+            Warning::InvalidClient => "Client credentials rejected",
+        }
+    }
+
+    /// What the operator should check or do, in one or two sentences.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Warning::TestingExpiry => {
+                "Google expires refresh tokens 7 days after consent while the OAuth consent                  screen is in the Testing publishing status. Publish the app (In production)                  in the Google Cloud console; affected users must sign in again."
+            }
+            Warning::TokenDiedEarly => {
+                "Google keeps at most 100 refresh tokens per user and OAuth client and silently                  invalidates the oldest: do not force prompt=consent on every sign-in, and do                  not let other systems exchange codes for this client. A user revoking access                  or changing a password looks the same."
+            }
+            Warning::InvalidClient => {
+                "Google rejected grantkeeper's client id or secret (invalid_client): the secret                  was reset or the client deleted. Update provider.client_secret (or the                  client_secret.json) and restart; grants are left untouched meanwhile."
+            }
+        }
+    }
+}
+
+/// Kind label values of `grantkeeper_warnings`.
+const WARNING_KINDS: &[&str] = &["testing_expiry", "token_died_early", "invalid_client"];
+
 /// The names of the activity series, as the store keeps them.
 pub mod series {
     /// A sign-in that was verified and recorded.
@@ -111,7 +182,13 @@ pub mod series {
     pub const REFRESH_FAILED: &str = "refresh_failed";
     /// A call proxied to the Google API (timed).
     pub const PROXY: &str = "proxy";
-    /// Every series, in the order a chart lists them.
+    /// [`Warning::TestingExpiry`](super::Warning::TestingExpiry) (not timed).
+    pub const WARNING_TESTING_EXPIRY: &str = "warning_testing_expiry";
+    /// [`Warning::TokenDiedEarly`](super::Warning::TokenDiedEarly) (not timed).
+    pub const WARNING_TOKEN_DIED_EARLY: &str = "warning_token_died_early";
+    /// [`Warning::InvalidClient`](super::Warning::InvalidClient) (not timed).
+    pub const WARNING_INVALID_CLIENT: &str = "warning_invalid_client";
+    /// Every series of activity charts, in the order a chart lists them (warnings apart).
     pub const ALL: [&str; 6] = [
         SIGN_IN,
         SIGN_IN_FAILED,
@@ -160,6 +237,7 @@ struct Inner {
     cache_hits: Counter,
     cache_misses: Counter,
     jwks_fetches: Family<OneLabel, Counter>,
+    warnings: Family<OneLabel, Counter>,
     activity_dropped: Counter,
     pending_revocations: Gauge,
     activity: Mutex<Activity>,
@@ -299,6 +377,13 @@ impl Metrics {
             "Fetches of the provider's signing keys, by outcome",
             jwks_fetches.clone(),
         );
+        let warnings = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "warnings",
+            "Problems an operator must act on, inferred from the provider's answers, by kind \
+             (testing_expiry, token_died_early, invalid_client)",
+            warnings.clone(),
+        );
         let activity_dropped = Counter::default();
         registry.register(
             "activity_dropped",
@@ -327,6 +412,7 @@ impl Metrics {
                 cache_hits,
                 cache_misses,
                 jwks_fetches,
+                warnings,
                 activity_dropped,
                 pending_revocations,
                 activity: Mutex::new(Activity::default()),
@@ -439,6 +525,25 @@ impl Metrics {
         m.jwks_fetches
             .get_or_create(&[("outcome", label(outcome, PROVIDER_OUTCOMES))])
             .inc();
+    }
+
+    /// grantkeeper inferred `warning` from a provider's answer (the caller logs it with the
+    /// details; this only counts).
+    pub fn warning(&self, warning: Warning) {
+        let Some(m) = &self.inner else { return };
+        m.warnings
+            .get_or_create(&[("kind", label(warning.kind(), WARNING_KINDS))])
+            .inc();
+        m.record(warning.series(), None);
+    }
+
+    /// How many times `warning` was counted by this process.
+    pub fn warning_count(&self, warning: Warning) -> u64 {
+        self.inner.as_ref().map_or(0, |m| {
+            m.warnings
+                .get_or_create(&[("kind", label(warning.kind(), WARNING_KINDS))])
+                .get()
+        })
     }
 
     /// The revocation queue holds `count` entries (the retry task reads it from the store,
@@ -801,5 +906,40 @@ mod tests {
         assert_eq!(Metrics::status_class(404), "4xx");
         assert_eq!(Metrics::status_class(503), "5xx");
         assert_eq!(Metrics::status_class(99), "error");
+    }
+
+    #[test]
+    fn warnings_are_counted_by_kind_and_as_activity() {
+        let (clock, start) = clock_at_minute_start();
+        let metrics = Metrics::new(clock);
+        metrics.warning(Warning::TestingExpiry);
+        metrics.warning(Warning::TestingExpiry);
+        metrics.warning(Warning::InvalidClient);
+        assert_eq!(metrics.warning_count(Warning::TestingExpiry), 2);
+        assert_eq!(metrics.warning_count(Warning::TokenDiedEarly), 0);
+        assert_eq!(metrics.warning_count(Warning::InvalidClient), 1);
+        let page = metrics.encode(&[]);
+        assert!(
+            page.contains("grantkeeper_warnings_total{kind=\"testing_expiry\"} 2\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("grantkeeper_warnings_total{kind=\"invalid_client\"} 1\n"),
+            "{page}"
+        );
+        assert_eq!(
+            metrics.take_activity(),
+            [
+                delta(start, series::WARNING_INVALID_CLIENT, 1, 0, 0),
+                delta(start, series::WARNING_TESTING_EXPIRY, 2, 0, 0),
+            ]
+        );
+        // Kinds and series are distinct, and every kind is a label value.
+        for w in Warning::ALL {
+            assert!(WARNING_KINDS.contains(&w.kind()));
+            assert!(w.series().ends_with(w.kind()));
+            assert!(!w.advice().is_empty() && !w.title().is_empty());
+        }
+        assert!(Metrics::disabled().warning_count(Warning::InvalidClient) == 0);
     }
 }

@@ -169,6 +169,19 @@ pub(crate) enum Call {
     Jwks,
 }
 
+impl Call {
+    /// The call's name in logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Call::Code => "code_exchange",
+            Call::Refresh => "refresh",
+            Call::Revoke => "revoke",
+            Call::Discovery => "discovery",
+            Call::Jwks => "jwks",
+        }
+    }
+}
+
 /// The OAuth error body, RFC 6749 §5.2.
 #[derive(Debug, Deserialize)]
 pub(crate) struct OAuthError {

@@ -7,6 +7,7 @@ use crate::http::{Answer, send};
 use crate::keystore::{JwksDocument, JwksSource, KeyStore, KeyStoreStats, Lookup};
 use crate::settings::ProviderSettings;
 use crate::token::{TokenResponse, parse_success};
+use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{ExposeSecret, Metrics, SecretString, SharedClock};
 use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
@@ -108,7 +109,24 @@ impl Provider {
             .as_ref()
             .map_or_else(ProviderError::outcome, |_| "ok");
         self.metrics.exchange(outcome, started.elapsed());
+        self.observe(Call::Code, &answer);
         answer
+    }
+
+    /// Counts and logs what an answer tells the operator: `invalid_client` means grantkeeper's
+    /// own credentials were refused, whichever call it came from.
+    fn observe<T>(&self, call: Call, answer: &Result<T, ProviderError>) {
+        if let Err(ProviderError::InvalidClient { description }) = answer {
+            self.metrics.warning(Warning::InvalidClient);
+            tracing::error!(
+                call = call.name(),
+                client_id = %self.inner.settings.client_id,
+                error = %description,
+                warning = Warning::InvalidClient.kind(),
+                "{}",
+                Warning::InvalidClient.advice()
+            );
+        }
     }
 
     /// Mints a new access token. The answer normally has no refresh token: keep the old one.
@@ -117,7 +135,8 @@ impl Provider {
         refresh_token: &SecretString,
     ) -> Result<TokenResponse, ProviderError> {
         let s = &self.inner.settings;
-        self.inner
+        let answer = self
+            .inner
             .token_call(
                 Call::Refresh,
                 &[
@@ -127,7 +146,9 @@ impl Provider {
                     ("client_secret", s.client_secret.expose_secret()),
                 ],
             )
-            .await
+            .await;
+        self.observe(Call::Refresh, &answer);
+        answer
     }
 
     /// Revokes a token and with it the whole grant. A token the provider no longer knows
@@ -154,12 +175,14 @@ impl Provider {
         {
             return Ok(());
         }
-        Err(classify(
+        let refused = Err(classify(
             Call::Revoke,
             answer.status,
             answer.retry_after(),
             &answer.body,
-        ))
+        ));
+        self.observe(Call::Revoke, &refused);
+        refused
     }
 
     /// Verifies an ID token: RS256 signature by a published key, then `iss`, `aud`, `azp`,

@@ -167,15 +167,10 @@ pub fn exchange_error(e: ProviderError) -> ApiError {
             "the authorization code was rejected ({error}: {description}); it may be used, \
              expired, or issued for another client or platform: sign in again"
         )),
-        ProviderError::InvalidClient { description } => {
-            tracing::error!(
-                %description,
-                "the provider rejected grantkeeper's client credentials: check provider.client_secret_file"
-            );
-            ApiError::Upstream(
-                "the identity provider rejected grantkeeper's client credentials".into(),
-            )
-        }
+        // The provider client logged it, with what to do, and counted the warning.
+        ProviderError::InvalidClient { .. } => ApiError::Upstream(
+            "the identity provider rejected grantkeeper's client credentials".into(),
+        ),
         ProviderError::InvalidRequest { description } => ApiError::Upstream(format!(
             "the identity provider refused the exchange: {description}"
         )),

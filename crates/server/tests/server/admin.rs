@@ -1,7 +1,7 @@
 //! The admin console at /admin: sign-in with an API key, CSRF and origin checks, the users
 //! list with search and pages, a user's page, revoking, escaping, and the activity charts.
 
-use super::harness::{Answer, Code, TestApp, captured_logs};
+use super::harness::{Answer, Code, Options, TestApp, captured_logs};
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
 use grantkeeper_server::apikeys::KeyScope::{self, Token, UsersRead, UsersWrite};
 use grantkeeper_server::apikeys::hash_key;
@@ -995,4 +995,140 @@ async fn the_activity_page_charts_what_the_server_counted() {
         sums[1] += cells[1];
     }
     assert_eq!(sums, [2, 3], "{table}");
+}
+
+/// The rows of the activity page's warnings table: (kind, count).
+fn warning_rows(text: &str) -> Vec<(String, u64)> {
+    let section = text
+        .split(r#"<section id="warnings""#)
+        .nth(1)
+        .unwrap()
+        .split("</section>")
+        .next()
+        .unwrap();
+    section
+        .split(r#"<tr data-warning=""#)
+        .skip(1)
+        .map(|row| {
+            let (kind, rest) = row.split_once('"').unwrap();
+            let count = rest
+                .split(r#"data-count=""#)
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (kind.to_owned(), count)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_activity_page_lists_warnings_with_what_to_do() {
+    let t = TestApp::start().await;
+    let c = t.console_with(&[UsersRead]).await;
+    let quiet = t
+        .admin_get("/admin/activity?range=1h", Some(&c.cookie))
+        .await;
+    assert_eq!(
+        warning_rows(&quiet.text),
+        [
+            ("testing_expiry".to_owned(), 0),
+            ("token_died_early".to_owned(), 0),
+            ("invalid_client".to_owned(), 0)
+        ]
+    );
+    assert!(quiet.text.contains("Nothing to act on in this range."));
+
+    // As instances count them: two instances saw the Testing expiry in different minutes.
+    let now = t.app.clock().now();
+    let point = |minutes_ago: i64, series: &str, count: u64| ActivityPoint {
+        minute: now - time::Duration::minutes(minutes_ago),
+        series: series.into(),
+        count,
+        total_ms: 0,
+        max_ms: 0,
+    };
+    t.app
+        .store()
+        .add_activity(vec![
+            point(30, series::WARNING_TESTING_EXPIRY, 2),
+            point(5, series::WARNING_TESTING_EXPIRY, 3),
+            // Outside the hour: only in the day's view.
+            point(120, series::WARNING_TOKEN_DIED_EARLY, 1),
+        ])
+        .await
+        .unwrap();
+    let hour = t
+        .admin_get("/admin/activity?range=1h", Some(&c.cookie))
+        .await;
+    assert_eq!(hour.status, 200);
+    assert_eq!(
+        warning_rows(&hour.text),
+        [
+            ("testing_expiry".to_owned(), 5),
+            ("token_died_early".to_owned(), 0),
+            ("invalid_client".to_owned(), 0)
+        ]
+    );
+    assert!(
+        hour.text
+            .contains(r#"<tr data-warning="testing_expiry" data-count="5" class="warn">"#)
+    );
+    assert!(hour.text.contains("Publish the app (In production)"));
+    assert!(!hour.text.contains("Nothing to act on in this range."));
+    let day = t.admin_get("/admin/activity", Some(&c.cookie)).await;
+    assert_eq!(
+        warning_rows(&day.text),
+        [
+            ("testing_expiry".to_owned(), 5),
+            ("token_died_early".to_owned(), 1),
+            ("invalid_client".to_owned(), 0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refused_client_credentials_reach_the_logs_the_metrics_and_the_console() {
+    let t = TestApp::start_with(Options {
+        client_secret: Some("a-secret-reset-in-the-cloud-console".into()),
+        ..Options::default()
+    })
+    .await;
+    let c = t.console_with(&[UsersRead]).await;
+    let code = t.web_code("refused@example.com").await;
+    let answer = t.authcode_web(&code).await;
+    answer.assert_error(502, "upstream_error");
+    assert!(!answer.text.contains("a-secret-reset"), "{}", answer.text);
+
+    let metrics = t.get("/metrics", None).await;
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l == r#"grantkeeper_warnings_total{kind="invalid_client"} 1"#),
+        "{}",
+        metrics.text
+    );
+    let page = t
+        .admin_get("/admin/activity?range=1h", Some(&c.cookie))
+        .await;
+    assert_eq!(
+        warning_rows(&page.text),
+        [
+            ("testing_expiry".to_owned(), 0),
+            ("token_died_early".to_owned(), 0),
+            ("invalid_client".to_owned(), 1)
+        ]
+    );
+    let logs = captured_logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(r#"warning="invalid_client""#)
+                && l.contains(r#"call="code_exchange""#)),
+        "no invalid_client warning in the logs"
+    );
+    assert!(!logs.contains("a-secret-reset-in-the-cloud-console"));
 }

@@ -151,6 +151,8 @@ pub struct Options {
     /// `[limits]`. The default turns the rate limits off, so that tests making many calls
     /// are not limited; a test of the limits sets its own.
     pub limits: LimitsSection,
+    /// A client secret other than the emulator's (grantkeeper misconfigured).
+    pub client_secret: Option<String>,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -171,6 +173,7 @@ impl Default for Options {
             demo_page: false,
             emulator_data_dir: false,
             limits: no_rate_limits(),
+            client_secret: None,
         }
     }
 }
@@ -207,7 +210,10 @@ impl TestApp {
         file.server.demo_page = Some(options.demo_page);
         file.provider.issuer = Some(emulator_url.clone());
         file.provider.client_id = Some(client.client_id.clone());
-        file.provider.client_secret = Some(client.client_secret.clone());
+        file.provider.client_secret = Some(match options.client_secret {
+            Some(wrong) => wrong.into(),
+            None => client.client_secret.clone(),
+        });
         file.provider.google_quirks = Some(true);
         if options.mobile_parties {
             file.provider.authorized_parties =

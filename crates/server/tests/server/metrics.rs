@@ -225,6 +225,8 @@ async fn metrics_count_sign_ins_hand_outs_refreshes_and_proxied_calls_naming_nob
             (series::REFRESH, 1),
             (series::REFRESH_FAILED, 1),
             (series::PROXY, 1),
+            // The revoked user's refresh token died minutes old.
+            (series::WARNING_TOKEN_DIED_EARLY, 1),
         ]),
         "{points:?}"
     );

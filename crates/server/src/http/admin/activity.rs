@@ -11,6 +11,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use grantkeeper_core::GrantState;
+use grantkeeper_core::metrics::Warning;
 use grantkeeper_store::{ActivityPoint, series};
 use serde::Deserialize;
 use std::fmt::Write;
@@ -160,6 +161,62 @@ struct ActivityQuery {
     range: Option<String>,
 }
 
+/// One warning's count and latest minute within the page's window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WarningTally {
+    pub count: u64,
+    pub last: Option<OffsetDateTime>,
+}
+
+/// How often each of [`Warning::ALL`] was counted among `points`, and when last.
+pub fn warning_tallies(points: &[ActivityPoint]) -> [WarningTally; 3] {
+    let mut tallies = [WarningTally::default(); 3];
+    for (warning, tally) in Warning::ALL.iter().zip(tallies.iter_mut()) {
+        for p in points.iter().filter(|p| p.series == warning.series()) {
+            tally.count = tally.count.saturating_add(p.count);
+            tally.last = tally.last.max(Some(p.minute));
+        }
+    }
+    tallies
+}
+
+/// The warnings section: one row per kind, the ones seen first-class, with what to do.
+fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
+    let mut out = String::new();
+    let seen = tallies.iter().filter(|t| t.count > 0).count();
+    let _ = write!(
+        out,
+        r#"<section id="warnings" aria-labelledby="warnings-title">
+<h2 id="warnings-title">Warnings</h2>
+<p class="muted">{}</p>
+<table><thead><tr><th scope="col">Warning</th><th scope="col">In the last {}</th><th scope="col">Last</th><th scope="col">What to do</th></tr></thead><tbody>"#,
+        if seen == 0 {
+            "Nothing to act on in this range."
+        } else {
+            "grantkeeper inferred these from Google's answers; each line says what to check."
+        },
+        esc(per_range),
+    );
+    for (warning, tally) in Warning::ALL.iter().zip(tallies) {
+        let _ = write!(
+            out,
+            r#"<tr data-warning="{kind}" data-count="{count}"{class}><td>{title}</td><td>{count}</td><td>{last}</td><td>{advice}</td></tr>"#,
+            kind = warning.kind(),
+            count = tally.count,
+            class = if tally.count > 0 {
+                r#" class="warn""#
+            } else {
+                ""
+            },
+            title = esc(warning.title()),
+            last = esc(&html::utc_or_never(tally.last)),
+            advice = esc(warning.advice()),
+        );
+    }
+    out.push_str("</tbody></table>\n</section>");
+    out
+}
+
 /// `GET /admin/activity`.
 pub async fn activity(
     State(app): State<App>,
@@ -194,6 +251,7 @@ pub async fn activity(
     let points = app.store().activity(start, end).await?;
     let by_state = app.store().count_grants_by_state().await?;
     let b = bucketize(&points, start, range.bucket_secs(), range.buckets());
+    let warnings = warnings_section(&warning_tallies(&points), range.label());
 
     let starts: Vec<OffsetDateTime> = (0..range.buckets())
         .map(|i| start + Duration::seconds(range.bucket_secs() * i as i64))
@@ -311,7 +369,8 @@ pub async fn activity(
 <figure><figcaption>Sign-ins, token hand-outs and refreshes</figcaption>{}{}</figure>
 <figure><figcaption>Refresh latency</figcaption>{}{}</figure>
 <figure><figcaption>Grants by state (now)</figcaption>{}</figure>
-</div>"#,
+</div>
+{}"#,
         esc(&html::utc(start)),
         esc(&html::utc(end)),
         esc(per),
@@ -320,6 +379,7 @@ pub async fn activity(
         charts::line_chart(&latency_chart),
         charts::data_table(&latency_chart, &full),
         charts::bar_chart("chart-states", "Grants by state", "No grants yet", &bars),
+        warnings,
     );
     Ok(html_response(
         StatusCode::OK,

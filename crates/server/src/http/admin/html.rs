@@ -188,6 +188,7 @@ dt{font-weight:600;color:#4a5568}
 dd{margin:0;min-width:0}
 .pager{display:flex;gap:1rem;margin:.75rem 0}
 .muted{color:#5b6677}
+tr.warn td{background:#fff4e5}
 .charts{display:grid;gap:1rem;grid-template-columns:repeat(auto-fit,minmax(min(100%,30rem),1fr))}
 figure{margin:0;background:#fff;border:1px solid #d8dde5;border-radius:6px;padding:.5rem}
 figcaption{font-weight:600;padding:.25rem .25rem .5rem}
