@@ -1,6 +1,6 @@
 //! Store errors, already in the domain's terms: callers never match on database messages.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,

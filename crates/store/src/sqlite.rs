@@ -8,6 +8,10 @@
 //! WAL lets run beside the writer. `synchronous = FULL` makes a commit durable before it
 //! returns: a refresh token, once received, must survive a crash that follows the answer.
 //!
+//! Refreshes, refresh leases and sign-ins, which many tasks make at once, are committed in
+//! groups (`group`): one flush of the WAL makes a whole group durable before any of its callers
+//! is answered.
+//!
 //! An in-memory database lives as long as its one connection, so there both pools are that
 //! one connection, kept open for the life of the store.
 
@@ -17,6 +21,7 @@ mod api_keys;
 mod audit;
 mod batches;
 mod grants;
+mod group;
 mod keys;
 mod leases;
 mod outbox;
@@ -121,6 +126,8 @@ fn migrator() -> Migrator {
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    /// Refreshes, refresh leases and sign-ins, committed in groups on `write`.
+    group: group::GroupCommit,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -158,6 +165,7 @@ impl SqliteStore {
                 .map_err(map_sqlx)?;
             SqliteStore {
                 read: pool.clone(),
+                group: group::GroupCommit::start(pool.clone()),
                 write: pool,
             }
         } else {
@@ -179,7 +187,11 @@ impl SqliteStore {
                 options.pragma("query_only", "ON"),
             )
             .await?;
-            SqliteStore { read, write }
+            SqliteStore {
+                read,
+                group: group::GroupCommit::start(write.clone()),
+                write,
+            }
         };
         store.migrate().await?;
         Ok(store)

@@ -28,9 +28,16 @@ impl GrantStore for SqliteStore {
         refresh: RefreshSuccess,
     ) -> Result<GrantRecord> {
         let at = refresh.at;
+        let sub = sub.to_owned();
         let (grant, _) = self
-            .fenced_write(sub, Some(expected_version), at, |held| {
-                merge_refresh(held, &refresh)
+            .group
+            .write(move |conn| {
+                Box::pin(async move {
+                    fenced_write_in(conn, &sub, Some(expected_version), at, |held| {
+                        merge_refresh(held, &refresh)
+                    })
+                    .await
+                })
             })
             .await?;
         Ok(grant)
@@ -103,23 +110,33 @@ impl SqliteStore {
         merge: impl FnOnce(GrantRecord) -> Merged + Send,
     ) -> Result<(GrantRecord, Option<GrantEvent>)> {
         let mut tx = self.begin_write().await?;
-        let held = read_grant(&mut tx, sub)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        check_fence(&held, expected_version)?;
-        let held_version = held.version;
-        let merged = merge(held);
-        write_grant(&mut tx, &merged.grant, Some(held_version)).await?;
-        let event = match &merged.change {
-            Some(change) => Some(append_event(&mut tx, sub, change, at).await?),
-            None => None,
-        };
-        let grant = read_grant(&mut tx, sub).await?.ok_or_else(|| {
-            StoreError::Corrupt("the grant just written could not be read back".into())
-        })?;
+        let written = fenced_write_in(&mut tx, sub, expected_version, at, merge).await?;
         tx.commit().await.map_err(map_sqlx)?;
-        Ok((grant, event))
+        Ok(written)
     }
+}
+
+/// [`SqliteStore::fenced_write`] within the caller's transaction.
+async fn fenced_write_in(
+    conn: &mut SqliteConnection,
+    sub: &str,
+    expected_version: Option<i64>,
+    at: OffsetDateTime,
+    merge: impl FnOnce(GrantRecord) -> Merged + Send,
+) -> Result<(GrantRecord, Option<GrantEvent>)> {
+    let held = read_grant(conn, sub).await?.ok_or(StoreError::NotFound)?;
+    check_fence(&held, expected_version)?;
+    let held_version = held.version;
+    let merged = merge(held);
+    write_grant(conn, &merged.grant, Some(held_version)).await?;
+    let event = match &merged.change {
+        Some(change) => Some(append_event(conn, sub, change, at).await?),
+        None => None,
+    };
+    let grant = read_grant(conn, sub).await?.ok_or_else(|| {
+        StoreError::Corrupt("the grant just written could not be read back".into())
+    })?;
+    Ok((grant, event))
 }
 
 async fn read_grant(conn: &mut SqliteConnection, sub: &str) -> Result<Option<GrantRecord>> {

@@ -19,30 +19,45 @@ impl RefreshLeaseStore for SqliteStore {
         // one is taken over only when it ended by `now` or is the owner's own; otherwise
         // nothing changes and no row is counted. An unknown user fails the foreign key, which
         // the error mapping calls NotFound. The grant's row is not written.
-        let done = sqlx::query(
-            "INSERT INTO refresh_leases (sub, owner, lease_until) VALUES (?1, ?2, ?3)
-             ON CONFLICT (sub) DO UPDATE
-                SET owner = excluded.owner, lease_until = excluded.lease_until
-              WHERE refresh_leases.lease_until <= ?4 OR refresh_leases.owner = excluded.owner",
-        )
-        .bind(sub)
-        .bind(owner)
-        .bind(unix(until))
-        .bind(unix(now))
-        .execute(&self.write)
-        .await
-        .map_err(map_sqlx)?;
-        Ok(done.rows_affected() == 1)
+        let (sub, owner) = (sub.to_owned(), owner.to_owned());
+        self.group
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO refresh_leases (sub, owner, lease_until) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (sub) DO UPDATE
+                            SET owner = excluded.owner, lease_until = excluded.lease_until
+                          WHERE refresh_leases.lease_until <= ?4
+                             OR refresh_leases.owner = excluded.owner",
+                    )
+                    .bind(sub)
+                    .bind(owner)
+                    .bind(unix(until))
+                    .bind(unix(now))
+                    .execute(conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()> {
         // Another owner's lease (this one's ran out and was taken) stays.
-        sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
-            .bind(sub)
-            .bind(owner)
-            .execute(&self.write)
+        let (sub, owner) = (sub.to_owned(), owner.to_owned());
+        self.group
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
+                        .bind(sub)
+                        .bind(owner)
+                        .execute(conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                    Ok(())
+                })
+            })
             .await
-            .map_err(map_sqlx)?;
-        Ok(())
     }
 }

@@ -14,39 +14,11 @@ use time::OffsetDateTime;
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome> {
-        let sub = sign_in.profile.sub.as_str();
         // The write lock is held from the first read, so a concurrent sign-in of the same user
         // (here or in another process) merges into what this one commits, not beside it.
-        let mut tx = self.begin_write().await?;
-        let held = read_user_and_grant(&mut tx, sub).await?;
-        let created = held.is_none();
-        let held_grant = held.and_then(|(_, grant)| grant);
-        let held_version = held_grant.as_ref().map(|g| g.version);
-
-        upsert_user(&mut tx, &sign_in).await?;
-        let merged = merge_sign_in(held_grant, &sign_in);
-        write_grant(&mut tx, &merged.grant, held_version).await?;
-        let event = match &merged.change {
-            Some(change) => Some(append_event(&mut tx, sub, change, sign_in.at).await?),
-            None => None,
-        };
-
-        // Answer with what the database holds, as it will be read later.
-        let (user, grant) = match read_user_and_grant(&mut tx, sub).await? {
-            Some((user, Some(grant))) => (user, grant),
-            _ => {
-                return Err(StoreError::Corrupt(
-                    "the grant just written could not be read back".into(),
-                ));
-            }
-        };
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(SignInOutcome {
-            user,
-            grant,
-            created,
-            event,
-        })
+        self.group
+            .write(move |conn| Box::pin(async move { sign_in_in(conn, sign_in).await }))
+            .await
     }
 
     async fn user(&self, sub: &str) -> Result<Option<(UserRecord, GrantRecord)>> {
@@ -194,4 +166,37 @@ pub(super) async fn append_event(
     .await
     .map_err(map_sqlx)?;
     rows::grant_event(&row)
+}
+
+/// A sign-in's write, within the caller's transaction.
+async fn sign_in_in(conn: &mut SqliteConnection, sign_in: SignIn) -> Result<SignInOutcome> {
+    let sub = sign_in.profile.sub.as_str();
+    let held = read_user_and_grant(conn, sub).await?;
+    let created = held.is_none();
+    let held_grant = held.and_then(|(_, grant)| grant);
+    let held_version = held_grant.as_ref().map(|g| g.version);
+
+    upsert_user(conn, &sign_in).await?;
+    let merged = merge_sign_in(held_grant, &sign_in);
+    write_grant(conn, &merged.grant, held_version).await?;
+    let event = match &merged.change {
+        Some(change) => Some(append_event(conn, sub, change, sign_in.at).await?),
+        None => None,
+    };
+
+    // Answer with what the database holds, as it will be read later.
+    let (user, grant) = match read_user_and_grant(conn, sub).await? {
+        Some((user, Some(grant))) => (user, grant),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "the grant just written could not be read back".into(),
+            ));
+        }
+    };
+    Ok(SignInOutcome {
+        user,
+        grant,
+        created,
+        event,
+    })
 }

@@ -386,3 +386,108 @@ async fn exports_carry_every_column() {
         );
     }
 }
+
+/// Many writers at once share commits, and one writer's failure is its own: refreshes fenced
+/// out, leases on unknown users and good writes, all queued together, each get their own answer,
+/// and exactly the good ones are in the file after reopening it.
+#[tokio::test]
+async fn concurrent_writes_committed_together_keep_their_own_outcomes() {
+    use crate::conformance::signed_in;
+    use grantkeeper_store::{GrantStore, RefreshLeaseStore, RefreshSuccess};
+
+    let (dir, path) = temp_db();
+    let store: SharedStore = Arc::new(SqliteStore::open(&url_of(&path)).await.unwrap());
+    let subs: Vec<String> = (0..60).map(|i| format!("grouped-{i:02}")).collect();
+    for sub in &subs {
+        signed_in(&store, sub).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, sub) in subs.iter().enumerate() {
+        let store = store.clone();
+        let sub = sub.clone();
+        tasks.spawn(async move {
+            // Even users: a good refresh (version 1); odd: a refresh fenced out (version 9).
+            let version = if i % 2 == 0 { 1 } else { 9 };
+            let refreshed = store
+                .record_refresh(
+                    &sub,
+                    version,
+                    RefreshSuccess {
+                        access_token: crate::conformance::access(&format!("{sub}-new"), t(7200)),
+                        refresh_token: None,
+                        scopes: None,
+                        at: t(10),
+                    },
+                )
+                .await;
+            let lease = store.try_lease_refresh(&sub, "owner", t(100), t(10)).await;
+            let unknown = store
+                .try_lease_refresh(&format!("nobody-{i}"), "owner", t(100), t(10))
+                .await;
+            let new_user = store
+                .record_sign_in(sign_in(
+                    &format!("new-{i:02}"),
+                    OPENID_EMAIL,
+                    Some(refresh("n")),
+                    t(5),
+                ))
+                .await;
+            (
+                i,
+                refreshed.map(|g| g.version),
+                lease,
+                unknown,
+                new_user.is_ok(),
+            )
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (i, refreshed, lease, unknown, new_user) = done.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(refreshed.unwrap(), 2, "user {i}");
+        } else {
+            assert!(
+                matches!(refreshed, Err(StoreError::Conflict)),
+                "user {i}: {refreshed:?}"
+            );
+        }
+        assert!(lease.unwrap(), "user {i}");
+        assert!(
+            matches!(unknown, Err(StoreError::NotFound)),
+            "user {i}: {unknown:?}"
+        );
+        assert!(new_user, "user {i}");
+    }
+    drop(store);
+
+    let reopened = SqliteStore::open(&url_of(&path)).await.unwrap();
+    for (i, sub) in subs.iter().enumerate() {
+        let grant = reopened.grant(sub).await.unwrap().unwrap();
+        let expected = if i % 2 == 0 { 2 } else { 1 };
+        assert_eq!(grant.version, expected, "{sub}");
+        // A second lease by another owner is refused: the first one was kept.
+        assert!(
+            !reopened
+                .try_lease_refresh(sub, "other", t(100), t(20))
+                .await
+                .unwrap()
+        );
+    }
+    for i in 0..60 {
+        assert!(
+            reopened
+                .user(&format!("new-{i:02}"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            reopened
+                .user(&format!("nobody-{i}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    drop(dir);
+}
