@@ -2,6 +2,8 @@
 //! `latency` ms. With `concurrency` refreshes in flight the ideal is N x latency / concurrency;
 //! the figure is ideal / achieved (1.0 = no overhead at all).
 
+use crate::Ctx;
+use crate::report::{Row, thousands};
 use anyhow::Context;
 use grantkeeper_broker::sweep::{Job, Outcome, SweepOptions, run_sweep};
 use grantkeeper_core::{MasterKey, SecretString, SystemClock};
@@ -13,7 +15,12 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use url::Url;
 
-pub async fn run(users: usize, latency_ms: u64, concurrency: usize) -> anyhow::Result<()> {
+pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let (users, latency_ms, concurrency) = (
+        ctx.opts.sweep_users,
+        ctx.opts.sweep_latency_ms,
+        ctx.opts.sweep_concurrency,
+    );
     let dir = tempfile::tempdir()?;
     let clock = SystemClock::shared();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -82,9 +89,10 @@ pub async fn run(users: usize, latency_ms: u64, concurrency: usize) -> anyhow::R
     while let Some(r) = tasks.join_next().await {
         r??;
     }
+    let signed_in = started.elapsed();
     eprintln!(
         "signed in {users} users in {:.1} s",
-        started.elapsed().as_secs_f64()
+        signed_in.as_secs_f64()
     );
 
     http.put(format!("{base}/_emulator/faults"))
@@ -114,14 +122,25 @@ pub async fn run(users: usize, latency_ms: u64, concurrency: usize) -> anyhow::R
     let ideal =
         Duration::from_millis(latency_ms) * u32::try_from(users)? / u32::try_from(concurrency)?;
     let ok = summary.counts.get(&Outcome::Ok).copied().unwrap_or(0);
-    println!(
-        "scenario  users  latency_ms  concurrency  ok     ideal_s  achieved_s  ratio (ideal/achieved, goal >= 0.9)"
-    );
-    println!(
-        "sweep     {users:<5}  {latency_ms:<10}  {concurrency:<11}  {ok:<5}  {:<7.2}  {:<10.2}  {:.3}",
-        ideal.as_secs_f64(),
-        achieved.as_secs_f64(),
-        ideal.as_secs_f64() / achieved.as_secs_f64()
-    );
+    ctx.table.add(Row::at_least(
+        "sweep",
+        format!(
+            "refresh, {} users, {latency_ms} ms upstream, concurrency {concurrency}",
+            thousands(users as u64)
+        ),
+        format!(
+            "ideal N x latency / concurrency: {:.2} s",
+            ideal.as_secs_f64()
+        ),
+        format!(
+            "{:.2} s, {} ok (setup: {} sign-ins in {:.1} s)",
+            achieved.as_secs_f64(),
+            thousands(ok as u64),
+            thousands(users as u64),
+            signed_in.as_secs_f64()
+        ),
+        ideal.as_secs_f64() / achieved.as_secs_f64(),
+        0.9,
+    ));
     Ok(())
 }
