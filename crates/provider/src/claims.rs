@@ -53,8 +53,6 @@ pub(crate) struct Header {
     pub kid: String,
 }
 
-/// Reads the header before any key is looked up, so that `alg: none` or HS256 are refused
-/// as such (jsonwebtoken cannot even parse `none`).
 /// A signature-only check: RS256 and nothing else; the claims are checked by our own code,
 /// which knows Google's quirks (two issuer spellings, no `exp` on security events).
 pub(crate) fn signature_only() -> jsonwebtoken::Validation {
@@ -66,6 +64,8 @@ pub(crate) fn signature_only() -> jsonwebtoken::Validation {
     validation
 }
 
+/// Reads the header before any key is looked up, so that `alg: none` or HS256 are refused
+/// as such (jsonwebtoken cannot even parse `none`).
 pub(crate) fn parse_header(token: &str) -> Result<Header, IdTokenError> {
     #[derive(Deserialize)]
     struct Raw {
@@ -97,6 +97,41 @@ pub(crate) fn parse_header(token: &str) -> Result<Header, IdTokenError> {
         Some(kid) if !kid.is_empty() => Ok(Header { kid }),
         _ => Err(IdTokenError::Malformed),
     }
+}
+
+/// Checks the token's RS256 signature with `key` and reads its payload, before any claim
+/// rule is applied. The header was read (and its `alg` checked) by [`parse_header`]; the
+/// signature is checked over the token's bytes as sent, and the payload decoded once, straight
+/// into [`RawClaims`] (`jsonwebtoken::decode` would parse the header again and the claims
+/// twice, about a sixth of a verification).
+pub(crate) fn decode_signed(
+    token: &str,
+    key: &jsonwebtoken::DecodingKey,
+) -> Result<RawClaims, IdTokenError> {
+    use jsonwebtoken::errors::ErrorKind;
+    let (message, signature) = token.rsplit_once('.').ok_or(IdTokenError::Malformed)?;
+    let (_, payload) = message.split_once('.').ok_or(IdTokenError::Malformed)?;
+    match jsonwebtoken::crypto::verify(
+        signature,
+        message.as_bytes(),
+        key,
+        jsonwebtoken::Algorithm::RS256,
+    ) {
+        Ok(true) => {}
+        Ok(false) => return Err(IdTokenError::BadSignature),
+        Err(e) => {
+            return Err(match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
+                    IdTokenError::BadSignature
+                }
+                _ => IdTokenError::Malformed,
+            });
+        }
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| IdTokenError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! The provider client: discovery, token endpoint, revocation, ID-token verification.
 
-use crate::claims::{ClaimRules, IdTokenClaims, RawClaims, check_claims, parse_header};
+use crate::claims::{ClaimRules, IdTokenClaims, check_claims, decode_signed, parse_header};
 use crate::discovery::{Discovery, same_issuer};
 use crate::error::{Call, IdTokenError, OAuthError, ProviderError, classify};
 use crate::http::{Answer, send};
@@ -9,8 +9,6 @@ use crate::settings::ProviderSettings;
 use crate::token::{TokenResponse, parse_success};
 use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{ExposeSecret, Metrics, SecretString, SharedClock};
-use jsonwebtoken::Validation;
-use jsonwebtoken::errors::ErrorKind;
 use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL};
 use std::fmt;
 use std::sync::Arc;
@@ -34,8 +32,6 @@ struct Inner {
     /// Fetched on first use; a failed fetch leaves it empty for the next call to retry.
     discovery: OnceCell<Arc<Discovery>>,
     keys: KeyStore,
-    /// Signature only: every claim, times included, is checked against our clock.
-    validation: Validation,
 }
 
 impl fmt::Debug for Provider {
@@ -53,7 +49,6 @@ impl Provider {
     /// `http` should have timeouts and must not follow redirects (a token endpoint that
     /// redirects is answered with [`ProviderError::Protocol`]).
     pub fn new(settings: ProviderSettings, http: reqwest::Client, clock: SharedClock) -> Self {
-        let validation = crate::claims::signature_only();
         let keys = KeyStore::new(clock.clone(), settings.jwks_refetch_cooldown);
         Self {
             inner: Arc::new(Inner {
@@ -62,7 +57,6 @@ impl Provider {
                 clock,
                 discovery: OnceCell::new(),
                 keys,
-                validation,
             }),
             metrics: Metrics::disabled(),
         }
@@ -208,17 +202,7 @@ impl Provider {
             Lookup::Unknown => return Err(IdTokenError::UnknownKey),
             Lookup::Unavailable(e) => return Err(IdTokenError::KeysUnavailable(e.to_string())),
         };
-        let raw = jsonwebtoken::decode::<RawClaims>(token, &key, &self.inner.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
-                    IdTokenError::BadSignature
-                }
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    IdTokenError::UnsupportedAlgorithm("?".to_owned())
-                }
-                _ => IdTokenError::Malformed,
-            })?
-            .claims;
+        let raw = decode_signed(token, &key)?;
 
         // Keys were found, so discovery is in hand; this does no I/O.
         let discovery = self

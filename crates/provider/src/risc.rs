@@ -19,7 +19,7 @@
 //! Leaves to others: remembering `jti`s and acting on events (the server and the store), and
 //! HTTP routes. Nothing here logs or returns the token, or the token prefix an event carries.
 
-use crate::claims::parse_header;
+use crate::claims::{Header, parse_header};
 use crate::discovery::{same_issuer, trim_slash};
 use crate::error::{Call, IdTokenError, ProviderError, classify, echo};
 use crate::http::{Answer, send};
@@ -28,8 +28,8 @@ use crate::settings::ProviderSettings;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use grantkeeper_core::{ExposeSecret, SecretString, SharedClock};
-use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, Validation};
 use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -279,56 +279,68 @@ impl SecurityEventVerifier {
     /// Verifies a security event token (the body of a push, as received) and reads its event.
     pub async fn verify(&self, set: &SecretString) -> Result<SecurityEvent, SecurityEventError> {
         let token = set.expose_secret();
-        let header = parse_header(token).map_err(|e| match e {
-            IdTokenError::UnsupportedAlgorithm(alg) => SecurityEventError::Key(format!(
-                "alg {alg:?} is not accepted: security events are signed with RS256"
-            )),
-            _ => SecurityEventError::Parse(
-                "expected a compact JWS whose header is JSON naming alg and kid".to_owned(),
-            ),
-        })?;
+        let header = read_header(token)?;
         let configuration = self
             .configuration()
             .await
             .map_err(|e| SecurityEventError::KeysUnavailable(e.to_string()))?;
-        let key = match self.inner.keys.key(&header.kid, &*self.inner).await {
-            Lookup::Key(key) => key,
-            Lookup::Unknown => {
-                return Err(SecurityEventError::Key(
-                    "its kid is not among the keys of the provider's RISC configuration".to_owned(),
-                ));
-            }
-            Lookup::Unavailable(e) => {
-                return Err(SecurityEventError::KeysUnavailable(e.to_string()));
-            }
-        };
-        let raw = jsonwebtoken::decode::<RawSet>(token, &key, &self.inner.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
-                    SecurityEventError::Key("the signature does not verify".to_owned())
-                }
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    SecurityEventError::Key("the algorithm is not RS256".to_owned())
-                }
-                _ => SecurityEventError::Parse(
-                    "the payload is not a JSON object in base64url".to_owned(),
-                ),
-            })?
-            .claims;
-
-        let s = &self.inner.settings;
-        let issuer = trim_slash(&configuration.issuer);
-        let bare = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
-        let rules = SetRules {
-            issuer,
-            bare_issuer: s.google_quirks.then_some(bare),
-            client_id: &s.client_id,
-            authorized_parties: &s.authorized_parties,
-            max_age_secs: secs(MAX_EVENT_AGE),
-            future_skew_secs: secs(MAX_FUTURE_SKEW),
-        };
-        check_set(raw, &rules, self.inner.clock.unix())
+        let key = signing_key(self.inner.keys.key(&header.kid, &*self.inner).await)?;
+        let rules = SetRules::new(&configuration.issuer, &self.inner.settings);
+        verify_signed(
+            token,
+            &key,
+            &self.inner.validation,
+            &rules,
+            self.inner.clock.unix(),
+        )
     }
+}
+
+/// The header of a security event token: RS256 and a `kid`, read before any key is looked up.
+pub(crate) fn read_header(token: &str) -> Result<Header, SecurityEventError> {
+    parse_header(token).map_err(|e| match e {
+        IdTokenError::UnsupportedAlgorithm(alg) => SecurityEventError::Key(format!(
+            "alg {alg:?} is not accepted: security events are signed with RS256"
+        )),
+        _ => SecurityEventError::Parse(
+            "expected a compact JWS whose header is JSON naming alg and kid".to_owned(),
+        ),
+    })
+}
+
+/// The key a lookup in the RISC key cache found, or why there is none.
+pub(crate) fn signing_key(lookup: Lookup) -> Result<Arc<DecodingKey>, SecurityEventError> {
+    match lookup {
+        Lookup::Key(key) => Ok(key),
+        Lookup::Unknown => Err(SecurityEventError::Key(
+            "its kid is not among the keys of the provider's RISC configuration".to_owned(),
+        )),
+        Lookup::Unavailable(e) => Err(SecurityEventError::KeysUnavailable(e.to_string())),
+    }
+}
+
+/// Checks the token's signature with `key`, then every claim against `rules` at `now`.
+pub(crate) fn verify_signed(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    rules: &SetRules<'_>,
+    now: i64,
+) -> Result<SecurityEvent, SecurityEventError> {
+    let raw = jsonwebtoken::decode::<RawSet>(token, key, validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
+                SecurityEventError::Key("the signature does not verify".to_owned())
+            }
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                SecurityEventError::Key("the algorithm is not RS256".to_owned())
+            }
+            _ => SecurityEventError::Parse(
+                "the payload is not a JSON object in base64url".to_owned(),
+            ),
+        })?
+        .claims;
+    check_set(raw, rules, now)
 }
 
 fn secs(d: Duration) -> i64 {
@@ -445,6 +457,23 @@ pub(crate) struct SetRules<'a> {
     pub authorized_parties: &'a [String],
     pub max_age_secs: i64,
     pub future_skew_secs: i64,
+}
+
+impl<'a> SetRules<'a> {
+    /// The rules for tokens of the RISC configuration's `issuer`, addressed to the clients
+    /// of `settings`.
+    pub(crate) fn new(issuer: &'a str, settings: &'a ProviderSettings) -> Self {
+        let issuer = trim_slash(issuer);
+        let bare = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+        SetRules {
+            issuer,
+            bare_issuer: settings.google_quirks.then_some(bare),
+            client_id: &settings.client_id,
+            authorized_parties: &settings.authorized_parties,
+            max_age_secs: secs(MAX_EVENT_AGE),
+            future_skew_secs: secs(MAX_FUTURE_SKEW),
+        }
+    }
 }
 
 impl SetRules<'_> {

@@ -366,24 +366,40 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
             "pass the path of grantkeeper.toml (see README, \"Running against Google\")",
         ));
     }
+    let file = config::File::from(path).format(config::FileFormat::Toml);
+    read_config(file, std::env::vars())
+}
+
+/// Reads a configuration from TOML text alone, with no environment variables applied: what
+/// [`load_file`] does with the file's contents in an empty environment.
+pub fn parse_config(text: &str) -> Result<FileConfig, ConfigError> {
+    let file = config::File::from_str(text, config::FileFormat::Toml);
+    read_config(file, std::iter::empty())
+}
+
+/// The TOML source, overridden by the `GRANTKEEPER_SECTION__KEY` variables among `vars`.
+fn read_config(
+    file: impl config::Source + Send + Sync + 'static,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<FileConfig, ConfigError> {
     let list_keys = ["server.allowed_origins", "provider.authorized_parties"];
     let mut env = config::Environment::with_prefix("GRANTKEEPER")
         .prefix_separator("_")
         .separator("__")
         .list_separator(",")
         .try_parsing(true)
-        .source(Some(config_variables(std::env::vars())));
+        .source(Some(config_variables(vars)));
     for k in list_keys {
         env = env.with_list_parse_key(k);
     }
     let raw = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(file)
         .add_source(env)
         .build()
         .map_err(|e| {
             err(
                 "config",
-                e.to_string(),
+                without_source_lines(&e.to_string()),
                 "fix the file or the GRANTKEEPER_* variable named",
             )
         })?;
@@ -394,6 +410,26 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
             "see the configuration section of design docs (docs/design.md)",
         )
     })
+}
+
+/// A TOML syntax error without the lines of the file it quotes (`3 | client_secret = "...`),
+/// which may hold a secret; the line and column it names remain.
+fn without_source_lines(message: &str) -> String {
+    let quoted = |line: &str| {
+        line.trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start()
+            .starts_with('|')
+    };
+    let mut kept = String::new();
+    for line in message.lines().filter(|line| !quoted(line)).map(str::trim) {
+        if !kept.is_empty() && !line.is_empty() {
+            // The file's name follows the description as ` in PATH`.
+            kept.push_str(if line.starts_with("in ") { " " } else { ": " });
+        }
+        kept.push_str(line);
+    }
+    kept
 }
 
 /// The master key's text, from the environment or the key file.
@@ -443,11 +479,19 @@ struct ClientSecretEntry {
 
 /// Reads `client_secret.json` as Google Cloud console downloads it.
 pub fn read_client_secret_file(path: &Path) -> Result<(String, SecretString), ConfigError> {
-    let key = "provider.client_secret_file";
     let text = std::fs::read_to_string(path).map_err(|e| {
-        err(key, format!("cannot read {}: {e}", path.display()), "download the OAuth client's JSON from Google Cloud console (APIs & Services > Credentials)")
+        err(CLIENT_SECRET_FILE_KEY, format!("cannot read {}: {e}", path.display()), "download the OAuth client's JSON from Google Cloud console (APIs & Services > Credentials)")
     })?;
-    let parsed: ClientSecretFile = serde_json::from_str(&text).map_err(|e| {
+    parse_client_secret(&text, path)
+}
+
+const CLIENT_SECRET_FILE_KEY: &str = "provider.client_secret_file";
+
+/// The client id and secret in the text of a `client_secret.json`; `path` names the file in
+/// errors.
+pub fn parse_client_secret(text: &str, path: &Path) -> Result<(String, SecretString), ConfigError> {
+    let key = CLIENT_SECRET_FILE_KEY;
+    let parsed: ClientSecretFile = serde_json::from_str(text).map_err(|e| {
         err(
             key,
             format!(
@@ -874,6 +918,87 @@ mod tests {
         assert_eq!(
             resolve_sqlite_path("sqlite::memory:", Path::new("/etc")),
             "sqlite::memory:"
+        );
+    }
+
+    /// TOML syntax errors quote the offending line of the file, which may hold a secret
+    /// (found by the config_toml fuzz target's no-secret-in-errors check).
+    #[test]
+    fn syntax_errors_do_not_quote_secrets() {
+        let secret = "GOCSPX-s3cr3tValue0123456789";
+        for text in [
+            format!("[provider]\nclient_id = \"id\"\nclient_secret = \"{secret}\n"),
+            format!("[provider]\nclient_secret = \"{secret}\"\nclient_secret = \"{secret}\"\n"),
+            format!("[vault]\nmaster_key = \"{secret}\" x\n"),
+            format!("[events]\nwebhook_secret = \"\"\"{secret}\n"),
+        ] {
+            let e = parse_config(&text).unwrap_err().to_string();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("TOML parse error at line"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("grantkeeper.toml");
+            std::fs::write(&path, &text).unwrap();
+            let e = load_file(&path).unwrap_err().to_string();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("TOML parse error at line"), "{e}");
+            assert!(e.contains("grantkeeper.toml"), "{e}");
+        }
+        let e = parse_config("[provider]\nclient_secret = \"x\n").unwrap_err();
+        assert_eq!(e.key, "config");
+        assert_eq!(
+            e.problem,
+            "TOML parse error at line 2, column 19: invalid basic string, expected `\"`"
+        );
+    }
+
+    /// The config_toml fuzz target's input that had the webhook secret quoted back.
+    const FUZZ_QUOTED_SECRET: &str = r#"[server]
+addr = "0.0.0.0:8080"
+public_url = "https://app.example.com"
+allowed_origins = ["https://app.example.com", "http://localhost:3000"]
+session_ttl = "30d"
+demo_page = false
+
+[provider]
+client_id = "1234567890-abc.apps.googleusercontent.com"
+client_secret = "GOCSPX-fuzz-seed-not-a-secret"
+web_redirect_uri = "postmessage"
+mobile_redirect_uri = "com.example.app:/oauth2redirect"
+authorized_parties = ["123456789//hooks.example.com/grantkeeper"
+webhook_secret = "fuzz-seed-webhook-secret"
+
+[limits]
+authcode_per_minute = 10
+authcode_burst = 20
+v1_per_second = 50
+v1_burst = 200
+request_timeout = "30s"
+proxy_body_limit = 3355= "30d"
+demo_pagrded_for = false
+"#;
+
+    #[test]
+    fn fuzz_input_that_quoted_a_secret() {
+        let e = parse_config(FUZZ_QUOTED_SECRET).unwrap_err();
+        assert_eq!(e.key, "config");
+        assert_eq!(
+            e.problem,
+            "TOML parse error at line 14, column 1: missing comma between array elements, \
+             expected `,`"
+        );
+        assert!(!e.to_string().contains("fuzz-seed-webhook-secret"), "{e}");
+    }
+
+    #[test]
+    fn without_source_lines_keeps_single_line_errors() {
+        let plain = "invalid type: sequence, expected a string for key `vault.master_key`";
+        assert_eq!(without_source_lines(plain), plain);
+        let toml = "TOML parse error at line 3, column 1\n  |\n3 | a = 1\n  | ^\nduplicate key\n in gk.toml";
+        assert_eq!(
+            without_source_lines(toml),
+            "TOML parse error at line 3, column 1: duplicate key in gk.toml"
         );
     }
 }

@@ -28,6 +28,38 @@ pub mod session;
 pub mod signin;
 pub mod webhook;
 
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for the fuzz targets under `fuzz/`; not part of the library's interface.
+    //! The configuration parsers are public already ([`crate::config::parse_config`],
+    //! [`crate::config::parse_client_secret`]).
+
+    use crate::{ApiError, Platform};
+    use grantkeeper_core::SecretString;
+
+    /// The content types `POST /authcode` reads a body as.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum AuthcodeBody {
+        /// `application/octet-stream` or `text/plain`: the code itself.
+        Raw,
+        /// `application/x-www-form-urlencoded`: `authCode=` or `code=`, and `platform=`.
+        Form,
+        /// `application/json`: `{"code", "platform"}`.
+        Json,
+    }
+
+    /// The code and platform of an `/authcode` body, as the handler reads them; the platform
+    /// in the query string, if any, wins over the body's.
+    pub fn parse_authcode(
+        kind: AuthcodeBody,
+        body: &[u8],
+        query_platform: Option<String>,
+    ) -> Result<(SecretString, Platform), ApiError> {
+        // Defined next to the handler, in a module the router keeps private.
+        kind.parse(body, query_platform)
+    }
+}
+
 pub use app::App;
 pub use config::Settings;
 pub use error::ApiError;

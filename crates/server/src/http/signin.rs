@@ -228,6 +228,23 @@ fn parse_authcode(
     Ok((SecretString::from(code), platform))
 }
 
+/// The way in for the fuzz targets, which cannot name this private module:
+/// [`crate::fuzzing::parse_authcode`].
+impl crate::fuzzing::AuthcodeBody {
+    pub fn parse(
+        self,
+        body: &[u8],
+        query_platform: Option<String>,
+    ) -> Result<(SecretString, Platform), ApiError> {
+        let kind = match self {
+            Self::Raw => BodyKind::Raw,
+            Self::Form => BodyKind::Form,
+            Self::Json => BodyKind::Json,
+        };
+        parse_authcode(kind, body, query_platform)
+    }
+}
+
 async fn authcode(
     State(app): State<App>,
     RawQuery(query): RawQuery,
