@@ -384,6 +384,11 @@ impl Metrics {
              (testing_expiry, token_died_early, invalid_client)",
             warnings.clone(),
         );
+        // Every kind is exported from the start, at 0, so that an alert on its increase needs
+        // no first occurrence.
+        for kind in WARNING_KINDS {
+            warnings.get_or_create(&[("kind", *kind)]);
+        }
         let activity_dropped = Counter::default();
         registry.register(
             "activity_dropped",
@@ -921,6 +926,11 @@ mod tests {
         let page = metrics.encode(&[]);
         assert!(
             page.contains("grantkeeper_warnings_total{kind=\"testing_expiry\"} 2\n"),
+            "{page}"
+        );
+        // Never seen, still exported.
+        assert!(
+            page.contains("grantkeeper_warnings_total{kind=\"token_died_early\"} 0\n"),
             "{page}"
         );
         assert!(
