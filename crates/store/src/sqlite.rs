@@ -8,8 +8,8 @@
 //! WAL lets run beside the writer. `synchronous = FULL` makes a commit durable before it
 //! returns: a refresh token, once received, must survive a crash that follows the answer.
 //!
-//! Refreshes, refresh leases and sign-ins, which many tasks make at once, are committed in
-//! groups (`group`): one flush of the WAL makes a whole group durable before any of its callers
+//! Refreshes, refresh leases, sign-ins and sessions, which many tasks make at once, are committed
+//! in groups (`group`): one flush of the WAL makes a whole group durable before any of its callers
 //! is answered.
 //!
 //! An in-memory database lives as long as its one connection, so there both pools are that
@@ -126,7 +126,7 @@ fn migrator() -> Migrator {
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
-    /// Refreshes, refresh leases and sign-ins, committed in groups on `write`.
+    /// Refreshes, refresh leases, sign-ins and sessions, committed in groups on `write`.
     group: group::GroupCommit,
 }
 

@@ -1,5 +1,5 @@
-//! Group commit: the small, frequent writes of refreshes, refresh leases and sign-ins, made by
-//! many tasks at once, share write transactions.
+//! Group commit: the small, frequent writes of refreshes, refresh leases, sign-ins and sessions,
+//! made by many tasks at once, share write transactions.
 //!
 //! With `synchronous = FULL` every commit waits for the disk to flush the WAL, and one flush
 //! costs far more than the statements it makes durable. Callers hand their write to one

@@ -9,18 +9,26 @@ use time::OffsetDateTime;
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn create_session(&self, session: SessionRecord) -> Result<()> {
-        // An unknown user fails the foreign key, which the error mapping calls NotFound.
-        sqlx::query(
-            "INSERT INTO sessions (id_hash, sub, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(&session.id_hash)
-        .bind(&session.sub)
-        .bind(unix(session.created_at))
-        .bind(unix(session.expires_at))
-        .execute(&self.write)
-        .await
-        .map_err(map_sqlx)?;
-        Ok(())
+        // An unknown user fails the foreign key, which the error mapping calls NotFound. Every
+        // sign-in makes one: committed with the other sign-ins' writes.
+        self.group
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO sessions (id_hash, sub, created_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .bind(&session.id_hash)
+                    .bind(&session.sub)
+                    .bind(unix(session.created_at))
+                    .bind(unix(session.expires_at))
+                    .execute(conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn session(&self, id_hash: &str, now: OffsetDateTime) -> Result<Option<SessionRecord>> {
