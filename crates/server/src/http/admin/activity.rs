@@ -189,7 +189,7 @@ fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
         r#"<section id="warnings" aria-labelledby="warnings-title">
 <h2 id="warnings-title">Warnings</h2>
 <p class="muted">{}</p>
-<table><thead><tr><th scope="col">Warning</th><th scope="col">In the last {}</th><th scope="col">Last</th><th scope="col">What to do</th></tr></thead><tbody>"#,
+<div class="scroll"><table id="warnings-table"><thead><tr><th scope="col">Warning</th><th scope="col">In the last {}</th><th scope="col">Last</th><th scope="col">What to do</th></tr></thead><tbody>"#,
         if seen == 0 {
             "Nothing to act on in this range."
         } else {
@@ -200,7 +200,7 @@ fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
     for (warning, tally) in Warning::ALL.iter().zip(tallies) {
         let _ = write!(
             out,
-            r#"<tr data-warning="{kind}" data-count="{count}"{class}><td>{title}</td><td>{count}</td><td>{last}</td><td>{advice}</td></tr>"#,
+            r#"<tr data-warning="{kind}" data-count="{count}"{class}><td class="wrap">{title}</td><td>{count}</td><td>{last}</td><td class="wrap">{advice}</td></tr>"#,
             kind = warning.kind(),
             count = tally.count,
             class = if tally.count > 0 {
@@ -213,7 +213,7 @@ fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
             advice = esc(warning.advice()),
         );
     }
-    out.push_str("</tbody></table>\n</section>");
+    out.push_str("</tbody></table></div>\n</section>");
     out
 }
 
