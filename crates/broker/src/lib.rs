@@ -771,7 +771,6 @@ impl Inner {
         description: &str,
         started: Instant,
     ) -> Result<GrantRecord, BrokerError> {
-        let mut reason = format!("invalid_grant at refresh: {description}");
         for _ in 0..FENCE_ATTEMPTS {
             let current = self
                 .store
@@ -792,18 +791,14 @@ impl Inner {
             let now = self.clock.now();
             let age = current.refresh_token_received_at.map(|at| now - at);
             let warning = age.and_then(death_warning);
-            if let (Some(age), Some(warning)) = (age, warning) {
-                reason = format!(
+            let reason = match (age, warning) {
+                (Some(age), Some(warning)) => format!(
                     "invalid_grant at refresh: {description} (the refresh token was {:.1} days old: {})",
                     age.as_seconds_f64() / 86_400.0,
-                    match warning {
-                        Warning::TestingExpiry =>
-                            "the 7-day expiry of apps in the Testing publishing status",
-                        _ =>
-                            "more than 100 tokens issued for this user and client, or a revocation",
-                    }
-                );
-            }
+                    warning.likely_cause()
+                ),
+                _ => format!("invalid_grant at refresh: {description}"),
+            };
             let update = StateUpdate {
                 state: GrantState::Revoked,
                 reason: reason.clone(),

@@ -149,6 +149,17 @@ impl Warning {
         }
     }
 
+    /// The likeliest cause, in a few words (a grant's reason quotes it).
+    pub fn likely_cause(self) -> &'static str {
+        match self {
+            Warning::TestingExpiry => "the 7-day expiry of apps in the Testing publishing status",
+            Warning::TokenDiedEarly => {
+                "more than 100 tokens issued for this user and client, or a revocation"
+            }
+            Warning::InvalidClient => "grantkeeper's client credentials were refused",
+        }
+    }
+
     /// What the operator should check or do, in one or two sentences.
     pub fn advice(self) -> &'static str {
         match self {
@@ -949,6 +960,7 @@ mod tests {
             assert!(WARNING_KINDS.contains(&w.kind()));
             assert!(w.series().ends_with(w.kind()));
             assert!(!w.advice().is_empty() && !w.title().is_empty());
+            assert!(!w.likely_cause().is_empty());
         }
         assert!(Metrics::disabled().warning_count(Warning::InvalidClient) == 0);
     }
