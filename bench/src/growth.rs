@@ -97,16 +97,7 @@ async fn measure_size(
         Some(ours.rate() / floor.rate()),
     ));
 
-    let healthz = Target {
-        base: server.url.clone(),
-        requests: Requests::Fixed {
-            method: "GET",
-            path: "/healthz".to_owned(),
-        },
-        authorization: None,
-        content_type: None,
-        requested_with: false,
-    };
+    let healthz = Target::healthz(&server.url);
     let random = Target {
         base: server.url.clone(),
         requests: Requests::RandomUser {

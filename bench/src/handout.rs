@@ -21,16 +21,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let sub = sign_in(ctx, &google, &server, "handout@bench.example").await?;
     hand_out(ctx, &server, &sub, &key).await?;
 
-    let healthz = Target {
-        base: server.url.clone(),
-        requests: Requests::Fixed {
-            method: "GET",
-            path: "/healthz".to_owned(),
-        },
-        authorization: None,
-        content_type: None,
-        requested_with: false,
-    };
+    let healthz = Target::healthz(&server.url);
     let handout = Target {
         base: server.url.clone(),
         requests: Requests::Fixed {

@@ -38,6 +38,22 @@ pub struct Target {
     pub requested_with: bool,
 }
 
+impl Target {
+    /// `GET /healthz` of the server at `base`: the HTTP floor.
+    pub fn healthz(base: &str) -> Target {
+        Target {
+            base: base.to_owned(),
+            requests: Requests::Fixed {
+                method: "GET",
+                path: "/healthz".to_owned(),
+            },
+            authorization: None,
+            content_type: None,
+            requested_with: false,
+        }
+    }
+}
+
 /// What `done()` reports; times in microseconds.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Outcome {
