@@ -8,7 +8,7 @@
 
 use crate::{AccessToken, BrokerError};
 use grantkeeper_core::SharedClock;
-use grantkeeper_store::{SharedStore, StoreError};
+use grantkeeper_store::{GrantRecord, RefreshSuccess, SharedStore, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -258,7 +258,27 @@ impl InstanceGuard {
         Ok(kept)
     }
 
+    /// Records a refresh of the grant and gives the lease back in the same transaction (one
+    /// commit). When the fenced write fails, nothing is written and the lease is still held.
+    pub(crate) async fn record_refresh(
+        &mut self,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+    ) -> Result<GrantRecord, StoreError> {
+        let written = self
+            .store
+            .record_refresh_releasing(&self.sub, expected_version, refresh, &self.owner)
+            .await;
+        if written.is_ok() {
+            self.released = true;
+        }
+        written
+    }
+
     pub(crate) async fn release(mut self) {
+        if self.released {
+            return;
+        }
         self.released = true;
         release(&self.store, &self.sub, &self.owner).await;
     }

@@ -252,7 +252,7 @@ impl Broker {
         &self,
         sub: &str,
         req: &TokenRequest,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Arc<AccessToken>, BrokerError> {
         let scopes = req.scopes.clone().unwrap_or_default();
         let need = self.inner.need(sub, req.min_ttl);
         if let Some(t) = self.inner.cache.get(sub)
@@ -261,7 +261,7 @@ impl Broker {
         {
             tracing::trace!(sub, outcome = "cached", "handed out an access token");
             self.inner.settings.metrics.cache(true);
-            return Ok((*t).clone());
+            return Ok(t);
         }
         self.inner.settings.metrics.cache(false);
         self.inner
@@ -274,6 +274,7 @@ impl Broker {
                 },
             )
             .await
+            .map(Arc::new)
     }
 
     /// Always refreshes upstream (still single flight: joins a refresh already running). For
@@ -720,7 +721,7 @@ impl Inner {
             match answer {
                 Ok(response) => {
                     return self
-                        .commit(sub, grant, &held.fingerprint, response, started)
+                        .commit(sub, grant, &held.fingerprint, response, started, lease)
                         .await;
                 }
                 Err(ProviderError::InvalidGrant { description, .. }) => {
@@ -848,6 +849,7 @@ impl Inner {
         used: &TokenFingerprint,
         response: TokenResponse,
         started: Instant,
+        lease: &mut InstanceGuard,
     ) -> Result<AccessToken, BrokerError> {
         if let Ok(secs) = u64::try_from(response.expires_in)
             && secs > 0
@@ -893,7 +895,8 @@ impl Inner {
                 scopes: answered_scopes.clone(),
                 at: self.clock.now(),
             };
-            match self.store.record_refresh(sub, version, refresh).await {
+            // The lease is given back with the token: the next holder finds it written.
+            match lease.record_refresh(version, refresh).await {
                 Ok(_) => {
                     persisted = true;
                     break;

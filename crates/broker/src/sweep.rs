@@ -929,7 +929,8 @@ impl Work {
                 token = self
                     .broker
                     .refresh_after_rejection(&self.sub, &token.token)
-                    .await?;
+                    .await?
+                    .into();
                 continue;
             }
             if !status.is_success() {

@@ -263,11 +263,24 @@ pub async fn audit(
                 r.action.clone(),
                 r.detail.clone(),
                 r.outcome.clone(),
+                times(r),
             ]
         })
         .collect();
-    table(&["AT", "WHO", "USER", "ACTION", "WHAT", "OUTCOME"], &rows);
+    table(
+        &["AT", "WHO", "USER", "ACTION", "WHAT", "OUTCOME", "TIMES"],
+        &rows,
+    );
     Ok(())
+}
+
+/// How many identical acts a row stands for, and until when when more than one.
+fn times(r: &grantkeeper_store::AuditRecord) -> String {
+    if r.times > 1 {
+        format!("{} (last {})", r.times, when(r.last_at))
+    } else {
+        "1".to_owned()
+    }
 }
 
 /// `--rate`: `R` or `R/s` upstream starts per second.

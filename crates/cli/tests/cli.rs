@@ -442,15 +442,23 @@ async fn operators_manage_keys_users_audit_and_sweeps() {
         .unwrap()
         .to_owned();
 
-    // The audit shows the hand-out, by key id.
-    let (ok, audit) = run(&["audit", "--user", &subs[0], "--data-dir", data_arg]);
-    assert!(ok, "{audit}");
-    assert!(
+    // The audit shows the hand-out, by key id, once the server's audit writer has written its
+    // window (within a second).
+    let shown = |audit: &str| {
         audit
             .lines()
-            .any(|l| l.contains(&id) && l.contains("token") && l.contains("ok")),
-        "{audit}"
-    );
+            .any(|l| l.contains(&id) && l.contains("token") && l.contains("ok"))
+    };
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let (ok, audit) = run(&["audit", "--user", &subs[0], "--data-dir", data_arg]);
+        assert!(ok, "{audit}");
+        if shown(&audit) || std::time::Instant::now() > give_up {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(shown(&audit), "{audit}");
     let (ok, _) = run(&["audit", "--since", "1h", "--data-dir", data_arg]);
     assert!(ok);
 

@@ -11,6 +11,7 @@ use grantkeeper_core::{Clock, ExposeSecret, SecretString};
 use grantkeeper_store::{ApiKeyRecord, ApiKeyStore, StoreError};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// What a key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,15 +62,30 @@ impl FromStr for KeyScope {
     }
 }
 
-/// The caller of a `/v1` request.
+/// The caller of a `/v1` request: its API key, shared with the key cache.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub key_id: String,
-    pub scopes: Vec<String>,
+    key: Arc<ApiKeyRecord>,
 }
 
+impl Caller {
+    /// The key's public id, as audit rows name the caller.
+    pub fn key_id(&self) -> &str {
+        &self.key.id
+    }
+}
+
+/// The SHA-256 of a key's secret, as the store keeps it (hex).
 pub fn hash_key(secret: &str) -> String {
-    hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+    hex(&key_digest(secret))
+}
+
+/// The SHA-256 of a key's secret: what the key cache is keyed by, so that a request whose key
+/// is cached costs one hash and no formatting.
+fn key_digest(secret: &str) -> [u8; 32] {
+    let mut digest = [0; 32];
+    digest.copy_from_slice(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref());
+    digest
 }
 
 /// Makes a key; returns its record (already stored) and the secret, which is never shown again.
@@ -143,12 +159,16 @@ impl App {
         if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
             return Err(missing());
         }
-        let hash = hash_key(secret.trim());
-        let key = match self.api_key_cache().get(&hash) {
+        let digest = key_digest(secret.trim());
+        let key = match self.api_key_cache().get(&digest) {
             Some(k) => k,
             None => {
-                let k = self.store().api_key_by_hash(&hash).await?;
-                self.api_key_cache().insert(hash, k.clone());
+                let k = self
+                    .store()
+                    .api_key_by_hash(&hex(&digest))
+                    .await?
+                    .map(Arc::new);
+                self.api_key_cache().insert(digest, k.clone());
                 k
             }
         };
@@ -162,9 +182,6 @@ impl App {
             )));
         }
         self.limits().check_key(&key.id)?;
-        Ok(Caller {
-            key_id: key.id,
-            scopes: key.scopes,
-        })
+        Ok(Caller { key })
     }
 }

@@ -41,7 +41,7 @@ struct Inner {
     audit: AuditLog,
     /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
     /// within that time on every instance.
-    api_keys: Cache<String, Option<ApiKeyRecord>>,
+    api_keys: Cache<[u8; 32], Option<Arc<ApiKeyRecord>>>,
     /// For calls to Google APIs on users' behalf: longer timeout than the token endpoint's.
     api_http: reqwest::Client,
     clock: SharedClock,
@@ -241,7 +241,7 @@ impl App {
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
-    pub(crate) fn api_key_cache(&self) -> &Cache<String, Option<ApiKeyRecord>> {
+    pub(crate) fn api_key_cache(&self) -> &Cache<[u8; 32], Option<Arc<ApiKeyRecord>>> {
         &self.inner.api_keys
     }
     /// The client for calls to Google APIs as a user.

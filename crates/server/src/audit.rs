@@ -1,38 +1,143 @@
 //! The audit log: who did what for which user, written off the request path.
 //!
-//! Handlers hand rows to a bounded channel; one task writes them in batches (one transaction
-//! per batch), so that a token hand-out does not wait for a disk write. When the channel is
-//! full, handlers wait: rows are never dropped.
+//! Handlers add rows to a pending set in memory; one task writes the set every [`WINDOW`] (or
+//! as soon as it holds [`BATCH`] rows), in one transaction. Within a window, identical acts
+//! (same actor, user, action, detail and outcome: an app service handed the same user's token
+//! again and again) are kept as one row that counts them (`times`) and says when the last one
+//! happened, so that a hot hand-out path costs a counter increment rather than a database row
+//! per call. Nothing is dropped: when the pending set is full, handlers wait for the writer.
 
 use grantkeeper_core::SharedClock;
 use grantkeeper_store::{AuditRecord, SharedStore};
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-const CHANNEL: usize = 16_384;
+/// How long a row may wait before it is written, and the span within which identical acts are
+/// counted in one row.
+pub const WINDOW: Duration = Duration::from_secs(1);
+/// Rows that make the writer write at once, without waiting for the window's end.
 const BATCH: usize = 512;
-
-enum Message {
-    Row(AuditRecord),
-    Flush(oneshot::Sender<()>),
-}
+/// Rows pending at most; handlers that would add another wait until the writer takes them.
+const MAX_PENDING: usize = 16_384;
 
 /// A handle for appending audit rows.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
+    flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
     clock: SharedClock,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    limits: Limits,
+    /// Wakes the writer before the window's end (a full batch).
+    full: Notify,
+    /// Wakes handlers waiting for room, once the writer has taken the pending rows.
+    taken: Notify,
+}
+
+/// When the writer writes, and how much may wait.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    window: Duration,
+    batch: usize,
+    max_pending: usize,
+}
+
+const LIMITS: Limits = Limits {
+    window: WINDOW,
+    batch: BATCH,
+    max_pending: MAX_PENDING,
+};
+
+/// The rows of the current window, in order of their first act, with an index from a hash of
+/// what makes two acts identical to the rows of that hash.
+#[derive(Default)]
+struct Pending {
+    rows: Vec<AuditRecord>,
+    index: HashMap<u64, Vec<usize>>,
+    hasher: RandomState,
+}
+
+impl Pending {
+    /// Counts the act in its row if the window holds an identical one; else returns false.
+    fn count(&mut self, hash: u64, act: &Act<'_>, at: time::OffsetDateTime) -> bool {
+        let Some(&i) = self
+            .index
+            .get(&hash)
+            .and_then(|slots| slots.iter().find(|&&i| act.is(&self.rows[i])))
+        else {
+            return false;
+        };
+        let row = &mut self.rows[i];
+        row.times = row.times.saturating_add(1);
+        row.last_at = row.last_at.max(at);
+        true
+    }
+
+    fn push(&mut self, hash: u64, row: AuditRecord) {
+        self.index.entry(hash).or_default().push(self.rows.len());
+        self.rows.push(row);
+    }
+
+    fn take(&mut self) -> Vec<AuditRecord> {
+        self.index.clear();
+        std::mem::take(&mut self.rows)
+    }
+}
+
+/// One act, borrowed from the caller until it needs a row of its own.
+struct Act<'a> {
+    actor: &'a str,
+    sub: Option<&'a str>,
+    action: &'a str,
+    detail: &'a str,
+    outcome: &'a str,
+}
+
+impl Act<'_> {
+    fn hash(&self, hasher: &RandomState) -> u64 {
+        hasher.hash_one((self.actor, self.sub, self.action, self.detail, self.outcome))
+    }
+
+    fn is(&self, row: &AuditRecord) -> bool {
+        row.actor == self.actor
+            && row.sub.as_deref() == self.sub
+            && row.action == self.action
+            && row.detail == self.detail
+            && row.outcome == self.outcome
+    }
 }
 
 impl AuditLog {
     /// Starts the writer task.
     pub fn start(store: SharedStore, clock: SharedClock) -> AuditLog {
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(writer(store, rx));
-        AuditLog { tx, clock }
+        AuditLog::with_limits(store, clock, LIMITS)
     }
 
-    /// Appends a row (`id` and `at` are filled in).
+    fn with_limits(store: SharedStore, clock: SharedClock, limits: Limits) -> AuditLog {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            limits,
+            full: Notify::new(),
+            taken: Notify::new(),
+        });
+        let (flush, flushes) = mpsc::unbounded_channel();
+        tokio::spawn(writer(store, shared.clone(), flushes));
+        AuditLog {
+            shared,
+            flush,
+            clock,
+        }
+    }
+
+    /// Appends an act (`id` is assigned by the store, `at` is now): counted in the window's
+    /// identical row if there is one, else a row of its own.
     pub async fn record(
         &self,
         actor: &str,
@@ -41,63 +146,180 @@ impl AuditLog {
         detail: String,
         outcome: &str,
     ) {
-        let row = AuditRecord {
-            id: 0,
-            at: self.clock.now(),
-            actor: actor.to_owned(),
-            sub: sub.map(str::to_owned),
-            action: action.to_owned(),
-            detail,
-            outcome: outcome.to_owned(),
+        let act = Act {
+            actor,
+            sub,
+            action,
+            detail: &detail,
+            outcome,
         };
-        if self.tx.send(Message::Row(row)).await.is_err() {
-            tracing::error!("the audit writer has stopped; a row was not written");
+        let at = self.clock.now();
+        loop {
+            let taken = self.shared.taken.notified();
+            tokio::pin!(taken);
+            {
+                let mut pending = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let hash = act.hash(&pending.hasher);
+                if pending.count(hash, &act, at) {
+                    return;
+                }
+                if pending.rows.len() < self.shared.limits.max_pending {
+                    let row = AuditRecord::single(
+                        at,
+                        actor,
+                        sub.map(str::to_owned),
+                        action,
+                        detail,
+                        outcome,
+                    );
+                    pending.push(hash, row);
+                    if pending.rows.len() == self.shared.limits.batch {
+                        self.shared.full.notify_one();
+                    }
+                    return;
+                }
+                // Full: be told when the writer takes the rows, before letting it.
+                taken.as_mut().enable();
+            }
+            self.shared.full.notify_one();
+            taken.await;
         }
     }
 
-    /// Waits until every row appended before this call is written.
+    /// Waits until every act recorded before this call is written.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(Message::Flush(ack)).await.is_ok() {
+        if self.flush.send(ack).is_ok() {
             let _ = done.await;
         }
     }
 }
 
-async fn writer(store: SharedStore, mut rx: mpsc::Receiver<Message>) {
-    let mut batch = Vec::with_capacity(BATCH);
+async fn writer(
+    store: SharedStore,
+    shared: Arc<Shared>,
+    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+) {
     let mut acks = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Row(row) => batch.push(row),
-                Message::Flush(ack) => acks.push(ack),
-            }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            let rows = std::mem::take(&mut batch);
-            let mut attempt = 0;
-            loop {
-                match store.append_audit(rows.clone()).await {
-                    Ok(()) => break,
-                    Err(e) if attempt < 5 => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "audit write failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, rows = rows.len(), "audit rows could not be written");
-                        break;
-                    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(shared.limits.window) => {}
+            () = shared.full.notified() => {}
+            ack = flushes.recv() => match ack {
+                Some(ack) => acks.push(ack),
+                // Every handle is gone (the app is shutting down): write what is left.
+                None => {
+                    write(&store, &shared).await;
+                    return;
                 }
-            }
+            },
         }
+        while let Ok(ack) = flushes.try_recv() {
+            acks.push(ack);
+        }
+        write(&store, &shared).await;
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
+    }
+}
+
+/// Takes the pending rows and writes them, retrying a failed write a few times.
+async fn write(store: &SharedStore, shared: &Shared) {
+    let rows = shared
+        .pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    shared.taken.notify_waiters();
+    if rows.is_empty() {
+        return;
+    }
+    let mut attempt = 0;
+    loop {
+        match store.append_audit(rows.clone()).await {
+            Ok(()) => break,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "audit write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "audit rows could not be written");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantkeeper_core::SystemClock;
+    use grantkeeper_store::{AuditFilter, MAX_PAGE};
+
+    /// Many more distinct acts than may be pending at once, from many tasks, each also
+    /// repeated: callers wait for room instead of dropping anything, and every act is counted
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_window_makes_callers_wait_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let store = grantkeeper_store::open(&url).await.unwrap();
+        // Only a full pending set (or the window's end, long after the test) makes it write.
+        let limits = Limits {
+            window: Duration::from_secs(600),
+            batch: usize::MAX,
+            max_pending: 64,
+        };
+        let log = AuditLog::with_limits(store.clone(), SystemClock::shared(), limits);
+        let users = 3_000;
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..8 {
+            let log = log.clone();
+            tasks.spawn(async move {
+                for user in (task..users).step_by(8) {
+                    for _ in 0..2 {
+                        let sub = format!("u{user}");
+                        log.record("key_x", Some(&sub), "token", String::new(), "ok")
+                            .await;
+                    }
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        log.flush().await;
+
+        let mut rows = Vec::new();
+        let mut before_id = None;
+        loop {
+            let page = store
+                .audit(AuditFilter {
+                    before_id,
+                    limit: MAX_PAGE,
+                    ..AuditFilter::default()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            before_id = Some(last.id);
+            rows.extend(page);
+        }
+        let mut per_user = std::collections::HashMap::new();
+        for r in &rows {
+            *per_user.entry(r.sub.clone().unwrap()).or_insert(0) += r.times;
+        }
+        assert_eq!(per_user.len(), users, "every user's acts written");
+        assert!(per_user.values().all(|&n| n == 2), "each act counted once");
+        assert!(
+            rows.len() < 2 * users,
+            "repeats within a window share a row"
+        );
     }
 }

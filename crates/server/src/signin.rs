@@ -9,7 +9,6 @@ use crate::error::{ApiError, exchange_error, id_token_error};
 use grantkeeper_core::{Aad, SecretString};
 use grantkeeper_store::{SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome};
 use serde::Deserialize;
-use std::fmt::Write;
 use std::str::FromStr;
 
 /// Where a code was minted; decides the redirect URI sent at exchange.
@@ -41,12 +40,13 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 impl Platform {

@@ -372,6 +372,35 @@ pub struct AuditRecord {
     pub detail: String,
     /// `ok`, or the error code answered (`grant_revoked`, `upstream_error`, ...).
     pub outcome: String,
+    /// How many identical acts (same actor, user, action, detail and outcome) this row stands
+    /// for: the server's audit writer keeps repeats within its window as one row. At least 1.
+    pub times: u32,
+    /// When the last of those acts happened: `at` when `times` is 1.
+    pub last_at: OffsetDateTime,
+}
+
+impl AuditRecord {
+    /// One act at `at` (`id` assigned by the store on append).
+    pub fn single(
+        at: OffsetDateTime,
+        actor: impl Into<String>,
+        sub: Option<String>,
+        action: impl Into<String>,
+        detail: impl Into<String>,
+        outcome: impl Into<String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            at,
+            actor: actor.into(),
+            sub,
+            action: action.into(),
+            detail: detail.into(),
+            outcome: outcome.into(),
+            times: 1,
+            last_at: at,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -450,6 +479,16 @@ pub trait RefreshLeaseStore: Send + Sync {
     ) -> Result<bool>;
     /// Gives the lease back if `owner` holds it.
     async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()>;
+    /// [`GrantStore::record_refresh`], with the lease of `owner` given back in the same
+    /// transaction: one commit where the two calls take two. When the fenced write fails,
+    /// nothing changes and the lease stays held.
+    async fn record_refresh_releasing(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+        owner: &str,
+    ) -> Result<GrantRecord>;
 }
 
 /// A slice of a sweep run, claimed by one sweep process at a time under a lease.

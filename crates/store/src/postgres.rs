@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pending revocations",
         include_str!("../migrations/postgres/0008_pending_revocations.sql"),
     ),
+    (
+        9,
+        "audit counts",
+        include_str!("../migrations/postgres/0009_audit_times.sql"),
+    ),
 ];
 
 /// The key of the advisory lock that instances starting together take to migrate one at a

@@ -291,16 +291,22 @@ pub(crate) fn api_key(row: &impl Columns) -> Result<ApiKeyRecord> {
     })
 }
 
-/// Columns: id, at, actor, sub, action, detail, outcome.
+/// Columns: id, at, actor, sub, action, detail, outcome, times, last_at.
 pub(crate) fn audit(row: &impl Columns) -> Result<AuditRecord> {
+    let at = time(row, "at")?;
     Ok(AuditRecord {
         id: row.int("id")?,
-        at: time(row, "at")?,
+        at,
         actor: row.text("actor")?,
         sub: row.opt_text("sub")?,
         action: row.text("action")?,
         detail: row.text("detail")?,
         outcome: row.text("outcome")?,
+        times: u32::try_from(row.int("times")?)
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| StoreError::Corrupt("an audit row counts fewer than one act".into()))?,
+        last_at: opt_time(row, "last_at")?.unwrap_or(at),
     })
 }
 

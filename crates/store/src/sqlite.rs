@@ -102,6 +102,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pending revocations",
         include_str!("../migrations/sqlite/0008_pending_revocations.sql"),
     ),
+    (
+        9,
+        "audit counts",
+        include_str!("../migrations/sqlite/0009_audit_times.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

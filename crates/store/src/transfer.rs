@@ -10,7 +10,8 @@
 //! booleans, sealed values and wrapped keys as standard base64, NULL as null. A row that does
 //! not fit its table is refused naming the column, never quoting the value. A row without a
 //! column that may be NULL is read as NULL there: an export made before a migration added a
-//! nullable column (`data_keys.retired_at`) still imports.
+//! nullable column (`data_keys.retired_at`) still imports, and so does one without a column added
+//! with a default (`audit.times`, 1).
 
 use crate::rows::Columns;
 use crate::{ExportKind, ExportRecord, Result, StoreError};
@@ -36,10 +37,25 @@ pub(crate) enum ColumnType {
 pub(crate) struct Column {
     pub name: &'static str,
     pub ty: ColumnType,
+    /// What a row that lacks this column (an export made before the migration that added it)
+    /// holds there, for a column that is not nullable.
+    pub default: Option<i64>,
 }
 
 const fn column(name: &'static str, ty: ColumnType) -> Column {
-    Column { name, ty }
+    Column {
+        name,
+        ty,
+        default: None,
+    }
+}
+
+const fn int_or(name: &'static str, default: i64) -> Column {
+    Column {
+        name,
+        ty: Int,
+        default: Some(default),
+    }
 }
 
 /// The table of one kind of record.
@@ -169,6 +185,8 @@ const AUDIT: Table = Table {
         column("action", Text),
         column("detail", Text),
         column("outcome", Text),
+        int_or("times", 1),
+        column("last_at", OptInt),
     ],
 };
 
@@ -356,6 +374,7 @@ fn import_row(table: &Table, mut row: Map<String, Value>) -> Result<Vec<Cell>> {
         let value = match row.remove(name) {
             Some(value) => value,
             None if matches!(column.ty, OptText | OptInt | OptBytes) => Value::Null,
+            None if let Some(default) = column.default => Value::from(default),
             None => return Err(refused(format!("lacks the column {name}"))),
         };
         let wrong = || refused(format!("has a value of the wrong type in {name}"));

@@ -155,7 +155,10 @@ async fn retry_after_is_honoured_by_the_backoff() {
         let answer = if demand == 0 {
             broker.refresh_now(&sub).await
         } else {
-            broker.access_token(&sub, &TokenRequest::default()).await
+            broker
+                .access_token(&sub, &TokenRequest::default())
+                .await
+                .map(|t| (*t).clone())
         };
         match answer {
             Err(BrokerError::Unavailable { retry_after, .. }) => {

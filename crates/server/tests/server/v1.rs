@@ -431,6 +431,94 @@ async fn the_proxy_calls_google_as_the_user() {
     );
 }
 
+/// Identical hand-outs within the audit writer's window are one row that counts them; a
+/// different key, detail or outcome is a row of its own; a written window is never added to.
+#[tokio::test]
+async fn identical_hand_outs_are_counted_in_one_audit_row() {
+    let t = TestApp::start().await;
+    let sub = t.signed_in("counted@example.com").await;
+    let (a, b) = (t.api_key(&[Token]).await, t.api_key(&[Token]).await);
+    let path = format!("/v1/users/{sub}/token");
+    t.app.audit().flush().await;
+    let before = audit_rows(&t, &sub).await.len();
+
+    let calls = (0..25)
+        .map(|_| t.v1("POST", &path, Some(&a), None))
+        .chain((0..3).map(|_| t.v1("POST", &path, Some(&b), None)))
+        .chain((0..2).map(|_| t.v1("POST", &path, Some(&a), Some(json!({"scopes": ["email"]})))))
+        .chain((0..4).map(|_| {
+            t.v1(
+                "POST",
+                &path,
+                Some(&a),
+                Some(json!({"scopes": ["https://www.googleapis.com/auth/gmail.readonly"]})),
+            )
+        }));
+    let answers = futures_util::future::join_all(calls).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        30,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 403).count(),
+        4,
+        "{statuses:?}"
+    );
+
+    let rows = audit_rows(&t, &sub).await;
+    let new: Vec<_> = rows[..rows.len() - before].iter().rev().collect();
+    let key_of = |secret: &str| {
+        let hash = grantkeeper_server::apikeys::hash_key(secret);
+        let t = &t;
+        async move {
+            t.app
+                .store()
+                .api_key_by_hash(&hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+        }
+    };
+    let (a_id, b_id) = (key_of(&a).await, key_of(&b).await);
+    // Per (key, detail, outcome): how many acts, in how many rows. The calls above take far
+    // less than the one-second window, but may straddle the end of one: a few rows at most.
+    let mut groups: std::collections::BTreeMap<(String, String, String), (u32, usize)> =
+        Default::default();
+    for r in &new {
+        let g = groups
+            .entry((r.actor.clone(), r.detail.clone(), r.outcome.clone()))
+            .or_default();
+        g.0 += r.times;
+        g.1 += 1;
+    }
+    let email = "https://www.googleapis.com/auth/userinfo.email";
+    let gmail = "https://www.googleapis.com/auth/gmail.readonly";
+    let acts: Vec<(&str, &str, &str, u32)> = groups
+        .iter()
+        .map(|((k, d, o), (n, _))| (k.as_str(), d.as_str(), o.as_str(), *n))
+        .collect();
+    let mut expected = vec![
+        (a_id.as_str(), "", "ok", 25),
+        (b_id.as_str(), "", "ok", 3),
+        (a_id.as_str(), email, "ok", 2),
+        (a_id.as_str(), gmail, "scope_not_granted", 4),
+    ];
+    expected.sort();
+    assert_eq!(acts, expected, "every act counted once, in its own group");
+    let (_, a_rows) = groups[&(a_id.clone(), String::new(), "ok".to_owned())];
+    assert!(a_rows <= 3, "25 identical hand-outs took {a_rows} rows");
+    assert!(new.iter().all(|r| r.action == "token" && r.last_at >= r.at));
+
+    // The flush wrote that window: the next identical hand-out starts a row of its own.
+    t.v1("POST", &path, Some(&a), None).await;
+    let rows = audit_rows(&t, &sub).await;
+    assert_eq!((rows[0].actor.as_str(), rows[0].times), (a_id.as_str(), 1));
+    assert!(rows[0].id > new.iter().map(|r| r.id).max().unwrap());
+}
+
 #[tokio::test]
 async fn the_proxy_refreshes_once_after_a_401_and_never_more() {
     let t = TestApp::start().await;

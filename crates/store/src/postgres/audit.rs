@@ -21,13 +21,16 @@ impl AuditStore for PostgresStore {
         let action: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
         let detail: Vec<&str> = records.iter().map(|r| r.detail.as_str()).collect();
         let outcome: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+        let times: Vec<i64> = records.iter().map(|r| i64::from(r.times.max(1))).collect();
+        let last_at: Vec<i64> = records.iter().map(|r| unix(r.last_at.max(r.at))).collect();
         retrying(|| async {
             sqlx::query(
-                "INSERT INTO audit (at, actor, sub, action, detail, outcome)
-                 SELECT at, actor, sub, action, detail, outcome
+                "INSERT INTO audit (at, actor, sub, action, detail, outcome, times, last_at)
+                 SELECT at, actor, sub, action, detail, outcome, times, last_at
                    FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
-                               $6::TEXT[])
-                        WITH ORDINALITY AS batch (at, actor, sub, action, detail, outcome, n)
+                               $6::TEXT[], $7::BIGINT[], $8::BIGINT[])
+                        WITH ORDINALITY
+                        AS batch (at, actor, sub, action, detail, outcome, times, last_at, n)
                   ORDER BY n",
             )
             .bind(&at)
@@ -36,6 +39,8 @@ impl AuditStore for PostgresStore {
             .bind(&action)
             .bind(&detail)
             .bind(&outcome)
+            .bind(&times)
+            .bind(&last_at)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -47,7 +52,7 @@ impl AuditStore for PostgresStore {
         // Only the filters given become conditions, so that the planner can pick the index
         // that fits (sub, id) or (at) instead of scanning past `x IS NULL OR` guards.
         let mut query = QueryBuilder::<Postgres>::new(
-            "SELECT id, at, actor, sub, action, detail, outcome FROM audit WHERE TRUE",
+            "SELECT id, at, actor, sub, action, detail, outcome, times, last_at FROM audit WHERE TRUE",
         );
         if let Some(sub) = filter.sub {
             query.push(" AND sub = ").push_bind(sub);

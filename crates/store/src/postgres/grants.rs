@@ -31,9 +31,10 @@ impl GrantStore for PostgresStore {
         refresh: RefreshSuccess,
     ) -> Result<GrantRecord> {
         let merge = |held| merge_refresh(held, &refresh);
-        let (grant, _) =
-            retrying(|| self.fenced_write_once(sub, Some(expected_version), refresh.at, &merge))
-                .await?;
+        let (grant, _) = retrying(|| {
+            self.fenced_write_once(sub, Some(expected_version), refresh.at, &merge, None)
+        })
+        .await?;
         Ok(grant)
     }
 
@@ -44,7 +45,7 @@ impl GrantStore for PostgresStore {
         update: StateUpdate,
     ) -> Result<(GrantRecord, Option<GrantEvent>)> {
         let merge = |held| merge_state_update(held, &update);
-        retrying(|| self.fenced_write_once(sub, expected_version, update.at, &merge)).await
+        retrying(|| self.fenced_write_once(sub, expected_version, update.at, &merge, None)).await
     }
 
     async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage> {
@@ -94,12 +95,15 @@ impl PostgresStore {
     /// change of state, and answers with the row as written. Nothing is written when the fence
     /// fails. Concurrent writers of one grant queue on its row lock, so each checks its fence
     /// against what the one before it committed.
-    async fn fenced_write_once(
+    /// One fenced write of a grant in its own transaction; with `release_lease_of`, that
+    /// owner's refresh lease is given back in the same transaction.
+    pub(super) async fn fenced_write_once(
         &self,
         sub: &str,
         expected_version: Option<i64>,
         at: OffsetDateTime,
         merge: &(impl Fn(GrantRecord) -> Merged + Sync),
+        release_lease_of: Option<&str>,
     ) -> PgResult<(GrantRecord, Option<GrantEvent>)> {
         let mut tx = self.begin().await?;
         let held = lock_grant(&mut tx, sub)
@@ -113,6 +117,13 @@ impl PostgresStore {
             Some(change) => Some(append_event(&mut tx, sub, change, at).await?),
             None => None,
         };
+        if let Some(owner) = release_lease_of {
+            sqlx::query("DELETE FROM refresh_leases WHERE sub = $1 AND owner = $2")
+                .bind(sub)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((grant, event))
     }

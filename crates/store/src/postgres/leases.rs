@@ -1,8 +1,9 @@
 //! Refresh leases: which instance may refresh a grant now.
 
 use super::{PostgresStore, retrying};
+use crate::merge::merge_refresh;
 use crate::rows::unix;
-use crate::{RefreshLeaseStore, Result};
+use crate::{GrantRecord, RefreshLeaseStore, RefreshSuccess, Result};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -50,5 +51,20 @@ impl RefreshLeaseStore for PostgresStore {
             Ok(())
         })
         .await
+    }
+
+    async fn record_refresh_releasing(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+        owner: &str,
+    ) -> Result<GrantRecord> {
+        let merge = |held| merge_refresh(held, &refresh);
+        let (grant, _) = retrying(|| {
+            self.fenced_write_once(sub, Some(expected_version), refresh.at, &merge, Some(owner))
+        })
+        .await?;
+        Ok(grant)
     }
 }

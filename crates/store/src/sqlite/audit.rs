@@ -6,7 +6,7 @@ use crate::{AuditFilter, AuditRecord, AuditStore, Result, page_limit};
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite};
 
-/// Rows per INSERT of [`AuditStore::append_audit`]: 600 bound values, far below SQLite's limit
+/// Rows per INSERT of [`AuditStore::append_audit`]: 800 bound values, far below SQLite's limit
 /// of 32766.
 const ROWS_PER_INSERT: usize = 100;
 
@@ -22,7 +22,7 @@ impl AuditStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         for chunk in records.chunks(ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit (at, actor, sub, action, detail, outcome) ",
+                "INSERT INTO audit (at, actor, sub, action, detail, outcome, times, last_at) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(unix(record.at))
@@ -30,7 +30,9 @@ impl AuditStore for SqliteStore {
                     .push_bind(record.sub.clone())
                     .push_bind(record.action.clone())
                     .push_bind(record.detail.clone())
-                    .push_bind(record.outcome.clone());
+                    .push_bind(record.outcome.clone())
+                    .push_bind(i64::from(record.times.max(1)))
+                    .push_bind(unix(record.last_at.max(record.at)));
             });
             // Full chunks share one statement, prepared once per connection and cached; the
             // shorter last chunk is prepared for this once and not cached, so that its many
@@ -51,7 +53,7 @@ impl AuditStore for SqliteStore {
         // Only the filters given become conditions, so that SQLite can pick the index that
         // fits (sub, id) or (at) instead of scanning past `x IS NULL OR` guards.
         let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT id, at, actor, sub, action, detail, outcome FROM audit WHERE 1 = 1",
+            "SELECT id, at, actor, sub, action, detail, outcome, times, last_at FROM audit WHERE 1 = 1",
         );
         if let Some(sub) = filter.sub {
             query.push(" AND sub = ").push_bind(sub);

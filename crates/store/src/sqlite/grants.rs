@@ -117,7 +117,7 @@ impl SqliteStore {
 }
 
 /// [`SqliteStore::fenced_write`] within the caller's transaction.
-async fn fenced_write_in(
+pub(super) async fn fenced_write_in(
     conn: &mut SqliteConnection,
     sub: &str,
     expected_version: Option<i64>,

@@ -1,8 +1,10 @@
 //! Refresh leases: which instance may refresh a grant now.
 
+use super::grants::fenced_write_in;
 use super::{SqliteStore, map_sqlx};
+use crate::merge::merge_refresh;
 use crate::rows::unix;
-use crate::{RefreshLeaseStore, Result};
+use crate::{GrantRecord, RefreshLeaseStore, RefreshSuccess, Result};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -59,5 +61,37 @@ impl RefreshLeaseStore for SqliteStore {
                 })
             })
             .await
+    }
+
+    async fn record_refresh_releasing(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+        owner: &str,
+    ) -> Result<GrantRecord> {
+        let at = refresh.at;
+        let (sub, owner) = (sub.to_owned(), owner.to_owned());
+        // One savepoint of the group commit: a failed fence rolls back to it, lease included.
+        let (grant, _) = self
+            .group
+            .write(move |conn| {
+                Box::pin(async move {
+                    let written =
+                        fenced_write_in(&mut *conn, &sub, Some(expected_version), at, |held| {
+                            merge_refresh(held, &refresh)
+                        })
+                        .await?;
+                    sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
+                        .bind(&sub)
+                        .bind(&owner)
+                        .execute(conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                    Ok(written)
+                })
+            })
+            .await?;
+        Ok(grant)
     }
 }

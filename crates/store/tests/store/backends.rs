@@ -106,6 +106,8 @@ async fn keeps_working(store: &SharedStore, audit_max: i64, event_max: i64) {
             action: "import".into(),
             detail: String::new(),
             outcome: "ok".into(),
+            times: 1,
+            last_at: t(9000),
         }])
         .await
         .unwrap();

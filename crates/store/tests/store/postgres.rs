@@ -257,7 +257,8 @@ async fn migrations_are_idempotent_and_safe_to_start_together() {
             (5, true),
             (6, true),
             (7, true),
-            (8, true)
+            (8, true),
+            (9, true)
         ]
     );
     raw.close().await.unwrap();

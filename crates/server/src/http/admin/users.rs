@@ -384,22 +384,28 @@ async fn user_page(
     body.push_str("</tbody></table></div>");
 
     body.push_str(
-        r#"<h2>Audit trail</h2><div class="scroll"><table id="audit"><thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Action</th><th scope="col">Detail</th><th scope="col">Outcome</th></tr></thead><tbody>"#,
+        r#"<h2>Audit trail</h2><div class="scroll"><table id="audit"><thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Action</th><th scope="col">Detail</th><th scope="col">Outcome</th><th scope="col">Times</th></tr></thead><tbody>"#,
     );
     for a in &audit {
         let _ = write!(
             body,
-            r#"<tr data-audit="{}"><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{}</td><td>{}</td></tr>"#,
+            r#"<tr data-audit="{}" data-times="{}"><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{}</td><td>{}</td><td>{}</td></tr>"#,
             a.id,
+            a.times,
             esc(&utc(a.at)),
             esc(&a.actor),
             esc(&a.action),
             esc(&a.detail),
             esc(&a.outcome),
+            esc(&if a.times > 1 {
+                format!("{} (last at {})", a.times, utc(a.last_at))
+            } else {
+                "1".to_owned()
+            }),
         );
     }
     if audit.is_empty() {
-        body.push_str(r#"<tr><td colspan="5">Nothing recorded.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="6">Nothing recorded.</td></tr>"#);
     }
     body.push_str("</tbody></table></div><nav class=\"pager\" aria-label=\"Audit pages\">");
     let here = format!("/admin/users/{}", path_segment(&p.sub));

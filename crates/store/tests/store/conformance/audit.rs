@@ -18,6 +18,13 @@ fn row(i: i64) -> AuditRecord {
             format!("GET drive/v3/files/{i}")
         },
         outcome: if i % 7 == 0 { "upstream_error" } else { "ok" }.to_owned(),
+        // Every third row stands for several identical acts, the last some seconds later.
+        times: if i % 3 == 0 {
+            1 + (i % 11) as u32 * 1000
+        } else {
+            1
+        },
+        last_at: t(i + if i % 3 == 0 { i % 11 } else { 0 }),
     }
 }
 

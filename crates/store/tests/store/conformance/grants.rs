@@ -670,6 +670,8 @@ pub async fn delete_user_cascades_but_keeps_audit(store: SharedStore) {
         action: action.into(),
         detail: "openid email".into(),
         outcome: "ok".into(),
+        times: 1,
+        last_at: t(7),
     };
     store
         .append_audit(vec![audited("rex", "token"), audited("roy", "token")])

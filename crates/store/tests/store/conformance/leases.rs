@@ -1,9 +1,9 @@
 //! Refresh leases (`RefreshLeaseStore`): one instance at a time may refresh a grant; a lease
 //! ends by itself, or when its holder gives it back; the grant itself is not written.
 
-use super::{signed_in, state_update, t};
+use super::{access, signed_in, state_update, t};
 use grantkeeper_core::GrantState;
-use grantkeeper_store::{SharedStore, StoreError};
+use grantkeeper_store::{RefreshSuccess, SharedStore, StoreError};
 use std::collections::HashSet;
 
 async fn take(store: &SharedStore, sub: &str, owner: &str, until: i64, now: i64) -> bool {
@@ -71,6 +71,50 @@ pub async fn refresh_lease_is_free_once_released(store: SharedStore) {
             .unwrap();
     }
     assert!(take(&store, "rel", "instance-c", 600, 4).await);
+}
+
+/// A refresh recorded with the lease given back in the same transaction: both or neither.
+pub async fn refresh_recorded_with_its_lease_given_back(store: SharedStore) {
+    let held = signed_in(&store, "rwl").await;
+    let refreshed = |tag: &str, at: i64| RefreshSuccess {
+        access_token: access(tag, t(at + 3599)),
+        refresh_token: None,
+        scopes: None,
+        at: t(at),
+    };
+    assert!(take(&store, "rwl", "instance-a", 600, 0).await);
+    // A stale version: nothing written, and the lease is still held.
+    let err = store
+        .record_refresh_releasing("rwl", held.version - 1, refreshed("x", 1), "instance-a")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict), "{err:?}");
+    assert_eq!(store.grant("rwl").await.unwrap(), Some(held.clone()));
+    assert!(!take(&store, "rwl", "instance-b", 600, 1).await);
+
+    let written = store
+        .record_refresh_releasing("rwl", held.version, refreshed("a1", 2), "instance-a")
+        .await
+        .unwrap();
+    assert_eq!(written.version, held.version + 1);
+    assert_eq!(written.access_token, Some(access("a1", t(2 + 3599))));
+    assert_eq!(store.grant("rwl").await.unwrap(), Some(written.clone()));
+    // Given back: another instance takes it at once, long before its end.
+    assert!(take(&store, "rwl", "instance-b", 600, 3).await);
+
+    // Written by one that does not hold the lease: the token lands, the holder's lease stays.
+    let again = store
+        .record_refresh_releasing("rwl", written.version, refreshed("a2", 4), "instance-a")
+        .await
+        .unwrap();
+    assert_eq!(again.version, written.version + 1);
+    assert!(!take(&store, "rwl", "instance-c", 600, 5).await);
+    assert!(matches!(
+        store
+            .record_refresh_releasing("ghost", 1, refreshed("g", 6), "instance-a")
+            .await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn refresh_lease_of_unknown_user_is_not_found(store: SharedStore) {

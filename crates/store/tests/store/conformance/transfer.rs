@@ -112,6 +112,9 @@ pub async fn populate(store: &SharedStore) {
             action: "token".into(),
             detail: OPENID_EMAIL.into(),
             outcome: if i % 5 == 0 { "upstream_error" } else { "ok" }.into(),
+            // Coalesced rows travel with their count and last time.
+            times: 1 + (i % 3) as u32 * 20,
+            last_at: t(1000 + i + (i % 3) * 7),
         })
         .collect();
     store.append_audit(audit).await.unwrap();
@@ -259,6 +262,8 @@ pub async fn imported_store_keeps_working(source: SharedStore, target: SharedSto
             action: "import".into(),
             detail: String::new(),
             outcome: "ok".into(),
+            times: 1,
+            last_at: t(5000),
         }])
         .await
         .unwrap();
@@ -510,4 +515,22 @@ pub async fn import_refuses_what_does_not_fit(source: SharedStore, target: Share
         target.import(Vec::new()).await.unwrap(),
         ImportCounts::default()
     );
+
+    // An audit row exported before rows were coalesced (no `times`, no `last_at`) stands for
+    // one act at its time; a count below one is refused.
+    let (audit, _) = source
+        .export_page(ExportKind::Audit, None, 1)
+        .await
+        .unwrap();
+    let mut old = audit[0].clone();
+    old.row.remove("times");
+    old.row.remove("last_at");
+    let at = old.row["at"].as_i64().unwrap();
+    let mut none = old.clone();
+    none.row.insert("times".into(), json!(0));
+    none.row.insert("id".into(), json!(424_242));
+    target.import(vec![old]).await.unwrap();
+    let read = target.audit(AuditFilter::default()).await.unwrap();
+    assert_eq!((read[0].times, read[0].last_at.unix_timestamp()), (1, at));
+    assert!(target.import(vec![none]).await.is_err());
 }
