@@ -110,14 +110,15 @@ pub struct Opts {
         default_value_t = 50
     )]
     pub sweep_latency_ms: u64,
-    /// Concurrency of `sweep`
+    /// Concurrencies of `sweep`, each a run over the same users
     #[arg(
         long = "sweep-concurrency",
         alias = "concurrency",
         global = true,
-        default_value_t = 100
+        value_delimiter = ',',
+        default_values_t = [32, 100]
     )]
-    pub sweep_concurrency: usize,
+    pub sweep_concurrency: Vec<usize>,
     /// Stored users at which `growth` measures
     #[arg(long, global = true, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
     pub sizes: Vec<u64>,
