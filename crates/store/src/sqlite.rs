@@ -338,3 +338,59 @@ fn map_migrate(e: MigrateError) -> StoreError {
         other => StoreError::Migration(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `PRAGMA synchronous` as a write of the group commit sees it (2 = FULL, 1 = NORMAL).
+    async fn synchronous_in_group(store: &SqliteStore, durable: bool) -> i64 {
+        store
+            .group
+            .queue(
+                |conn| {
+                    Box::pin(async move {
+                        let (mode,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                            .fetch_one(conn)
+                            .await
+                            .map_err(map_sqlx)?;
+                        Ok(mode)
+                    })
+                },
+                durable,
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_lazy_groups_skip_the_flush_and_the_writer_flushes_again_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("group.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(synchronous_in_group(&store, true).await, 2);
+        assert_eq!(synchronous_in_group(&store, false).await, 1);
+        assert_eq!(synchronous_in_group(&store, true).await, 2);
+        // A transaction outside the group commit (a sign-in's, an import's), after a lazy group.
+        assert_eq!(synchronous_in_group(&store, false).await, 1);
+        let mut tx = store.begin_write().await.unwrap();
+        let (mode,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(mode, 2);
+        tx.commit().await.unwrap();
+        // Queued together, a durable write makes its whole group durable.
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let store = store.clone();
+            writes.spawn(async move { (i, synchronous_in_group(&store, i % 8 != 0).await) });
+        }
+        while let Some(done) = writes.join_next().await {
+            let (i, mode) = done.unwrap();
+            if i % 8 != 0 {
+                assert_eq!(mode, 2, "durable write {i}");
+            }
+        }
+    }
+}

@@ -29,16 +29,21 @@ impl GrantStore for SqliteStore {
     ) -> Result<GrantRecord> {
         let at = refresh.at;
         let sub = sub.to_owned();
+        // Flushed to disk first only when it brings a refresh token (see `GroupCommit`).
+        let durable = refresh.refresh_token.is_some();
         let (grant, _) = self
             .group
-            .write(move |conn| {
-                Box::pin(async move {
-                    fenced_write_in(conn, &sub, Some(expected_version), at, |held| {
-                        merge_refresh(held, &refresh)
+            .queue(
+                move |conn| {
+                    Box::pin(async move {
+                        fenced_write_in(conn, &sub, Some(expected_version), at, |held| {
+                            merge_refresh(held, &refresh)
+                        })
+                        .await
                     })
-                    .await
-                })
-            })
+                },
+                durable,
+            )
             .await?;
         Ok(grant)
     }

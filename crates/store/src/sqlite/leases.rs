@@ -23,7 +23,7 @@ impl RefreshLeaseStore for SqliteStore {
         // the error mapping calls NotFound. The grant's row is not written.
         let (sub, owner) = (sub.to_owned(), owner.to_owned());
         self.group
-            .write(move |conn| {
+            .write_lazy(move |conn| {
                 Box::pin(async move {
                     let done = sqlx::query(
                         "INSERT INTO refresh_leases (sub, owner, lease_until) VALUES (?1, ?2, ?3)
@@ -49,7 +49,7 @@ impl RefreshLeaseStore for SqliteStore {
         // Another owner's lease (this one's ran out and was taken) stays.
         let (sub, owner) = (sub.to_owned(), owner.to_owned());
         self.group
-            .write(move |conn| {
+            .write_lazy(move |conn| {
                 Box::pin(async move {
                     sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
                         .bind(sub)
@@ -71,26 +71,32 @@ impl RefreshLeaseStore for SqliteStore {
         owner: &str,
     ) -> Result<GrantRecord> {
         let at = refresh.at;
+        let durable = refresh.refresh_token.is_some();
         let (sub, owner) = (sub.to_owned(), owner.to_owned());
         // One savepoint of the group commit: a failed fence rolls back to it, lease included.
+        // A new refresh token is flushed before anyone is told; an access token alone need
+        // not survive a power loss (the next demand refreshes again).
         let (grant, _) = self
             .group
-            .write(move |conn| {
-                Box::pin(async move {
-                    let written =
-                        fenced_write_in(&mut *conn, &sub, Some(expected_version), at, |held| {
-                            merge_refresh(held, &refresh)
-                        })
-                        .await?;
-                    sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
-                        .bind(&sub)
-                        .bind(&owner)
-                        .execute(conn)
-                        .await
-                        .map_err(map_sqlx)?;
-                    Ok(written)
-                })
-            })
+            .queue(
+                move |conn| {
+                    Box::pin(async move {
+                        let written =
+                            fenced_write_in(&mut *conn, &sub, Some(expected_version), at, |held| {
+                                merge_refresh(held, &refresh)
+                            })
+                            .await?;
+                        sqlx::query("DELETE FROM refresh_leases WHERE sub = ?1 AND owner = ?2")
+                            .bind(&sub)
+                            .bind(&owner)
+                            .execute(conn)
+                            .await
+                            .map_err(map_sqlx)?;
+                        Ok(written)
+                    })
+                },
+                durable,
+            )
             .await?;
         Ok(grant)
     }
