@@ -38,9 +38,6 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         control_api: true,
     })
     .await?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     tokio::spawn(axum::serve(listener, emulator.router()).into_future());
 
     let client = emulator.web_client();
