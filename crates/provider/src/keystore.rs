@@ -9,6 +9,9 @@
 //! again.
 
 use crate::error::ProviderError;
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use grantkeeper_core::SharedClock;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
@@ -16,6 +19,83 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// One RSA key of a JWK set, read once: jsonwebtoken's form (for security event tokens) and
+/// aws-lc-rs's parsed key, which checks an RS256 signature without rebuilding the key and its
+/// Montgomery context at every verification (as `jsonwebtoken::crypto::verify` does).
+pub(crate) struct JwksKey {
+    decoding: DecodingKey,
+    rs256: ParsedPublicKey,
+}
+
+impl JwksKey {
+    /// From the JWK's base64url `n` and `e`; None when they are not a usable RSA key
+    /// (2048 to 8192 bits).
+    fn from_rsa_components(n: &str, e: &str) -> Option<JwksKey> {
+        let decoding = DecodingKey::from_rsa_components(n, e).ok()?;
+        let (n, e) = (
+            URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')).ok()?,
+            URL_SAFE_NO_PAD.decode(e.trim_end_matches('=')).ok()?,
+        );
+        let der = rsa_public_key_der(&n, &e);
+        let rs256 = ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der).ok()?;
+        Some(JwksKey { decoding, rs256 })
+    }
+
+    /// Whether `signature` is this key's RS256 (RSASSA-PKCS1-v1_5, SHA-256) signature of
+    /// `message`.
+    pub(crate) fn verifies_rs256(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.rs256.verify_sig(message, signature).is_ok()
+    }
+}
+
+impl std::ops::Deref for JwksKey {
+    type Target = DecodingKey;
+    fn deref(&self) -> &DecodingKey {
+        &self.decoding
+    }
+}
+
+impl std::fmt::Debug for JwksKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksKey").finish_non_exhaustive()
+    }
+}
+
+/// DER of a PKCS#1 `RSAPublicKey`: `SEQUENCE { INTEGER n, INTEGER e }`, what aws-lc-rs parses
+/// an RSA verification key from.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn length(out: &mut Vec<u8>, len: usize) {
+        match len {
+            0..0x80 => out.push(len as u8),
+            0x80..0x100 => out.extend([0x81, len as u8]),
+            _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
+        }
+    }
+    fn integer(out: &mut Vec<u8>, magnitude: &[u8]) {
+        let start = magnitude
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(magnitude.len());
+        let digits = &magnitude[start..];
+        // A leading zero keeps a high first bit from reading as a negative number.
+        let pad = digits.first().is_none_or(|&b| b >= 0x80);
+        out.push(0x02);
+        length(out, digits.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(digits);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut der = Vec::with_capacity(body.len() + 4);
+    der.push(0x30);
+    length(&mut der, body.len());
+    der.extend(body);
+    der
+}
 
 /// Freshness when the JWKS answer names none.
 const DEFAULT_MAX_AGE: i64 = 3600;
@@ -58,7 +138,7 @@ enum Reason {
 
 #[derive(Debug)]
 enum Step {
-    Hit(Arc<DecodingKey>),
+    Hit(Arc<JwksKey>),
     /// The fresh set lacks the kid and no refetch is allowed now.
     Unknown,
     /// Usable keys are held (answer to a readiness check).
@@ -69,7 +149,7 @@ enum Step {
 
 #[derive(Default)]
 struct State {
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<JwksKey>>,
     loaded: bool,
     /// Unix seconds before which the set is fresh.
     fresh_until: i64,
@@ -127,7 +207,7 @@ impl State {
 /// The outcome of a lookup.
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    Key(Arc<DecodingKey>),
+    Key(Arc<JwksKey>),
     Unknown,
     Unavailable(ProviderError),
 }
@@ -262,7 +342,7 @@ struct Jwk {
 
 /// The RSA signing keys of a JWK set. Keys of another type, use or algorithm, or without a
 /// kid, are skipped rather than failing the set: a provider may publish more than we use.
-pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, ProviderError> {
+pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<JwksKey>>, ProviderError> {
     #[derive(Deserialize)]
     struct Set {
         keys: Vec<serde_json::Value>,
@@ -285,11 +365,11 @@ pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>
         else {
             continue;
         };
-        match DecodingKey::from_rsa_components(&n, &e) {
-            Ok(key) => {
+        match JwksKey::from_rsa_components(&n, &e) {
+            Some(key) => {
                 keys.insert(kid, Arc::new(key));
             }
-            Err(error) => tracing::warn!(%kid, %error, "skipping an unreadable JWKS key"),
+            None => tracing::warn!(%kid, "skipping an unreadable JWKS key"),
         }
     }
     if keys.is_empty() {
@@ -331,6 +411,66 @@ pub(crate) fn freshness(cache_control: Option<&str>, age: Option<&str>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+
+    #[test]
+    fn rsa_public_key_der_is_minimal_and_positive() {
+        // 0x80 needs a leading zero; leading zeros go; 65537 is three bytes.
+        assert_eq!(
+            rsa_public_key_der(&[0, 0, 0x80, 1], &[1, 0, 1]),
+            [
+                0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01
+            ]
+        );
+        // A 2048-bit modulus: two length bytes for the integer and the sequence.
+        let der = rsa_public_key_der(&[0xc5; 256], &[1, 0, 1]);
+        assert_eq!(&der[..8], [0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01]);
+        assert_eq!(der.len(), 4 + 4 + 257 + 5);
+    }
+
+    /// A JWK built from a real key's `n` and `e` checks that key's RS256 signatures, and
+    /// nothing else.
+    #[test]
+    fn a_jwks_key_checks_rs256_signatures_of_its_key() {
+        let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let public = pair.public_key();
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let (n, e) = (
+            b64(public.modulus().big_endian_without_leading_zero()),
+            b64(public.exponent().big_endian_without_leading_zero()),
+        );
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1", "n": n, "e": e}
+        ]});
+        let keys = parse_jwks(jwks.to_string().as_bytes()).unwrap();
+        let key = &keys["k1"];
+        let message = b"header.payload";
+        let mut signature = vec![0; pair.public_modulus_len()];
+        pair.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            message,
+            &mut signature,
+        )
+        .unwrap();
+        assert!(key.verifies_rs256(message, &signature));
+        assert!(!key.verifies_rs256(b"header.payloaD", &signature));
+        signature[10] ^= 1;
+        assert!(!key.verifies_rs256(message, &signature));
+        // jsonwebtoken's form of the same key agrees (security event tokens use it).
+        let token_sig = b64(&{
+            let mut s = vec![0; pair.public_modulus_len()];
+            pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut s)
+                .unwrap();
+            s
+        });
+        assert!(
+            jsonwebtoken::crypto::verify(&token_sig, message, key, jsonwebtoken::Algorithm::RS256)
+                .unwrap()
+        );
+    }
 
     #[test]
     fn freshness_follows_cache_control_and_age() {

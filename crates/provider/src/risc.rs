@@ -309,7 +309,9 @@ pub(crate) fn read_header(token: &str) -> Result<Header, SecurityEventError> {
 }
 
 /// The key a lookup in the RISC key cache found, or why there is none.
-pub(crate) fn signing_key(lookup: Lookup) -> Result<Arc<DecodingKey>, SecurityEventError> {
+pub(crate) fn signing_key(
+    lookup: Lookup,
+) -> Result<Arc<crate::keystore::JwksKey>, SecurityEventError> {
     match lookup {
         Lookup::Key(key) => Ok(key),
         Lookup::Unknown => Err(SecurityEventError::Key(
