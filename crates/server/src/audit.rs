@@ -155,9 +155,7 @@ impl AuditLog {
         };
         let at = self.clock.now();
         loop {
-            let taken = self.shared.taken.notified();
-            tokio::pin!(taken);
-            {
+            let taken = {
                 let mut pending = self
                     .shared
                     .pending
@@ -182,9 +180,11 @@ impl AuditLog {
                     }
                     return;
                 }
-                // Full: be told when the writer takes the rows, before letting it.
+                // Full (rare): be told when the writer takes the rows, before letting it.
+                let mut taken = Box::pin(self.shared.taken.notified());
                 taken.as_mut().enable();
-            }
+                taken
+            };
             self.shared.full.notify_one();
             taken.await;
         }

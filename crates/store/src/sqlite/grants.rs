@@ -29,8 +29,7 @@ impl GrantStore for SqliteStore {
     ) -> Result<GrantRecord> {
         let at = refresh.at;
         let sub = sub.to_owned();
-        // Flushed to disk first only when it brings a refresh token (see `GroupCommit`).
-        let durable = refresh.refresh_token.is_some();
+        let durable = must_be_flushed(&refresh);
         let (grant, _) = self
             .group
             .queue(
@@ -122,6 +121,13 @@ impl SqliteStore {
 }
 
 /// [`SqliteStore::fenced_write`] within the caller's transaction.
+/// A refresh is flushed to disk before anyone is told only when it brings a refresh token; an
+/// access token alone need not survive a power loss, the next demand refreshes again (see
+/// `GroupCommit::write_lazy`).
+pub(super) fn must_be_flushed(refresh: &RefreshSuccess) -> bool {
+    refresh.refresh_token.is_some()
+}
+
 pub(super) async fn fenced_write_in(
     conn: &mut SqliteConnection,
     sub: &str,

@@ -1,6 +1,6 @@
 //! Refresh leases: which instance may refresh a grant now.
 
-use super::grants::fenced_write_in;
+use super::grants::{fenced_write_in, must_be_flushed};
 use super::{SqliteStore, map_sqlx};
 use crate::merge::merge_refresh;
 use crate::rows::unix;
@@ -71,11 +71,9 @@ impl RefreshLeaseStore for SqliteStore {
         owner: &str,
     ) -> Result<GrantRecord> {
         let at = refresh.at;
-        let durable = refresh.refresh_token.is_some();
+        let durable = must_be_flushed(&refresh);
         let (sub, owner) = (sub.to_owned(), owner.to_owned());
         // One savepoint of the group commit: a failed fence rolls back to it, lease included.
-        // A new refresh token is flushed before anyone is told; an access token alone need
-        // not survive a power loss (the next demand refreshes again).
         let (grant, _) = self
             .group
             .queue(
