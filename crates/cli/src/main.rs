@@ -11,6 +11,7 @@ mod transfer;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -91,8 +92,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Writes every user, grant, event, API key, audit row and wrapped data key as JSON lines
-    /// (sealed values stay sealed)
+    /// Writes every user, grant, event, API key, audit row, wrapped data key, queued
+    /// revocation, sign-in block, security event id and activity minute as JSON lines (sealed
+    /// values stay sealed; sessions, refresh leases and sweep progress stay behind)
     Export {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -211,8 +213,11 @@ enum UsersCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: not in log files and collectors, and not paid
+    // for in every request's span.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

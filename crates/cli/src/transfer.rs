@@ -1,6 +1,7 @@
 //! `export` and `import`: a deployment's rows as JSON lines, to move between SQLite and
 //! PostgreSQL. Sealed values travel sealed, with the wrapped data keys: the target must use the
-//! same master key. Importing twice changes nothing the second time.
+//! same master key. Importing twice changes nothing the second time. Sessions, refresh leases
+//! and sweep bookkeeping are transient and stay behind (see [`ExportRecord`]).
 
 use crate::Target;
 use crate::ops::{config_path, load};
@@ -122,6 +123,10 @@ fn kind_name(kind: ExportKind) -> &'static str {
         ExportKind::GrantEvent => "grant events",
         ExportKind::ApiKey => "API keys",
         ExportKind::Audit => "audit rows",
+        ExportKind::PendingRevocation => "queued revocations",
+        ExportKind::SignInBlock => "sign-in blocks",
+        ExportKind::RiscEvent => "security events",
+        ExportKind::Activity => "activity minutes",
     }
 }
 

@@ -545,7 +545,8 @@ pub trait SweepBatchStore: Send + Sync {
     async fn complete_sweep_run_if_done(&self, run_id: i64, at: OffsetDateTime) -> Result<bool>;
 }
 
-/// The kinds of records an export holds, in the order an import needs them.
+/// The kinds of records an export holds, in the order an import needs them. An export made
+/// before a kind was exported holds none of it, and still imports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportKind {
@@ -555,22 +556,35 @@ pub enum ExportKind {
     GrantEvent,
     ApiKey,
     Audit,
+    /// A queued revocation at the provider ([`RevocationQueueStore`]).
+    PendingRevocation,
+    /// A sign-in refused by Cross-Account Protection ([`RiscStore::block_sign_in`]).
+    SignInBlock,
+    /// A received security event's id ([`RiscStore::record_security_event`]).
+    RiscEvent,
+    /// A minute of one activity series ([`ActivityStore`]).
+    Activity,
 }
 
 impl ExportKind {
-    pub const ALL: [ExportKind; 6] = [
+    pub const ALL: [ExportKind; 10] = [
         ExportKind::DataKey,
         ExportKind::User,
         ExportKind::Grant,
         ExportKind::GrantEvent,
         ExportKind::ApiKey,
         ExportKind::Audit,
+        ExportKind::PendingRevocation,
+        ExportKind::SignInBlock,
+        ExportKind::RiscEvent,
+        ExportKind::Activity,
     ];
 }
 
 /// One row of a deployment, as an export carries it: every column, times as Unix seconds,
 /// sealed values and wrapped keys as standard base64 (still sealed: the target needs the same
-/// master key). Sessions and sweep bookkeeping are not exported.
+/// master key). Not exported, as transient: sessions of users and operators, refresh leases
+/// and sweep bookkeeping (runs and batches).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExportRecord {
     pub kind: ExportKind,
@@ -589,8 +603,9 @@ pub trait TransferStore: Send + Sync {
         limit: u32,
     ) -> Result<(Vec<ExportRecord>, Option<String>)>;
     /// Writes rows idempotently in one transaction: each row is inserted unless a row with the
-    /// same key exists (users, grants: `sub`; data and API keys, events, audit: `id`), in which
-    /// case it is left as it is. Identity sequences are moved past imported ids.
+    /// same key exists (users, grants, sign-in blocks: `sub`; data and API keys, events, audit,
+    /// queued revocations: `id`; security events: `jti`; activity: `minute` and `series`), in
+    /// which case it is left as it is. Identity sequences are moved past imported ids.
     async fn import(&self, records: Vec<ExportRecord>) -> Result<ImportCounts>;
 }
 
@@ -619,8 +634,9 @@ pub struct ActivityPoint {
 pub use grantkeeper_core::metrics::series;
 
 /// Per-minute counts of what the instances did, kept for the admin console's charts. Every
-/// instance adds its own counts; the store sums them. Not exported: it is history that a new
-/// store may start without.
+/// instance adds its own counts; the store sums them. Exported, so that the charts of a moved
+/// or restored deployment keep their history; an import leaves a minute the target already
+/// counts as it is.
 #[async_trait]
 pub trait ActivityStore: Send + Sync {
     /// Adds the points to the stored ones (count and total_ms summed, max_ms maxed), in one

@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit counts",
         include_str!("../migrations/postgres/0009_audit_times.sql"),
     ),
+    (
+        10,
+        "export order",
+        include_str!("../migrations/postgres/0010_export_order.sql"),
+    ),
 ];
 
 /// The key of the advisory lock that instances starting together take to migrate one at a

@@ -107,6 +107,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit counts",
         include_str!("../migrations/sqlite/0009_audit_times.sql"),
     ),
+    (
+        10,
+        "export order",
+        include_str!("../migrations/sqlite/0010_export_order.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -11,7 +11,13 @@
 //! not fit its table is refused naming the column, never quoting the value. A row without a
 //! column that may be NULL is read as NULL there: an export made before a migration added a
 //! nullable column (`data_keys.retired_at`) still imports, and so does one without a column added
-//! with a default (`audit.times`, 1).
+//! with a default (`audit.times`, 1). An export made before a kind was exported (the revocation
+//! queue, sign-in blocks, security events, activity) imports as it is: none of the other kinds
+//! refers to those rows.
+//!
+//! What is not exported is transient, remade or given up without loss by a new store: sessions
+//! of users and of operators (everyone signs in again), refresh leases (they end by themselves)
+//! and sweep runs and batches (a sweep starts afresh).
 
 use crate::rows::Columns;
 use crate::{ExportKind, ExportRecord, Result, StoreError};
@@ -62,13 +68,13 @@ const fn int_or(name: &'static str, default: i64) -> Column {
 pub(crate) struct Table {
     pub kind: ExportKind,
     pub name: &'static str,
-    /// The column a row is known by, and pages are cut by: `sub`, or `id`.
-    pub key: &'static str,
-    /// The key is an integer (else text, compared as bytes).
-    pub numeric_key: bool,
-    /// The store assigns the key from a sequence (PostgreSQL: an identity column, which an import
-    /// must override and then move past what it wrote; SQLite's AUTOINCREMENT follows inserted
-    /// ids by itself).
+    /// The columns a row is known by (its primary key), in the order pages are cut by: `sub`,
+    /// `id`, or activity's `minute, series`. Each is an `Int` or a `Text` column (compared as
+    /// bytes).
+    pub key: &'static [&'static str],
+    /// The store assigns the key, a single `id`, from a sequence (PostgreSQL: an identity column,
+    /// which an import must override and then move past what it wrote; SQLite's AUTOINCREMENT
+    /// follows inserted ids by itself).
     pub sequence: bool,
     pub columns: &'static [Column],
 }
@@ -76,8 +82,7 @@ pub(crate) struct Table {
 const DATA_KEYS: Table = Table {
     kind: ExportKind::DataKey,
     name: "data_keys",
-    key: "id",
-    numeric_key: true,
+    key: &["id"],
     // PostgreSQL's data key ids are chosen by the vault, not by a sequence.
     sequence: false,
     columns: &[
@@ -92,8 +97,7 @@ const DATA_KEYS: Table = Table {
 const USERS: Table = Table {
     kind: ExportKind::User,
     name: "users",
-    key: "sub",
-    numeric_key: false,
+    key: &["sub"],
     sequence: false,
     columns: &[
         column("sub", Text),
@@ -114,8 +118,7 @@ const USERS: Table = Table {
 const GRANTS: Table = Table {
     kind: ExportKind::Grant,
     name: "grants",
-    key: "sub",
-    numeric_key: false,
+    key: &["sub"],
     sequence: false,
     columns: &[
         column("sub", Text),
@@ -139,8 +142,7 @@ const GRANTS: Table = Table {
 const GRANT_EVENTS: Table = Table {
     kind: ExportKind::GrantEvent,
     name: "grant_events",
-    key: "id",
-    numeric_key: true,
+    key: &["id"],
     sequence: true,
     columns: &[
         column("id", Int),
@@ -158,8 +160,7 @@ const GRANT_EVENTS: Table = Table {
 const API_KEYS: Table = Table {
     kind: ExportKind::ApiKey,
     name: "api_keys",
-    key: "id",
-    numeric_key: false,
+    key: &["id"],
     sequence: false,
     columns: &[
         column("id", Text),
@@ -174,8 +175,7 @@ const API_KEYS: Table = Table {
 const AUDIT: Table = Table {
     kind: ExportKind::Audit,
     name: "audit",
-    key: "id",
-    numeric_key: true,
+    key: &["id"],
     sequence: true,
     columns: &[
         column("id", Int),
@@ -190,6 +190,68 @@ const AUDIT: Table = Table {
     ],
 };
 
+/// Tokens whose revocation at the provider waits for a retry: losing one would leave a grant
+/// revoked here alive at Google. They travel sealed, with their ids (each seal is bound to its
+/// row's id).
+const PENDING_REVOCATIONS: Table = Table {
+    kind: ExportKind::PendingRevocation,
+    name: "pending_revocations",
+    key: &["id"],
+    sequence: false,
+    columns: &[
+        column("id", Text),
+        column("sub", Text),
+        column("token", Bytes),
+        column("token_kind", Text),
+        column("created_at", Int),
+        column("attempts", Int),
+        column("next_attempt_at", Int),
+        column("last_error", OptText),
+    ],
+};
+
+/// Accounts Google disabled as hijacked: losing a block would let the account sign in again.
+const SIGN_IN_BLOCKS: Table = Table {
+    kind: ExportKind::SignInBlock,
+    name: "sign_in_blocks",
+    key: &["sub"],
+    sequence: false,
+    columns: &[
+        column("sub", Text),
+        column("reason", Text),
+        column("blocked_at", Int),
+    ],
+};
+
+/// Security events received: their ids keep a redelivery from acting twice.
+const RISC_EVENTS: Table = Table {
+    kind: ExportKind::RiscEvent,
+    name: "risc_events",
+    key: &["jti"],
+    sequence: false,
+    columns: &[
+        column("jti", Text),
+        column("event", Text),
+        column("received_at", Int),
+    ],
+};
+
+/// Per-minute counts behind the admin console's charts. A minute the target already counts
+/// keeps the target's row, as every kind does: an import never adds to a row.
+const ACTIVITY: Table = Table {
+    kind: ExportKind::Activity,
+    name: "activity",
+    key: &["minute", "series"],
+    sequence: false,
+    columns: &[
+        column("minute", Int),
+        column("series", Text),
+        column("count", Int),
+        column("total_ms", Int),
+        column("max_ms", Int),
+    ],
+};
+
 pub(crate) fn table(kind: ExportKind) -> &'static Table {
     match kind {
         ExportKind::DataKey => &DATA_KEYS,
@@ -198,14 +260,37 @@ pub(crate) fn table(kind: ExportKind) -> &'static Table {
         ExportKind::GrantEvent => &GRANT_EVENTS,
         ExportKind::ApiKey => &API_KEYS,
         ExportKind::Audit => &AUDIT,
+        ExportKind::PendingRevocation => &PENDING_REVOCATIONS,
+        ExportKind::SignInBlock => &SIGN_IN_BLOCKS,
+        ExportKind::RiscEvent => &RISC_EVENTS,
+        ExportKind::Activity => &ACTIVITY,
     }
 }
 
 impl Table {
-    /// The key among a row's cells.
-    fn key_of<'c>(&self, cells: &'c [Cell]) -> Option<&'c Cell> {
-        let index = self.columns.iter().position(|c| c.name == self.key)?;
-        cells.get(index)
+    /// The column a sequence assigns: the key of a table with `sequence`.
+    pub(crate) fn sequence_key(&self) -> Option<&'static str> {
+        match self.key {
+            [key] if self.sequence => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The sequence-assigned id among a row's cells.
+    fn sequence_id(&self, cells: &[Cell]) -> Option<i64> {
+        let key = self.sequence_key()?;
+        let index = self.columns.iter().position(|c| c.name == key)?;
+        match cells.get(index) {
+            Some(Cell::Int(id)) => *id,
+            _ => None,
+        }
+    }
+
+    /// Whether the key column `name` is an integer (else text).
+    fn numeric(&self, name: &str) -> bool {
+        self.columns
+            .iter()
+            .any(|c| c.name == name && matches!(c.ty, Int))
     }
 
     /// `a, b, c`: the columns in their order.
@@ -213,30 +298,69 @@ impl Table {
         let names: Vec<&str> = self.columns.iter().map(|c| c.name).collect();
         names.join(", ")
     }
+
+    /// `a, b`: the key columns in their order.
+    fn key_list(&self) -> String {
+        self.key.join(", ")
+    }
 }
 
-/// Where a page starts: after this key.
+/// Where a page starts: after this key, one value per key column.
 enum Position {
     Text(String),
     Int(i64),
 }
 
-/// The position an export caller passed back, as the key it stands for.
-fn position(table: &Table, after: String) -> Result<Position> {
-    if table.numeric_key {
-        after.parse().map(Position::Int).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "the export position for {} is not one this store gave",
-                table.name
-            ))
-        })
-    } else {
-        Ok(Position::Text(after))
+/// The position an export caller passed back, as the key it stands for: the value of a
+/// one-column key (an integer in decimal), or a JSON array of the values of a key of several
+/// columns.
+fn position(table: &Table, after: String) -> Result<Vec<Position>> {
+    let wrong = || {
+        StoreError::Corrupt(format!(
+            "the export position for {} is not one this store gave",
+            table.name
+        ))
+    };
+    if let [key] = table.key {
+        let value = if table.numeric(key) {
+            Position::Int(after.parse().map_err(|_| wrong())?)
+        } else {
+            Position::Text(after)
+        };
+        return Ok(vec![value]);
     }
+    let values: Vec<Value> = serde_json::from_str(&after).map_err(|_| wrong())?;
+    if values.len() != table.key.len() {
+        return Err(wrong());
+    }
+    table
+        .key
+        .iter()
+        .zip(values)
+        .map(|(key, value)| match (table.numeric(key), value) {
+            (true, Value::Number(number)) => number.as_i64().map(Position::Int).ok_or_else(wrong),
+            (false, Value::String(text)) => Ok(Position::Text(text)),
+            _ => Err(wrong()),
+        })
+        .collect()
+}
+
+/// The position after `row`, as [`position`] reads it back.
+fn position_after(table: &Table, row: &Map<String, Value>) -> Option<String> {
+    if let [key] = table.key {
+        return match row.get(*key)? {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        };
+    }
+    let values: Option<Vec<Value>> = table.key.iter().map(|key| row.get(*key).cloned()).collect();
+    Some(Value::Array(values?).to_string())
 }
 
 /// `SELECT` of up to `fetch` rows of `table` after `after`, in key order (byte order for text:
-/// SQLite's order, and PostgreSQL's for these COLLATE "C" columns).
+/// SQLite's order, and PostgreSQL's for these COLLATE "C" columns; a key of several columns
+/// compared as a row value, column by column).
 pub(crate) fn select_page<DB>(
     table: &Table,
     after: Option<String>,
@@ -253,21 +377,20 @@ where
         table.column_list(),
         table.name
     ));
-    match after.map(|after| position(table, after)).transpose()? {
-        None => {}
-        Some(Position::Text(after)) => {
-            query
-                .push(format!(" WHERE {} > ", table.key))
-                .push_bind(after);
+    let keys = table.key_list();
+    if let Some(after) = after {
+        query.push(format!(" WHERE ({keys}) > ("));
+        let mut values = query.separated(", ");
+        for value in position(table, after)? {
+            match value {
+                Position::Text(text) => values.push_bind(text),
+                Position::Int(int) => values.push_bind(int),
+            };
         }
-        Some(Position::Int(after)) => {
-            query
-                .push(format!(" WHERE {} > ", table.key))
-                .push_bind(after);
-        }
+        values.push_unseparated(")");
     }
     query
-        .push(format!(" ORDER BY {} LIMIT ", table.key))
+        .push(format!(" ORDER BY {keys} LIMIT "))
         .push_bind(fetch);
     Ok(query)
 }
@@ -310,12 +433,7 @@ pub(crate) fn page(
     records.truncate(limit);
     let next = records
         .last()
-        .and_then(|record| record.row.get(table.key))
-        .and_then(|key| match key {
-            Value::String(text) => Some(text.clone()),
-            Value::Number(number) => Some(number.to_string()),
-            _ => None,
-        });
+        .and_then(|record| position_after(table, &record.row));
     (records, next)
 }
 
@@ -337,8 +455,9 @@ pub(crate) struct Rows {
 }
 
 /// The records of an import by table, in the order an import needs them ([`ExportKind::ALL`]:
-/// users before their grants, grants before their events), each kind's records in the order
-/// given; every row checked against its table's columns before anything is written.
+/// users before their grants, grants before their events; the kinds after them refer to no
+/// other row), each kind's records in the order given; every row checked against its table's
+/// columns before anything is written.
 pub(crate) fn import_plan(records: Vec<ExportRecord>) -> Result<Vec<Rows>> {
     let mut plan: Vec<Rows> = ExportKind::ALL
         .iter()
@@ -354,10 +473,8 @@ pub(crate) fn import_plan(records: Vec<ExportRecord>) -> Result<Vec<Rows>> {
             continue;
         };
         let cells = import_row(rows.table, record.row)?;
-        if rows.table.sequence
-            && let Some(Cell::Int(Some(id))) = rows.table.key_of(&cells)
-        {
-            rows.max_id = Some(rows.max_id.map_or(*id, |max| max.max(*id)));
+        if let Some(id) = rows.table.sequence_id(&cells) {
+            rows.max_id = Some(rows.max_id.map_or(id, |max| max.max(id)));
         }
         rows.rows.push(cells);
     }
@@ -435,7 +552,7 @@ where
             push_cell(&mut out, cell);
         }
     });
-    insert.push(format!(" ON CONFLICT ({}) DO NOTHING", table.key));
+    insert.push(format!(" ON CONFLICT ({}) DO NOTHING", table.key_list()));
     insert
 }
 

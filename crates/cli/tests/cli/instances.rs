@@ -57,6 +57,43 @@ async fn emulator_json(
     .unwrap_or(Value::Null)
 }
 
+/// The OAuth client of the deployments in `dir`.
+fn client_id(dir: &Path) -> String {
+    let secret: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("client_secret.json")).unwrap())
+            .unwrap();
+    secret["web"]["client_id"].as_str().unwrap().to_owned()
+}
+
+/// Consents as `email` at the emulator and hands the code to `server`: its answer.
+async fn authcode(
+    http: &reqwest::Client,
+    emulator: &str,
+    client_id: &str,
+    server: &str,
+    email: &str,
+) -> reqwest::Response {
+    let code: Value = http
+        .post(format!("{emulator}/_emulator/codes"))
+        .json(
+            &json!({"email": email, "client_id": client_id, "scope": "openid email",
+                      "redirect_uri": "postmessage", "access_type": "offline"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    http.post(format!("{server}/authcode"))
+        .header("x-requested-with", "test")
+        .header("content-type", "text/plain")
+        .body(code["code"].as_str().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Signs `n` users in through `server` (32 at a time); returns their subs.
 async fn sign_in_many(
     http: &reqwest::Client,
@@ -66,10 +103,7 @@ async fn sign_in_many(
     prefix: &str,
     n: usize,
 ) -> Vec<String> {
-    let secret: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("client_secret.json")).unwrap())
-            .unwrap();
-    let client_id = secret["web"]["client_id"].as_str().unwrap().to_owned();
+    let client_id = client_id(dir);
     let mut subs = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -81,26 +115,7 @@ async fn sign_in_many(
         );
         let email = format!("{prefix}{i:05}@example.com");
         tasks.spawn(async move {
-            let code: Value = http
-                .post(format!("{emulator}/_emulator/codes"))
-                .json(
-                    &json!({"email": email, "client_id": client_id, "scope": "openid email",
-                              "redirect_uri": "postmessage", "access_type": "offline"}),
-                )
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let r = http
-                .post(format!("{server}/authcode"))
-                .header("x-requested-with", "test")
-                .header("content-type", "text/plain")
-                .body(code["code"].as_str().unwrap().to_owned())
-                .send()
-                .await
-                .unwrap();
+            let r = authcode(&http, &emulator, &client_id, &server, &email).await;
             assert_eq!(r.status(), 200);
             let body: Value = r.json().await.unwrap();
             body["user"]["sub"].as_str().unwrap().to_owned()
@@ -206,10 +221,39 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
     ]);
     let sqlite = deployment(dir.path(), &emulator.url, "sqlite://from.db");
     let http = client();
-    let subs = {
+    let (subs, revoked) = {
         let server = start(&["serve", "--config", &sqlite]);
-        sign_in_many(&http, &emulator.url, dir.path(), &server.url, "move", 30).await
+        let subs = sign_in_many(&http, &emulator.url, dir.path(), &server.url, "move", 30).await;
+        sign_in_many(&http, &emulator.url, dir.path(), &server.url, "hijacked", 1).await;
+        // Google disables one account as hijacked: its sign-in is blocked from now on.
+        let event = emulator_json(
+            &http,
+            &emulator.url,
+            "POST",
+            "risc",
+            json!({"email": "hijacked00000@example.com", "event": "account-disabled",
+                   "reason": "hijacking", "receiver": format!("{}/risc", server.url)}),
+        )
+        .await;
+        assert_eq!(event["receiver_status"], 202, "{event}");
+        let revoked = sign_in_many(&http, &emulator.url, dir.path(), &server.url, "revoked", 1)
+            .await
+            .remove(0);
+        (subs, revoked)
     };
+    // Another grant is revoked while Google cannot revoke it: its revocation waits in the
+    // queue, which moves with the deployment.
+    emulator_json(
+        &http,
+        &emulator.url,
+        "PUT",
+        "faults",
+        json!({"revoke": {"error_rate": 1.0, "status": 503}}),
+    )
+    .await;
+    let (ok, text) = run(&["users", "revoke", &revoked, "--config", &sqlite]);
+    assert!(ok && text.contains("queued"), "{text}");
+    emulator_json(&http, &emulator.url, "PUT", "faults", json!({})).await;
     let (ok, text) = run(&[
         "api-keys", "create", "--name", "svc", "--scope", "token", "--config", &sqlite,
     ]);
@@ -225,6 +269,10 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
         &sqlite,
     ]);
     assert!(ok, "{text}");
+    assert!(
+        text.contains("1 queued revocations") && text.contains("1 sign-in blocks"),
+        "{text}"
+    );
     let postgres = deployment(dir.path(), &emulator.url, &db.url);
     let (ok, text) = run(&[
         "import",
@@ -263,6 +311,31 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
     }
     let stats = emulator_json(&http, &emulator.url, "GET", "stats", Value::Null).await;
     assert_eq!(stats["refreshes"], 30);
+    assert_eq!(stats["revocations"], 0, "{stats}");
+    // The block moved: the hijacked account still cannot sign in.
+    let refused = authcode(
+        &http,
+        &emulator.url,
+        &client_id(dir.path()),
+        &server.url,
+        "hijacked00000@example.com",
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    // The queued revocation moved, its token still opening under the moved keys: this server
+    // retries it once it is due (about 10 s after the failure) and Google revokes the grant.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let stats = emulator_json(&http, &emulator.url, "GET", "stats", Value::Null).await;
+        if stats["revocations"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the moved revocation was never retried: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // And back: PostgreSQL -> a new SQLite file holds the same rows.
     let back = dir.path().join("back.jsonl");
@@ -274,6 +347,11 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
         &postgres,
     ]);
     assert!(ok, "{text}");
+    // The revocation went through: nothing left to queue; the block holds.
+    assert!(
+        text.contains("0 queued revocations") && text.contains("1 sign-in blocks"),
+        "{text}"
+    );
     let sqlite_again = deployment(dir.path(), &emulator.url, "sqlite://back.db");
     let (ok, text) = run(&[
         "import",
@@ -287,7 +365,7 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
     assert!(ok);
     assert_eq!(
         list.lines().filter(|l| l.contains("@example.com")).count(),
-        30,
+        32,
         "{list}"
     );
 }

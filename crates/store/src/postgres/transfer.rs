@@ -63,7 +63,7 @@ impl PostgresStore {
                 counts.inserted += inserted;
                 counts.present += (chunk.len() as u64).saturating_sub(inserted);
             }
-            if let (true, Some(max_id)) = (table.sequence, rows.max_id) {
+            if let (Some(key), Some(max_id)) = (table.sequence_key(), rows.max_id) {
                 // Past the largest imported id, never back: a sequence that is further on
                 // (rows since deleted) keeps its place, so no id is ever given twice. setval is
                 // not undone by a rollback: an import that fails after it leaves the sequence
@@ -74,7 +74,7 @@ impl PostgresStore {
                     .push(format!(
                         ") FROM (SELECT pg_get_serial_sequence('{}', '{}')::regclass AS seq) AS s
                           WHERE ",
-                        table.name, table.key
+                        table.name, key
                     ))
                     .push_bind(max_id)
                     .push(" > COALESCE(pg_sequence_last_value(s.seq), 0)");

@@ -1,7 +1,9 @@
 //! Between the backends: a deployment exported from SQLite imports into PostgreSQL and back,
 //! row for row and byte for byte, and each copy keeps working.
 
-use crate::conformance::transfer::{export_all, import_all, populate};
+use crate::conformance::transfer::{
+    assert_same_queue_blocks_events_and_activity, export_all, import_all, populate,
+};
 use crate::conformance::{OPENID_EMAIL, sign_in, t};
 use crate::{postgres, sqlite};
 use grantkeeper_store::{AuditFilter, AuditRecord, ExportKind, ImportCounts, SharedStore};
@@ -43,7 +45,8 @@ async fn sqlite_to_postgres_and_back_keeps_every_row() {
     assert_eq!(export_all(&back.store, 3).await, pages);
 
     // Read through the stores: the same users and grants, sealed bytes and fingerprints
-    // included, the same events, keys and audit rows.
+    // included, the same events, keys and audit rows, the same queued revocations (sealed
+    // tokens included), sign-in blocks, security events and activity.
     for store in [&pg.store, &back.store] {
         for sub in SUBS {
             assert_eq!(
@@ -73,6 +76,7 @@ async fn sqlite_to_postgres_and_back_keeps_every_row() {
             store.audit(everything.clone()).await.unwrap(),
             source.store.audit(everything).await.unwrap()
         );
+        assert_same_queue_blocks_events_and_activity(store, &source.store).await;
     }
 
     // Each copy numbers its new rows after the imported ones, and merges sign-ins as usual.

@@ -142,13 +142,15 @@ async fn schema_is_present_with_byte_ordered_subs() {
            FROM information_schema.columns
           WHERE table_schema = 'public'
             AND (column_name IN ('sub', 'cursor', 'after', 'last', 'progress')
-                 OR (table_name = 'api_keys' AND column_name = 'id'))
+                 OR (table_name, column_name) IN (('api_keys', 'id'),
+                     ('pending_revocations', 'id'), ('risc_events', 'jti'),
+                     ('activity', 'series')))
           ORDER BY table_name, column_name",
     )
     .fetch_all(&mut raw)
     .await
     .unwrap();
-    assert_eq!(collations.len(), 13, "{collations:?}");
+    assert_eq!(collations.len(), 16, "{collations:?}");
     for (table, column, collation) in &collations {
         assert_eq!(collation.as_deref(), Some("C"), "{table}.{column}");
     }
@@ -258,7 +260,8 @@ async fn migrations_are_idempotent_and_safe_to_start_together() {
             (6, true),
             (7, true),
             (8, true),
-            (9, true)
+            (9, true),
+            (10, true)
         ]
     );
     raw.close().await.unwrap();

@@ -289,7 +289,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 9);
+    assert_eq!(applied, 10);
 }
 
 #[tokio::test]

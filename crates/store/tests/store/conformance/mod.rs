@@ -164,6 +164,7 @@ macro_rules! conformance_suite {
             transfer::export_imports_into_a_fresh_store,
             transfer::imported_store_keeps_working,
             transfer::import_refuses_what_does_not_fit,
+            transfer::an_export_without_the_newer_kinds_imports,
             rotation::a_retired_key_moves_with_an_export,
             rotation::an_export_without_retirements_imports,
         );

@@ -6,8 +6,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use grantkeeper_core::GrantState;
 use grantkeeper_store::{
-    ApiKeyRecord, AuditFilter, AuditRecord, DataKeyRecord, ExportKind, ExportRecord, ImportCounts,
-    RefreshSuccess, SessionRecord, SharedStore, StateUpdate, StoreError,
+    ActivityPoint, ApiKeyRecord, AuditFilter, AuditRecord, DataKeyRecord, ExportKind, ExportRecord,
+    ImportCounts, PendingRevocation, RefreshSuccess, RevocationTokenKind, SessionRecord,
+    SharedStore, SignInBlock, StateUpdate, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -20,7 +21,96 @@ pub fn table_of(kind: ExportKind) -> &'static str {
         ExportKind::GrantEvent => "grant_events",
         ExportKind::ApiKey => "api_keys",
         ExportKind::Audit => "audit",
+        ExportKind::PendingRevocation => "pending_revocations",
+        ExportKind::SignInBlock => "sign_in_blocks",
+        ExportKind::RiscEvent => "risc_events",
+        ExportKind::Activity => "activity",
     }
+}
+
+/// The kinds an export held before the revocation queue, sign-in blocks, security events and
+/// activity were exported.
+pub const OLDER_KINDS: [ExportKind; 6] = [
+    ExportKind::DataKey,
+    ExportKind::User,
+    ExportKind::Grant,
+    ExportKind::GrantEvent,
+    ExportKind::ApiKey,
+    ExportKind::Audit,
+];
+
+/// The queued revocations [`populate`] writes, in id (byte) order: both token kinds, retried
+/// and not, one whose user was deleted since (its `sub` names no user).
+pub fn queued_revocations() -> Vec<PendingRevocation> {
+    let entry = |id: &str, sub: &str, kind, attempts: u32, error: Option<&str>| {
+        let mut token = vec![1, 0, 0, 0, 0x00, 0xff, 0xfe];
+        token.extend_from_slice(id.as_bytes());
+        PendingRevocation {
+            id: id.to_owned(),
+            sub: sub.to_owned(),
+            token,
+            token_kind: kind,
+            created_at: t(300 + i64::from(attempts)),
+            attempts,
+            next_attempt_at: t(800 + i64::from(attempts) * 60),
+            last_error: error.map(str::to_owned),
+        }
+    };
+    vec![
+        entry("rev_A", "ava", RevocationTokenKind::Refresh, 0, None),
+        entry(
+            "rev_a",
+            "gone",
+            RevocationTokenKind::Access,
+            3,
+            Some("HTTP 503"),
+        ),
+        entry(
+            "rev_b-1",
+            "bo",
+            RevocationTokenKind::Refresh,
+            1,
+            Some("timeout"),
+        ),
+        entry("rev_b_1", "bo", RevocationTokenKind::Refresh, 0, None),
+    ]
+}
+
+/// The sign-in blocks [`populate`] writes, in sub order: of users and of accounts that never
+/// signed in.
+pub fn sign_in_blocks() -> Vec<SignInBlock> {
+    [("Ava", 610), ("never-seen", 620), ("zoë", 630)]
+        .into_iter()
+        .map(|(sub, at)| SignInBlock {
+            sub: sub.to_owned(),
+            reason: format!("account-disabled: hijacking ({sub})"),
+            blocked_at: t(at),
+        })
+        .collect()
+}
+
+/// The ids of the security events [`populate`] records, in the order it records them; their
+/// byte order differs from a locale's (case, `-` and `_`).
+pub const SECURITY_EVENTS: [&str; 5] = ["b-1", "B_1", "a_2", "A-2", "a-1"];
+
+/// The activity [`populate`] adds: three minutes of a few series, summed where they repeat.
+pub fn activity_points() -> Vec<ActivityPoint> {
+    let point = |minute: i64, series: &str, count: u64, total_ms: u64, max_ms: u64| ActivityPoint {
+        minute: t(minute * 60),
+        series: series.to_owned(),
+        count,
+        total_ms,
+        max_ms,
+    };
+    vec![
+        point(0, "sign_in", 2, 0, 0),
+        point(0, "handout", 5, 40, 12),
+        point(1, "Refresh", 1, 250, 250),
+        point(1, "handout", 3, 30, 20),
+        point(1, "handout", 1, 5, 5),
+        point(2, "proxy", 9, 900, 300),
+        point(2, "sign_in", 1, 0, 0),
+    ]
 }
 
 /// The columns of the first exported row of `kind`, sorted.
@@ -32,7 +122,9 @@ pub async fn exported_columns(store: &SharedStore, kind: ExportKind) -> Vec<Stri
 }
 
 /// A deployment with a row of every kind, and rows of each shape: tokens held or not, states,
-/// delivered and failed events, revoked keys, audit rows with and without a user.
+/// delivered and failed events, revoked keys, audit rows with and without a user, queued
+/// revocations retried or not, sign-in blocks with and without a user, security events, and
+/// activity over several minutes.
 pub async fn populate(store: &SharedStore) {
     store
         .ensure_data_key(DataKeyRecord {
@@ -118,6 +210,69 @@ pub async fn populate(store: &SharedStore) {
         })
         .collect();
     store.append_audit(audit).await.unwrap();
+    // Out of id order, as they are queued.
+    for revocation in queued_revocations().into_iter().rev() {
+        store.enqueue_revocation(revocation).await.unwrap();
+    }
+    for block in sign_in_blocks().into_iter().rev() {
+        store.block_sign_in(block).await.unwrap();
+    }
+    for (i, jti) in SECURITY_EVENTS.iter().enumerate() {
+        let event = if i % 2 == 0 {
+            "tokens-revoked"
+        } else {
+            "account-disabled"
+        };
+        assert!(
+            store
+                .record_security_event(jti, event, t(700 + i as i64))
+                .await
+                .unwrap()
+        );
+    }
+    store.add_activity(activity_points()).await.unwrap();
+}
+
+/// The activity [`populate`] adds, as the store reads it back.
+pub async fn all_activity(store: &SharedStore) -> Vec<ActivityPoint> {
+    store.activity(t(-3600), t(3600)).await.unwrap()
+}
+
+/// `target`, an import of what [`populate`] wrote into `source`, holds the same queued
+/// revocations, sign-in blocks, security events and activity, every column read back through
+/// the store.
+pub async fn assert_same_queue_blocks_events_and_activity(
+    target: &SharedStore,
+    source: &SharedStore,
+) {
+    let due = target.due_revocations(t(100_000), 100).await.unwrap();
+    assert_eq!(due, source.due_revocations(t(100_000), 100).await.unwrap());
+    let mut by_id = due;
+    by_id.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(by_id, queued_revocations(), "{}", target.backend());
+    for block in sign_in_blocks() {
+        assert_eq!(
+            target.sign_in_block(&block.sub).await.unwrap(),
+            Some(block),
+            "{}",
+            target.backend()
+        );
+    }
+    assert_eq!(target.sign_in_block("ava").await.unwrap(), None);
+    let activity = all_activity(target).await;
+    assert_eq!(activity, all_activity(source).await);
+    assert_eq!(activity.len(), 6, "{activity:?}");
+    // A redelivered event is known to the target: it would not act twice.
+    for jti in SECURITY_EVENTS {
+        assert!(
+            !target
+                .record_security_event(jti, "tokens-revoked", t(5000))
+                .await
+                .unwrap(),
+            "{jti} on {}",
+            target.backend()
+        );
+    }
 }
 
 /// Every page of every kind, with the position each page returned.
@@ -184,8 +339,17 @@ pub async fn export_imports_into_a_fresh_store(source: SharedStore, target: Shar
     populate(&source).await;
     let pages = export_all(&source, 4).await;
     let total = rows(&pages);
-    // 1 data key, 7 users and grants, their events, 3 API keys, 25 audit rows.
-    assert!(total > 1 + 14 + 8 + 3 + 25, "{total}");
+    // 1 data key, 7 users and grants, their events, 3 API keys, 25 audit rows, 4 queued
+    // revocations, 3 sign-in blocks, 5 security events, 6 minutes of activity.
+    assert!(total > 1 + 14 + 8 + 3 + 25 + 4 + 3 + 5 + 6, "{total}");
+    for kind in ExportKind::ALL {
+        assert!(
+            pages
+                .iter()
+                .any(|(records, _)| records.iter().any(|record| record.kind == kind)),
+            "{kind:?}"
+        );
+    }
 
     let counts = import_all(&target, &pages).await;
     assert_eq!(
@@ -228,6 +392,7 @@ pub async fn export_imports_into_a_fresh_store(source: SharedStore, target: Shar
         target.due_events(t(10_000), 100).await.unwrap(),
         source.due_events(t(10_000), 100).await.unwrap()
     );
+    assert_same_queue_blocks_events_and_activity(&target, &source).await;
 
     // Importing again finds every row present and changes nothing.
     let again = import_all(&target, &pages).await;
@@ -323,6 +488,94 @@ pub async fn imported_store_keeps_working(source: SharedStore, target: SharedSto
     // And a new user signs in beside the imported ones.
     signed_in(&target, "new").await;
     assert_eq!(target.count_users().await.unwrap(), 8);
+
+    // The imported queue is retried: a failure counts, a revocation that got through is gone.
+    target
+        .mark_revocation_failed("rev_A", t(7100), "HTTP 500")
+        .await
+        .unwrap();
+    let due = target.due_revocations(t(7100), 100).await.unwrap();
+    let retried = due.iter().find(|entry| entry.id == "rev_A").unwrap();
+    assert_eq!(
+        (retried.attempts, retried.last_error.as_deref()),
+        (1, Some("HTTP 500"))
+    );
+    assert!(target.delete_revocation("rev_a").await.unwrap());
+    assert_eq!(target.count_revocations().await.unwrap(), 3);
+    // Blocks hold until lifted.
+    assert!(target.lift_sign_in_block("zoë").await.unwrap());
+    assert_eq!(target.sign_in_block("zoë").await.unwrap(), None);
+    assert!(target.sign_in_block("never-seen").await.unwrap().is_some());
+    // Events received before the move are pruned by their time of receipt.
+    assert_eq!(
+        target.prune_security_events(t(702)).await.unwrap(),
+        2,
+        "the two received first"
+    );
+    // Counts of an imported minute go on from the imported ones.
+    target
+        .add_activity(vec![ActivityPoint {
+            minute: t(90),
+            series: "handout".into(),
+            count: 6,
+            total_ms: 600,
+            max_ms: 100,
+        }])
+        .await
+        .unwrap();
+    let minute = target.activity(t(60), t(120)).await.unwrap();
+    let handout = minute.iter().find(|p| p.series == "handout").unwrap();
+    assert_eq!(
+        (handout.count, handout.total_ms, handout.max_ms),
+        (10, 635, 100)
+    );
+}
+
+/// An export made before the revocation queue, sign-in blocks, security events and activity
+/// were exported imports as it is; the newer kinds imported after it go in beside its rows.
+pub async fn an_export_without_the_newer_kinds_imports(source: SharedStore, target: SharedStore) {
+    populate(&source).await;
+    let pages = export_all(&source, 4).await;
+    let older: Vec<(Vec<ExportRecord>, Option<String>)> = pages
+        .iter()
+        .filter(|(records, _)| {
+            records
+                .first()
+                .is_some_and(|record| OLDER_KINDS.contains(&record.kind))
+        })
+        .cloned()
+        .collect();
+    let older_rows = rows(&older);
+    assert!(older_rows < rows(&pages));
+
+    let counts = import_all(&target, &older).await;
+    assert_eq!(
+        counts,
+        ImportCounts {
+            inserted: older_rows,
+            present: 0
+        }
+    );
+    assert_eq!(target.count_users().await.unwrap(), 7);
+    assert_eq!(target.count_revocations().await.unwrap(), 0);
+    assert_eq!(target.sign_in_block("Ava").await.unwrap(), None);
+    assert!(all_activity(&target).await.is_empty());
+    for kind in ExportKind::ALL {
+        let (records, _) = target.export_page(kind, None, 10).await.unwrap();
+        assert_eq!(records.is_empty(), !OLDER_KINDS.contains(&kind), "{kind:?}");
+    }
+
+    // The whole export on top: the older rows are present, the newer kinds are added.
+    let counts = import_all(&target, &pages).await;
+    assert_eq!(
+        counts,
+        ImportCounts {
+            inserted: rows(&pages) - older_rows,
+            present: older_rows
+        }
+    );
+    assert_eq!(export_all(&target, 4).await, pages);
+    assert_same_queue_blocks_events_and_activity(&target, &source).await;
 }
 
 pub async fn export_rows_have_one_shape(store: SharedStore) {
@@ -413,6 +666,108 @@ pub async fn export_rows_have_one_shape(store: SharedStore) {
     assert_eq!(events[0].row["delivered_at"], t(700).unix_timestamp());
     assert_eq!(events[1].row["attempts"], 1);
     assert_eq!(events[1].row["next_attempt_at"], t(900).unix_timestamp());
+    // Queued revocations carry their sealed token as base64, and page by id in byte order.
+    let (queued, next) = store
+        .export_page(ExportKind::PendingRevocation, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(next.as_deref(), Some("rev_a"));
+    let revocation = &queued_revocations()[1];
+    assert_eq!(
+        Value::Object(queued[1].row.clone()),
+        json!({
+            "id": "rev_a",
+            "sub": "gone",
+            "token": STANDARD.encode(&revocation.token),
+            "token_kind": "access",
+            "created_at": t(303).unix_timestamp(),
+            "attempts": 3,
+            "next_attempt_at": t(980).unix_timestamp(),
+            "last_error": "HTTP 503",
+        })
+    );
+    let (queued, next) = store
+        .export_page(ExportKind::PendingRevocation, next, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&Value> = queued.iter().map(|r| &r.row["id"]).collect();
+    assert_eq!(ids, ["rev_b-1", "rev_b_1"]);
+    assert_eq!(queued[1].row["last_error"], Value::Null);
+    assert_eq!(next, None);
+    let (blocks, _) = store
+        .export_page(ExportKind::SignInBlock, Some("Ava".into()), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        Value::Object(blocks[0].row.clone()),
+        json!({"sub": "never-seen", "reason": "account-disabled: hijacking (never-seen)",
+               "blocked_at": t(620).unix_timestamp()})
+    );
+    // Security events by jti in byte order: upper case first, `-` before `_`.
+    let (events, next) = store
+        .export_page(ExportKind::RiscEvent, None, 3)
+        .await
+        .unwrap();
+    let jtis: Vec<&Value> = events.iter().map(|r| &r.row["jti"]).collect();
+    assert_eq!(jtis, ["A-2", "B_1", "a-1"]);
+    assert_eq!(next.as_deref(), Some("a-1"));
+    assert_eq!(
+        Value::Object(events[0].row.clone()),
+        json!({"jti": "A-2", "event": "account-disabled", "received_at": t(703).unix_timestamp()})
+    );
+    // Activity pages by minute, then series: its position names both.
+    let (minutes, next) = store
+        .export_page(ExportKind::Activity, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        Value::Object(minutes[0].row.clone()),
+        json!({"minute": t(0).unix_timestamp(), "series": "handout", "count": 5,
+               "total_ms": 40, "max_ms": 12})
+    );
+    let position = json!([t(0).unix_timestamp(), "sign_in"]).to_string();
+    assert_eq!(next.as_deref(), Some(position.as_str()));
+    let (minutes, next) = store
+        .export_page(ExportKind::Activity, next, 3)
+        .await
+        .unwrap();
+    let keys: Vec<(&Value, &Value)> = minutes
+        .iter()
+        .map(|r| (&r.row["minute"], &r.row["series"]))
+        .collect();
+    let (one, two) = (t(60).unix_timestamp(), t(120).unix_timestamp());
+    assert_eq!(
+        keys,
+        [
+            (&json!(one), &json!("Refresh")),
+            (&json!(one), &json!("handout")),
+            (&json!(two), &json!("proxy"))
+        ]
+    );
+    assert_eq!(
+        (&minutes[1].row["count"], &minutes[1].row["total_ms"]),
+        (&json!(4), &json!(35))
+    );
+    let (last, next) = store
+        .export_page(ExportKind::Activity, next, 3)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(next, None);
+    for wrong in [
+        "sign_in",
+        "[]",
+        "[1]",
+        "[\"sign_in\", 60]",
+        "[60, \"sign_in\", 1]",
+        "[60.5, \"sign_in\"]",
+    ] {
+        let err = store
+            .export_page(ExportKind::Activity, Some(wrong.into()), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{wrong}: {err:?}");
+    }
     // Past the end: an empty last page.
     let (none, next) = store
         .export_page(ExportKind::Audit, Some("999999".into()), 10)
