@@ -34,7 +34,6 @@ use crate::backoff::Backoffs;
 use crate::budget::Budget;
 use crate::cache::TokenCache;
 use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
-use aws_lc_rs::digest;
 use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{
     Aad, ExposeSecret, GrantState, Metrics, Scopes, SecretString, SharedClock, VaultHandle,
@@ -359,6 +358,19 @@ fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A hash of `s` that every process and build agrees on (FNV-1a, then splitmix64's finalizer
+/// to spread it): a spread of grants over the jitter, computed on every hand-out, so it must be
+/// cheap; it protects nothing.
+fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in s.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 /// Why a grant cannot mint tokens, if it cannot.
 fn unusable(grant: &GrantRecord) -> Option<BrokerError> {
     if grant.state == GrantState::Revoked {
@@ -376,10 +388,7 @@ impl Inner {
         let offset = if jitter_ms == 0 {
             0
         } else {
-            let d = digest::digest(&digest::SHA256, sub.as_bytes());
-            let mut head = [0u8; 8];
-            head.copy_from_slice(d.as_ref().get(..8).unwrap_or(&[0; 8]));
-            u64::from_be_bytes(head) % jitter_ms
+            stable_hash(sub) % jitter_ms
         };
         let wanted = s.min_ttl.saturating_add(Duration::from_millis(offset));
         match self.observed_lifetime.load(Ordering::Relaxed) {
@@ -1006,5 +1015,27 @@ impl Inner {
             retry_after: wait,
             detail: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_hash;
+
+    #[test]
+    fn the_jitter_hash_is_fixed_and_spreads_grants() {
+        // Pinned: every instance and every later build must place a grant at the same jitter.
+        assert_eq!(stable_hash(""), 0xf52a_15e9_a9b5_e89b);
+        assert_eq!(stable_hash("102373265213109408601"), 0xc5fb_09dc_9907_bcdf);
+        // Google's subs differ in a few digits; their jitters must not bunch up.
+        let mut buckets = [0u32; 10];
+        for i in 0..10_000u64 {
+            let sub = format!("1023732652131094{i:05}");
+            buckets[usize::try_from(stable_hash(&sub) % 60_000 / 6_000).unwrap()] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| (800..1200).contains(&n)),
+            "{buckets:?}"
+        );
     }
 }
