@@ -3,13 +3,14 @@
 //! insertion) or when the capacity is reached.
 
 use crate::AccessToken;
+use foldhash::fast::RandomState;
 use grantkeeper_core::SharedClock;
 use moka::Expiry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) struct TokenCache {
-    cache: moka::sync::Cache<String, Arc<AccessToken>>,
+    cache: moka::sync::Cache<String, Arc<AccessToken>, RandomState>,
 }
 
 /// Expires an entry when its token does.
@@ -49,7 +50,7 @@ impl TokenCache {
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .expire_after(UntilExpiry { clock })
-            .build();
+            .build_with_hasher(RandomState::default());
         Self { cache }
     }
 

@@ -273,7 +273,7 @@ impl Tally {
 /// (minute in Unix seconds, series) -> tally.
 #[derive(Default)]
 struct Activity {
-    points: HashMap<(i64, &'static str), Tally>,
+    points: HashMap<(i64, &'static str), Tally, foldhash::fast::RandomState>,
 }
 
 impl fmt::Debug for Metrics {

@@ -9,9 +9,71 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use grantkeeper_core::{Clock, ExposeSecret, SecretString};
 use grantkeeper_store::{ApiKeyRecord, ApiKeyStore, StoreError};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// API keys by the SHA-256 of their secret, unknown ones too (as None), each trusted for a
+/// time to live: a key revoked anywhere stops working here within it. A read lock and one
+/// lookup per `/v1` call; with few keys in use, no eviction policy is needed beyond a bound:
+/// when full, expired entries go first, then unknown ones; a flood of made-up keys is then
+/// no longer remembered, while real keys stay.
+pub(crate) struct KeyCache {
+    entries: RwLock<HashMap<[u8; 32], Entry, foldhash::fast::RandomState>>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+struct Entry {
+    at: Instant,
+    key: Option<Arc<ApiKeyRecord>>,
+}
+
+impl KeyCache {
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> KeyCache {
+        KeyCache {
+            entries: RwLock::new(HashMap::default()),
+            capacity,
+            ttl,
+        }
+    }
+
+    /// What the store said of this digest within the time to live: Some(None) for a key it
+    /// does not know.
+    pub(crate) fn get(&self, digest: &[u8; 32]) -> Option<Option<Arc<ApiKeyRecord>>> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(digest)
+            .filter(|e| e.at.elapsed() < self.ttl)
+            .map(|e| e.key.clone())
+    }
+
+    pub(crate) fn insert(&self, digest: [u8; 32], key: Option<Arc<ApiKeyRecord>>) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity && !entries.contains_key(&digest) {
+            let ttl = self.ttl;
+            entries.retain(|_, e| e.at.elapsed() < ttl);
+            if entries.len() >= self.capacity {
+                if key.is_none() {
+                    return;
+                }
+                entries.retain(|_, e| e.key.is_some());
+                if entries.len() >= self.capacity {
+                    entries.clear();
+                }
+            }
+        }
+        entries.insert(
+            digest,
+            Entry {
+                at: Instant::now(),
+                key,
+            },
+        );
+    }
+}
 
 /// What a key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,5 +245,80 @@ impl App {
         }
         self.limits().check_key(&key.id)?;
         Ok(Caller { key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn record(id: &str) -> Option<Arc<ApiKeyRecord>> {
+        Some(Arc::new(ApiKeyRecord {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            hash: String::new(),
+            scopes: vec!["token".to_owned()],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            revoked_at: None,
+        }))
+    }
+
+    fn id(cache: &KeyCache, digest: u8) -> Option<Option<String>> {
+        cache.get(&[digest; 32]).map(|k| k.map(|k| k.id.clone()))
+    }
+
+    #[test]
+    fn the_key_cache_answers_within_its_time_to_live_only() {
+        let cache = KeyCache::new(10, Duration::from_secs(3600));
+        assert_eq!(id(&cache, 1), None);
+        cache.insert([1; 32], record("a"));
+        cache.insert([2; 32], None);
+        assert_eq!(id(&cache, 1), Some(Some("a".to_owned())));
+        assert_eq!(
+            id(&cache, 2),
+            Some(None),
+            "an unknown key is remembered as unknown"
+        );
+        assert_eq!(id(&cache, 3), None);
+
+        let stale = KeyCache::new(10, Duration::ZERO);
+        stale.insert([1; 32], record("a"));
+        assert_eq!(
+            id(&stale, 1),
+            None,
+            "an entry past its time to live is asked again"
+        );
+    }
+
+    #[test]
+    fn a_full_key_cache_gives_up_unknown_keys_before_real_ones() {
+        let cache = KeyCache::new(2, Duration::from_secs(3600));
+        cache.insert([1; 32], None);
+        cache.insert([2; 32], record("a"));
+        cache.insert([3; 32], record("b"));
+        assert_eq!(id(&cache, 1), None, "the unknown key made room");
+        assert_eq!(id(&cache, 2), Some(Some("a".to_owned())));
+        assert_eq!(id(&cache, 3), Some(Some("b".to_owned())));
+
+        cache.insert([4; 32], None);
+        assert_eq!(
+            id(&cache, 4),
+            None,
+            "when full of real keys, unknown ones are not kept"
+        );
+        assert_eq!(id(&cache, 2), Some(Some("a".to_owned())));
+
+        cache.insert([2; 32], record("a2"));
+        assert_eq!(
+            id(&cache, 2),
+            Some(Some("a2".to_owned())),
+            "a held digest is replaced in place"
+        );
+        assert_eq!(id(&cache, 3), Some(Some("b".to_owned())));
+
+        cache.insert([5; 32], record("c"));
+        assert_eq!(id(&cache, 5), Some(Some("c".to_owned())), "the bound holds");
+        assert!(cache.entries.read().unwrap().len() <= 2);
     }
 }

@@ -2,6 +2,7 @@
 //! handler. Another Rust service can build an [`App`] and call its operations directly
 //! ([`App::sign_in`], [`App::broker`]), or mount [`crate::http::router`].
 
+use crate::apikeys::KeyCache;
 use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::keys::{KeyringError, RELOAD_EVERY, StoreKeyring, load_vault, spawn_reloader};
@@ -11,8 +12,7 @@ use crate::revocations::{RetryPass, RevocationRetrier, Which};
 use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{MasterKey, Metrics, SharedClock, Vault, VaultHandle};
 use grantkeeper_provider::{Provider, SecurityEventVerifier};
-use grantkeeper_store::{ApiKeyRecord, SharedStore, StoreError};
-use moka::sync::Cache;
+use grantkeeper_store::{SharedStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ struct Inner {
     audit: AuditLog,
     /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
     /// within that time on every instance.
-    api_keys: Cache<[u8; 32], Option<Arc<ApiKeyRecord>>>,
+    api_keys: KeyCache,
     /// For calls to Google APIs on users' behalf: longer timeout than the token endpoint's.
     api_http: reqwest::Client,
     clock: SharedClock,
@@ -59,6 +59,8 @@ struct Inner {
 
 /// How long a looked-up API key is trusted without asking the store again.
 pub const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Most API keys (known or not) remembered at once.
+const API_KEY_CACHE_CAPACITY: usize = 10_000;
 
 /// One shared client for every call to the provider: bounded timeouts, no redirects (a token
 /// endpoint that redirects is misconfigured, and following it could leak credentials).
@@ -158,10 +160,7 @@ impl App {
                 security_events,
                 broker,
                 audit,
-                api_keys: Cache::builder()
-                    .max_capacity(10_000)
-                    .time_to_live(API_KEY_CACHE_TTL)
-                    .build(),
+                api_keys: KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL),
                 api_http: api_http_client()?,
                 clock,
                 dev: false,
@@ -241,7 +240,7 @@ impl App {
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
-    pub(crate) fn api_key_cache(&self) -> &Cache<[u8; 32], Option<Arc<ApiKeyRecord>>> {
+    pub(crate) fn api_key_cache(&self) -> &KeyCache {
         &self.inner.api_keys
     }
     /// The client for calls to Google APIs as a user.

@@ -7,10 +7,10 @@
 //! happened, so that a hot hand-out path costs a counter increment rather than a database row
 //! per call. Nothing is dropped: when the pending set is full, handlers wait for the writer.
 
+use foldhash::fast::RandomState;
 use grantkeeper_core::SharedClock;
 use grantkeeper_store::{AuditRecord, SharedStore};
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -60,7 +60,7 @@ const LIMITS: Limits = Limits {
 #[derive(Default)]
 struct Pending {
     rows: Vec<AuditRecord>,
-    index: HashMap<u64, Vec<usize>>,
+    index: HashMap<u64, Vec<usize>, RandomState>,
     hasher: RandomState,
 }
 

@@ -171,13 +171,6 @@ struct TokenBody {
     min_ttl: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct TokenJson<'a> {
-    access_token: &'a str,
-    expires_at: &'a str,
-    scopes: &'a Scopes,
-}
-
 /// Largest `min_ttl` accepted: Google's tokens live an hour.
 const MAX_MIN_TTL: u64 = 3600;
 
@@ -225,18 +218,8 @@ async fn token(
     audit(&app, &caller, &sub, "token", detail, &result).await;
     let token = result?;
     app.metrics().token_handout();
-    let access_token = token.token.expose_secret();
     let expires_at = token.expires_at.format(&Rfc3339).unwrap_or_default();
-    let mut json = Vec::with_capacity(access_token.len() + 128 + 64 * token.scopes.len());
-    serde_json::to_writer(
-        &mut json,
-        &TokenJson {
-            access_token,
-            expires_at: &expires_at,
-            scopes: &token.scopes,
-        },
-    )
-    .map_err(|_| ApiError::Internal("the token could not be written as JSON".to_owned()))?;
+    let json = token_json(token.token.expose_secret(), &expires_at, &token.scopes);
     Ok((
         [
             (CACHE_CONTROL, "no-store"),
@@ -245,6 +228,65 @@ async fn token(
         json,
     )
         .into_response())
+}
+
+/// `{"access_token": ..., "expires_at": ..., "scopes": [...]}`, written straight into one
+/// buffer: the hand-out is the API's hot path, and its three fields need no serializer.
+fn token_json(access_token: &str, expires_at: &str, scopes: &Scopes) -> Vec<u8> {
+    let scope_bytes: usize = scopes.iter().map(|s| s.len() + 3).sum();
+    let mut out = Vec::with_capacity(access_token.len() + expires_at.len() + scope_bytes + 64);
+    out.extend_from_slice(b"{\"access_token\":");
+    json_string(&mut out, access_token);
+    out.extend_from_slice(b",\"expires_at\":");
+    json_string(&mut out, expires_at);
+    out.extend_from_slice(b",\"scopes\":[");
+    for (i, scope) in scopes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(&mut out, scope);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `s` as a JSON string (RFC 8259 section 7): quote, backslash and control characters escaped,
+/// everything else as it is (UTF-8 stays UTF-8).
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut unicode = *b"\\u0000";
+    out.push(b'"');
+    // Tokens, times and scopes need no escape: one pass without branches (so it vectorizes)
+    // says so, and the string is copied whole.
+    let clean = s.bytes().fold(true, |clean, b| {
+        clean & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if clean {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    let mut plain = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                unicode[4] = HEX[usize::from(b >> 4)];
+                unicode[5] = HEX[usize::from(b & 0xf)];
+                &unicode
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(s.as_bytes().get(plain..i).unwrap_or_default());
+        out.extend_from_slice(escaped);
+        plain = i + 1;
+    }
+    out.extend_from_slice(s.as_bytes().get(plain..).unwrap_or_default());
+    out.push(b'"');
 }
 
 async fn proxy_call(
@@ -284,4 +326,54 @@ async fn audit<T>(
     app.audit()
         .record(caller.key_id(), Some(sub), action, detail, outcome)
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn json_strings_round_trip_through_a_json_parser() {
+        for s in [
+            "",
+            "ya29.a0AfB_byC-x_y",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\tnew\nline\rret",
+            "\u{0}\u{1}\u{1f} \u{7f}",
+            "caf\u{e9} \u{1f600} \u{2028}",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            json_string(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s, "{}", String::from_utf8_lossy(&out));
+        }
+        let mut out = Vec::new();
+        json_string(&mut out, "\u{1}\"");
+        assert_eq!(out, br#""\u0001\"""#);
+    }
+
+    #[test]
+    fn the_token_answer_is_the_json_the_contract_gives() {
+        let scopes = Scopes::from_iter(["openid", "https://www.googleapis.com/auth/drive.appdata"]);
+        let out = token_json("ya29.tok\"en", "2026-12-03T17:00:00Z", &scopes);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "access_token": "ya29.tok\"en",
+                "expires_at": "2026-12-03T17:00:00Z",
+                "scopes": ["https://www.googleapis.com/auth/drive.appdata", "openid"],
+            })
+        );
+        let none: Value =
+            serde_json::from_slice(&token_json("t", "x", &Scopes::from_iter::<[&str; 0]>([])))
+                .unwrap();
+        assert_eq!(
+            none,
+            json!({"access_token": "t", "expires_at": "x", "scopes": []})
+        );
+    }
 }
