@@ -199,6 +199,34 @@ impl InstanceLock {
         }
     }
 
+    /// [`InstanceLock::try_acquire`], with the grant as it is under the lease.
+    pub(crate) async fn try_acquire_reading(
+        &self,
+        sub: &str,
+    ) -> Result<Option<(InstanceGuard, GrantRecord)>, BrokerError> {
+        let now = self.clock.now();
+        match self
+            .store
+            .try_lease_refresh_reading(sub, &self.owner, until(now, LEASE), now)
+            .await
+        {
+            Ok(Some(grant)) => Ok(Some((
+                InstanceGuard {
+                    store: self.store.clone(),
+                    clock: self.clock.clone(),
+                    owner: self.owner.clone(),
+                    sub: sub.to_owned(),
+                    taken_at: now,
+                    released: false,
+                },
+                grant,
+            ))),
+            Ok(None) => Ok(None),
+            Err(StoreError::NotFound) => Err(BrokerError::UnknownUser),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Takes the grant's lease, waiting while another instance holds it; `Unavailable` when
     /// it stays held for longer than any refresh may take.
     pub(crate) async fn acquire(&self, sub: &str) -> Result<InstanceGuard, BrokerError> {

@@ -544,16 +544,12 @@ impl Inner {
         let started = Instant::now();
         let mut waited = false;
         loop {
-            if let Some(lease) = self.instances.try_acquire(sub).await? {
+            if let Some((lease, current)) = self.instances.try_acquire_reading(sub).await? {
                 if matches!(demand, Demand::Snapshot(_)) {
                     return Ok(Leased::Taken(Box::new(read), lease));
                 }
-                // The holder before us may have committed between our read and our lease.
-                let current = self
-                    .store
-                    .grant(sub)
-                    .await?
-                    .ok_or(BrokerError::UnknownUser)?;
+                // The holder before us may have committed between our read and our lease:
+                // `current` is read under the lease.
                 if let Some(t) = self.written_meanwhile(sub, demand, &read, &current).await? {
                     lease.release().await;
                     return Ok(Leased::Written(t));

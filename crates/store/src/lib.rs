@@ -477,6 +477,17 @@ pub trait RefreshLeaseStore: Send + Sync {
         until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<bool>;
+    /// [`RefreshLeaseStore::try_lease_refresh`], answering the grant as it is under the lease
+    /// when `owner` holds it (None when another owner does): read after the lease is taken, so
+    /// whatever the previous holder committed is in it. SQLite reads it in the lease's own
+    /// transaction; PostgreSQL reads it right after the lease's commit.
+    async fn try_lease_refresh_reading(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<GrantRecord>>;
     /// Gives the lease back if `owner` holds it.
     async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()>;
     /// [`GrantStore::record_refresh`], with the lease of `owner` given back in the same

@@ -3,7 +3,7 @@
 use super::{PostgresStore, retrying};
 use crate::merge::merge_refresh;
 use crate::rows::unix;
-use crate::{GrantRecord, RefreshLeaseStore, RefreshSuccess, Result};
+use crate::{GrantRecord, GrantStore, RefreshLeaseStore, RefreshSuccess, Result, StoreError};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -38,6 +38,22 @@ impl RefreshLeaseStore for PostgresStore {
             Ok(done.rows_affected() == 1)
         })
         .await
+    }
+
+    async fn try_lease_refresh_reading(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<GrantRecord>> {
+        // Two statements, not one transaction: under READ COMMITTED a statement that waited
+        // on the previous holder's lease row still reads from the snapshot it started with, so
+        // the grant is read by a statement of its own, after the lease is committed.
+        if !self.try_lease_refresh(sub, owner, until, now).await? {
+            return Ok(None);
+        }
+        self.grant(sub).await?.map(Some).ok_or(StoreError::NotFound)
     }
 
     async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()> {

@@ -150,7 +150,10 @@ pub(super) async fn fenced_write_in(
     Ok((grant, event))
 }
 
-async fn read_grant(conn: &mut SqliteConnection, sub: &str) -> Result<Option<GrantRecord>> {
+pub(super) async fn read_grant(
+    conn: &mut SqliteConnection,
+    sub: &str,
+) -> Result<Option<GrantRecord>> {
     let row = sqlx::query(SELECT_GRANT)
         .bind(sub)
         .fetch_optional(conn)

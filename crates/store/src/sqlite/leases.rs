@@ -1,12 +1,21 @@
 //! Refresh leases: which instance may refresh a grant now.
 
-use super::grants::{fenced_write_in, must_be_flushed};
+use super::grants::{fenced_write_in, must_be_flushed, read_grant};
 use super::{SqliteStore, map_sqlx};
 use crate::merge::merge_refresh;
 use crate::rows::unix;
-use crate::{GrantRecord, RefreshLeaseStore, RefreshSuccess, Result};
+use crate::{GrantRecord, RefreshLeaseStore, RefreshSuccess, Result, StoreError};
 use async_trait::async_trait;
 use time::OffsetDateTime;
+
+/// Takes or extends a lease: inserted when none is held, taken over only when it ended by
+/// `?4` or is the owner's own; otherwise no row is counted.
+const LEASE_REFRESH: &str =
+    "INSERT INTO refresh_leases (sub, owner, lease_until) VALUES (?1, ?2, ?3)
+     ON CONFLICT (sub) DO UPDATE
+        SET owner = excluded.owner, lease_until = excluded.lease_until
+      WHERE refresh_leases.lease_until <= ?4
+         OR refresh_leases.owner = excluded.owner";
 
 #[async_trait]
 impl RefreshLeaseStore for SqliteStore {
@@ -25,21 +34,48 @@ impl RefreshLeaseStore for SqliteStore {
         self.group
             .write_lazy(move |conn| {
                 Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO refresh_leases (sub, owner, lease_until) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (sub) DO UPDATE
-                            SET owner = excluded.owner, lease_until = excluded.lease_until
-                          WHERE refresh_leases.lease_until <= ?4
-                             OR refresh_leases.owner = excluded.owner",
-                    )
-                    .bind(sub)
-                    .bind(owner)
-                    .bind(unix(until))
-                    .bind(unix(now))
-                    .execute(conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    let done = sqlx::query(LEASE_REFRESH)
+                        .bind(sub)
+                        .bind(owner)
+                        .bind(unix(until))
+                        .bind(unix(now))
+                        .execute(conn)
+                        .await
+                        .map_err(map_sqlx)?;
                     Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
+    }
+
+    async fn try_lease_refresh_reading(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<GrantRecord>> {
+        // As try_lease_refresh, with the grant read on the writer connection inside the same
+        // transaction: one trip to the store where a lease and a read take two.
+        let (sub, owner) = (sub.to_owned(), owner.to_owned());
+        self.group
+            .write_lazy(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(LEASE_REFRESH)
+                        .bind(&sub)
+                        .bind(owner)
+                        .bind(unix(until))
+                        .bind(unix(now))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                    if done.rows_affected() != 1 {
+                        return Ok(None);
+                    }
+                    read_grant(conn, &sub)
+                        .await?
+                        .map(Some)
+                        .ok_or(StoreError::NotFound)
                 })
             })
             .await

@@ -117,6 +117,65 @@ pub async fn refresh_recorded_with_its_lease_given_back(store: SharedStore) {
     ));
 }
 
+/// A lease taken with the grant read under it: what the previous holder wrote is in the read,
+/// and a lease that is not taken reads nothing and changes nothing.
+pub async fn refresh_lease_taken_with_the_grant_read_under_it(store: SharedStore) {
+    let held = signed_in(&store, "lrd").await;
+    let read = store
+        .try_lease_refresh_reading("lrd", "instance-a", t(600), t(0))
+        .await
+        .unwrap();
+    assert_eq!(read, Some(held.clone()));
+    // Held: another owner gets None, and the lease stays instance-a's.
+    assert_eq!(
+        store
+            .try_lease_refresh_reading("lrd", "instance-b", t(600), t(1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!take(&store, "lrd", "instance-c", 600, 1).await);
+
+    // The holder refreshes and gives the lease back in one commit; the next one to take the
+    // lease reads that refresh.
+    let written = store
+        .record_refresh_releasing(
+            "lrd",
+            held.version,
+            RefreshSuccess {
+                access_token: access("r1", t(3601)),
+                refresh_token: None,
+                scopes: None,
+                at: t(2),
+            },
+            "instance-a",
+        )
+        .await
+        .unwrap();
+    let read = store
+        .try_lease_refresh_reading("lrd", "instance-b", t(600), t(3))
+        .await
+        .unwrap()
+        .expect("the lease was given back");
+    assert_eq!(read, written);
+    assert_eq!(read.access_token, Some(access("r1", t(3601))));
+    assert!(!take(&store, "lrd", "instance-a", 600, 4).await);
+    // The holder may take it again, and reads the same grant: a lease is not a write.
+    assert_eq!(
+        store
+            .try_lease_refresh_reading("lrd", "instance-b", t(700), t(5))
+            .await
+            .unwrap(),
+        Some(written)
+    );
+
+    let err = store
+        .try_lease_refresh_reading("ghost", "instance-a", t(30), t(0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+}
+
 pub async fn refresh_lease_of_unknown_user_is_not_found(store: SharedStore) {
     signed_in(&store, "kim").await;
     let err = store

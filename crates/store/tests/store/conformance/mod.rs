@@ -106,6 +106,7 @@ macro_rules! conformance_suite {
             leases::refresh_lease_is_exclusive_until_it_ends,
             leases::refresh_lease_is_free_once_released,
             leases::refresh_recorded_with_its_lease_given_back,
+            leases::refresh_lease_taken_with_the_grant_read_under_it,
             leases::refresh_lease_of_unknown_user_is_not_found,
             leases::refresh_lease_race_one_wins,
             batches::sweep_batches_cover_every_user_once,
