@@ -750,13 +750,26 @@ impl Inner {
                 Err(e) if e.is_transient() => {
                     return Err(self.failing(sub, &grant, &e, started).await);
                 }
+                Err(e @ ProviderError::InvalidClient { .. }) => {
+                    // The provider logged this one as an error, with the operator's advice and
+                    // the warning counter; here it is only tied to the grant.
+                    tracing::info!(
+                        sub,
+                        outcome = "misconfigured",
+                        latency_ms = elapsed_ms(started),
+                        "refresh refused for grantkeeper's client credentials (invalid_client); the grant is left as it is"
+                    );
+                    return Err(BrokerError::Misconfigured {
+                        detail: e.to_string(),
+                    });
+                }
                 Err(e) => {
                     tracing::error!(
                         sub,
                         outcome = "misconfigured",
                         latency_ms = elapsed_ms(started),
                         error = %e,
-                        "grantkeeper's client credentials were rejected by the provider (or it answered outside the protocol); the grant is left as it is: fix the provider configuration"
+                        "the provider answered the refresh outside the protocol; the grant is left as it is: check the provider configuration"
                     );
                     return Err(BrokerError::Misconfigured {
                         detail: e.to_string(),

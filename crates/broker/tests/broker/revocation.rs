@@ -151,7 +151,11 @@ async fn rejected_client_credentials_are_misconfiguration_and_leave_the_grant_al
         }
     }
     assert_eq!(env.grant(&sub).await, before);
-    assert!(captured_logs().contains("grantkeeper's client credentials were rejected"));
+    // Logged once as an error by the provider, with the operator's advice, and tied to the
+    // grant by the broker.
+    let logs = captured_logs();
+    assert!(logs.contains("Google rejected grantkeeper's client id or secret (invalid_client)"));
+    assert!(logs.contains("refresh refused for grantkeeper's client credentials"));
 
     // With the right credentials the same grant works.
     env.broker()
