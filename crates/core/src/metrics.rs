@@ -164,13 +164,20 @@ impl Warning {
     pub fn advice(self) -> &'static str {
         match self {
             Warning::TestingExpiry => {
-                "Google expires refresh tokens 7 days after consent while the OAuth consent                  screen is in the Testing publishing status. Publish the app (In production)                  in the Google Cloud console; affected users must sign in again."
+                "Google expires refresh tokens 7 days after consent while the OAuth consent \
+                screen is in the Testing publishing status. Publish the app (In production) in \
+                the Google Cloud console; affected users must sign in again."
             }
             Warning::TokenDiedEarly => {
-                "Google keeps at most 100 refresh tokens per user and OAuth client and silently                  invalidates the oldest: do not force prompt=consent on every sign-in, and do                  not let other systems exchange codes for this client. A user revoking access                  or changing a password looks the same."
+                "Google keeps at most 100 refresh tokens per user and OAuth client and silently \
+                invalidates the oldest: do not force prompt=consent on every sign-in, and do not \
+                let other systems exchange codes for this client. A user revoking access or \
+                changing a password looks the same."
             }
             Warning::InvalidClient => {
-                "Google rejected grantkeeper's client id or secret (invalid_client): the secret                  was reset or the client deleted. Update provider.client_secret (or the                  client_secret.json) and restart; grants are left untouched meanwhile."
+                "Google rejected grantkeeper's client id or secret (invalid_client): the secret \
+                was reset or the client deleted. Update provider.client_secret (or the \
+                client_secret.json) and restart; grants are left untouched meanwhile."
             }
         }
     }
@@ -960,6 +967,8 @@ mod tests {
             assert!(WARNING_KINDS.contains(&w.kind()));
             assert!(w.series().ends_with(w.kind()));
             assert!(!w.advice().is_empty() && !w.title().is_empty());
+            // Shown in logs and the console as one line of prose.
+            assert!(!w.advice().contains("  ") && !w.advice().contains('\n'));
             assert!(!w.likely_cause().is_empty());
         }
         assert!(Metrics::disabled().warning_count(Warning::InvalidClient) == 0);
