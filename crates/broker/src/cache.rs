@@ -4,9 +4,11 @@
 
 use crate::AccessToken;
 use foldhash::fast::RandomState;
+use grantkeeper_core::Scopes;
 use grantkeeper_core::SharedClock;
 use moka::Expiry;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub(crate) struct TokenCache {
@@ -64,5 +66,59 @@ impl TokenCache {
 
     pub(crate) fn invalidate(&self, sub: &str) {
         self.cache.invalidate(sub);
+    }
+}
+
+/// One `Arc` per distinct scope set, for the tokens to share: users mostly grant the same
+/// few sets, and a set of scope URLs copied into each of 100,000 cached tokens was about 40 MB.
+/// Bounded: past [`ScopeSets::MAX`] distinct sets it starts again (tokens keep theirs).
+pub(crate) struct ScopeSets {
+    sets: Mutex<HashMap<Scopes, Arc<Scopes>, RandomState>>,
+}
+
+impl ScopeSets {
+    const MAX: usize = 1024;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            sets: Mutex::new(HashMap::default()),
+        }
+    }
+
+    /// The shared copy of `scopes`.
+    pub(crate) fn share(&self, scopes: &Scopes) -> Arc<Scopes> {
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = sets.get(scopes) {
+            return shared.clone();
+        }
+        if sets.len() >= Self::MAX {
+            sets.clear();
+        }
+        let shared = Arc::new(scopes.clone());
+        sets.insert(scopes.clone(), shared.clone());
+        shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_scope_sets_are_shared_and_the_count_is_bounded() {
+        let sets = ScopeSets::new();
+        let a = sets.share(&Scopes::parse("openid email"));
+        let b = sets.share(&Scopes::parse("email openid"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = sets.share(&Scopes::parse("openid"));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*c, Scopes::parse("openid"));
+        for i in 0..ScopeSets::MAX * 2 {
+            let s = Scopes::parse(&format!("scope-{i}"));
+            assert_eq!(*sets.share(&s), s);
+        }
+        assert!(sets.sets.lock().unwrap().len() <= ScopeSets::MAX);
+        // A token made before the sets started again keeps its own.
+        assert_eq!(*a, Scopes::parse("openid email"));
     }
 }

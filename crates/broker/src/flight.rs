@@ -335,7 +335,7 @@ async fn release(store: &SharedStore, sub: &str, owner: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grantkeeper_core::{Scopes, SecretString};
+    use grantkeeper_core::SecretString;
     use time::OffsetDateTime;
 
     #[tokio::test]
@@ -361,7 +361,7 @@ mod tests {
             boarded.land(Landed::Token(crate::AccessToken {
                 token: SecretString::from("t"),
                 expires_at: OffsetDateTime::UNIX_EPOCH,
-                scopes: Scopes::default(),
+                scopes: Arc::default(),
             }));
         }
         drop(first);

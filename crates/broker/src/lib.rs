@@ -32,7 +32,7 @@ pub use revocation::{
 
 use crate::backoff::Backoffs;
 use crate::budget::Budget;
-use crate::cache::TokenCache;
+use crate::cache::{ScopeSets, TokenCache};
 use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
 use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{
@@ -127,8 +127,8 @@ pub struct TokenRequest {
 pub struct AccessToken {
     pub token: SecretString,
     pub expires_at: OffsetDateTime,
-    /// The scopes the token covers.
-    pub scopes: Scopes,
+    /// The scopes the token covers: one set shared by every token that covers the same ones.
+    pub scopes: Arc<Scopes>,
 }
 
 /// Why no token was handed out. Messages never carry a token.
@@ -186,6 +186,7 @@ struct Inner {
     /// `expires_in` of the provider's last refresh answer, in seconds; 0 until one is seen.
     observed_lifetime: AtomicU64,
     budget: Budget,
+    scope_sets: ScopeSets,
 }
 
 /// How [`Inner::lease`] ended.
@@ -235,6 +236,7 @@ impl Broker {
                 backoff: Backoffs::default(),
                 observed_lifetime: AtomicU64::new(0),
                 budget,
+                scope_sets: ScopeSets::new(),
             }),
         }
     }
@@ -662,7 +664,7 @@ impl Inner {
             Ok(token) => Some(AccessToken {
                 token,
                 expires_at: sealed.expires_at,
-                scopes: grant.scopes.clone(),
+                scopes: self.scope_sets.share(&grant.scopes),
             }),
             Err(e) => {
                 tracing::warn!(sub, error = %e, "the persisted access token does not open; refreshing instead");
@@ -899,9 +901,9 @@ impl Inner {
         let token = AccessToken {
             token: response.access_token,
             expires_at: sealed_access.expires_at,
-            scopes: answered_scopes
-                .clone()
-                .unwrap_or_else(|| grant.scopes.clone()),
+            scopes: self
+                .scope_sets
+                .share(answered_scopes.as_ref().unwrap_or(&grant.scopes)),
         };
 
         let mut version = grant.version;

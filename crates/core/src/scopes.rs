@@ -21,7 +21,7 @@ pub fn normalise(scope: &str) -> &str {
 }
 
 /// A normalised, ordered set of scopes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Scopes(BTreeSet<String>);
 
 impl Scopes {
