@@ -7,7 +7,7 @@ use foldhash::fast::RandomState;
 use grantkeeper_core::Scopes;
 use grantkeeper_core::SharedClock;
 use moka::Expiry;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,7 @@ impl TokenCache {
 /// few sets, and a set of scope URLs copied into each of 100,000 cached tokens was about 40 MB.
 /// Bounded: past [`ScopeSets::MAX`] distinct sets it starts again (tokens keep theirs).
 pub(crate) struct ScopeSets {
-    sets: Mutex<HashMap<Scopes, Arc<Scopes>, RandomState>>,
+    sets: Mutex<HashSet<Arc<Scopes>, RandomState>>,
 }
 
 impl ScopeSets {
@@ -81,7 +81,7 @@ impl ScopeSets {
 
     pub(crate) fn new() -> Self {
         Self {
-            sets: Mutex::new(HashMap::default()),
+            sets: Mutex::new(HashSet::default()),
         }
     }
 
@@ -95,7 +95,7 @@ impl ScopeSets {
             sets.clear();
         }
         let shared = Arc::new(scopes.clone());
-        sets.insert(scopes.clone(), shared.clone());
+        sets.insert(shared.clone());
         shared
     }
 }

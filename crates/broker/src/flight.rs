@@ -185,17 +185,9 @@ impl InstanceLock {
             .try_lease_refresh(sub, &self.owner, until(now, LEASE), now)
             .await
         {
-            Ok(true) => Ok(Some(InstanceGuard {
-                store: self.store.clone(),
-                clock: self.clock.clone(),
-                owner: self.owner.clone(),
-                sub: sub.to_owned(),
-                taken_at: now,
-                released: false,
-            })),
+            Ok(true) => Ok(Some(self.guard(sub, now))),
             Ok(false) => Ok(None),
-            Err(StoreError::NotFound) => Err(BrokerError::UnknownUser),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(lease_error(e)),
         }
     }
 
@@ -210,20 +202,21 @@ impl InstanceLock {
             .try_lease_refresh_reading(sub, &self.owner, until(now, LEASE), now)
             .await
         {
-            Ok(Some(grant)) => Ok(Some((
-                InstanceGuard {
-                    store: self.store.clone(),
-                    clock: self.clock.clone(),
-                    owner: self.owner.clone(),
-                    sub: sub.to_owned(),
-                    taken_at: now,
-                    released: false,
-                },
-                grant,
-            ))),
+            Ok(Some(grant)) => Ok(Some((self.guard(sub, now), grant))),
             Ok(None) => Ok(None),
-            Err(StoreError::NotFound) => Err(BrokerError::UnknownUser),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(lease_error(e)),
+        }
+    }
+
+    /// The guard of a lease on `sub` taken at `now`.
+    fn guard(&self, sub: &str, now: OffsetDateTime) -> InstanceGuard {
+        InstanceGuard {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            owner: self.owner.clone(),
+            sub: sub.to_owned(),
+            taken_at: now,
+            released: false,
         }
     }
 
@@ -240,6 +233,14 @@ impl InstanceLock {
             }
             tokio::time::sleep(poll_interval()).await;
         }
+    }
+}
+
+/// A failed attempt at a lease: an unknown user, or the store's error.
+fn lease_error(e: StoreError) -> BrokerError {
+    match e {
+        StoreError::NotFound => BrokerError::UnknownUser,
+        e => e.into(),
     }
 }
 
