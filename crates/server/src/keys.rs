@@ -49,6 +49,8 @@ pub async fn load_vault(
                 wrapped,
                 created_at: clock.now(),
                 active: true,
+                // The master key of a file or of the environment.
+                wrapped_by: Some("local".to_owned()),
             })
             .await?;
     }

@@ -195,6 +195,8 @@ impl Rotation {
                 wrapped: master.wrap(KeyId(id), &data_key)?,
                 created_at: clock.now(),
                 active: true,
+                // The master key of a file or of the environment.
+                wrapped_by: Some("local".to_owned()),
             };
             match store.rotate_data_key(candidate, active.id).await {
                 Ok(_) => created = true,

@@ -236,6 +236,9 @@ pub struct DataKeyRecord {
     pub wrapped: Vec<u8>,
     pub created_at: OffsetDateTime,
     pub active: bool,
+    /// The label of the master key source that wrapped it (`local`, `kms:projects/...`,
+    /// `pkcs11:...`); None for a key recorded before sources were (the local master key's).
+    pub wrapped_by: Option<String>,
 }
 
 #[async_trait]

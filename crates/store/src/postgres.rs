@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "export order",
         include_str!("../migrations/postgres/0010_export_order.sql"),
     ),
+    (
+        19,
+        "master key sources",
+        include_str!("../migrations/postgres/0019_wrapped_by.sql"),
+    ),
 ];
 
 /// The key of the advisory lock that instances starting together take to migrate one at a

@@ -128,6 +128,8 @@ pub struct DataKeyStatus {
     pub retired_at: Option<OffsetDateTime>,
     /// Sealed values whose header names it.
     pub sealed_values: u64,
+    /// The label of the master key source that wraps it ([`crate::DataKeyRecord::wrapped_by`]).
+    pub wrapped_by: Option<String>,
 }
 
 #[async_trait]
@@ -171,9 +173,21 @@ pub trait KeyRotationStore: Send + Sync {
     /// its row (ids are never reused) but is no longer returned by
     /// [`crate::KeyStore::data_keys`], so no vault loads it again.
     async fn retire_data_key(&self, id: u32, at: OffsetDateTime) -> Result<bool>;
+
+    /// Replaces the wrapping of data key `id` by `to`, made by the master key source labelled
+    /// `wrapped_by`, only if the key is still wrapped as `from` (moving keys to another master
+    /// key, `grantkeeper keys rewrap`); true when it was written. The data key itself does not
+    /// change, so neither does anything it seals. Retired keys are written too.
+    async fn rewrap_data_key(
+        &self,
+        id: u32,
+        from: &[u8],
+        to: &[u8],
+        wrapped_by: &str,
+    ) -> Result<bool>;
 }
 
-/// Columns: id, created_at, active, retired_at.
+/// Columns: id, created_at, active, retired_at, wrapped_by.
 pub(crate) fn data_key_status(row: &impl Columns, counts: &SealedCounts) -> Result<DataKeyStatus> {
     let id = u32::try_from(row.int("id")?)
         .map_err(|_| StoreError::Corrupt("data_keys.id is out of range".into()))?;
@@ -190,6 +204,7 @@ pub(crate) fn data_key_status(row: &impl Columns, counts: &SealedCounts) -> Resu
             .map(|secs| time(secs, "retired_at"))
             .transpose()?,
         sealed_values: counts.under(id),
+        wrapped_by: row.opt_text("wrapped_by")?,
     })
 }
 

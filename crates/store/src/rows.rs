@@ -254,7 +254,7 @@ pub(crate) fn session(row: &impl Columns) -> Result<SessionRecord> {
     })
 }
 
-/// Columns: id, wrapped, created_at, active.
+/// Columns: id, wrapped, created_at, active, wrapped_by.
 pub(crate) fn data_key(row: &impl Columns) -> Result<DataKeyRecord> {
     Ok(DataKeyRecord {
         id: u32::try_from(row.int("id")?)
@@ -262,6 +262,7 @@ pub(crate) fn data_key(row: &impl Columns) -> Result<DataKeyRecord> {
         wrapped: row.bytes("wrapped")?,
         created_at: time(row, "created_at")?,
         active: row.flag("active")?,
+        wrapped_by: row.opt_text("wrapped_by")?,
     })
 }
 

@@ -112,6 +112,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "export order",
         include_str!("../migrations/sqlite/0010_export_order.sql"),
     ),
+    (
+        19,
+        "master key sources",
+        include_str!("../migrations/sqlite/0019_wrapped_by.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

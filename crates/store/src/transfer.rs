@@ -10,7 +10,7 @@
 //! booleans, sealed values and wrapped keys as standard base64, NULL as null. A row that does
 //! not fit its table is refused naming the column, never quoting the value. A row without a
 //! column that may be NULL is read as NULL there: an export made before a migration added a
-//! nullable column (`data_keys.retired_at`) still imports, and so does one without a column added
+//! nullable column (`data_keys.retired_at`, `data_keys.wrapped_by`) still imports, and so does one without a column added
 //! with a default (`audit.times`, 1). An export made before a kind was exported (the revocation
 //! queue, sign-in blocks, security events, activity) imports as it is: none of the other kinds
 //! refers to those rows.
@@ -91,6 +91,7 @@ const DATA_KEYS: Table = Table {
         column("created_at", Int),
         column("active", Bool),
         column("retired_at", OptInt),
+        column("wrapped_by", OptText),
     ],
 };
 

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 /// Retired keys are left out: they seal nothing, and no vault loads them again.
-const SELECT_KEYS: &str =
-    "SELECT id, wrapped, created_at, active FROM data_keys WHERE retired_at IS NULL ORDER BY id";
+const SELECT_KEYS: &str = "SELECT id, wrapped, created_at, active, wrapped_by FROM data_keys WHERE retired_at IS NULL ORDER BY id";
 
 #[async_trait]
 impl KeyStore for PostgresStore {
@@ -33,13 +32,14 @@ impl PostgresStore {
         // statement sees whatever committed meanwhile: the winner's key.
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO data_keys (id, wrapped, created_at, active)
-             SELECT $3, $1, $2, TRUE WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE active)
+            "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
+             SELECT $3, $1, $2, TRUE, $4 WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE active)
              ON CONFLICT DO NOTHING",
         )
         .bind(&candidate.wrapped)
         .bind(unix(candidate.created_at))
         .bind(i64::from(candidate.id))
+        .bind(&candidate.wrapped_by)
         .execute(&mut *tx)
         .await?;
         let keys = all_keys(&mut tx).await?;

@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 const SELECT_STATUSES: &str =
-    "SELECT id, created_at, active, retired_at FROM data_keys ORDER BY id";
+    "SELECT id, created_at, active, retired_at, wrapped_by FROM data_keys ORDER BY id";
 
 /// Sealed values by their first five bytes.
 const COUNT_SEALED: &str = "SELECT head, COUNT(*) AS n FROM (
@@ -155,7 +155,31 @@ impl KeyRotationStore for PostgresStore {
         .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn rewrap_data_key(
+        &self,
+        id: u32,
+        from: &[u8],
+        to: &[u8],
+        wrapped_by: &str,
+    ) -> Result<bool> {
+        let done = retrying(|| async {
+            Ok(sqlx::query(REWRAP)
+                .bind(i64::from(id))
+                .bind(to)
+                .bind(wrapped_by)
+                .bind(from)
+                .execute(&self.pool)
+                .await?)
+        })
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
+
+/// A new wrapping of key $1, fenced by the bytes read ($4).
+const REWRAP: &str =
+    "UPDATE data_keys SET wrapped = $2, wrapped_by = $3 WHERE id = $1 AND wrapped = $4";
 
 impl PostgresStore {
     async fn rotate_data_key_once(
@@ -176,12 +200,13 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         let inserted = sqlx::query(
-            "INSERT INTO data_keys (id, wrapped, created_at, active) VALUES ($1, $2, $3, TRUE)
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
+             VALUES ($1, $2, $3, TRUE, $4) ON CONFLICT (id) DO NOTHING",
         )
         .bind(i64::from(candidate.id))
         .bind(&candidate.wrapped)
         .bind(unix(candidate.created_at))
+        .bind(&candidate.wrapped_by)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use sqlx::SqliteConnection;
 
 /// Retired keys are left out: they seal nothing, and no vault loads them again.
-const SELECT_KEYS: &str =
-    "SELECT id, wrapped, created_at, active FROM data_keys WHERE retired_at IS NULL ORDER BY id";
+const SELECT_KEYS: &str = "SELECT id, wrapped, created_at, active, wrapped_by FROM data_keys WHERE retired_at IS NULL ORDER BY id";
 
 #[async_trait]
 impl KeyStore for SqliteStore {
@@ -22,13 +21,14 @@ impl KeyStore for SqliteStore {
         // then see its key. The unique index on the active key backs this up.
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO data_keys (id, wrapped, created_at, active)
-             SELECT ?3, ?1, ?2, 1 WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE active = 1)
+            "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
+             SELECT ?3, ?1, ?2, 1, ?4 WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE active = 1)
              AND NOT EXISTS (SELECT 1 FROM data_keys WHERE id = ?3)",
         )
         .bind(&candidate.wrapped)
         .bind(unix(candidate.created_at))
         .bind(i64::from(candidate.id))
+        .bind(&candidate.wrapped_by)
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;

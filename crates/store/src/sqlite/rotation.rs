@@ -13,7 +13,7 @@ use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 const SELECT_STATUSES: &str =
-    "SELECT id, created_at, active, retired_at FROM data_keys ORDER BY id";
+    "SELECT id, created_at, active, retired_at, wrapped_by FROM data_keys ORDER BY id";
 
 /// Sealed values by their first five bytes (SQLite's `substr` counts bytes in a BLOB).
 const COUNT_SEALED: &str = "SELECT head, COUNT(*) AS n FROM (
@@ -80,6 +80,10 @@ const RETIRE: &str = "UPDATE data_keys SET retired_at = ?2
        AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(access_token, 1, 5) = ?3)
        AND NOT EXISTS (SELECT 1 FROM pending_revocations WHERE substr(token, 1, 5) = ?3)";
 
+/// A new wrapping of key ?1, fenced by the bytes read (?4).
+const REWRAP: &str =
+    "UPDATE data_keys SET wrapped = ?2, wrapped_by = ?3 WHERE id = ?1 AND wrapped = ?4";
+
 #[async_trait]
 impl KeyRotationStore for SqliteStore {
     async fn data_key_statuses(&self) -> Result<Vec<DataKeyStatus>> {
@@ -125,11 +129,13 @@ impl KeyRotationStore for SqliteStore {
             .await
             .map_err(map_sqlx)?;
         sqlx::query(
-            "INSERT INTO data_keys (id, wrapped, created_at, active) VALUES (?1, ?2, ?3, 1)",
+            "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
+             VALUES (?1, ?2, ?3, 1, ?4)",
         )
         .bind(i64::from(candidate.id))
         .bind(&candidate.wrapped)
         .bind(unix(candidate.created_at))
+        .bind(&candidate.wrapped_by)
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
@@ -191,6 +197,26 @@ impl KeyRotationStore for SqliteStore {
             .bind(i64::from(id))
             .bind(unix(at))
             .bind(rotation::header(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        id: u32,
+        from: &[u8],
+        to: &[u8],
+        wrapped_by: &str,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(REWRAP)
+            .bind(i64::from(id))
+            .bind(to)
+            .bind(wrapped_by)
+            .bind(from)
             .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;

@@ -261,7 +261,8 @@ async fn migrations_are_idempotent_and_safe_to_start_together() {
             (7, true),
             (8, true),
             (9, true),
-            (10, true)
+            (10, true),
+            (19, true)
         ]
     );
     raw.close().await.unwrap();

@@ -264,6 +264,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
             wrapped: vec![9; 60],
             created_at: t(0),
             active: true,
+            wrapped_by: None,
         })
         .await
         .unwrap();
@@ -289,7 +290,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 10);
+    assert_eq!(applied, 11);
 }
 
 #[tokio::test]
@@ -318,6 +319,7 @@ async fn memory_store_keeps_its_data() {
             wrapped: vec![1, 2, 3],
             created_at: t(0),
             active: true,
+            wrapped_by: Some("local".into()),
         })
         .await
         .unwrap();

@@ -12,6 +12,9 @@ fn candidate(tag: u8) -> DataKeyRecord {
         wrapped: vec![0, 0, 0, 0, tag, 0xff, 0x00, tag],
         created_at: t(i64::from(tag)),
         active: false,
+        wrapped_by: Some(format!(
+            "kms:projects/p/locations/l/keyRings/r/cryptoKeys/k{tag}"
+        )),
     }
 }
 
@@ -24,6 +27,7 @@ pub async fn ensure_data_key_inserts_once(store: SharedStore) {
         wrapped: candidate(1).wrapped,
         created_at: t(1),
         active: true,
+        wrapped_by: candidate(1).wrapped_by,
     }];
     assert_eq!(keys, expected);
 

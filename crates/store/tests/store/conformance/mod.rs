@@ -90,6 +90,7 @@ macro_rules! conformance_suite {
             rotation::values_outside_a_key_are_paged_by_row,
             rotation::a_reseal_skips_a_value_replaced_since_it_was_read,
             rotation::a_key_is_retired_only_when_it_seals_nothing,
+            rotation::a_rewrap_is_fenced_by_the_wrapping_read,
             api_keys::api_key_lifecycle,
             api_keys::duplicate_api_key_already_exists,
             api_keys::api_keys_list_oldest_first,
@@ -168,6 +169,7 @@ macro_rules! conformance_suite {
             transfer::an_export_without_the_newer_kinds_imports,
             rotation::a_retired_key_moves_with_an_export,
             rotation::an_export_without_retirements_imports,
+            rotation::an_export_without_sources_imports_as_local_keys,
         );
     };
     (@store $fresh:path; $($module:ident :: $name:ident),* $(,)?) => {$(

@@ -72,6 +72,7 @@ fn key(id: u32, at: i64) -> DataKeyRecord {
         wrapped: vec![0, 0, 0, 0, id as u8, 0xff, 0x00],
         created_at: t(at),
         active: false,
+        wrapped_by: Some("local".into()),
     }
 }
 
@@ -461,4 +462,82 @@ pub async fn an_export_without_retirements_imports(source: SharedStore, target: 
             .iter()
             .all(|k| k.retired_at.is_none())
     );
+}
+
+/// Moving a key to another master key replaces its wrapping and its source only where it is
+/// still wrapped as read; the key itself, and what it seals, stay.
+pub async fn a_rewrap_is_fenced_by_the_wrapping_read(store: SharedStore) {
+    two_keys(&store).await;
+    user(&store, "ada", 2, Some(2)).await;
+    assert!(store.retire_data_key(1, t(60)).await.unwrap());
+    let before = store.count_sealed().await.unwrap();
+    let kms = "kms:projects/p/locations/global/keyRings/r/cryptoKeys/k";
+
+    let old = key(2, 10).wrapped;
+    assert!(
+        store
+            .rewrap_data_key(2, &old, &[7, 7, 7], kms)
+            .await
+            .unwrap()
+    );
+    // A second rewrap from the same bytes read finds them replaced and writes nothing.
+    assert!(
+        !store
+            .rewrap_data_key(2, &old, &[8, 8, 8], "local")
+            .await
+            .unwrap()
+    );
+    // Nor does one of a key that does not exist.
+    assert!(!store.rewrap_data_key(9, &old, &[8], kms).await.unwrap());
+    let keys = store.data_keys().await.unwrap();
+    let rewrapped = keys.iter().find(|k| k.id == 2).unwrap();
+    assert_eq!(rewrapped.wrapped, [7, 7, 7]);
+    assert_eq!(rewrapped.wrapped_by.as_deref(), Some(kms));
+    assert!(rewrapped.active);
+    assert_eq!(rewrapped.created_at, t(10));
+    let statuses = store.data_key_statuses().await.unwrap();
+    let shown: Vec<_> = statuses
+        .iter()
+        .map(|k| (k.id, k.wrapped_by.as_deref()))
+        .collect();
+    assert_eq!(shown, [(1, Some("local")), (2, Some(kms))]);
+    // A retired key is rewrapped too (it stays retired).
+    assert!(
+        store
+            .rewrap_data_key(1, &key(1, 0).wrapped, &[6], kms)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.data_key_statuses().await.unwrap()[0].retired_at,
+        Some(t(60))
+    );
+    assert_eq!(store.count_sealed().await.unwrap(), before);
+}
+
+/// An export made before sources were recorded (no `wrapped_by`) imports as keys of no
+/// recorded source: the local master key wrapped every one of them.
+pub async fn an_export_without_sources_imports_as_local_keys(
+    source: SharedStore,
+    target: SharedStore,
+) {
+    two_keys(&source).await;
+    let (keys, _) = source
+        .export_page(ExportKind::DataKey, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(keys[0].row["wrapped_by"], "local");
+    let older: Vec<_> = keys
+        .into_iter()
+        .map(|mut record| {
+            assert!(record.row.remove("wrapped_by").is_some());
+            record
+        })
+        .collect();
+    let counts = target.import(older).await.unwrap();
+    assert_eq!((counts.inserted, counts.present), (2, 0));
+    let imported = target.data_keys().await.unwrap();
+    assert_eq!(imported.len(), 2);
+    assert!(imported.iter().all(|k| k.wrapped_by.is_none()));
+    assert_eq!(imported[1].wrapped, key(2, 10).wrapped);
 }

@@ -132,6 +132,7 @@ pub async fn populate(store: &SharedStore) {
             wrapped: vec![0, 1, 2, 0xfe, 0xff, 0, 9],
             created_at: t(-100),
             active: true,
+            wrapped_by: Some("pkcs11:token=gk;object=master".into()),
         })
         .await
         .unwrap();
@@ -646,7 +647,8 @@ pub async fn export_rows_have_one_shape(store: SharedStore) {
     assert_eq!(
         Value::Object(keys[0].row.clone()),
         json!({"id": 1, "wrapped": STANDARD.encode([0, 1, 2, 0xfe, 0xff, 0, 9]),
-               "created_at": t(-100).unix_timestamp(), "active": true, "retired_at": null})
+               "created_at": t(-100).unix_timestamp(), "active": true, "retired_at": null,
+               "wrapped_by": "pkcs11:token=gk;object=master"})
     );
     // API keys page by id in byte order, whatever order they were made in.
     let (api_keys, _) = store
