@@ -159,8 +159,16 @@ pub struct SweepEvent {
 /// The end of one invocation.
 #[derive(Clone, Debug)]
 pub struct SweepSummary {
-    /// Users by outcome, in this invocation (the store keeps the whole run's counts).
+    /// Users by outcome, in this invocation.
     pub counts: BTreeMap<Outcome, u64>,
+    /// Users by outcome in the whole run as the store counts them at the end of this
+    /// invocation: the users of every finished batch, whichever invocation or process did
+    /// them (a batch continued after an interruption brings the counts saved with its
+    /// progress). Once the run is finished, every user of it, once.
+    pub run_counts: BTreeMap<Outcome, u64>,
+    /// Whether the run is finished (false when interrupted, or when other processes still
+    /// hold batches of it).
+    pub run_finished: bool,
     /// Where this invocation resumed, when its first batch was one another invocation left
     /// unfinished: that batch's saved progress.
     pub resumed_from: Option<String>,
@@ -261,8 +269,14 @@ pub async fn run_sweep(
         sweep.exhausted = false;
         limiter = check_options(&opts)?;
     };
+    let stored = store.sweep_run(run.id).await?;
     let summary = SweepSummary {
         counts: sweep.counts,
+        run_counts: stored
+            .as_ref()
+            .map(|r| parse_counts(&r.counts))
+            .unwrap_or_default(),
+        run_finished: stored.is_some_and(|r| r.finished_at.is_some()),
         resumed_from: sweep.resumed_from,
         interrupted,
         elapsed: started.elapsed(),
@@ -344,7 +358,9 @@ struct Pending {
 /// A batch this process holds.
 struct Held {
     batch: SweepBatch,
-    /// Its users this process completed, as the store adds them to the run's when it is done.
+    /// The counts of its users up to the watermark: those of the processes that held it
+    /// before (saved with their progress) and this one's, saved with the progress and added to
+    /// the run's when the batch is done.
     counts: BTreeMap<Outcome, u64>,
     /// Its users read and not yet under the watermark (pending, or in the window): the batch
     /// is done when none is left.
@@ -643,8 +659,8 @@ impl Sweep<'_> {
                 open,
                 watermark: batch.progress.clone(),
                 saved: batch.progress.clone(),
+                counts: parse_counts(&batch.counts),
                 batch,
-                counts: BTreeMap::new(),
                 since_save: 0,
                 last_save: Instant::now(),
             },
@@ -670,9 +686,6 @@ impl Sweep<'_> {
         };
         slot.outcome = Some(outcome);
         let sub = slot.sub.clone();
-        if let Some(held) = self.held.get_mut(&slot.batch) {
-            *held.counts.entry(outcome).or_default() += 1;
-        }
         *self.counts.entry(outcome).or_default() += 1;
         self.done += 1;
         (self.on_event)(&SweepEvent {
@@ -687,10 +700,18 @@ impl Sweep<'_> {
             outcome: Some(_), ..
         }) = self.window.front()
         {
-            if let Some(Slot { batch, sub, .. }) = self.window.pop_front() {
+            if let Some(Slot {
+                batch,
+                sub,
+                outcome: Some(outcome),
+            }) = self.window.pop_front()
+            {
                 self.first_seq += 1;
-                // Users of a batch lost to another process are not its to record.
+                // Users of a batch lost to another process are not its to record. A user is
+                // counted once under the watermark, so that the counts saved with it are
+                // those of the users it covers.
                 if let Some(held) = self.held.get_mut(&batch) {
+                    *held.counts.entry(outcome).or_default() += 1;
                     held.watermark = Some(sub);
                     held.open = held.open.saturating_sub(1);
                     held.since_save += 1;
@@ -755,9 +776,16 @@ impl Sweep<'_> {
             return;
         }
         let now = self.clock.now();
+        let counts = counts_json(&held.counts);
         match self
             .store
-            .save_batch_progress(id, &self.owner, &progress, lease_end(now, self.batch_lease))
+            .save_batch_progress(
+                id,
+                &self.owner,
+                &progress,
+                &counts,
+                lease_end(now, self.batch_lease),
+            )
             .await
         {
             Ok(()) => {

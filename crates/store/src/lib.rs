@@ -464,6 +464,8 @@ pub trait SweepStore: Send + Sync {
     /// [`StoreError::NotFound`] unless `id` is a run under way (as for `finish_sweep`).
     async fn save_sweep_progress(&self, id: i64, cursor: &str, counts: &str) -> Result<()>;
     async fn finish_sweep(&self, id: i64, counts: &str, at: OffsetDateTime) -> Result<()>;
+    /// The run `id` as it is now (finished or not), None when there is no such run.
+    async fn sweep_run(&self, id: i64) -> Result<Option<SweepRun>>;
 }
 
 /// A short exclusive right to refresh one grant, across every instance sharing the store.
@@ -515,6 +517,9 @@ pub struct SweepBatch {
     pub last: String,
     /// Users of the batch with `sub <= progress` are done (None: none yet).
     pub progress: Option<String>,
+    /// Those users' counts by outcome, as JSON text (`{}` before any progress), so that
+    /// whoever continues the batch adds them to the run's with its own.
+    pub counts: String,
     pub owner: String,
     pub lease_until: OffsetDateTime,
 }
@@ -533,17 +538,20 @@ pub trait SweepBatchStore: Send + Sync {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Option<SweepBatch>>;
-    /// Records progress inside a batch and extends its lease. [`StoreError::Conflict`] when
-    /// `owner` no longer holds it (its lease expired and another process took the batch).
+    /// Records progress inside a batch, with the counts by outcome of its users up to
+    /// `progress` (JSON object of outcome -> number), and extends its lease.
+    /// [`StoreError::Conflict`] when `owner` no longer holds it (its lease expired and another
+    /// process took the batch).
     async fn save_batch_progress(
         &self,
         batch_id: i64,
         owner: &str,
         progress: &str,
+        counts: &str,
         lease_until: OffsetDateTime,
     ) -> Result<()>;
-    /// Marks the batch done and adds `counts` (JSON object of outcome -> number) to the run's
-    /// counts. Conflict as above.
+    /// Marks the batch done and adds `counts` (JSON object of outcome -> number: every user of
+    /// the batch, those of earlier holders included) to the run's counts. Conflict as above.
     async fn finish_sweep_batch(
         &self,
         batch_id: i64,

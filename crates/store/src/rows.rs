@@ -48,7 +48,7 @@ macro_rules! user_and_grant_columns {
 /// A sweep batch's columns, as [`sweep_batch`] reads them.
 macro_rules! sweep_batch_columns {
     () => {
-        "id, run_id, after, last, progress, owner, lease_until"
+        "id, run_id, after, last, progress, counts, owner, lease_until"
     };
 }
 
@@ -331,6 +331,7 @@ pub(crate) fn sweep_batch(row: &impl Columns) -> Result<SweepBatch> {
         after: row.opt_text("after")?,
         last: row.text("last")?,
         progress: row.opt_text("progress")?,
+        counts: row.text("counts")?,
         owner: row.text("owner")?,
         lease_until: time(row, "lease_until")?,
     })

@@ -359,7 +359,13 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
     assert_eq!(batch.last, by_sub[9].0);
     let progress = by_sub[3].0.clone();
     env.store
-        .save_batch_progress(batch.id, "dead sweeper", &progress, now + secs(20))
+        .save_batch_progress(
+            batch.id,
+            "dead sweeper",
+            &progress,
+            r#"{"ok":4}"#,
+            now + secs(20),
+        )
         .await
         .unwrap();
 
@@ -409,8 +415,12 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
     let mut sorted = swept.clone();
     sorted.sort();
     assert_eq!(sorted, expected);
-    // The users before its progress count as done, by the process that died.
+    // The users before its progress count as done, by the process that died; the run's
+    // counts cover all 30 users once.
     assert_eq!(events.iter().map(|e| e.done).max(), Some(30));
+    assert!(late.run_finished);
+    assert_eq!(late.run_counts.get(&Outcome::Ok).copied(), Some(30));
+    assert_eq!(late.run_counts.values().sum::<u64>(), 30);
     let refreshed = refreshes_by_email(&env).await;
     for (n, (_, e)) in by_sub.iter().enumerate() {
         let expected = u64::from(n >= 4);
@@ -420,7 +430,7 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
     let now = env.now();
     assert!(matches!(
         env.store
-            .save_batch_progress(batch.id, "dead sweeper", &by_sub[5].0, now + secs(20))
+            .save_batch_progress(batch.id, "dead sweeper", &by_sub[5].0, "{}", now + secs(20))
             .await,
         Err(StoreError::Conflict)
     ));

@@ -123,6 +123,17 @@ async fn refresh_sweep_refreshes_every_usable_grant_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_sweep_resumes_where_it_stopped() {
+    interrupted_then_resumed(10).await;
+}
+
+/// The stop lands inside the run's only batch: the batch's users done before it still count
+/// in the run's counts once it is resumed and finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_sweep_counts_the_whole_run() {
+    interrupted_then_resumed(500).await;
+}
+
+async fn interrupted_then_resumed(page_size: u32) {
     let env = Env::start().await;
     let broker = env.broker();
     let people = population(&env, &broker).await;
@@ -131,7 +142,7 @@ async fn an_interrupted_sweep_resumes_where_it_stopped() {
     let opts = SweepOptions {
         concurrency: 8,
         rate_per_sec: None,
-        page_size: 10,
+        page_size,
         ..SweepOptions::default()
     };
 
@@ -180,6 +191,19 @@ async fn an_interrupted_sweep_resumes_where_it_stopped() {
     .await
     .unwrap();
     assert!(!second.interrupted);
+    // Stopped, the run is not finished; its counts are those of the users under the saved
+    // progress, none of them counted twice.
+    assert!(!first.run_finished);
+    assert!(first.run_counts.values().sum::<u64>() <= first_events.len() as u64);
+    // Resumed and finished, the run counts every user once.
+    assert!(second.run_finished);
+    assert_eq!(second.run_counts.get(&Outcome::Ok), Some(&44), "{second:?}");
+    assert_eq!(
+        second.run_counts.get(&Outcome::Skipped),
+        Some(&6),
+        "{second:?}"
+    );
+    assert_eq!(second.run_counts.values().sum::<u64>(), 50);
     let cursor = second.resumed_from.clone().expect("the second run resumes");
     let second_events = events.lock().unwrap().clone();
     // Everybody after the saved watermark, nobody before it.

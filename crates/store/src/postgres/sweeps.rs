@@ -49,6 +49,20 @@ impl SweepStore for PostgresStore {
         .await?;
         unfinished_run_found(updated)
     }
+
+    async fn sweep_run(&self, id: i64) -> Result<Option<SweepRun>> {
+        retrying(|| async {
+            let row = sqlx::query(
+                "SELECT id, job, started_at, finished_at, cursor, counts
+                   FROM sweep_runs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|row| rows::sweep_run(&row)).transpose()?)
+        })
+        .await
+    }
 }
 
 impl PostgresStore {

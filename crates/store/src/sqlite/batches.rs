@@ -56,17 +56,19 @@ impl SweepBatchStore for SqliteStore {
         batch_id: i64,
         owner: &str,
         progress: &str,
+        counts: &str,
         lease_until: OffsetDateTime,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
-            "UPDATE sweep_batches SET progress = ?3, lease_until = ?4
+            "UPDATE sweep_batches SET progress = ?3, lease_until = ?4, counts = ?5
               WHERE id = ?1 AND owner = ?2 AND done_at IS NULL",
         )
         .bind(batch_id)
         .bind(owner)
         .bind(progress)
         .bind(unix(lease_until))
+        .bind(counts)
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;

@@ -63,6 +63,17 @@ impl SweepStore for SqliteStore {
         .map_err(map_sqlx)?;
         unfinished_run_found(done.rows_affected())
     }
+
+    async fn sweep_run(&self, id: i64) -> Result<Option<SweepRun>> {
+        let row = sqlx::query(
+            "SELECT id, job, started_at, finished_at, cursor, counts FROM sweep_runs WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(map_sqlx)?;
+        row.map(|row| rows::sweep_run(&row)).transpose()
+    }
 }
 
 /// Progress goes only to a run still under way: an unknown or finished run is NotFound.

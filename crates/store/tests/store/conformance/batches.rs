@@ -130,7 +130,7 @@ async fn sweep_with_claimers(stores: &[SharedStore]) {
                     .collect();
                 let halfway = &users[users.len() / 2];
                 store
-                    .save_batch_progress(batch.id, &owner, halfway, t(80))
+                    .save_batch_progress(batch.id, &owner, halfway, "{}", t(80))
                     .await
                     .unwrap();
                 finishing.fetch_add(1, Ordering::SeqCst);
@@ -227,14 +227,17 @@ async fn taken_over_once(stores: &[SharedStore]) {
         dead.push(batch);
     }
     assert_eq!(dead.len(), BATCHES);
-    // Half of them were half done.
-    for batch in dead.iter_mut().step_by(2) {
+    // Half of them were half done, with the counts of their users done.
+    for (i, batch) in dead.iter_mut().enumerate().step_by(2) {
+        assert_eq!(batch.counts, "{}", "nothing counted before any progress");
         let progress = batch.after.clone().unwrap_or_else(|| "0".into());
+        let counts = json!({"ok": i, "failing": 1}).to_string();
         stores[0]
-            .save_batch_progress(batch.id, "dead", &progress, t(60))
+            .save_batch_progress(batch.id, "dead", &progress, &counts, t(60))
             .await
             .unwrap();
         batch.progress = Some(progress);
+        batch.counts = counts;
     }
 
     let mut tasks = Vec::new();
@@ -271,7 +274,7 @@ async fn taken_over_once(stores: &[SharedStore]) {
     for batch in &dead {
         conflict(
             stores[1 % stores.len()]
-                .save_batch_progress(batch.id, "dead", &batch.last, t(300))
+                .save_batch_progress(batch.id, "dead", &batch.last, "{}", t(300))
                 .await,
         );
     }
@@ -373,12 +376,25 @@ pub async fn sweep_run_is_finished_when_its_last_batch_is(store: SharedStore) {
             .unwrap()
     );
     assert_eq!(claim(&store, run.id, "five", 2, 10).await, None);
+    // The finished run, read back: every batch's counts, and when it ended.
+    let done = store.sweep_run(run.id).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&done.counts).unwrap(),
+        json!({"ok": 3, "failing": 1, "revoked": 1, "skipped": 1})
+    );
+    assert_eq!(done.finished_at, Some(t(8)));
+    assert_eq!(done.cursor.as_deref(), Some("f"));
+    assert_eq!(store.sweep_run(run.id + 1000).await.unwrap(), None);
     let next = store.start_or_resume_sweep("refresh", t(11)).await.unwrap();
     assert_ne!(next.id, run.id);
     assert_eq!(next.counts, "{}");
     // A done batch is no one's any more.
     conflict(store.finish_sweep_batch(b4.id, "four", "{}", t(12)).await);
-    conflict(store.save_batch_progress(b4.id, "four", "f", t(70)).await);
+    conflict(
+        store
+            .save_batch_progress(b4.id, "four", "f", "{}", t(70))
+            .await,
+    );
     conflict(store.release_sweep_batch(b4.id, "four").await);
 }
 
@@ -393,7 +409,7 @@ pub async fn expired_batch_is_taken_over_where_it_stopped(store: SharedStore) {
         .unwrap()
         .unwrap();
     store
-        .save_batch_progress(b1.id, "dies", "b", t(60))
+        .save_batch_progress(b1.id, "dies", "b", "{}", t(60))
         .await
         .unwrap();
     let b2 = store
@@ -427,7 +443,11 @@ pub async fn expired_batch_is_taken_over_where_it_stopped(store: SharedStore) {
         }
     );
     // The old owner, come back, holds nothing.
-    conflict(store.save_batch_progress(b1.id, "dies", "c", t(200)).await);
+    conflict(
+        store
+            .save_batch_progress(b1.id, "dies", "c", "{}", t(200))
+            .await,
+    );
     conflict(
         store
             .finish_sweep_batch(b1.id, "dies", r#"{"ok":3}"#, t(61))
@@ -437,7 +457,7 @@ pub async fn expired_batch_is_taken_over_where_it_stopped(store: SharedStore) {
 
     // Saving progress extends a lease: the slow owner keeps its batch past its first end.
     store
-        .save_batch_progress(b2.id, "slow", "d", t(200))
+        .save_batch_progress(b2.id, "slow", "d", "{}", t(200))
         .await
         .unwrap();
     store
@@ -478,7 +498,11 @@ pub async fn expired_batch_is_taken_over_where_it_stopped(store: SharedStore) {
 
     // A batch that does not exist is not found, whoever asks.
     let ghost = b1.id + b2.id + 1000;
-    not_found(store.save_batch_progress(ghost, "late", "a", t(300)).await);
+    not_found(
+        store
+            .save_batch_progress(ghost, "late", "a", "{}", t(300))
+            .await,
+    );
     not_found(store.finish_sweep_batch(ghost, "late", "{}", t(300)).await);
     not_found(store.release_sweep_batch(ghost, "late").await);
 }
@@ -497,7 +521,7 @@ pub async fn released_batch_is_claimable_at_once(store: SharedStore) {
         .unwrap()
         .unwrap();
     store
-        .save_batch_progress(b1.id, "stops", "a", t(600))
+        .save_batch_progress(b1.id, "stops", "a", r#"{"ok":1}"#, t(600))
         .await
         .unwrap();
     // Another claim while it is held cuts the next batch instead.
@@ -519,8 +543,14 @@ pub async fn released_batch_is_claimable_at_once(store: SharedStore) {
         (taken.id, taken.owner.as_str(), taken.progress.as_deref()),
         (b1.id, "next", Some("a"))
     );
+    // With the counts of the users done before it was given back.
+    assert_eq!(taken.counts, r#"{"ok":1}"#);
     assert_eq!(taken.lease_until, t(700));
-    conflict(store.save_batch_progress(b1.id, "stops", "b", t(600)).await);
+    conflict(
+        store
+            .save_batch_progress(b1.id, "stops", "b", "{}", t(600))
+            .await,
+    );
     conflict(store.release_sweep_batch(b1.id, "stops").await);
 
     // A process may take back what it gave back.
