@@ -2,15 +2,20 @@
 
 use crate::Target;
 use crate::ops::{config_path, load};
+use crate::output::{listing, table, when, when_json};
 use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use grantkeeper_broker::RevocationOutcome;
-use grantkeeper_broker::sweep::{self, Job, Outcome, SweepEvent, SweepOptions};
-use grantkeeper_core::{ExposeSecret, SystemClock};
+use grantkeeper_broker::sweep::{self, Job, Outcome, SweepEvent, SweepOptions, SweepSummary};
+use grantkeeper_core::{ExposeSecret, GrantState, SystemClock};
 use grantkeeper_server::App;
 use grantkeeper_server::apikeys::{KeyScope, create_api_key};
-use grantkeeper_store::AuditFilter;
+use grantkeeper_store::{AuditFilter, UserSearch};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -23,30 +28,12 @@ pub async fn open_app(target: &Target) -> anyhow::Result<App> {
     Ok(App::new(settings, store, &master, SystemClock::shared()).await?)
 }
 
-fn when(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-/// Prints rows as a left-aligned table with a header.
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| (*h).to_owned()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+/// Writes `text` to stdout as it is (listings end their lines themselves).
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }
 
 pub async fn api_keys_create(target: &Target, name: &str, scopes: &[String]) -> anyhow::Result<()> {
@@ -72,7 +59,7 @@ pub async fn api_keys_create(target: &Target, name: &str, scopes: &[String]) -> 
     Ok(())
 }
 
-pub async fn api_keys_list(target: &Target) -> anyhow::Result<()> {
+pub async fn api_keys_list(target: &Target, json: bool) -> anyhow::Result<()> {
     let app = open_app(target).await?;
     let keys = app.store().list_api_keys().await?;
     let rows: Vec<Vec<String>> = keys
@@ -87,8 +74,19 @@ pub async fn api_keys_list(target: &Target) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table(&["ID", "NAME", "SCOPES", "CREATED", "REVOKED"], &rows);
-    Ok(())
+    let objects: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            json!({"id": k.id, "name": k.name, "scopes": k.scopes,
+                   "created_at": when(k.created_at), "revoked_at": when_json(k.revoked_at)})
+        })
+        .collect();
+    print(&listing(
+        json,
+        &["ID", "NAME", "SCOPES", "CREATED", "REVOKED"],
+        &rows,
+        &objects,
+    ))
 }
 
 pub async fn api_keys_revoke(target: &Target, id: &str) -> anyhow::Result<()> {
@@ -103,39 +101,136 @@ pub async fn api_keys_revoke(target: &Target, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn users_list(target: &Target) -> anyhow::Result<()> {
+/// What `users list` shows: the console's filters, a page size and where to go on from.
+#[derive(Clone, Debug, Default)]
+pub struct UserFilter {
+    /// Part of an email, or the start of a sub.
+    pub email: Option<String>,
+    pub state: Option<String>,
+    pub limit: u32,
+    /// A `next_cursor` of an earlier listing (or of `GET /v1/users`).
+    pub cursor: Option<String>,
+}
+
+/// Users read from the store per query.
+const USERS_PER_QUERY: u32 = 500;
+
+/// The users a filter selects, in `sub` order, and the cursor of the next page when more
+/// follow.
+async fn select_users(
+    app: &App,
+    filter: &UserFilter,
+) -> anyhow::Result<(
+    Vec<(
+        grantkeeper_store::UserRecord,
+        grantkeeper_store::GrantRecord,
+    )>,
+    Option<String>,
+)> {
+    let state = match filter.state.as_deref() {
+        None => None,
+        Some(s) => Some(s.parse::<GrantState>().map_err(|_| {
+            anyhow!("--state takes active, failing, needs_consent or revoked, not {s:?}")
+        })?),
+    };
+    let mut after = match filter.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| anyhow!("--cursor takes a next cursor a listing gave"))?,
+        ),
+    };
+    let text = filter
+        .email
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let mut users = Vec::new();
+    let mut more = true;
+    while more && users.len() < filter.limit as usize {
+        let want = (filter.limit as usize - users.len()).min(USERS_PER_QUERY as usize);
+        let page = app
+            .store()
+            .search_users(&UserSearch {
+                text: text.clone(),
+                state,
+                after: after.clone(),
+                limit: u32::try_from(want).unwrap_or(USERS_PER_QUERY),
+            })
+            .await?;
+        more = page.next.is_some();
+        after = page.next;
+        users.extend(page.users);
+    }
+    let next = (more && !users.is_empty())
+        .then(|| {
+            users
+                .last()
+                .map(|(u, _)| URL_SAFE_NO_PAD.encode(&u.profile.sub))
+        })
+        .flatten();
+    Ok((users, next))
+}
+
+pub async fn users_list(target: &Target, filter: &UserFilter, json: bool) -> anyhow::Result<()> {
     let app = open_app(target).await?;
-    let mut rows = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = app.store().list_users(after.as_deref(), 500).await?;
-        for (u, g) in &page.users {
-            rows.push(vec![
+    let (users, next) = select_users(&app, filter).await?;
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|(u, g)| {
+            vec![
                 u.profile.sub.clone(),
-                u.profile.email.clone().unwrap_or_default(),
+                u.profile.email.clone().unwrap_or_else(|| "-".to_owned()),
                 g.state.to_string(),
-                g.scopes.len().to_string(),
                 g.last_refresh_at
                     .map(when)
                     .unwrap_or_else(|| "-".to_owned()),
-            ]);
-        }
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
+                g.scopes.len().to_string(),
+            ]
+        })
+        .collect();
+    let objects: Vec<Value> = users
+        .iter()
+        .map(|(u, g)| grantkeeper_server::http::user_answer(u, g))
+        .collect();
+    print(&listing(
+        json,
+        &["SUB", "EMAIL", "STATE", "LAST REFRESH", "SCOPES"],
+        &rows,
+        &objects,
+    ))?;
+    if let Some(next) = next {
+        eprintln!(
+            "more users follow: run again with --cursor {next} (at most --limit {} a time)",
+            filter.limit
+        );
     }
-    table(&["SUB", "EMAIL", "STATE", "SCOPES", "LAST REFRESH"], &rows);
     Ok(())
 }
 
-pub async fn users_show(target: &Target, sub: &str) -> anyhow::Result<()> {
+pub async fn users_show(target: &Target, sub: &str, json: bool) -> anyhow::Result<()> {
     let app = open_app(target).await?;
     let (u, g) = app
         .store()
         .user(sub)
         .await?
         .ok_or_else(|| anyhow!("no user with sub {sub}"))?;
+    let events = app.store().grant_events(sub).await?;
+    if json {
+        let mut answer = grantkeeper_server::http::user_answer(&u, &g);
+        answer["history"] = events
+            .iter()
+            .map(|e| {
+                json!({"at": when(e.at), "from": e.from.map(GrantState::as_str),
+                       "to": e.to.as_str(), "reason": e.reason})
+            })
+            .collect();
+        return print(&format!("{answer}\n"));
+    }
     let p = &u.profile;
     println!("sub:           {}", p.sub);
     println!(
@@ -177,10 +272,7 @@ pub async fn users_show(target: &Target, sub: &str) -> anyhow::Result<()> {
         println!("  {s}");
     }
     println!("history:");
-    let rows: Vec<Vec<String>> = app
-        .store()
-        .grant_events(sub)
-        .await?
+    let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
             vec![
@@ -193,8 +285,7 @@ pub async fn users_show(target: &Target, sub: &str) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table(&["AT", "FROM", "TO", "REASON"], &rows);
-    Ok(())
+    print(&table(&["AT", "FROM", "TO", "REASON"], &rows))
 }
 
 /// Revokes here at once; when Google cannot be reached, its revocation there is queued, and the
@@ -239,6 +330,7 @@ pub async fn audit(
     user: Option<String>,
     since: Option<String>,
     limit: u32,
+    json: bool,
 ) -> anyhow::Result<()> {
     let app = open_app(target).await?;
     let since = since
@@ -253,6 +345,14 @@ pub async fn audit(
             limit,
         })
         .await?;
+    let objects: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "at": when(r.at), "actor": r.actor, "sub": r.sub,
+                   "action": r.action, "detail": r.detail, "outcome": r.outcome,
+                   "times": r.times, "last_at": when(r.last_at)})
+        })
+        .collect();
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -261,17 +361,22 @@ pub async fn audit(
                 r.actor.clone(),
                 r.sub.clone().unwrap_or_else(|| "-".to_owned()),
                 r.action.clone(),
-                r.detail.clone(),
+                if r.detail.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.detail.clone()
+                },
                 r.outcome.clone(),
                 times(r),
             ]
         })
         .collect();
-    table(
+    print(&listing(
+        json,
         &["AT", "WHO", "USER", "ACTION", "WHAT", "OUTCOME", "TIMES"],
         &rows,
-    );
-    Ok(())
+        &objects,
+    ))
 }
 
 /// How many identical acts a row stands for, and until when when more than one.
@@ -324,8 +429,9 @@ pub async fn sweep(
             }
         }
     });
-    let terminal = std::io::stderr().is_terminal();
-    let bar = terminal.then(|| {
+    // A person at a terminal sees a progress bar on stderr; stdout, when it is not a terminal,
+    // carries JSON lines and nothing else: one per user, then one summary.
+    let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(0);
         if let Ok(style) =
             ProgressStyle::with_template("{bar:40} {pos}/{len} users  {per_sec}  eta {eta}  {msg}")
@@ -334,15 +440,18 @@ pub async fn sweep(
         }
         bar
     });
-    let on_event = |e: &SweepEvent| match &bar {
-        Some(bar) => {
+    let lines = !std::io::stdout().is_terminal();
+    let on_event = |e: &SweepEvent| {
+        if let Some(bar) = &bar {
             bar.set_length(e.total);
             bar.set_position(e.done);
         }
-        None => println!(
-            "{}",
-            serde_json::json!({"sub": e.sub, "outcome": e.outcome, "detail": e.detail, "done": e.done, "total": e.total})
-        ),
+        if lines {
+            println!(
+                "{}",
+                json!({"sub": e.sub, "outcome": e.outcome, "detail": e.detail, "done": e.done, "total": e.total})
+            );
+        }
     };
     let summary = sweep::run_sweep(
         app.broker(),
@@ -364,24 +473,64 @@ pub async fn sweep(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let count = |o: Outcome| summary.counts.get(&o).copied().unwrap_or(0).to_string();
-    if let Some(from) = &summary.resumed_from {
-        println!("resumed after {from}");
+    if lines {
+        println!("{}", summary_json(job, &summary));
     }
-    table(
-        &["OK", "FAILING", "REVOKED", "SKIPPED", "SECONDS"],
-        &[vec![
-            count(Outcome::Ok),
-            count(Outcome::Failing),
-            count(Outcome::Revoked),
-            count(Outcome::Skipped),
-            format!("{:.1}", summary.elapsed.as_secs_f64()),
-        ]],
-    );
-    if summary.interrupted {
-        println!("interrupted: run the same command again to resume");
-    }
+    eprint!("{}", summary_text(&summary));
     Ok(())
+}
+
+fn counts_json(counts: &BTreeMap<Outcome, u64>) -> Value {
+    Outcome::ALL
+        .iter()
+        .map(|o| {
+            (
+                o.as_str().to_owned(),
+                counts.get(o).copied().unwrap_or(0).into(),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into()
+}
+
+/// The last JSON line of a sweep: this invocation's counts and the whole run's.
+fn summary_json(job: Job, s: &SweepSummary) -> Value {
+    json!({"summary": {
+        "job": job.as_str(),
+        "interrupted": s.interrupted,
+        "resumed_after": s.resumed_from,
+        "seconds": (s.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+        "counts": counts_json(&s.counts),
+        "run": {"finished": s.run_finished, "counts": counts_json(&s.run_counts)},
+    }})
+}
+
+/// What a person reads at the end of a sweep (on stderr).
+fn summary_text(s: &SweepSummary) -> String {
+    let count = |counts: &BTreeMap<Outcome, u64>, o: Outcome| {
+        counts.get(&o).copied().unwrap_or(0).to_string()
+    };
+    let row = |what: &str, counts: &BTreeMap<Outcome, u64>| {
+        let mut row = vec![what.to_owned()];
+        row.extend(Outcome::ALL.iter().map(|o| count(counts, *o)));
+        row
+    };
+    let mut out = String::new();
+    if let Some(from) = &s.resumed_from {
+        out.push_str(&format!("resumed after {from}\n"));
+    }
+    let mut rows = vec![row("this sweep", &s.counts)];
+    if s.run_finished {
+        rows.push(row("whole run", &s.run_counts));
+    }
+    out.push_str(&table(&["", "OK", "FAILING", "REVOKED", "SKIPPED"], &rows));
+    out.push_str(&format!("took {:.1} s\n", s.elapsed.as_secs_f64()));
+    if s.interrupted {
+        out.push_str("interrupted: run the same command again to resume\n");
+    } else if !s.run_finished {
+        out.push_str("other sweep processes still hold batches of this run\n");
+    }
+    out
 }
 
 #[cfg(test)]

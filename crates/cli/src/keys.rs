@@ -3,6 +3,7 @@
 
 use crate::Target;
 use crate::ops::{config_path, load};
+use crate::output::{listing, when, when_json};
 use anyhow::{Context, anyhow, bail};
 use grantkeeper_core::SystemClock;
 use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions, RotationSummary};
@@ -11,8 +12,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::time::Duration;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, grantkeeper_core::MasterKey)> {
     let (settings, master) = load(&config_path(target)?)?;
@@ -22,20 +21,16 @@ async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, grantkeeper
     Ok((store, master))
 }
 
-fn when(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
 /// One line per data key: id, when it was made, whether it is active, when it was retired,
 /// and how many sealed values name it.
-pub async fn list(target: &Target) -> anyhow::Result<()> {
+pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
     let (store, _) = open_store(target).await?;
     let statuses = store.data_key_statuses().await?;
     let counts = store.count_sealed().await?;
-    let rows: Vec<[String; 5]> = statuses
+    let rows: Vec<Vec<String>> = statuses
         .iter()
         .map(|k| {
-            [
+            vec![
                 k.id.to_string(),
                 when(k.created_at),
                 if k.active { "yes" } else { "no" }.to_owned(),
@@ -44,29 +39,26 @@ pub async fn list(target: &Target) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let header = ["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
+    let objects: Vec<serde_json::Value> = statuses
+        .iter()
+        .map(|k| {
+            json!({"id": k.id, "created_at": when(k.created_at), "active": k.active,
+                   "retired_at": when_json(k.retired_at), "sealed_values": k.sealed_values})
+        })
+        .collect();
+    print!(
+        "{}",
+        listing(
+            json,
+            &["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES"],
+            &rows,
+            &objects
+        )
+    );
     let known: u64 = statuses.iter().map(|k| k.sealed_values).sum();
     let stray = counts.total() - known.min(counts.total());
     if stray > 0 {
-        println!(
+        eprintln!(
             "{stray} sealed values name no data key of this store ({} malformed): they do not open",
             counts.malformed
         );
@@ -84,10 +76,12 @@ pub async fn rotate(target: &Target, batch_size: u32, grace: Duration) -> anyhow
     } else {
         format!(" (from key {})", old.join(", "))
     };
+    // What a person reads goes to stderr; stdout, when it is not a terminal, carries JSON
+    // lines and nothing else.
     if rotation.resumed() {
-        println!("resuming rotation to key {}{from}", rotation.key());
+        eprintln!("resuming rotation to key {}{from}", rotation.key());
     } else {
-        println!("rotating to key {}{from}", rotation.key());
+        eprintln!("rotating to key {}{from}", rotation.key());
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -109,9 +103,14 @@ pub async fn rotate(target: &Target, batch_size: u32, grace: Duration) -> anyhow
         }
         bar
     });
-    let on_event = |e: &RotationEvent| match &bar {
-        Some(bar) => show(bar, e),
-        None => println!("{}", json_line(e)),
+    let lines = !std::io::stdout().is_terminal();
+    let on_event = |e: &RotationEvent| {
+        if let Some(bar) = &bar {
+            show(bar, e);
+        }
+        if lines {
+            println!("{}", json_line(e));
+        }
     };
     let summary = rotation
         .run(
@@ -126,6 +125,16 @@ pub async fn rotate(target: &Target, batch_size: u32, grace: Duration) -> anyhow
         .await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
+    }
+    if lines {
+        println!(
+            "{}",
+            json!({"event": "summary", "key": summary.key, "resumed": summary.resumed,
+                   "resealed": summary.resealed, "skipped": summary.skipped,
+                   "unreadable": summary.unreadable, "remaining": summary.remaining,
+                   "retired": summary.retired, "kept": summary.kept,
+                   "interrupted": summary.interrupted, "finished": summary.finished()})
+        );
     }
     report(&summary)
 }
@@ -174,20 +183,21 @@ fn seconds(d: Duration) -> u64 {
     u64::try_from(d.as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
+/// What a person reads at the end (on stderr); an error when values are left unsealed.
 fn report(summary: &RotationSummary) -> anyhow::Result<()> {
-    println!(
+    eprintln!(
         "re-sealed {} values under key {} ({} rewritten meanwhile by a running server, {} that do not open)",
         summary.resealed, summary.key, summary.skipped, summary.unreadable
     );
     for key in &summary.retired {
-        println!("retired key {key}");
+        eprintln!("retired key {key}");
     }
     if summary.interrupted {
-        println!("interrupted: run `grantkeeper keys rotate` again to resume");
+        eprintln!("interrupted: run `grantkeeper keys rotate` again to resume");
         return Ok(());
     }
     if summary.finished() {
-        println!("rotation to key {} finished", summary.key);
+        eprintln!("rotation to key {} finished", summary.key);
         return Ok(());
     }
     let kept: Vec<String> = summary.kept.iter().map(u32::to_string).collect();

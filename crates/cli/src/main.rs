@@ -7,6 +7,7 @@ mod admin;
 mod dev;
 mod keys;
 mod ops;
+mod output;
 mod transfer;
 
 use anyhow::Context;
@@ -89,6 +90,9 @@ enum Command {
         since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -148,6 +152,9 @@ enum ApiKeysCommand {
     },
     /// Lists every key (never the secrets)
     List {
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -179,6 +186,9 @@ enum KeysCommand {
     },
     /// One line per data key: id, created, active, retired, and how many values it seals
     List {
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -191,14 +201,32 @@ fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Subcommand)]
 enum UsersCommand {
-    /// Every user with their grant's state
+    /// Users with their grant's state, in sub order, a page at a time
     List {
+        /// Only users whose email contains this text (or whose sub starts with it)
+        #[arg(long, value_name = "TEXT")]
+        email: Option<String>,
+        /// Only grants in this state
+        #[arg(long, value_parser = ["active", "failing", "needs_consent", "revoked"])]
+        state: Option<String>,
+        /// Users at most; when more follow, stderr names the cursor to go on from
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Go on after an earlier listing (its `next_cursor`, as GET /v1/users gives too)
+        #[arg(long)]
+        cursor: Option<String>,
+        /// One JSON object per line (the fields of GET /v1/users/{sub}) instead of a table
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
     /// One user, their grant and its history
     Show {
         sub: String,
+        /// One JSON object (the fields of GET /v1/users/{sub}, and the history) instead of text
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -237,7 +265,9 @@ async fn main() -> std::process::ExitCode {
             scopes,
             target,
         }) => admin::api_keys_create(&target, &name, &scopes).await,
-        Command::ApiKeys(ApiKeysCommand::List { target }) => admin::api_keys_list(&target).await,
+        Command::ApiKeys(ApiKeysCommand::List { json, target }) => {
+            admin::api_keys_list(&target, json).await
+        }
         Command::ApiKeys(ApiKeysCommand::Revoke { id, target }) => {
             admin::api_keys_revoke(&target, &id).await
         }
@@ -246,10 +276,25 @@ async fn main() -> std::process::ExitCode {
             grace,
             target,
         }) => keys::rotate(&target, batch_size, grace).await,
-        Command::Keys(KeysCommand::List { target }) => keys::list(&target).await,
-        Command::Users(UsersCommand::List { target }) => admin::users_list(&target).await,
-        Command::Users(UsersCommand::Show { sub, target }) => {
-            admin::users_show(&target, &sub).await
+        Command::Keys(KeysCommand::List { json, target }) => keys::list(&target, json).await,
+        Command::Users(UsersCommand::List {
+            email,
+            state,
+            limit,
+            cursor,
+            json,
+            target,
+        }) => {
+            let filter = admin::UserFilter {
+                email,
+                state,
+                limit,
+                cursor,
+            };
+            admin::users_list(&target, &filter, json).await
+        }
+        Command::Users(UsersCommand::Show { sub, json, target }) => {
+            admin::users_show(&target, &sub, json).await
         }
         Command::Users(UsersCommand::Revoke { sub, target }) => {
             admin::users_revoke(&target, &sub).await
@@ -258,8 +303,9 @@ async fn main() -> std::process::ExitCode {
             user,
             since,
             limit,
+            json,
             target,
-        } => admin::audit(&target, user, since, limit).await,
+        } => admin::audit(&target, user, since, limit, json).await,
         Command::Export { output, target } => transfer::export(&target, output).await,
         Command::Import { input, target } => transfer::import(&target, input).await,
         Command::Sweep {

@@ -102,11 +102,11 @@ pub async fn check(target: Target) -> anyhow::Result<()> {
             report(
                 "master key",
                 vault
-                    .map(|v| {
-                        format!(
-                            "opens the store's data keys (active key {:?})",
-                            v.active().map(|k| k.0)
-                        )
+                    .map(|v| match v.active() {
+                        Some(key) => {
+                            format!("opens the store's data keys (active key {})", key.0)
+                        }
+                        None => "opens the store's data keys (none made yet)".to_owned(),
                     })
                     .map_err(|e| format!("{e}: use the master key this store was created with")),
             );

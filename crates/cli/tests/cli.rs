@@ -15,6 +15,8 @@ mod crash;
 mod instances;
 #[path = "cli/keys.rs"]
 mod keys;
+#[path = "cli/listings.rs"]
+mod listings;
 #[path = "cli/revocations.rs"]
 mod revocations;
 
@@ -76,6 +78,34 @@ fn run(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs the binary with stdout and stderr apart: (success, stdout, stderr).
+fn run_split(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A sweep's stdout: every line JSON, one per user, then the summary, last.
+fn sweep_lines(stdout: &str) -> (Vec<Value>, Value) {
+    let mut lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    let summary = lines.pop().expect("a summary line");
+    assert!(
+        lines.iter().all(|l| l.get("sub").is_some()),
+        "one line per user before the summary: {stdout}"
+    );
+    (lines, summary["summary"].clone())
 }
 
 fn client() -> reqwest::Client {
@@ -481,8 +511,9 @@ async fn operators_manage_keys_users_audit_and_sweeps() {
         "{show}"
     );
 
-    // A sweep refreshes every grant; without a terminal it prints JSON lines and a summary.
-    let (ok, sweep) = run(&[
+    // A sweep refreshes every grant; to a pipe it writes JSON lines and nothing else, one per
+    // user and a summary, and tells a person the counts on stderr.
+    let (ok, sweep, told) = run_split(&[
         "sweep",
         "--job",
         "refresh",
@@ -491,18 +522,17 @@ async fn operators_manage_keys_users_audit_and_sweeps() {
         "--data-dir",
         data_arg,
     ]);
-    assert!(ok, "{sweep}");
-    let events: Vec<Value> = sweep
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    assert!(ok, "{sweep}{told}");
+    let (events, summary) = sweep_lines(&sweep);
     assert_eq!(events.len(), 12, "{sweep}");
     assert!(events.iter().all(|e| e["outcome"] == "ok"), "{sweep}");
+    assert_eq!(summary["counts"]["ok"], 12, "{sweep}");
+    assert_eq!(summary["run"]["finished"], true, "{sweep}");
+    assert_eq!(summary["run"]["counts"]["ok"], 12, "{sweep}");
     assert!(
-        sweep
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some("12")),
-        "summary row: {sweep}"
+        told.lines()
+            .any(|l| l.split_whitespace().take(3).eq(["whole", "run", "12"])),
+        "summary for people: {told}"
     );
     let stats: Value = http
         .get(format!("{}/_google/_emulator/stats", dev.url))
@@ -528,12 +558,9 @@ async fn operators_manage_keys_users_audit_and_sweeps() {
     assert_eq!(stats["revocations"], 1);
     let (_, show) = run(&["users", "show", &subs[2], "--data-dir", data_arg]);
     assert!(show.contains("revoked"), "{show}");
-    let (ok, sweep) = run(&["sweep", "--job", "drive-appdata", "--data-dir", data_arg]);
-    assert!(ok, "{sweep}");
-    let events: Vec<Value> = sweep
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (ok, sweep, told) = run_split(&["sweep", "--job", "drive-appdata", "--data-dir", data_arg]);
+    assert!(ok, "{sweep}{told}");
+    let (events, _) = sweep_lines(&sweep);
     assert_eq!(
         events.iter().filter(|e| e["outcome"] == "ok").count(),
         11,
@@ -590,8 +617,13 @@ async fn an_interrupted_sweep_resumes() {
     first.extend(lines.map_while(Result::ok));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "a stopped sweep exits cleanly");
-    assert!(first.iter().any(|l| l.contains("interrupted")), "{first:?}");
-    let done_first = first.iter().filter(|l| l.starts_with('{')).count();
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    assert!(told.contains("interrupted"), "{told}");
+    let (events, summary) = sweep_lines(&first.join("\n"));
+    assert_eq!(summary["interrupted"], true, "{first:?}");
+    assert_eq!(summary["run"]["finished"], false, "{first:?}");
+    let done_first = events.len();
     assert!(done_first < 40, "stopped midway: {done_first}");
 
     http.put(format!("{}/_google/_emulator/faults", dev.url))
@@ -599,7 +631,7 @@ async fn an_interrupted_sweep_resumes() {
         .send()
         .await
         .unwrap();
-    let (ok, rest) = run(&[
+    let (ok, rest, told) = run_split(&[
         "sweep",
         "--job",
         "refresh",
@@ -608,14 +640,19 @@ async fn an_interrupted_sweep_resumes() {
         "--data-dir",
         data_arg,
     ]);
-    assert!(ok, "{rest}");
-    assert!(rest.contains("resumed after"), "{rest}");
-    let done_rest = rest.lines().filter(|l| l.starts_with('{')).count();
+    assert!(ok, "{rest}{told}");
+    assert!(told.contains("resumed after"), "{told}");
+    let (events, summary) = sweep_lines(&rest);
+    let done_rest = events.len();
     assert_eq!(
         done_first + done_rest,
         40,
         "each user once: {done_first} + {done_rest}"
     );
+    // The run's counts cover both invocations: every user once.
+    assert_eq!(summary["counts"]["ok"], done_rest, "{rest}");
+    assert_eq!(summary["run"]["finished"], true, "{rest}");
+    assert_eq!(summary["run"]["counts"]["ok"], 40, "{rest}");
     let stats: Value = http
         .get(format!("{}/_google/_emulator/stats", dev.url))
         .send()

@@ -402,14 +402,14 @@ fn sweep_process(config: &str, lease: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// The JSON lines a sweep printed, read to the end while the process runs: a pipe nobody
-/// reads fills up and stops the process at its next line.
+/// The users a sweep reported (its JSON lines but the summary), read to the end while the
+/// process runs: a pipe nobody reads fills up and stops the process at its next line.
 fn collect(child: std::process::Child) -> std::thread::JoinHandle<(bool, usize)> {
     std::thread::spawn(move || {
         let out = child.wait_with_output().unwrap();
         let lines = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.starts_with('{'))
+            .filter(|l| l.starts_with("{\"") && !l.starts_with("{\"summary\""))
             .count();
         (out.status.success(), lines)
     })

@@ -185,8 +185,21 @@ async fn an_interrupted_rotation_resumes_without_a_third_key() {
     out.extend(lines.map_while(Result::ok));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "a stopped rotation exits cleanly: {out:?}");
-    assert_eq!(out[0], "rotating to key 2 (from key 1)", "{out:?}");
-    assert!(out.iter().any(|l| l.contains("interrupted")), "{out:?}");
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    assert!(
+        told.starts_with("rotating to key 2 (from key 1)\n"),
+        "{told}"
+    );
+    assert!(told.contains("interrupted"), "{told}");
+    // Stdout is JSON lines only, the summary last.
+    let events: Vec<Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let summary = events.last().unwrap();
+    assert_eq!(summary["event"], "summary", "{out:?}");
+    assert_eq!(summary["interrupted"], true, "{out:?}");
     let done_first = out.iter().filter(|l| l.contains("\"batch\"")).count();
     assert!(done_first < 300, "stopped midway: {done_first}");
 

@@ -11,6 +11,8 @@ mod risc;
 mod signin;
 mod v1;
 
+pub use v1::user_answer;
+
 use crate::app::App;
 use crate::error::ApiError;
 use axum::Router;

@@ -17,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use grantkeeper_broker::{RevocationOutcome, TokenRequest};
 use grantkeeper_core::{ExposeSecret, Scopes};
+use grantkeeper_store::{GrantRecord, UserRecord};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
@@ -33,6 +34,16 @@ pub fn routes() -> Router<App> {
 struct UserWithGrant {
     user: UserJson,
     grant: GrantJson,
+}
+
+/// A user and their grant as `GET /v1/users/{sub}` answers them (also each element of a
+/// `GET /v1/users` page), for other front ends of the same data (the command line's `--json`).
+pub fn user_answer(user: &UserRecord, grant: &GrantRecord) -> serde_json::Value {
+    serde_json::to_value(UserWithGrant {
+        user: user.into(),
+        grant: grant.into(),
+    })
+    .unwrap_or_default()
 }
 
 #[derive(Serialize)]
