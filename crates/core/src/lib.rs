@@ -2,13 +2,15 @@
 //!
 //! Owns: the [`Clock`] (time is a parameter, never read from the system elsewhere), secret
 //! strings that redact themselves, OAuth scope sets with Google's normalisation, grant states,
-//! user profiles, random identifiers, the [`vault`] that seals tokens at rest, and the
-//! process's [`metrics`] (Prometheus families and per-minute activity for the store).
+//! user profiles, random identifiers, the [`vault`] that seals tokens at rest with the
+//! [`master`] key source trait its data keys are wrapped through, and the process's
+//! [`metrics`] (Prometheus families and per-minute activity for the store).
 //!
 //! Leaves to others: HTTP, storage and the provider protocol. Nothing here does I/O.
 
 pub mod clock;
 pub mod grant;
+pub mod master;
 pub mod metrics;
 pub mod random;
 pub mod scopes;
@@ -16,6 +18,7 @@ pub mod vault;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use grant::{GrantState, UserProfile};
+pub use master::{LOCAL_SOURCE, MasterKeyError, MasterKeySource, SettingProblem};
 pub use metrics::Metrics;
 pub use scopes::Scopes;
 pub use secrecy::{ExposeSecret, SecretString};
