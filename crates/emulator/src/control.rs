@@ -38,6 +38,14 @@ pub(crate) fn router() -> Router<Arc<Inner>> {
         .route("/tokens", get(tokens))
         .route("/drive", get(crate::drive::control_files))
         .route("/risc", post(risc::emit))
+        .route("/service-accounts", post(crate::iam::create_account))
+        .route("/kms", get(crate::kms::overview))
+        .route("/kms/keys", post(crate::kms::create_key))
+        .route(
+            "/kms/versions",
+            post(crate::kms::add_version).put(crate::kms::set_version_state),
+        )
+        .route("/kms/denied", put(crate::kms::set_denied))
 }
 
 pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
@@ -334,6 +342,8 @@ async fn stats(State(inner): State<Arc<Inner>>) -> Response {
             "token_requests": inner.token_requests.load(Ordering::Relaxed),
             "drive_requests": inner.drive_requests.load(Ordering::Relaxed),
             "drive_requests_by_email": s.drive_requests_by_email,
+            "kms_requests": inner.kms_requests.load(Ordering::Relaxed),
+            "service_account_tokens": lock(&inner.accounts).issued,
         }),
     )
 }

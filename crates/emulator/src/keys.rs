@@ -89,6 +89,11 @@ impl SigningKey {
             .is_ok()
     }
 
+    /// The private key, PKCS#8 PEM (a service account's key file holds it).
+    pub(crate) fn pkcs8_pem(&self) -> &str {
+        &self.pkcs8_pem
+    }
+
     /// The public key as an HMAC secret: what an `alg` confusion attack would sign with.
     pub(crate) fn public_der(&self) -> &[u8] {
         &self.public_der

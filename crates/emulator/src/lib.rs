@@ -5,13 +5,16 @@
 //! whole-grant revocation, RS256 ID tokens with Google's `aud`/`azp` rules, rotating JWKS with
 //! cache headers, and Cross-Account Protection (RISC) security events. Also the Google Drive
 //! v3 `files` endpoints an app keeping data in its appDataFolder calls, with Google's scope
-//! rules and error envelope.
+//! rules and error envelope. And the Google Cloud side of a master key kept in Cloud KMS: the
+//! `encrypt` and `decrypt` calls with key versions and CRC32C integrity fields, service
+//! accounts' signed-JWT grant, and the metadata server's tokens.
 //!
 //! Owns: its project's clients, keys, users, codes and tokens (hashes only, journaled under
 //! `DIR/emulator/`), each user's Drive files, a server-rendered consent page, the Google
-//! Identity Services code-model script apps load from `/gsi/client`, and a control API under
-//! `/_emulator/` for tests (mint codes, revoke users, rotate keys, inject faults, move its
-//! clock, read stats and Drive files).
+//! Identity Services code-model script apps load from `/gsi/client`, its Cloud KMS keys and
+//! service accounts, and a control API under `/_emulator/` for tests (mint codes, revoke
+//! users, rotate keys, inject faults, move its clock, read stats and Drive files, create KMS
+//! keys and service accounts, disable key versions, deny accounts).
 //!
 //! Leaves to others: binding a listener (the caller serves [`Emulator::router`] at its base
 //! URL) and everything grantkeeper itself does with the tokens.
@@ -23,8 +26,10 @@ mod discovery;
 mod drive;
 mod error;
 mod gsi;
+mod iam;
 mod jwt;
 mod keys;
+mod kms;
 mod oauth;
 mod risc;
 mod settings;
@@ -111,6 +116,12 @@ pub(crate) struct Inner {
     /// A key nobody publishes, for the `unknown_kid` tampering.
     pub(crate) rogue_key: tokio::sync::OnceCell<Arc<SigningKey>>,
     pub(crate) state: Mutex<State>,
+    /// Service accounts (Cloud KMS's callers) and the tokens issued to them.
+    pub(crate) accounts: Mutex<iam::Accounts>,
+    /// Cloud KMS keys.
+    pub(crate) kms: Mutex<kms::Kms>,
+    /// Every call to a Cloud KMS endpoint, answered or not.
+    pub(crate) kms_requests: AtomicU64,
     pub(crate) settings: RwLock<Settings>,
     pub(crate) faults: Mutex<Faults>,
     pub(crate) issued: Mutex<HashMap<String, IssuedLog>>,
@@ -139,7 +150,7 @@ impl Emulator {
 
         // File I/O, journal replay and RSA key generation stay off the async worker threads.
         let dir = state_dir.clone();
-        let (clients, keys, state, risc) = tokio::task::spawn_blocking(move || {
+        let (clients, keys, state, risc, accounts, kms) = tokio::task::spawn_blocking(move || {
             if let Some(d) = &dir {
                 std::fs::create_dir_all(d)?;
             }
@@ -152,7 +163,9 @@ impl Emulator {
                 }
                 _ => None,
             };
-            anyhow::Ok((clients, keys, state, risc))
+            let accounts = iam::Accounts::open(dir.as_deref())?;
+            let kms = kms::Kms::open(dir.as_deref())?;
+            anyhow::Ok((clients, keys, state, risc, accounts, kms))
         })
         .await??;
 
@@ -172,6 +185,9 @@ impl Emulator {
             risc_key: tokio::sync::OnceCell::new_with(risc),
             rogue_key: tokio::sync::OnceCell::new(),
             state: Mutex::new(state),
+            accounts: Mutex::new(accounts),
+            kms: Mutex::new(kms),
+            kms_requests: AtomicU64::new(0),
             settings: RwLock::new(Settings::default()),
             faults: Mutex::new(Faults::default()),
             issued: Mutex::new(HashMap::new()),
@@ -224,6 +240,15 @@ impl Emulator {
             .route("/oauth2/v3/tokeninfo", tokeninfo)
             .route("/avatar/{sub}", get(discovery::avatar))
             .route("/gsi/client", get(gsi::client))
+            .route("/v1/projects/{*rest}", post(kms::call))
+            .route(
+                "/computeMetadata/v1/instance/service-accounts/{account}/token",
+                get(iam::metadata_token),
+            )
+            .route(
+                "/computeMetadata/v1/instance/service-accounts/{account}/email",
+                get(iam::metadata_email),
+            )
             .merge(drive::router());
         if self.inner.control_api {
             router = router.nest("/_emulator", control::router());
@@ -304,11 +329,19 @@ impl Inner {
 
     /// Applies the configured fault for `ep`: its latency, then maybe a failure answer.
     pub(crate) async fn gate(&self, ep: Endpoint) -> Option<Response> {
+        self.gate_or_corrupt(ep).await.err().map(|res| *res)
+    }
+
+    /// [`Inner::gate`], telling besides whether to corrupt the answer (Cloud KMS's fault).
+    pub(crate) async fn gate_or_corrupt(&self, ep: Endpoint) -> Result<bool, Box<Response>> {
         let action = lock(&self.faults).decide(ep);
         if action.latency_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(action.latency_ms)).await;
         }
-        action.fail.map(|f| fault_response(ep, f))
+        match action.fail {
+            Some(f) => Err(Box::new(fault_response(ep, f))),
+            None => Ok(action.corrupt),
+        }
     }
 
     pub(crate) fn record(&self, email: &str, kind: TokenKind, token: &str) {
@@ -350,6 +383,7 @@ impl Inner {
 fn fault_response(ep: Endpoint, f: Failure) -> Response {
     let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut res = match f.body {
+        FaultBody::Json if ep == Endpoint::Kms => kms::ApiError::fault(status).into_response(),
         FaultBody::Json if ep == Endpoint::Drive => {
             error::DriveError::fault(status, None).into_response()
         }

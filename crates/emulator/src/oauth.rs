@@ -157,6 +157,8 @@ async fn token_grant(
             ));
         }
         Some("authorization_code" | "refresh_token") => {}
+        // A service account's signed assertion: no client authenticates.
+        Some(crate::iam::JWT_BEARER) => return crate::iam::jwt_grant(inner, &form),
         Some(other) => {
             return Err(OAuthError::bad(
                 "unsupported_grant_type",

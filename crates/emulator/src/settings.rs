@@ -101,6 +101,8 @@ pub(crate) enum Endpoint {
     Userinfo,
     Tokeninfo,
     Drive,
+    /// Cloud KMS's encrypt and decrypt.
+    Kms,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +130,10 @@ pub(crate) struct FaultSpec {
     pub(crate) retry_after_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) body: Option<FaultBody>,
+    /// Cloud KMS only: the answer arrives with a byte of its ciphertext or plaintext changed
+    /// and its CRC32C not (corruption in transit, which the checksums are there to catch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) corrupt: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +181,9 @@ pub(crate) struct FaultsConfig {
     /// Every Drive API call (metadata and upload endpoints alike).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) drive: Option<FaultSpec>,
+    /// Every Cloud KMS call (an outage of the key service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) kms: Option<FaultSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) id_token: Option<IdTokenFault>,
 }
@@ -189,6 +198,7 @@ impl FaultsConfig {
             ("userinfo", &self.userinfo),
             ("tokeninfo", &self.tokeninfo),
             ("drive", &self.drive),
+            ("kms", &self.kms),
         ] {
             let Some(spec) = spec else { continue };
             if let Some(r) = spec.error_rate
@@ -201,6 +211,9 @@ impl FaultsConfig {
             {
                 return Err(format!("{name}.status must be an HTTP status"));
             }
+            if spec.corrupt.is_some() && name != "kms" {
+                return Err(format!("{name}.corrupt applies to kms only"));
+            }
         }
         Ok(())
     }
@@ -212,6 +225,8 @@ pub(crate) struct FaultAction {
     pub(crate) latency_ms: u64,
     /// Replace the answer with this failure.
     pub(crate) fail: Option<Failure>,
+    /// Corrupt the answer's payload (Cloud KMS).
+    pub(crate) corrupt: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,13 +241,13 @@ pub(crate) struct Failure {
 #[derive(Default)]
 pub(crate) struct Faults {
     pub(crate) config: FaultsConfig,
-    counters: [u64; 7],
+    counters: [u64; 8],
 }
 
 impl Faults {
     pub(crate) fn set(&mut self, config: FaultsConfig) {
         self.config = config;
-        self.counters = [0; 7];
+        self.counters = [0; 8];
     }
 
     /// Decides the fate of the next request to `ep`: request number n (from 0) fails when
@@ -246,6 +261,7 @@ impl Faults {
             Endpoint::Userinfo => (&self.config.userinfo, 4),
             Endpoint::Tokeninfo => (&self.config.tokeninfo, 5),
             Endpoint::Drive => (&self.config.drive, 6),
+            Endpoint::Kms => (&self.config.kms, 7),
         };
         let Some(spec) = spec else {
             return FaultAction::default();
@@ -255,11 +271,19 @@ impl Faults {
         };
         let n = *counter;
         *counter += 1;
-        let active = spec.status.is_some() || spec.body.is_some();
+        let corrupting = spec.corrupt == Some(true);
+        let active = spec.status.is_some() || spec.body.is_some() || corrupting;
         let rate = spec.error_rate.unwrap_or(if active { 1.0 } else { 0.0 });
         // Exact for the rates tests use; f64 has 53 bits, far beyond any request count here.
         #[allow(clippy::cast_precision_loss)]
         let hit = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
+        if corrupting {
+            return FaultAction {
+                latency_ms: spec.latency_ms.unwrap_or(0),
+                fail: None,
+                corrupt: hit,
+            };
+        }
         let fail = hit.then(|| {
             let body = spec.body.unwrap_or(FaultBody::Json);
             let status = spec.status.unwrap_or(match body {
@@ -277,6 +301,7 @@ impl Faults {
         FaultAction {
             latency_ms: spec.latency_ms.unwrap_or(0),
             fail,
+            corrupt: false,
         }
     }
 

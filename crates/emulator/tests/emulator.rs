@@ -14,6 +14,7 @@ mod emulator {
     mod drive_ops;
     mod faults;
     mod gsi;
+    mod kms;
     mod persistence;
     mod refresh;
     mod revoke;
