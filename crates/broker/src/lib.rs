@@ -812,13 +812,16 @@ impl Inner {
             let now = self.clock.now();
             let age = current.refresh_token_received_at.map(|at| now - at);
             let warning = age.and_then(death_warning);
+            // Google says "Token has been expired or revoked." whatever the cause; the token's
+            // age is all that tells the likely one apart. A security event that names the
+            // cause (RISC) revokes the grant before any refresh finds out, with its own reason.
             let reason = match (age, warning) {
                 (Some(age), Some(warning)) => format!(
-                    "invalid_grant at refresh: {description} (the refresh token was {:.1} days old: {})",
+                    "invalid_grant at refresh: \"{description}\" The refresh token was {:.1} days old: likely {}.",
                     age.as_seconds_f64() / 86_400.0,
                     warning.likely_cause()
                 ),
-                _ => format!("invalid_grant at refresh: {description}"),
+                _ => format!("invalid_grant at refresh: \"{description}\""),
             };
             let update = StateUpdate {
                 state: GrantState::Revoked,

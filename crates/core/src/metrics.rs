@@ -105,9 +105,10 @@ pub enum Warning {
     /// A refresh token died about 7 days after it was issued: the OAuth consent screen is
     /// in the Testing publishing status, whose refresh tokens live 7 days.
     TestingExpiry,
-    /// A refresh token died well before any expiry: most often more than 100 refresh tokens
-    /// were issued for the user and the client (the oldest die silently), else the user
-    /// revoked access or changed a password.
+    /// A refresh token died well before any expiry: revoked at Google (the user removed the
+    /// app's access or changed a password, or an administrator acted), or pushed out by more
+    /// than 100 refresh tokens issued for the user and the client (the oldest die silently).
+    /// Google answers both alike, so which it was is not known.
     TokenDiedEarly,
     /// The provider refused grantkeeper's client credentials: the client secret was reset or
     /// the client deleted.
@@ -144,17 +145,19 @@ impl Warning {
     pub fn title(self) -> &'static str {
         match self {
             Warning::TestingExpiry => "Refresh tokens expiring after 7 days",
-            Warning::TokenDiedEarly => "Refresh tokens dying early",
+            Warning::TokenDiedEarly => "Refresh tokens revoked or dying early",
             Warning::InvalidClient => "Client credentials rejected",
         }
     }
 
-    /// The likeliest cause, in a few words (a grant's reason quotes it).
+    /// The likeliest cause, in a few words (a grant's reason quotes it). Where Google's answer
+    /// leaves the cause unknown, the likeliest comes first.
     pub fn likely_cause(self) -> &'static str {
         match self {
             Warning::TestingExpiry => "the 7-day expiry of apps in the Testing publishing status",
             Warning::TokenDiedEarly => {
-                "more than 100 tokens issued for this user and client, or a revocation"
+                "revoked at Google (by the user, a password change or an administrator), or \
+                 pushed out by more than 100 refresh tokens issued for this user and client"
             }
             Warning::InvalidClient => "grantkeeper's client credentials were refused",
         }
@@ -169,10 +172,12 @@ impl Warning {
                 the Google Cloud console; affected users must sign in again."
             }
             Warning::TokenDiedEarly => {
-                "Google keeps at most 100 refresh tokens per user and OAuth client and silently \
-                invalidates the oldest: do not force prompt=consent on every sign-in, and do not \
-                let other systems exchange codes for this client. A user revoking access or \
-                changing a password looks the same."
+                "Google answers alike for a revoked refresh token and one that died: most often \
+                the user removed the app's access or changed a password, and must sign in again. \
+                When many die, suspect the cap: Google keeps at most 100 refresh tokens per user \
+                and OAuth client and silently invalidates the oldest, so do not force \
+                prompt=consent on every sign-in, and do not let other systems exchange codes for \
+                this client."
             }
             Warning::InvalidClient => {
                 "Google rejected grantkeeper's client id or secret (invalid_client): the secret \

@@ -68,9 +68,20 @@ struct ClientFile {
     javascript_origins: Vec<String>,
 }
 
+/// The name a project's OAuth consent screen shows (Google's "App name"), when its clients
+/// file names none.
+pub(crate) const APP_NAME: &str = "grantkeeper demo";
+
+fn app_name() -> String {
+    APP_NAME.to_owned()
+}
+
 #[derive(Serialize, Deserialize)]
 struct ProjectFile {
     project_id: String,
+    /// Older files have none: they get [`APP_NAME`].
+    #[serde(default = "app_name")]
+    app_name: String,
     project_number: String,
     web: String,
     android: String,
@@ -80,6 +91,8 @@ struct ProjectFile {
 
 pub(crate) struct Clients {
     pub(crate) project_id: String,
+    /// What the consent page calls the app.
+    pub(crate) app_name: String,
     project_number: String,
     pub(crate) web: Arc<str>,
     pub(crate) android: Arc<str>,
@@ -121,6 +134,7 @@ impl Clients {
                 .map_err(|e| anyhow::anyhow!("{} is not a valid clients file: {e}", p.display()))?;
             let mut clients = Clients {
                 project_id: file.project_id,
+                app_name: file.app_name,
                 project_number: file.project_number,
                 web: Arc::from(file.web),
                 android: Arc::from(file.android),
@@ -151,6 +165,7 @@ impl Clients {
         let ios = new_client(&project_number, ClientKind::Ios);
         let mut clients = Clients {
             project_id: format!("grantkeeper-emulator-{}", util::digits(6)),
+            app_name: app_name(),
             web: web.id.clone(),
             android: android.id.clone(),
             ios: ios.id.clone(),
@@ -177,6 +192,7 @@ impl Clients {
         };
         let file = ProjectFile {
             project_id: self.project_id.clone(),
+            app_name: self.app_name.clone(),
             project_number: self.project_number.clone(),
             web: self.web.to_string(),
             android: self.android.to_string(),

@@ -353,25 +353,26 @@ fn render(inner: &Inner, p: &AuthParams, v: &Valid) -> Response {
             ));
         }
     }
-    let project = read(&inner.clients).project_id.clone();
+    // The consent screen names the app as its project's "App name" says, as Google's does.
+    let app = read(&inner.clients).app_name.clone();
     let body = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Sign in - Google Accounts (grantkeeper emulator)</title>{STYLE}</head><body><main>\
+         <title>Sign in - Google Accounts (grantkeeper emulator)</title>{STYLE}</head><body>\
+         <form method=\"post\" action=\"{action}\"><main>{hidden}\
          <p class=\"brand\">Google <span>emulator</span></p>\
-         <h1>{project} wants access to your Google Account</h1>\
+         <h1>{app} wants access to your Google Account</h1>\
          <p class=\"client\">Client: <code>{client}</code></p>\
-         <form method=\"post\" action=\"{action}\">{hidden}\
          <fieldset><legend>Choose an account</legend>{account_html}\
          <label class=\"other\">Or use another account: \
          <input type=\"email\" id=\"email-other\" name=\"email_other\" autocomplete=\"email\" \
          placeholder=\"someone@example.com\"></label>\
          </fieldset>\
-         <fieldset><legend>Select what {project} can access</legend><ul>{scope_html}</ul></fieldset>\
-         <div class=\"buttons\"><button type=\"submit\" name=\"action\" value=\"allow\" id=\"allow\">Allow</button>\
+         <fieldset><legend>Select what {app} can access</legend><ul>{scope_html}</ul></fieldset>\
+         </main><div class=\"buttons\"><button type=\"submit\" name=\"action\" value=\"allow\" id=\"allow\">Allow</button>\
          <button type=\"submit\" name=\"action\" value=\"cancel\" id=\"cancel\">Cancel</button></div>\
-         </form></main></body></html>",
-        project = html_escape(&project),
+         </form></body></html>",
+        app = html_escape(&app),
         client = html_escape(&v.client_id),
         action = html_escape(&inner.url(SUBMIT_PATH)),
     );
@@ -554,21 +555,25 @@ fn popup(message: &serde_json::Value, origin: &str) -> Response {
     Html(body).into_response()
 }
 
+/// Compact enough for Google Identity Services' 500x600 popup; the buttons stay in view at the
+/// bottom of the window whatever its height, as Google's consent screen keeps them.
 const STYLE: &str = "<style>\
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;background:#f1f3f4;margin:0;color:#202124}\
-main{max-width:34rem;margin:3rem auto;background:#fff;border:1px solid #dadce0;border-radius:8px;padding:2rem;\
-word-wrap:break-word;overflow-wrap:anywhere}\
-.brand{font-size:1.3rem;margin:0 0 1rem}.brand span{font-size:.8rem;color:#5f6368}\
-h1{font-size:1.3rem;font-weight:400}.client{color:#5f6368;font-size:.8rem;word-break:break-all}\
-fieldset{border:1px solid #dadce0;border-radius:6px;margin:1rem 0;min-width:0}\
-label{display:block;margin:.4rem 0}.account,li label{display:flex;align-items:baseline;gap:.3rem}\
+body{font:15px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;background:#f1f3f4;margin:0;color:#202124}\
+main{max-width:34rem;margin:1rem auto 0;background:#fff;border:1px solid #dadce0;border-radius:8px 8px 0 0;\
+padding:1rem 1.25rem .25rem;word-wrap:break-word;overflow-wrap:anywhere;box-sizing:border-box}\
+.brand{font-size:1.1rem;margin:0 0 .4rem}.brand span{font-size:.8rem;color:#5f6368}\
+h1{font-size:1.2rem;font-weight:400;margin:.2rem 0}.client{color:#5f6368;font-size:.75rem;word-break:break-all;margin:.2rem 0 .5rem}\
+fieldset{border:1px solid #dadce0;border-radius:6px;margin:.6rem 0;padding:.3rem .7rem .5rem;min-width:0}\
+legend{padding:0 .3rem}\
+label{display:block;margin:.25rem 0}.account,li label{display:flex;align-items:baseline;gap:.3rem}\
 ul{list-style:none;padding:0;margin:0}\
-li{margin:.5rem 0}li small{display:block;color:#5f6368;margin-left:1.6rem;word-break:break-all}\
-.other input{width:100%;box-sizing:border-box;padding:.4rem}\
-.buttons{display:flex;flex-direction:row-reverse;gap:.6rem}\
-button{padding:.5rem 1.4rem;min-height:2.75rem;border-radius:4px;border:1px solid #dadce0;background:#fff;font-size:.95rem}\
+li{margin:.3rem 0}li small{display:block;color:#5f6368;font-size:.75rem;margin-left:1.6rem;word-break:break-all}\
+.other input{width:100%;box-sizing:border-box;padding:.35rem;font:inherit}\
+.buttons{position:sticky;bottom:0;display:flex;flex-direction:row-reverse;gap:.6rem;max-width:34rem;margin:0 auto 1rem;\
+padding:.6rem 1.25rem;background:#fff;border:1px solid #dadce0;border-top-color:#e8eaed;border-radius:0 0 8px 8px;box-sizing:border-box}\
+button{padding:.45rem 1.4rem;min-height:2.5rem;border-radius:4px;border:1px solid #dadce0;background:#fff;font-size:.95rem}\
 #allow{background:#1a73e8;border-color:#1a73e8;color:#fff}.error{color:#d93025}\
-@media (max-width:36rem){main{margin:0;border:0;border-radius:0;padding:1rem}}\
+@media (max-width:36rem){main{margin:0;border:0;border-radius:0}.buttons{margin:0;border-width:1px 0 0;border-radius:0}}\
 </style>";
 
 #[cfg(test)]

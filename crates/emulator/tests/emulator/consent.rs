@@ -96,6 +96,11 @@ async fn the_page_renders_accounts_and_one_checkbox_per_scope() {
     assert!(html.contains("value=\"allow\"") && html.contains("value=\"cancel\""));
     assert!(html.contains("s&lt;1&gt;"), "state is escaped");
     assert!(!html.contains("src=\"http"), "no external assets");
+    // The app is named as a consent screen's "App name" names it, not by its project id.
+    assert!(
+        html.contains("<h1>grantkeeper demo wants access to your Google Account</h1>"),
+        "{html}"
+    );
     // The legacy path serves the same page.
     let res = t
         .http

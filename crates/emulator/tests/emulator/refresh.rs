@@ -277,3 +277,45 @@ async fn access_tokens_live_for_their_ttl() {
     assert_eq!(r.body["expires_in"], 9);
     assert_eq!(t.userinfo(r.str("access_token")).await.status, 200);
 }
+
+/// Google's token endpoint does not say why a refresh token stopped working: revoked by the
+/// user or the app, expired after the Testing status's 7 days, pushed out by the cap or idle
+/// for six months, the answer is one and the same (reference §2.7), and so is the emulator's.
+#[tokio::test]
+async fn a_revoked_refresh_token_answers_as_an_expired_one() {
+    let t = TestEmu::start().await;
+    t.settings(json!({"testing_mode": true, "refresh_token_cap": 1}))
+        .await;
+    let by_user = t.sign_in("user@example.com", DRIVE_APPDATA).await;
+    let by_app = t.sign_in("app@example.com", DRIVE_APPDATA).await;
+    let expired = t.sign_in("testing@example.com", DRIVE_APPDATA).await;
+    let capped = t.sign_in("alice@example.com", DRIVE_APPDATA).await;
+    issue(&t, 1).await;
+    t.post_json("/_emulator/users/user@example.com/revoke", json!({}))
+        .await;
+    let r = t
+        .post_form("/revoke", &[("token", by_app.str("refresh_token"))])
+        .await;
+    assert_eq!(r.status, 200);
+    let by_user = t.refresh(by_user.str("refresh_token")).await;
+    let by_app = t.refresh(by_app.str("refresh_token")).await;
+    let capped = t.refresh(capped.str("refresh_token")).await;
+    // Alive until the Testing status's 7 days are over.
+    assert_eq!(t.refresh(expired.str("refresh_token")).await.status, 200);
+    t.settings(json!({"clock_offset_secs": 8 * 86_400})).await;
+    let expired = t.refresh(expired.str("refresh_token")).await;
+
+    let answers = [by_user, by_app, expired, capped];
+    for answer in &answers {
+        answer.assert_error(
+            400,
+            "invalid_grant",
+            Some("Token has been expired or revoked."),
+        );
+        assert_eq!(answer.body, answers[0].body);
+        assert_eq!(
+            answer.headers.get("content-type"),
+            answers[0].headers.get("content-type")
+        );
+    }
+}
