@@ -157,6 +157,10 @@ pub enum BrokerError {
     Store(#[from] StoreError),
     #[error("vault: {0}")]
     Vault(String),
+    /// The vault cannot seal now: its keyring could not be read again for too long
+    /// ([`grantkeeper_core::VaultError::KeyringStale`]). Nothing was asked of the provider.
+    #[error("the data keys cannot be read now")]
+    KeysUnavailable,
 }
 
 /// grantkeeper's access-token broker. Cheap to clone; clones share the cache and the locks.
@@ -414,7 +418,10 @@ impl Inner {
     }
 
     fn vault_error(e: grantkeeper_core::VaultError) -> BrokerError {
-        BrokerError::Vault(e.to_string())
+        match e {
+            grantkeeper_core::VaultError::KeyringStale => BrokerError::KeysUnavailable,
+            other => BrokerError::Vault(other.to_string()),
+        }
     }
 
     /// Queues on the grant's lock, in a task of its own: a refresh, once sent, is finished and
@@ -691,6 +698,8 @@ impl Inner {
             let Some(held) = grant.refresh_token.clone() else {
                 return Err(unusable(&grant).unwrap_or(BrokerError::NeedsConsent));
             };
+            // What the refresh brings must be sealed: a vault that cannot seal now does not ask.
+            self.vault.sealer().map_err(Self::vault_error)?;
             let secret = self
                 .vault
                 .open_secret(&held.sealed, Aad::refresh_token(sub))
@@ -879,8 +888,12 @@ impl Inner {
         {
             self.observed_lifetime.store(secs, Ordering::Relaxed);
         }
+        // Sealed under the keyring held, even one that can no longer be read again: the store
+        // refuses a key that is not active, and then the keyring is read and the tokens sealed
+        // anew (the refresh is done; what it brought must not be dropped for want of a check).
         let vault = self.vault.get();
-        let sealed_access = SealedAccessToken {
+        let mut sealed_with = vault.active();
+        let mut sealed_access = SealedAccessToken {
             sealed: vault
                 .seal_secret(&response.access_token, Aad::access_token(sub))
                 .map_err(Self::vault_error)?,
@@ -911,7 +924,8 @@ impl Inner {
 
         let mut version = grant.version;
         let mut persisted = false;
-        for _ in 0..FENCE_ATTEMPTS {
+        // One more round than the fence needs, for a refusal of the key sealed under.
+        for _ in 0..=FENCE_ATTEMPTS {
             let refresh = RefreshSuccess {
                 access_token: sealed_access.clone(),
                 refresh_token: new_refresh.clone(),
@@ -926,6 +940,28 @@ impl Inner {
                 }
                 Err(StoreError::Conflict) => {}
                 Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
+                Err(StoreError::InactiveKey) => {
+                    // A rotation made another key active since this process read its keyring.
+                    if let Some(refused) = sealed_with {
+                        self.vault
+                            .reload_after_refusal(refused)
+                            .await
+                            .map_err(Self::vault_error)?;
+                    }
+                    let vault = self.vault.get();
+                    sealed_with = vault.active();
+                    sealed_access.sealed = vault
+                        .seal_secret(&token.token, Aad::access_token(sub))
+                        .map_err(Self::vault_error)?;
+                    if let (Some(ours), Some(rt)) =
+                        (new_refresh.as_mut(), response.refresh_token.as_ref())
+                    {
+                        ours.sealed = vault
+                            .seal_secret(rt, Aad::refresh_token(sub))
+                            .map_err(Self::vault_error)?;
+                    }
+                    continue;
+                }
                 Err(e) if new_refresh.is_none() => {
                     // The access token is good; only its persistence failed.
                     tracing::warn!(sub, error = %e, "could not persist a refreshed access token");

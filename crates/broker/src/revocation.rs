@@ -201,37 +201,50 @@ impl Inner {
         started: Instant,
     ) -> Result<RevocationOutcome, BrokerError> {
         let id = format!("rev_{}", grantkeeper_core::random::token::<16>());
-        let sealed = self
-            .vault
-            .get()
-            .seal_secret(token, Aad::pending_revocation(&id))
-            .map_err(Self::vault_error)?;
-        let now = self.clock.now();
-        let entry = PendingRevocation {
-            id: id.clone(),
-            sub: sub.to_owned(),
-            token: sealed,
-            token_kind: kind,
-            created_at: now,
-            attempts: 0,
-            next_attempt_at: now + revocation_retry_delay(0),
-            last_error: Some(e.to_string()),
-        };
-        let update = StateUpdate {
-            state: GrantState::Revoked,
-            reason: format!("{reason}{QUEUED_NOTE}"),
-            error: Some(format!("revocation at the provider failed: {e}")),
-            drop_tokens: true,
-            at: now,
-        };
-        match self
-            .store
-            .enqueue_revocation_with_state(entry, update)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
-            Err(e) => return Err(e.into()),
+        let mut refused = false;
+        loop {
+            let vault = self.vault.get();
+            let sealed = vault
+                .seal_secret(token, Aad::pending_revocation(&id))
+                .map_err(Self::vault_error)?;
+            let now = self.clock.now();
+            let entry = PendingRevocation {
+                id: id.clone(),
+                sub: sub.to_owned(),
+                token: sealed,
+                token_kind: kind,
+                created_at: now,
+                attempts: 0,
+                next_attempt_at: now + revocation_retry_delay(0),
+                last_error: Some(e.to_string()),
+            };
+            let update = StateUpdate {
+                state: GrantState::Revoked,
+                reason: format!("{reason}{QUEUED_NOTE}"),
+                error: Some(format!("revocation at the provider failed: {e}")),
+                drop_tokens: true,
+                at: now,
+            };
+            match self
+                .store
+                .enqueue_revocation_with_state(entry, update)
+                .await
+            {
+                Ok(_) => break,
+                // A rotation made another key active since this process read its keyring:
+                // read it again and seal anew, once.
+                Err(StoreError::InactiveKey) if !refused => {
+                    refused = true;
+                    if let Some(key) = vault.active() {
+                        self.vault
+                            .reload_after_refusal(key)
+                            .await
+                            .map_err(Self::vault_error)?;
+                    }
+                }
+                Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
+                Err(e) => return Err(e.into()),
+            }
         }
         if e.is_transient() {
             tracing::warn!(

@@ -1006,7 +1006,8 @@ fn classify(e: &BrokerError) -> Outcome {
         BrokerError::Unavailable { .. }
         | BrokerError::Misconfigured { .. }
         | BrokerError::Store(_)
-        | BrokerError::Vault(_) => Outcome::Failing,
+        | BrokerError::Vault(_)
+        | BrokerError::KeysUnavailable => Outcome::Failing,
     }
 }
 

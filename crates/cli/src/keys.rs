@@ -67,8 +67,30 @@ pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
 }
 
 /// `keys rotate`: begins (or resumes) a rotation and runs it to its end, or until Ctrl-C.
-pub async fn rotate(target: &Target, batch_size: u32, grace: Duration) -> anyhow::Result<()> {
-    let (store, master) = open_store(target).await?;
+pub async fn rotate(
+    target: &Target,
+    batch_size: u32,
+    grace: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (settings, master) = load(&config_path(target)?)?;
+    let options = RotationOptions {
+        batch_size,
+        reload_interval: settings.keyring_reload,
+        grace: grace.unwrap_or(settings.keyring_reload.saturating_mul(2)),
+        ..RotationOptions::default()
+    };
+    if options.grace < options.min_grace() {
+        bail!(
+            "--grace {} s is shorter than twice vault.reload_interval ({} s): a running server \
+             may still seal under the old key when it is retired; pass at least --grace {}s",
+            options.grace.as_secs_f64(),
+            settings.keyring_reload.as_secs_f64(),
+            options.min_grace().as_secs()
+        );
+    }
+    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+        .await
+        .context("opening the store")?;
     let mut rotation = Rotation::begin(store, &master, SystemClock::shared()).await?;
     let old: Vec<String> = rotation.old_keys().iter().map(u32::to_string).collect();
     let from = if old.is_empty() {
@@ -112,17 +134,7 @@ pub async fn rotate(target: &Target, batch_size: u32, grace: Duration) -> anyhow
             println!("{}", json_line(e));
         }
     };
-    let summary = rotation
-        .run(
-            &RotationOptions {
-                batch_size,
-                grace,
-                ..RotationOptions::default()
-            },
-            stop_rx,
-            &on_event,
-        )
-        .await?;
+    let summary = rotation.run(&options, stop_rx, &on_event).await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -219,18 +231,4 @@ fn report(summary: &RotationSummary) -> anyhow::Result<()> {
         "key(s) {} still seal values written meanwhile; run `grantkeeper keys rotate` again to resume",
         kept.join(", ")
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use grantkeeper_server::rotation::DEFAULT_GRACE;
-
-    #[test]
-    fn the_grace_option_defaults_to_the_librarys_grace() {
-        // main.rs spells the default as text for clap.
-        assert_eq!(
-            grantkeeper_server::config::parse_duration("60s"),
-            Some(DEFAULT_GRACE)
-        );
-    }
 }

@@ -176,11 +176,11 @@ enum KeysCommand {
         #[arg(long, default_value_t = grantkeeper_server::rotation::DEFAULT_BATCH_SIZE,
               value_parser = clap::value_parser!(u32).range(1..=1000))]
         batch_size: u32,
-        /// How long the new key must have been active before old keys are retired: running
-        /// servers read the keys again every 30 s, so a shorter time is safe only when no
-        /// server writes meanwhile
-        #[arg(long, default_value = "60s", value_parser = parse_grace)]
-        grace: std::time::Duration,
+        /// How long the new key must have been active before old keys are retired: at least
+        /// twice vault.reload_interval, by when every running server reads the keys again
+        /// [default: twice vault.reload_interval, 60s unless configured]
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<std::time::Duration>,
         #[command(flatten)]
         target: Target,
     },

@@ -37,11 +37,17 @@ impl Drop for Running {
 }
 
 /// Starts the binary and waits for its `listening on` line.
-#[allow(clippy::zombie_processes)] // `Running` kills and waits for the child when dropped
 fn start(args: &[&str]) -> Running {
+    start_with_env(args, &[])
+}
+
+/// [`start`], with these environment variables set.
+#[allow(clippy::zombie_processes)] // `Running` kills and waits for the child when dropped
+fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -67,9 +73,15 @@ fn start(args: &[&str]) -> Running {
 }
 
 fn run(args: &[&str]) -> (bool, String) {
+    run_with_env(args, &[])
+}
+
+/// [`run`], with these environment variables set.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(

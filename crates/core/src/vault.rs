@@ -31,9 +31,20 @@
 //! one runs. A handle built [`VaultHandle::with_source`] reads the keyring again from its
 //! [`KeyringSource`] when asked ([`VaultHandle::reload`], which the server does periodically)
 //! and, once, when [`VaultHandle::open_secret`] meets a value sealed under a key id it does not
-//! know: then it retries with the keyring it just read. Until it reloads, it keeps sealing
-//! under the key that was active when it last read: still a valid key, which rotation retires
-//! only once it seals nothing.
+//! know: then it retries with the keyring it just read. Until it reloads, it seals under the key
+//! that was active when it last read.
+//!
+//! The store accepts a new sealed value only under the key that is active there (it reads the
+//! header), so a value sealed under a key a rotation has made inactive is refused, never
+//! written: the writer then calls [`VaultHandle::reload_after_refusal`], seals again under the
+//! key it reads, and writes again. A value under a key that rotation may retire is never left
+//! behind by a process that had not read the keyring yet.
+//!
+//! A handle whose reloads keep failing no longer knows which key is active. Once they have
+//! failed for longer than the time given to [`VaultHandle::stop_sealing_after`],
+//! [`VaultHandle::sealer`] answers [`VaultError::KeyringStale`] until a reload succeeds: the
+//! server refuses work that would seal (with 503) rather than seal under a key it cannot vouch
+//! for.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad as GcmAad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
@@ -131,6 +142,9 @@ pub enum VaultError {
     BadMasterKey,
     #[error("encryption failed")]
     Seal,
+    /// The keyring could not be read again for too long: sealing waits until it can.
+    #[error("the data keys could not be read again for too long; sealing waits until they can")]
+    KeyringStale,
 }
 
 fn key_from(bytes: &[u8; 32]) -> Result<LessSafeKey, VaultError> {
@@ -377,6 +391,10 @@ struct Shared {
     /// sent to the source again until the next reload (a value under a key that no longer
     /// exists must not turn every read of it into a read of the keyring).
     missing: Mutex<BTreeSet<u32>>,
+    /// When the reloads began to fail (None while the last one succeeded).
+    failing_since: Mutex<Option<tokio::time::Instant>>,
+    /// How long reloads may fail before [`VaultHandle::sealer`] refuses (None: never).
+    stale_after: Mutex<Option<std::time::Duration>>,
 }
 
 impl fmt::Debug for VaultHandle {
@@ -417,7 +435,58 @@ impl VaultHandle {
             source,
             reloading: tokio::sync::Mutex::new(()),
             missing: Mutex::new(BTreeSet::new()),
+            failing_since: Mutex::new(None),
+            stale_after: Mutex::new(None),
         }))
+    }
+
+    /// Makes [`VaultHandle::sealer`] refuse once reloads have failed for longer than `after`
+    /// (the server passes its reload interval: one failed period is tolerated, a second is
+    /// not).
+    pub fn stop_sealing_after(&self, after: std::time::Duration) {
+        *self.0.stale_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(after);
+    }
+
+    /// The vault to seal under: the current one, unless reloads have failed for longer than
+    /// [`VaultHandle::stop_sealing_after`] allows ([`VaultError::KeyringStale`]).
+    pub fn sealer(&self) -> Result<Arc<Vault>, VaultError> {
+        let stale_after = *self.0.stale_after.lock().unwrap_or_else(|e| e.into_inner());
+        let failing_since = *self
+            .0
+            .failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (Some(after), Some(since)) = (stale_after, failing_since)
+            && since.elapsed() > after
+        {
+            return Err(VaultError::KeyringStale);
+        }
+        Ok(self.get())
+    }
+
+    /// After the store refused a value sealed under `refused` (no longer its active key):
+    /// reads the keyring again, unless another caller already did since (the active key is
+    /// no longer `refused`). Then [`VaultHandle::sealer`] seals under the store's active key.
+    /// [`VaultError::KeyringStale`] when the keyring cannot be read, or still names `refused`
+    /// active.
+    pub async fn reload_after_refusal(&self, refused: KeyId) -> Result<(), VaultError> {
+        let Some(source) = &self.0.source else {
+            return Err(VaultError::KeyringStale);
+        };
+        if self.get().active() != Some(refused) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.0.reloading.lock().await;
+        if self.get().active() != Some(refused) {
+            return Ok(());
+        }
+        self.reload_from(source.as_ref())
+            .await
+            .map_err(|_| VaultError::KeyringStale)?;
+        if self.get().active() == Some(refused) {
+            return Err(VaultError::KeyringStale);
+        }
+        Ok(())
     }
 
     /// The current vault.
@@ -450,12 +519,27 @@ impl VaultHandle {
 
     /// Holding `reloading`.
     async fn reload_from(&self, source: &dyn KeyringSource) -> Result<bool, String> {
-        let vault = source.load().await?;
+        let vault = match source.load().await {
+            Ok(vault) => vault,
+            Err(e) => {
+                self.failing_since()
+                    .get_or_insert_with(tokio::time::Instant::now);
+                return Err(e);
+            }
+        };
+        *self.failing_since() = None;
         let before = self.get();
         let changed = vault.key_ids() != before.key_ids() || vault.active() != before.active();
         self.replace(vault);
         self.missing().clear();
         Ok(changed)
+    }
+
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.0
+            .failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn missing(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
@@ -687,6 +771,8 @@ mod tests {
     struct Keys {
         ids: Mutex<Vec<u32>>,
         reads: std::sync::atomic::AtomicUsize,
+        /// Reads fail while set (a store or a key service that does not answer).
+        failing: std::sync::atomic::AtomicBool,
     }
 
     impl Keys {
@@ -694,7 +780,12 @@ mod tests {
             Arc::new(Keys {
                 ids: Mutex::new(ids.to_vec()),
                 reads: Default::default(),
+                failing: Default::default(),
             })
+        }
+        fn fail(&self, failing: bool) {
+            self.failing
+                .store(failing, std::sync::atomic::Ordering::SeqCst);
         }
         fn set(&self, ids: &[u32]) {
             *self.ids.lock().unwrap() = ids.to_vec();
@@ -720,6 +811,9 @@ mod tests {
             Box::pin(async move {
                 self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::task::yield_now().await;
+                if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err("the store does not answer".to_owned());
+                }
                 Ok(self.vault())
             })
         }
@@ -817,6 +911,81 @@ mod tests {
         assert!(weak.upgrade().is_some());
         drop(handle);
         assert!(weak.upgrade().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_handle_whose_reloads_keep_failing_stops_sealing_until_one_succeeds() {
+        let keys = Keys::new(&[1]);
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let after = std::time::Duration::from_millis(150);
+        handle.stop_sealing_after(after);
+        assert!(handle.sealer().is_ok());
+        keys.fail(true);
+        assert!(handle.reload().await.is_err());
+        // One failed period is tolerated: the key held is still the store's, most likely.
+        assert_eq!(handle.sealer().unwrap().active(), Some(KeyId(1)));
+        tokio::time::sleep(after + std::time::Duration::from_millis(50)).await;
+        assert!(handle.reload().await.is_err());
+        assert_eq!(handle.sealer().unwrap_err(), VaultError::KeyringStale);
+        // Opening needs no current keyring: what is held still opens.
+        let sealed = handle.get().seal(b"x", Aad::refresh_token("a")).unwrap();
+        assert!(handle.open(&sealed, Aad::refresh_token("a")).await.is_ok());
+        keys.fail(false);
+        handle.reload().await.unwrap();
+        assert!(handle.sealer().is_ok());
+        // Without a limit, a failing keyring never stops sealing.
+        let unlimited = VaultHandle::with_source(keys.vault(), keys.clone());
+        keys.fail(true);
+        assert!(unlimited.reload().await.is_err());
+        tokio::time::sleep(after + std::time::Duration::from_millis(50)).await;
+        assert!(unlimited.sealer().is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_seal_reads_the_keyring_once_and_seals_under_the_new_key() {
+        let keys = Keys::new(&[1]);
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        // A rotation made key 2 active; the store refuses what this handle seals under key 1.
+        keys.set(&[1, 2]);
+        let refusals: Vec<_> = (0..8)
+            .map(|_| {
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.reload_after_refusal(KeyId(1)).await })
+            })
+            .collect();
+        for refusal in refusals {
+            refusal.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            keys.reads(),
+            1,
+            "the writers refused together read the keyring once"
+        );
+        let sealed = handle
+            .sealer()
+            .unwrap()
+            .seal(b"x", Aad::refresh_token("a"))
+            .unwrap();
+        assert_eq!(key_id_of(&sealed).unwrap(), KeyId(2));
+        // A keyring that still names the refused key active cannot help: the writer gives up.
+        assert_eq!(
+            handle.reload_after_refusal(KeyId(2)).await.unwrap_err(),
+            VaultError::KeyringStale
+        );
+        keys.fail(true);
+        keys.set(&[1, 2, 3]);
+        assert_eq!(
+            handle.reload_after_refusal(KeyId(2)).await.unwrap_err(),
+            VaultError::KeyringStale
+        );
+        // Without a source there is nothing to read.
+        assert_eq!(
+            VaultHandle::new(vault(1))
+                .reload_after_refusal(KeyId(1))
+                .await
+                .unwrap_err(),
+            VaultError::KeyringStale
+        );
     }
 
     #[test]

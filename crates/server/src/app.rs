@@ -5,7 +5,7 @@
 use crate::apikeys::KeyCache;
 use crate::audit::AuditLog;
 use crate::config::Settings;
-use crate::keys::{KeyringError, RELOAD_EVERY, StoreKeyring, load_vault, spawn_reloader};
+use crate::keys::{KeyringError, StoreKeyring, load_vault, spawn_reloader};
 use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
 use crate::revocations::{RetryPass, RevocationRetrier, Which};
@@ -108,12 +108,13 @@ impl App {
         http: reqwest::Client,
     ) -> Result<App, StartError> {
         // The keyring is read again when a value under an unknown key turns up (another
-        // process rotated the keys) and every RELOAD_EVERY, so a rotation needs no restart.
+        // process rotated the keys, and the store refuses a value sealed under the old key) and
+        // every `vault.reload_interval`, so a rotation needs no restart.
         let vault = VaultHandle::with_source(
             load_vault(store.as_ref(), master_key, clock.as_ref()).await?,
             Arc::new(StoreKeyring::new(store.clone(), master_key)?),
         );
-        spawn_reloader(&vault, RELOAD_EVERY);
+        spawn_reloader(&vault, settings.keyring_reload);
         let metrics = Metrics::new(clock.clone());
         let security_events =
             SecurityEventVerifier::new(settings.provider.clone(), http.clone(), clock.clone());

@@ -95,6 +95,9 @@ pub struct StoreSection {
 pub struct VaultSection {
     pub master_key_file: Option<PathBuf>,
     pub master_key: Option<SecretString>,
+    /// How often a server reads the store's data keys again (a rotation's new key is sealed
+    /// under within this time); `keys rotate --grace` must be at least twice this.
+    pub reload_interval: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,10 +200,15 @@ pub struct Settings {
     pub api_base: Url,
     pub store_url: String,
     pub store: grantkeeper_store::StoreOptions,
+    /// How often the vault's data keys are read again (`vault.reload_interval`).
+    pub keyring_reload: Duration,
     pub broker: BrokerSettings,
     pub webhook: Option<WebhookSettings>,
     pub limits: LimitSettings,
 }
+
+/// How often a server reads the vault's data keys again unless `vault.reload_interval` says.
+pub const DEFAULT_KEYRING_RELOAD: Duration = Duration::from_secs(30);
 
 /// A token bucket's shape: `rate` requests per `per`, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -657,6 +665,18 @@ impl Settings {
             store.statement_timeout = t.resolve("store.statement_timeout")?;
         }
 
+        let keyring_reload = match &file.vault.reload_interval {
+            Some(d) => d.resolve("vault.reload_interval")?,
+            None => DEFAULT_KEYRING_RELOAD,
+        };
+        if keyring_reload < Duration::from_secs(1) {
+            return Err(err(
+                "vault.reload_interval",
+                "an interval under a second reads the data keys without pause",
+                "write e.g. 30s (the default)",
+            ));
+        }
+
         let b = &file.broker;
         let defaults = BrokerSettings::default();
         let broker = BrokerSettings {
@@ -736,6 +756,7 @@ impl Settings {
             api_base,
             store_url,
             store,
+            keyring_reload,
             broker,
             webhook,
             limits,

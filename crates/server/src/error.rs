@@ -154,8 +154,32 @@ impl From<StoreError> for ApiError {
                     retry_after: Some(Duration::from_secs(1)),
                 }
             }
+            // Still refused after reading the keyring again: a rotation under way elsewhere.
+            StoreError::InactiveKey => keys_unavailable(),
             other => ApiError::Internal(format!("store: {other}")),
         }
+    }
+}
+
+/// The vault cannot seal now (its keyring could not be read again for too long, or the store
+/// keeps naming another key): retryable, and nothing was asked of the provider.
+pub fn keys_unavailable() -> ApiError {
+    ApiError::UpstreamUnavailable {
+        message: "grantkeeper cannot read its data keys right now; try again shortly".to_owned(),
+        retry_after: Some(Duration::from_secs(5)),
+    }
+}
+
+/// Maps a vault failure while sealing or opening.
+pub fn vault_error(e: grantkeeper_core::VaultError) -> ApiError {
+    match e {
+        grantkeeper_core::VaultError::KeyringStale => {
+            tracing::error!(
+                "the data keys could not be read again for too long: sealing is paused"
+            );
+            keys_unavailable()
+        }
+        other => ApiError::Internal(format!("vault: {other}")),
     }
 }
 
@@ -229,6 +253,12 @@ impl From<grantkeeper_broker::BrokerError> for ApiError {
             }
             B::Store(e) => e.into(),
             B::Vault(detail) => ApiError::Internal(format!("vault: {detail}")),
+            B::KeysUnavailable => {
+                tracing::error!(
+                    "the data keys could not be read again for too long: sealing is paused"
+                );
+                keys_unavailable()
+            }
         }
     }
 }

@@ -2,7 +2,11 @@
 //! first data key on a deployment's first start; and keeps a running server's keyring current
 //! while `grantkeeper keys rotate` (see [`crate::rotation`]) adds and retires keys: the
 //! [`StoreKeyring`] is the source a [`VaultHandle`] reads again when it meets a value under a key
-//! it does not know, and [`spawn_reloader`] reads it every [`RELOAD_EVERY`] besides.
+//! it does not know, and [`spawn_reloader`] reads it every `vault.reload_interval` besides.
+//!
+//! The store refuses a value sealed under a key that is not its active one; the writer then
+//! reads the keyring again here and seals anew. A server whose reads keep failing stops sealing
+//! once they have failed for longer than one interval ([`spawn_reloader`]).
 
 use grantkeeper_core::{Clock, KeyId, KeyringSource, MasterKey, Vault, VaultHandle};
 use grantkeeper_store::{DataKeyRecord, KeyStore, SharedStore};
@@ -10,11 +14,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
-
-/// How often a running server reads the store's data keys again: after a rotation makes a new
-/// key active, every server seals under it within this time, even one that meets no value
-/// under it. Rotation retires old keys only after twice this ([`crate::rotation`]).
-pub const RELOAD_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -113,8 +112,12 @@ impl KeyringSource for StoreKeyring {
 }
 
 /// Reads the keyring of `handle` again every `every`, for as long as the handle (a clone of
-/// it) lives elsewhere.
+/// it) lives elsewhere; after a rotation makes a new key active, the server seals under it
+/// within this time, even one that meets no value under it. Once the reads have failed for
+/// longer than `every`, the handle stops sealing until one succeeds: the server no longer knows
+/// which key is active, and answers work that would seal with 503.
 pub fn spawn_reloader(handle: &VaultHandle, every: Duration) {
+    handle.stop_sealing_after(every);
     let weak = handle.downgrade();
     tokio::spawn(async move {
         let mut ticks = interval_at(Instant::now() + every, every);
@@ -124,13 +127,23 @@ pub fn spawn_reloader(handle: &VaultHandle, every: Duration) {
             let Some(handle) = weak.upgrade() else {
                 return;
             };
-            if let Ok(true) = handle.reload().await {
-                let vault = handle.get();
-                tracing::info!(
-                    keys = ?vault.key_ids().iter().map(|k| k.0).collect::<Vec<_>>(),
-                    active = ?vault.active().map(|k| k.0),
-                    "the store's data keys changed; sealing under the active one"
-                );
+            match handle.reload().await {
+                Ok(true) => {
+                    let vault = handle.get();
+                    tracing::info!(
+                        keys = ?vault.key_ids().iter().map(|k| k.0).collect::<Vec<_>>(),
+                        active = ?vault.active().map(|k| k.0),
+                        "the store's data keys changed; sealing under the active one"
+                    );
+                }
+                Ok(false) => {}
+                Err(_) if handle.sealer().is_err() => tracing::error!(
+                    "the store's data keys could not be read again for longer than {} s: \
+                     nothing is sealed (sign-ins and refreshes answer 503) until they can",
+                    every.as_secs()
+                ),
+                // Logged by the keyring source; one failed period is tolerated.
+                Err(_) => {}
             }
         }
     });

@@ -4,25 +4,26 @@
 //! transaction, then re-seals every sealed value of the store under it in batches, and ends
 //! with verification passes that count what old keys still seal. Running servers pick the new
 //! key up without a restart ([`crate::keys`]): one that meets a value under a key it does not
-//! know reads the keyring again and opens it, and each reads it every
-//! [`RELOAD_EVERY`](crate::keys::RELOAD_EVERY) anyway; until then it keeps sealing under the
-//! old key, which stays valid.
+//! know reads the keyring again and opens it, one whose write the store refuses (sealed under
+//! a key that is no longer active) reads it, seals anew and writes again, and each reads it
+//! every `vault.reload_interval` anyway.
 //!
 //! Each re-seal is fenced by the bytes read: a value that a running server replaced meanwhile
 //! (a refresh, a sign-in) is skipped, never overwritten, and the writer's value wins. When the
 //! writer still sealed under the old key, a later pass re-seals that value. Passes stop when old
 //! keys seal nothing, and then the old keys are retired: marked, kept out of every vault, their
-//! ids never reused. A key that still seals a value is never retired. Retirement waits until
-//! the new key has been active for [`RotationOptions::grace`], by when every running server
-//! has read the keyring again and seals under the new key, so that no value under an old key
-//! can be written after its key is retired.
+//! ids never reused. A key that still seals a value is never retired, and the store refuses any
+//! new value under a key that is not active, so none appears under a retired key. Retirement
+//! also waits until the new key has been active for [`RotationOptions::grace`], at least twice
+//! the servers' reload interval, by when every running server has read the keyring again.
 //!
 //! A rotation that was stopped (Ctrl-C, a crash) is resumed by the next [`Rotation::begin`]:
 //! while a key other than the active one is not retired, a rotation to the active key is
 //! unfinished, and no new key is made. Re-sealing needs no saved cursor: the values still to
 //! do are those not under the active key.
 
-use crate::keys::{KeyringError, RELOAD_EVERY, load_vault, vault_from};
+use crate::config::DEFAULT_KEYRING_RELOAD;
+use crate::keys::{KeyringError, load_vault, vault_from};
 use grantkeeper_core::{Aad, KeyId, MasterKey, SharedClock, Vault, VaultError};
 use grantkeeper_store::{
     DataKeyRecord, DataKeyStatus, MAX_PAGE, Reseal, SealedColumn, SealedValue, SharedStore,
@@ -34,8 +35,8 @@ use tokio::sync::watch;
 /// Values read and re-sealed per batch (one store transaction) unless told otherwise.
 pub const DEFAULT_BATCH_SIZE: u32 = 500;
 /// Old keys are retired only once the new key has been active this long: twice the time in
-/// which every running server reads the keyring again.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(2 * RELOAD_EVERY.as_secs());
+/// which every running server reads the keyring again (by default).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2 * DEFAULT_KEYRING_RELOAD.as_secs());
 /// Re-seal passes at most: the first re-seals everything; the next ones take what running
 /// servers sealed under an old key before they read the keyring again.
 pub const DEFAULT_PASSES: u32 = 3;
@@ -45,11 +46,21 @@ pub const DEFAULT_PASSES: u32 = 3;
 pub struct RotationOptions {
     /// Values per batch, 1 to [`MAX_PAGE`].
     pub batch_size: u32,
-    /// How long after the new key became active old keys may be retired. Shorter than
-    /// [`DEFAULT_GRACE`] is safe only when no server seals anything meanwhile.
+    /// How long after the new key became active old keys may be retired: at least twice
+    /// `reload_interval` (a run with less is refused).
     pub grace: Duration,
     /// Re-seal passes at most (at least 1).
     pub passes: u32,
+    /// How often the servers read the keyring again (their `vault.reload_interval`).
+    pub reload_interval: Duration,
+}
+
+impl RotationOptions {
+    /// The shortest grace allowed: twice the servers' reload interval, by when each has read
+    /// the keyring again (one interval) even if its first read after the rotation failed.
+    pub fn min_grace(&self) -> Duration {
+        self.reload_interval.saturating_mul(2)
+    }
 }
 
 impl Default for RotationOptions {
@@ -58,6 +69,7 @@ impl Default for RotationOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             grace: DEFAULT_GRACE,
             passes: DEFAULT_PASSES,
+            reload_interval: DEFAULT_KEYRING_RELOAD,
         }
     }
 }
@@ -242,6 +254,16 @@ impl Rotation {
         if options.batch_size == 0 || options.batch_size > MAX_PAGE {
             return Err(RotationError::Options(format!(
                 "the batch size must be 1 to {MAX_PAGE}"
+            )));
+        }
+        if options.grace < options.min_grace() {
+            return Err(RotationError::Options(format!(
+                "a grace of {} s is shorter than twice the servers' key reload interval \
+                 (vault.reload_interval, {} s): a server may still seal under the old key when \
+                 it is retired; pass at least {} s",
+                options.grace.as_secs_f64(),
+                options.reload_interval.as_secs_f64(),
+                options.min_grace().as_secs_f64()
             )));
         }
         if self.vault.active() != Some(KeyId(self.key.id)) {

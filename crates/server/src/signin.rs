@@ -5,9 +5,10 @@
 //! token is committed before the caller hears of success.
 
 use crate::app::App;
-use crate::error::{ApiError, exchange_error, id_token_error};
-use grantkeeper_core::{Aad, SecretString};
-use grantkeeper_store::{SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome};
+use crate::error::{ApiError, exchange_error, id_token_error, vault_error};
+use grantkeeper_core::{Aad, SecretString, UserProfile, Vault};
+use grantkeeper_provider::TokenResponse;
+use grantkeeper_store::{SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome, StoreError};
 use serde::Deserialize;
 use std::str::FromStr;
 
@@ -84,6 +85,9 @@ impl App {
             Platform::Web => settings.web_redirect_uri.as_str(),
             Platform::Android | Platform::Ios => settings.mobile_redirect_uri.as_str(),
         };
+        // A code is spent by its exchange: a vault that cannot seal what it brings refuses
+        // before, so that the client may simply try again.
+        self.vault_handle().sealer().map_err(vault_error)?;
         let tokens = self
             .provider()
             .exchange_code(code, redirect_uri)
@@ -103,33 +107,27 @@ impl App {
             .map_err(id_token_error)?;
         self.refuse_blocked_sign_in(&claims.sub).await?;
         let profile = claims.profile();
-        let vault = self.vault();
-        let refresh_token = match &tokens.refresh_token {
-            Some(rt) => Some(SealedRefreshToken {
-                sealed: vault
-                    .seal_secret(rt, Aad::refresh_token(&profile.sub))
-                    .map_err(|e| ApiError::Internal(format!("sealing: {e}")))?,
-                fingerprint: grantkeeper_broker::fingerprint(rt),
-            }),
-            None => None,
+        let mut vault = self.vault();
+        let mut refused = false;
+        let outcome = loop {
+            let sign_in = self.sealed_sign_in(&vault, &tokens, &profile)?;
+            match self.store().record_sign_in(sign_in).await {
+                Ok(outcome) => break outcome,
+                // A rotation made another key active since this process read its keyring:
+                // read it again, seal anew and write again, once.
+                Err(StoreError::InactiveKey) if !refused => {
+                    refused = true;
+                    if let Some(key) = vault.active() {
+                        self.vault_handle()
+                            .reload_after_refusal(key)
+                            .await
+                            .map_err(vault_error)?;
+                    }
+                    vault = self.vault();
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        let expires_at = tokens.received_at + time::Duration::seconds(tokens.expires_in.max(0));
-        let access_token = SealedAccessToken {
-            sealed: vault
-                .seal_secret(&tokens.access_token, Aad::access_token(&profile.sub))
-                .map_err(|e| ApiError::Internal(format!("sealing: {e}")))?,
-            expires_at,
-        };
-        let outcome = self
-            .store()
-            .record_sign_in(SignIn {
-                profile,
-                granted_scopes: tokens.scope.clone(),
-                refresh_token,
-                access_token: Some(access_token),
-                at: self.clock().now(),
-            })
-            .await?;
         // A cached token of another instance's making, or of a revoked grant, is stale now.
         self.broker().forget(&outcome.user.profile.sub);
         tracing::info!(
@@ -141,6 +139,38 @@ impl App {
             "signed in"
         );
         Ok(outcome)
+    }
+
+    /// What the store records of a sign-in, its tokens sealed under `vault`.
+    fn sealed_sign_in(
+        &self,
+        vault: &Vault,
+        tokens: &TokenResponse,
+        profile: &UserProfile,
+    ) -> Result<SignIn, ApiError> {
+        let refresh_token = match &tokens.refresh_token {
+            Some(rt) => Some(SealedRefreshToken {
+                sealed: vault
+                    .seal_secret(rt, Aad::refresh_token(&profile.sub))
+                    .map_err(vault_error)?,
+                fingerprint: grantkeeper_broker::fingerprint(rt),
+            }),
+            None => None,
+        };
+        let expires_at = tokens.received_at + time::Duration::seconds(tokens.expires_in.max(0));
+        let access_token = SealedAccessToken {
+            sealed: vault
+                .seal_secret(&tokens.access_token, Aad::access_token(&profile.sub))
+                .map_err(vault_error)?,
+            expires_at,
+        };
+        Ok(SignIn {
+            profile: profile.clone(),
+            granted_scopes: tokens.scope.clone(),
+            refresh_token,
+            access_token: Some(access_token),
+            at: self.clock().now(),
+        })
     }
 }
 

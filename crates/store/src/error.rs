@@ -21,4 +21,9 @@ pub enum StoreError {
     Database(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// A sealed value names a data key that is not the store's active one (a rotation made
+    /// another key active since the writer read its keyring): nothing was written. The writer
+    /// reads the keyring again, seals anew and writes again.
+    #[error("a sealed value names a data key that is not the active one")]
+    InactiveKey,
 }

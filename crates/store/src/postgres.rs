@@ -102,6 +102,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/postgres/0010_export_order.sql"),
     ),
     (
+        11,
+        "sealing key",
+        include_str!("../migrations/postgres/0011_sealing_key.sql"),
+    ),
+    (
         19,
         "master key sources",
         include_str!("../migrations/postgres/0019_wrapped_by.sql"),
@@ -318,6 +323,10 @@ fn retry_delay(done: u32) -> Duration {
 mod sqlstate {
     pub const UNIQUE_VIOLATION: &str = "23505";
     pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub const CHECK_VIOLATION: &str = "23514";
+    /// The constraint migration 0011's trigger names when it refuses a value sealed under a
+    /// key that is not active.
+    pub const SEALED_UNDER_ACTIVE_KEY: &str = "sealed_under_active_key";
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const DEADLOCK_DETECTED: &str = "40P01";
     pub const QUERY_CANCELED: &str = "57014";
@@ -362,6 +371,10 @@ pub(crate) fn map_pg(e: sqlx::Error) -> StoreError {
             let code = db.code().map(Cow::into_owned).unwrap_or_default();
             let message = db.message();
             match code.as_str() {
+                // Migration 0011's trigger: a value sealed under a key that is not active.
+                CHECK_VIOLATION if db.constraint() == Some(SEALED_UNDER_ACTIVE_KEY) => {
+                    StoreError::InactiveKey
+                }
                 UNIQUE_VIOLATION => StoreError::AlreadyExists,
                 // Only inserts meet it here: the row they point at does not exist.
                 FOREIGN_KEY_VIOLATION => StoreError::NotFound,

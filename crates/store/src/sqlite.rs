@@ -113,6 +113,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0010_export_order.sql"),
     ),
     (
+        11,
+        "sealing key",
+        include_str!("../migrations/sqlite/0011_sealing_key.sql"),
+    ),
+    (
         19,
         "master key sources",
         include_str!("../migrations/sqlite/0019_wrapped_by.sql"),
@@ -276,6 +281,9 @@ async fn connect(pool: SqlitePoolOptions, options: SqliteConnectOptions) -> Resu
     }
 }
 
+/// The message of migration 0011's refusal of a value sealed under a key that is not active.
+const SEALED_UNDER_INACTIVE_KEY: &str = "sealed_under_inactive_key";
+
 // SQLite's primary result codes (the low byte of an extended code).
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
@@ -307,6 +315,8 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
             ErrorKind::UniqueViolation => StoreError::AlreadyExists,
             // Only inserts meet it here: the row they point at does not exist.
             ErrorKind::ForeignKeyViolation => StoreError::NotFound,
+            // Migration 0011's trigger: a value sealed under a key that is not active.
+            _ if db.message() == SEALED_UNDER_INACTIVE_KEY => StoreError::InactiveKey,
             _ => {
                 let message = db.message().to_owned();
                 match primary_code(&*db) {

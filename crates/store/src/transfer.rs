@@ -28,6 +28,12 @@ use serde_json::{Map, Value};
 use sqlx::query_builder::Separated;
 use sqlx::{Database, Encode, QueryBuilder};
 
+/// Turns off, for the import's own transaction, the rule that sealed values name the active
+/// data key (migration 0011): an export holds values as they were, some under keys a rotation
+/// had not retired yet. [`IMPORT_DONE`] ends it before the commit, so no other writer sees it.
+pub(crate) const IMPORT_UNDER_WAY: &str = "INSERT INTO imports_under_way (id) VALUES (1)";
+pub(crate) const IMPORT_DONE: &str = "DELETE FROM imports_under_way";
+
 /// How a column's values travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ColumnType {

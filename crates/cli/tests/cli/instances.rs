@@ -1,7 +1,9 @@
 //! Several grantkeeper processes on one PostgreSQL database: one refresh per grant across
-//! instances, sweeps that split the users, and moving a deployment between stores.
+//! instances, sweeps that split the users, a key rotation that outpaces both servers, and
+//! moving a deployment between stores.
 
-use super::{BIN, client, run, start};
+use super::keys::{FAST_RELOAD, keep_signing_in};
+use super::{BIN, client, run, run_with_env, start};
 use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -500,4 +502,102 @@ async fn sweeps_split_the_users_and_survive_a_killed_peer() {
         again < 500,
         "{again} users refreshed twice in the second run"
     );
+}
+
+/// As `keys::a_rotation_that_outpaces_the_server_loses_nothing`, with two `serve` processes on
+/// one PostgreSQL database taking sign-ins in turn: nothing is left under the
+/// retired key, every sign-in succeeds, and a third server started afterwards opens every value.
+#[tokio::test]
+async fn a_rotation_that_outpaces_two_servers_loses_nothing() {
+    let Some(db) = TestDatabase::empty().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let config = deployment(dir.path(), &emulator.url, &db.url);
+    let a = start(&["serve", "--config", &config]);
+    let b = start(&["serve", "--config", &config]);
+    let http = client();
+    let (ok, text) = run(&[
+        "api-keys", "create", "--name", "svc", "--scope", "token", "--config", &config,
+    ]);
+    assert!(ok, "{text}");
+    let key = text.lines().last().unwrap().trim().to_owned();
+    let mut subs = sign_in_many(&http, &emulator.url, dir.path(), &a.url, "first", 10).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let (http, emulator, client_id) =
+            (http.clone(), emulator.url.clone(), client_id(dir.path()));
+        tokio::spawn(keep_signing_in(
+            vec![a.url.clone(), b.url.clone()],
+            move |server, email| {
+                let (http, emulator, client_id) =
+                    (http.clone(), emulator.clone(), client_id.clone());
+                Box::pin(async move {
+                    let r = authcode(&http, &emulator, &client_id, &server, &email).await;
+                    let status = r.status().as_u16();
+                    let body: Value = r.json().await.unwrap();
+                    (
+                        status,
+                        body["user"]["sub"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+            },
+            stop.clone(),
+        ))
+    };
+    let rotate = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            run_with_env(
+                &["keys", "rotate", "--grace", "2s", "--config", &config],
+                FAST_RELOAD,
+            )
+        })
+    };
+    let (ok, out) = rotate.await.unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("rotation to key 2 finished"), "{out}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let during = writing.await.unwrap();
+    assert!(
+        during.len() > 5,
+        "users signed in meanwhile: {}",
+        during.len()
+    );
+    subs.extend(during);
+
+    let (ok, listing) = run(&["keys", "list", "--config", &config]);
+    assert!(ok, "{listing}");
+    let rows: Vec<Vec<&str>> = listing
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{listing}");
+    assert_eq!(
+        (rows[0][0], rows[0][2], rows[0][4], rows[1][2]),
+        ("1", "no", "0", "yes"),
+        "key 1 retired, sealing nothing: {listing}"
+    );
+    assert_ne!(rows[0][3], "-", "{listing}");
+    let c = start(&["serve", "--config", &config]);
+    for sub in &subs {
+        let r = http
+            .post(format!("{}/v1/users/{sub}/token", c.url))
+            .bearer_auth(&key)
+            .json(&json!({"min_ttl": 3600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
 }

@@ -153,6 +153,8 @@ pub struct Options {
     pub limits: LimitsSection,
     /// A client secret other than the emulator's (grantkeeper misconfigured).
     pub client_secret: Option<String>,
+    /// `vault.reload_interval`, e.g. `1s` (default: the server's).
+    pub keyring_reload: Option<&'static str>,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -174,6 +176,7 @@ impl Default for Options {
             emulator_data_dir: false,
             limits: no_rate_limits(),
             client_secret: None,
+            keyring_reload: None,
         }
     }
 }
@@ -225,6 +228,9 @@ impl TestApp {
         }
         file.provider.api_base = Some(emulator_url.clone());
         file.limits = options.limits;
+        file.vault.reload_interval = options
+            .keyring_reload
+            .map(|d| grantkeeper_server::config::DurationValue::Text(d.to_owned()));
         file.store.url = Some(format!(
             "sqlite://{}",
             dir.path().join("grantkeeper.db").display()

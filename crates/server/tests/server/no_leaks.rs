@@ -227,6 +227,7 @@ async fn run(t: &TestApp, master_text: &str, tag: &str) -> Run {
             &RotationOptions {
                 batch_size: 10,
                 grace: Duration::ZERO,
+                reload_interval: Duration::ZERO,
                 ..RotationOptions::default()
             },
             stopped,

@@ -1,15 +1,20 @@
 //! Rotating the data keys of a store with 200 signed-in users, on SQLite and PostgreSQL: every
 //! value ends under the new key and the old key is retired; a refresh writer running
-//! meanwhile (as a server that has not read the new key yet would) loses nothing; a rotation
-//! stopped midway resumes without a third key; and a running server opens values sealed under
-//! a key it had not loaded.
+//! meanwhile (as a server that has not read the new key yet would) loses nothing; a value
+//! written under the old key after the rotation began is refused, and written again under the
+//! new one; a rotation stopped midway resumes without a third key; a running server opens
+//! values sealed under a key it had not loaded, and seals what it writes under the new key
+//! even before it reads the keyring again; a grace shorter than twice the reload interval is
+//! refused; and a server whose keyring cannot be read for longer than an interval stops
+//! sealing, answering 503, until it can.
 
-use crate::server::harness::TestApp;
+use crate::server::harness::{Options, TestApp};
 use grantkeeper_broker::{TokenRequest, fingerprint};
 use grantkeeper_core::{
     Aad, ExposeSecret, KeyId, MasterKey, Scopes, SecretString, SystemClock, UserProfile, Vault,
     VaultHandle, vault::key_id_of,
 };
+use grantkeeper_server::apikeys::KeyScope;
 use grantkeeper_server::keys::{StoreKeyring, load_vault, spawn_reloader, vault_from};
 use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions};
 use grantkeeper_store::{
@@ -114,10 +119,13 @@ async fn signed_in(store: &SharedStore) -> MasterKey {
     master
 }
 
+/// A rotation with no server running: nothing reads the keyring, so old keys may be retired
+/// at once.
 fn no_grace(batch_size: u32) -> RotationOptions {
     RotationOptions {
         batch_size,
         grace: Duration::ZERO,
+        reload_interval: Duration::ZERO,
         ..RotationOptions::default()
     }
 }
@@ -248,7 +256,9 @@ async fn rotation_reseals_everything_and_retires_the_old_key_postgres() {
 
 /// A server's refresh loop: reads a grant, opens its refresh token (reading the keyring again
 /// when it is under a key not loaded yet), and writes a new refresh token, sealed under the key
-/// its vault has active, fenced by the version read. Remembers what it wrote last per user.
+/// its vault has active, fenced by the version read; when the store refuses that key (a
+/// rotation made another active), it reads the keyring again and writes anew. Remembers what
+/// it wrote last per user.
 struct Writer {
     store: SharedStore,
     vault: VaultHandle,
@@ -256,6 +266,8 @@ struct Writer {
     writes: AtomicU64,
     conflicts: AtomicU64,
     under_old_key: AtomicU64,
+    /// Writes the store refused for the key they were sealed under.
+    refused: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -311,6 +323,13 @@ impl Writer {
                 Err(StoreError::Conflict) => {
                     self.conflicts.fetch_add(1, Ordering::SeqCst);
                 }
+                Err(StoreError::InactiveKey) => {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    self.vault
+                        .reload_after_refusal(vault.active().unwrap())
+                        .await
+                        .unwrap();
+                }
                 Err(e) => panic!("{e}"),
             }
         }
@@ -336,6 +355,7 @@ async fn a_refresh_during_rotation_is_never_overwritten(fixture: Fixture) {
         writes: AtomicU64::new(0),
         conflicts: AtomicU64::new(0),
         under_old_key: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let running = tokio::spawn(writer.clone().run());
@@ -356,6 +376,7 @@ async fn a_refresh_during_rotation_is_never_overwritten(fixture: Fixture) {
                 // Longer than the writer needs to read the keyring again.
                 grace: Duration::from_secs(1),
                 passes: 5,
+                reload_interval: Duration::from_millis(50),
             },
             stop_never(),
             &|_| {},
@@ -510,10 +531,11 @@ async fn a_running_server_opens_values_under_a_key_it_had_not_loaded() {
     assert_eq!(counts.by_key, BTreeMap::from([(2, 2 * subs.len() as u64)]));
 }
 
-/// A writer that read a value under the old key before its re-seal and writes after it (a
-/// server that had not read the new key yet): the verification pass counts that value and the
-/// next pass re-seals it, keeping what the writer wrote.
-async fn a_value_written_under_the_old_key_is_taken_by_another_pass(fixture: Fixture) {
+/// A writer that read a value under the old key before its re-seal and writes after it, sealed
+/// under the old key (a server that had not read the new key yet): the store refuses the
+/// write, the writer reads the keyring and writes under the new key, and the rotation's first
+/// verification finds nothing left under the old key.
+async fn a_value_written_under_the_old_key_is_refused_and_written_again(fixture: Fixture) {
     let store = fixture.store.clone();
     let master = signed_in(&store).await;
     let old_vault = load_vault(store.as_ref(), &master, &SystemClock)
@@ -545,20 +567,26 @@ async fn a_value_written_under_the_old_key_is_taken_by_another_pass(fixture: Fix
                             .seal_secret(&late, Aad::refresh_token(&sub))
                             .unwrap();
                         let access = grant.access_token.clone().unwrap();
+                        let refresh = |sealed| RefreshSuccess {
+                            access_token: access.clone(),
+                            refresh_token: Some(SealedRefreshToken {
+                                sealed,
+                                fingerprint: fingerprint(&late),
+                            }),
+                            scopes: None,
+                            at: now(),
+                        };
+                        assert!(matches!(
+                            store
+                                .record_refresh(&sub, grant.version, refresh(sealed))
+                                .await,
+                            Err(StoreError::InactiveKey)
+                        ));
+                        assert_eq!(store.grant(&sub).await.unwrap().unwrap(), grant);
+                        let fresh = fresh_vault(&store, &master).await;
+                        let sealed = fresh.seal_secret(&late, Aad::refresh_token(&sub)).unwrap();
                         store
-                            .record_refresh(
-                                &sub,
-                                grant.version,
-                                RefreshSuccess {
-                                    access_token: access,
-                                    refresh_token: Some(SealedRefreshToken {
-                                        sealed,
-                                        fingerprint: fingerprint(&late),
-                                    }),
-                                    scopes: None,
-                                    at: now(),
-                                },
-                            )
+                            .record_refresh(&sub, grant.version, refresh(sealed))
                             .await
                             .unwrap();
                     })
@@ -569,14 +597,10 @@ async fn a_value_written_under_the_old_key_is_taken_by_another_pass(fixture: Fix
         .unwrap();
     assert!(written.load(Ordering::SeqCst));
     assert!(summary.finished(), "{summary:?}");
-    assert_eq!(summary.passes, 2);
+    assert_eq!(summary.passes, 1);
     let events = events.into_inner().unwrap();
     assert!(events.contains(&RotationEvent::Verified {
         pass: 1,
-        remaining: 1
-    }));
-    assert!(events.contains(&RotationEvent::Verified {
-        pass: 2,
         remaining: 0
     }));
     let mut expected = initial_tokens();
@@ -585,16 +609,16 @@ async fn a_value_written_under_the_old_key_is_taken_by_another_pass(fixture: Fix
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_written_under_the_old_key_is_taken_by_another_pass_sqlite() {
-    a_value_written_under_the_old_key_is_taken_by_another_pass(sqlite().await.unwrap()).await;
+async fn a_value_written_under_the_old_key_is_refused_and_written_again_sqlite() {
+    a_value_written_under_the_old_key_is_refused_and_written_again(sqlite().await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_written_under_the_old_key_is_taken_by_another_pass_postgres() {
+async fn a_value_written_under_the_old_key_is_refused_and_written_again_postgres() {
     let Some(fixture) = postgres().await else {
         return;
     };
-    a_value_written_under_the_old_key_is_taken_by_another_pass(fixture).await;
+    a_value_written_under_the_old_key_is_refused_and_written_again(fixture).await;
 }
 
 /// A value that does not open (here: copied into another user's row) is reported, and its key
@@ -659,4 +683,185 @@ async fn a_value_that_does_not_open_keeps_its_key() {
         .unwrap();
     assert!(summary.finished(), "{summary:?}");
     assert_eq!((summary.resealed, summary.retired.clone()), (0, vec![1]));
+}
+
+/// The scenario of a rotation with a short grace while a server runs: the rotation retires
+/// the old key before the server reads the keyring again, and users then sign in and refresh
+/// on that server. Each write it seals under the old key is refused by the store, and written
+/// again under the new key: nothing is left under the retired key, and once the server drops
+/// that key, every value still opens (no `unknown key` 500).
+#[tokio::test]
+async fn a_server_that_has_not_read_a_rotation_seals_what_it_writes_under_the_new_key() {
+    let app = TestApp::start().await;
+    let key = app.api_key(&[KeyScope::Token]).await;
+    let first = app.signed_in("before@example.com").await;
+    let store = app.app.store().clone();
+    let master = app.master.try_clone().unwrap();
+    let mut rotation = Rotation::begin(store.clone(), &master, SystemClock::shared())
+        .await
+        .unwrap();
+    let summary = rotation
+        .run(&no_grace(10), stop_never(), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(summary.retired, [1], "{summary:?}");
+    assert_eq!(app.app.vault().active(), Some(KeyId(1)), "not read yet");
+
+    // A new user, the first one again, and a refresh: all sealed by a server that seals under
+    // key 1, which the store no longer takes.
+    let second = app.signed_in("after@example.com").await;
+    assert_eq!(app.signed_in("before@example.com").await, first);
+    let refreshed = app
+        .v1(
+            "POST",
+            &format!("/v1/users/{first}/token"),
+            Some(&key),
+            Some(serde_json::json!({"min_ttl": 3600})),
+        )
+        .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text);
+    assert_eq!(app.app.vault().active(), Some(KeyId(2)), "read on refusal");
+    let counts = store.count_sealed().await.unwrap();
+    assert_eq!(
+        counts.by_key,
+        BTreeMap::from([(2, 4)]),
+        "nothing under key 1"
+    );
+
+    // The server drops the retired key at its next read; every value still opens.
+    app.app.vault_handle().reload().await.unwrap();
+    assert_eq!(app.app.vault().key_ids(), [KeyId(2)]);
+    for sub in [&first, &second] {
+        let answer = app
+            .v1(
+                "POST",
+                &format!("/v1/users/{sub}/token"),
+                Some(&key),
+                Some(serde_json::json!({"min_ttl": 3600})),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    let fresh = fresh_vault(&store, &master).await;
+    for sub in [&first, &second] {
+        let grant = store.grant(sub).await.unwrap().unwrap();
+        fresh
+            .open(
+                &grant.refresh_token.unwrap().sealed,
+                Aad::refresh_token(sub),
+            )
+            .unwrap();
+        fresh
+            .open(&grant.access_token.unwrap().sealed, Aad::access_token(sub))
+            .unwrap();
+    }
+}
+
+/// Retirement waits at least twice the servers' reload interval: a shorter grace is refused
+/// before anything is re-sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_shorter_than_twice_the_reload_interval_is_refused() {
+    let fixture = sqlite().await.unwrap();
+    let store = fixture.store.clone();
+    let master = signed_in(&store).await;
+    let mut rotation = Rotation::begin(store.clone(), &master, SystemClock::shared())
+        .await
+        .unwrap();
+    for grace in [Duration::ZERO, Duration::from_secs(59)] {
+        let refused = rotation
+            .run(
+                &RotationOptions {
+                    grace,
+                    ..RotationOptions::default()
+                },
+                stop_never(),
+                &|_| panic!("nothing runs"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("pass at least 60 s"),
+            "{refused}"
+        );
+    }
+    assert_eq!(store.count_sealed().await.unwrap().under(1), 401);
+    let shorter = RotationOptions {
+        grace: Duration::from_secs(2),
+        reload_interval: Duration::from_secs(1),
+        ..no_grace(100)
+    };
+    assert!(
+        rotation
+            .run(&shorter, stop_never(), &|_| {})
+            .await
+            .unwrap()
+            .finished()
+    );
+}
+
+/// A server whose keyring reads keep failing (here: its store holds a data key that the master
+/// key does not open) stops sealing once they have failed for longer than one interval: a
+/// sign-in answers 503 before its code is spent, a refresh 503 before Google is asked. Once a
+/// read succeeds again, it works again.
+#[tokio::test]
+async fn a_server_that_cannot_read_its_keys_for_longer_than_an_interval_stops_sealing() {
+    let app = TestApp::start_with(Options {
+        keyring_reload: Some("1s"),
+        ..Options::default()
+    })
+    .await;
+    let key = app.api_key(&[KeyScope::Token]).await;
+    let sub = app.signed_in("stale@example.com").await;
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        app.db_dir().join("grantkeeper.db").display()
+    ))
+    .await
+    .unwrap();
+    let (wrapped,): (Vec<u8>,) = sqlx::query_as("SELECT wrapped FROM data_keys WHERE id = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE data_keys SET wrapped = x'0100000000' WHERE id = 1")
+        .execute(&db)
+        .await
+        .unwrap();
+    // The first failed read is tolerated; past a second interval, nothing is sealed.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let exchanges = app.stats().await["code_exchanges"].clone();
+    let refreshes = app.stats().await["refreshes"].clone();
+    let code = app.web_code("stale-2@example.com").await;
+    let refused = app.authcode_web(&code).await;
+    refused.assert_error(503, "upstream_unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    let token = app
+        .v1(
+            "POST",
+            &format!("/v1/users/{sub}/token"),
+            Some(&key),
+            Some(serde_json::json!({"min_ttl": 3600})),
+        )
+        .await;
+    token.assert_error(503, "upstream_unavailable");
+    let stats = app.stats().await;
+    assert_eq!(stats["code_exchanges"], exchanges, "the code was not spent");
+    assert_eq!(stats["refreshes"], refreshes, "Google was not asked");
+
+    sqlx::query("UPDATE data_keys SET wrapped = ?1 WHERE id = 1")
+        .bind(&wrapped)
+        .execute(&db)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answer = app.authcode_web(&code).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let token = app
+        .v1(
+            "POST",
+            &format!("/v1/users/{sub}/token"),
+            Some(&key),
+            Some(serde_json::json!({"min_ttl": 3600})),
+        )
+        .await;
+    assert_eq!(token.status, 200, "{}", token.text);
 }

@@ -144,16 +144,7 @@ impl KeyRotationStore for PostgresStore {
     }
 
     async fn retire_data_key(&self, id: u32, at: OffsetDateTime) -> Result<bool> {
-        let done = retrying(|| async {
-            Ok(sqlx::query(RETIRE)
-                .bind(i64::from(id))
-                .bind(unix(at))
-                .bind(rotation::header(id))
-                .execute(&self.pool)
-                .await?)
-        })
-        .await?;
-        Ok(done.rows_affected() > 0)
+        retrying(|| self.retire_data_key_once(id, at)).await
     }
 
     async fn rewrap_data_key(
@@ -216,6 +207,24 @@ impl PostgresStore {
         let keys = all_keys(&mut tx).await?;
         tx.commit().await?;
         Ok(keys)
+    }
+
+    /// Counts and retires with the sealed tables locked against writers (`SHARE`: readers go
+    /// on): a writer that read the old key as active just before the rotation committed has
+    /// committed before the count, or waits and is then refused.
+    async fn retire_data_key_once(&self, id: u32, at: OffsetDateTime) -> PgResult<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query("LOCK TABLE grants, pending_revocations IN SHARE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(RETIRE)
+            .bind(i64::from(id))
+            .bind(unix(at))
+            .bind(rotation::header(id))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn reseal_once(&self, reseals: &[Reseal]) -> PgResult<u64> {

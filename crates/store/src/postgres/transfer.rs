@@ -38,6 +38,9 @@ impl PostgresStore {
     async fn import_once(&self, plan: &[Rows]) -> PgResult<ImportCounts> {
         let mut counts = ImportCounts::default();
         let mut tx = self.begin().await?;
+        sqlx::query(transfer::IMPORT_UNDER_WAY)
+            .execute(&mut *tx)
+            .await?;
         for rows in plan {
             let table = rows.table;
             if table.sequence {
@@ -81,6 +84,7 @@ impl PostgresStore {
                 setval.build().execute(&mut *tx).await?;
             }
         }
+        sqlx::query(transfer::IMPORT_DONE).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(counts)
     }

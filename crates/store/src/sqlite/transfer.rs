@@ -38,6 +38,10 @@ impl TransferStore for SqliteStore {
         // One transaction for the call. AUTOINCREMENT keeps the largest id ever inserted,
         // imported ones too, so later events and audit rows are numbered after them.
         let mut tx = self.begin_write().await?;
+        sqlx::query(transfer::IMPORT_UNDER_WAY)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         for rows in &plan {
             for chunk in rows.rows.chunks(ROWS_PER_INSERT) {
                 let done = transfer::insert::<Sqlite>(rows.table, chunk, false)
@@ -52,6 +56,10 @@ impl TransferStore for SqliteStore {
                 counts.present += (chunk.len() as u64).saturating_sub(inserted);
             }
         }
+        sqlx::query(transfer::IMPORT_DONE)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         tx.commit().await.map_err(map_sqlx)?;
         Ok(counts)
     }

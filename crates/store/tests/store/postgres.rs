@@ -78,6 +78,7 @@ async fn schema_is_present_with_byte_ordered_subs() {
             "data_keys",
             "grant_events",
             "grants",
+            "imports_under_way",
             "pending_revocations",
             "refresh_leases",
             "risc_events",
@@ -262,6 +263,7 @@ async fn migrations_are_idempotent_and_safe_to_start_together() {
             (8, true),
             (9, true),
             (10, true),
+            (11, true),
             (19, true)
         ]
     );

@@ -112,6 +112,7 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "data_keys",
             "grant_events",
             "grants",
+            "imports_under_way",
             "pending_revocations",
             "refresh_leases",
             "risc_events",
@@ -290,7 +291,7 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 11);
+    assert_eq!(applied, 12);
 }
 
 #[tokio::test]

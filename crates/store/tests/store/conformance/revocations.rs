@@ -11,7 +11,7 @@ use grantkeeper_store::{
 /// An entry created at t(0), due at t(due); its sealed bytes include bytes no text encoding
 /// would keep.
 fn entry(id: &str, sub: &str, due: i64) -> PendingRevocation {
-    let mut token = vec![1, 0, 0, 0, 7, 0x00, 0xff, 0xfe];
+    let mut token = vec![1, 0, 0, 0, 1, 0x00, 0xff, 0xfe];
     token.extend_from_slice(id.as_bytes());
     PendingRevocation {
         id: id.to_owned(),

@@ -1,14 +1,17 @@
 //! Rotation of the vault's data keys: sealed values are counted by the key id in their header,
 //! a new key becomes the active one only over the key its caller saw active, re-seals skip a
-//! value replaced since it was read and move no fence, and a key is retired only when nothing
-//! names it.
+//! value replaced since it was read and move no fence, a key is retired only when nothing
+//! names it, and no new value is written under a key that is not the active one.
+//!
+//! Values under old keys are written while the store has no key yet (nothing is checked
+//! then): a store with an active key takes new values under that key only.
 
 use super::{OPENID_EMAIL, profile, t};
-use grantkeeper_core::Scopes;
+use grantkeeper_core::{GrantState, Scopes};
 use grantkeeper_store::{
     DataKeyRecord, ExportKind, PendingRevocation, RefreshSuccess, Reseal, RevocationTokenKind,
     SealedAccessToken, SealedColumn, SealedRefreshToken, SealedValue, SharedStore, SignIn,
-    StoreError, TokenFingerprint,
+    StateUpdate, StoreError, TokenFingerprint,
 };
 use std::collections::BTreeMap;
 
@@ -83,12 +86,12 @@ async fn two_keys(store: &SharedStore) {
 }
 
 pub async fn sealed_values_are_counted_by_key_id(store: SharedStore) {
-    two_keys(&store).await;
     user(&store, "ada", 1, Some(1)).await;
     user(&store, "bo", 1, Some(2)).await;
     user(&store, "cy", 2, None).await;
     user(&store, "di", 0x0102_0304, Some(2)).await;
     queued(&store, "rev_1", 2).await;
+    two_keys(&store).await;
     // A value that is not of the vault's format.
     store
         .record_refresh(
@@ -196,13 +199,13 @@ async fn rotation_race(stores: &[SharedStore]) {
 }
 
 pub async fn values_outside_a_key_are_paged_by_row(store: SharedStore) {
-    two_keys(&store).await;
     for (sub, rt) in [("a", 1), ("b", 2), ("c", 1), ("d", 1), ("e", 2)] {
         user(&store, sub, rt, Some(2)).await;
     }
     queued(&store, "rev_b", 1).await;
     queued(&store, "rev_a", 1).await;
     queued(&store, "rev_c", 2).await;
+    two_keys(&store).await;
 
     let rows =
         |values: Vec<SealedValue>| -> Vec<String> { values.into_iter().map(|v| v.row).collect() };
@@ -243,11 +246,11 @@ pub async fn values_outside_a_key_are_paged_by_row(store: SharedStore) {
 }
 
 pub async fn a_reseal_skips_a_value_replaced_since_it_was_read(store: SharedStore) {
-    two_keys(&store).await;
     for sub in ["a", "b", "c"] {
         user(&store, sub, 1, Some(1)).await;
     }
     queued(&store, "rev_a", 1).await;
+    two_keys(&store).await;
     let before: Vec<_> = {
         let mut grants = Vec::new();
         for sub in ["a", "b", "c"] {
@@ -261,15 +264,15 @@ pub async fn a_reseal_skips_a_value_replaced_since_it_was_read(store: SharedStor
         .unwrap();
     assert_eq!(read.len(), 3);
 
-    // A refresh elsewhere replaces b's refresh token (under the old key: it has not reloaded).
-    let theirs = sealed(1, "rt-b-new");
+    // A refresh elsewhere replaces b's refresh token.
+    let theirs = sealed(2, "rt-b-new");
     store
         .record_refresh(
             "b",
             before[1].version,
             RefreshSuccess {
                 access_token: SealedAccessToken {
-                    sealed: sealed(1, "at-b-new"),
+                    sealed: sealed(2, "at-b-new"),
                     expires_at: t(7200),
                 },
                 refresh_token: Some(refresh_token(theirs.clone(), "b-new")),
@@ -345,9 +348,9 @@ pub async fn a_reseal_skips_a_value_replaced_since_it_was_read(store: SharedStor
 }
 
 pub async fn a_key_is_retired_only_when_it_seals_nothing(store: SharedStore) {
-    two_keys(&store).await;
     user(&store, "a", 2, Some(1)).await;
     queued(&store, "rev_a", 1).await;
+    two_keys(&store).await;
     let retired = |store: SharedStore| async move {
         store
             .data_key_statuses()
@@ -540,4 +543,216 @@ pub async fn an_export_without_sources_imports_as_local_keys(
     assert_eq!(imported.len(), 2);
     assert!(imported.iter().all(|k| k.wrapped_by.is_none()));
     assert_eq!(imported[1].wrapped, key(2, 10).wrapped);
+}
+
+/// Whatever writes it (a sign-in, a refresh, a queued revocation, a re-seal), a new value under
+/// a key other than the active one is refused and nothing of the write is kept; values under
+/// the active key, values not of the vault's format, and writes that leave an old value as it
+/// is go through.
+pub async fn a_value_under_a_key_that_is_not_active_is_refused(store: SharedStore) {
+    user(&store, "old", 1, Some(1)).await;
+    two_keys(&store).await;
+
+    // A first sign-in: neither the user nor the grant is written.
+    let mut sign_in = SignIn {
+        profile: profile("new"),
+        granted_scopes: Scopes::parse(OPENID_EMAIL),
+        refresh_token: Some(refresh_token(sealed(1, "rt-new"), "new")),
+        access_token: Some(SealedAccessToken {
+            sealed: sealed(2, "at-new"),
+            expires_at: t(3600),
+        }),
+        at: t(20),
+    };
+    assert!(refused(store.record_sign_in(sign_in.clone()).await));
+    assert!(store.user("new").await.unwrap().is_none());
+    // Another sign-in of a known user: the profile is not replaced either.
+    let mut again = sign_in.clone();
+    again.profile = profile("old");
+    again.profile.name = Some("Renamed".into());
+    again.refresh_token = None;
+    again.access_token = Some(SealedAccessToken {
+        sealed: sealed(1, "at-old-2"),
+        expires_at: t(3600),
+    });
+    assert!(refused(store.record_sign_in(again).await));
+    let (old_user, old) = store.user("old").await.unwrap().unwrap();
+    assert_eq!(old_user.profile, profile("old"));
+    assert_eq!(
+        old.refresh_token.clone().unwrap().sealed,
+        sealed(1, "rt-old")
+    );
+
+    // A refresh, fenced or under a lease.
+    let refresh = |rt: u32, at: u32| RefreshSuccess {
+        access_token: SealedAccessToken {
+            sealed: sealed(at, "at-refreshed"),
+            expires_at: t(7200),
+        },
+        refresh_token: Some(refresh_token(sealed(rt, "rt-refreshed"), "refreshed")),
+        scopes: None,
+        at: t(30),
+    };
+    assert!(refused(
+        store
+            .record_refresh("old", old.version, refresh(2, 1))
+            .await
+    ));
+    assert!(refused(
+        store
+            .record_refresh("old", old.version, refresh(1, 2))
+            .await
+    ));
+    assert!(
+        store
+            .try_lease_refresh("old", "me", t(100), t(30))
+            .await
+            .unwrap()
+    );
+    assert!(refused(
+        store
+            .record_refresh_releasing("old", old.version, refresh(1, 1), "me")
+            .await
+    ));
+    assert_eq!(store.grant("old").await.unwrap().unwrap(), old);
+
+    // A queued revocation, alone or with its grant's state change.
+    let entry = |key: u32| PendingRevocation {
+        id: format!("rev_{key}"),
+        sub: "old".to_owned(),
+        token: sealed(key, "rev"),
+        token_kind: RevocationTokenKind::Refresh,
+        created_at: t(40),
+        attempts: 0,
+        next_attempt_at: t(40),
+        last_error: None,
+    };
+    assert!(refused(store.enqueue_revocation(entry(1)).await));
+    let revoke = StateUpdate {
+        state: GrantState::Revoked,
+        reason: "test".to_owned(),
+        error: None,
+        drop_tokens: true,
+        at: t(40),
+    };
+    assert!(refused(
+        store
+            .enqueue_revocation_with_state(entry(1), revoke.clone())
+            .await
+    ));
+    assert_eq!(store.grant("old").await.unwrap().unwrap(), old);
+    assert!(
+        store
+            .sealed_outside(SealedColumn::PendingRevocation, 9, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A re-seal to anything but the active key.
+    let held = old.refresh_token.clone().unwrap().sealed;
+    assert!(refused(
+        store
+            .reseal(vec![Reseal {
+                column: SealedColumn::RefreshToken,
+                row: "old".to_owned(),
+                from: held.clone(),
+                to: sealed(1, "rt-old-again"),
+            }])
+            .await
+    ));
+
+    // What is under the active key goes through, and so does a change that keeps a value
+    // sealed under an old key as it is.
+    let (changed, _) = store
+        .update_grant_state(
+            "old",
+            Some(old.version),
+            StateUpdate {
+                state: GrantState::Failing,
+                reason: "test".to_owned(),
+                error: Some("upstream 503".to_owned()),
+                drop_tokens: false,
+                at: t(50),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.refresh_token.unwrap().sealed, held);
+    store
+        .record_refresh("old", changed.version, refresh(2, 2))
+        .await
+        .unwrap();
+    sign_in.refresh_token = Some(refresh_token(sealed(2, "rt-new"), "new"));
+    store.record_sign_in(sign_in).await.unwrap();
+    store.enqueue_revocation(entry(2)).await.unwrap();
+    // Not of the vault's format: the store cannot tell its key, and lets it be.
+    store
+        .record_refresh(
+            "new",
+            1,
+            RefreshSuccess {
+                access_token: SealedAccessToken {
+                    sealed: vec![9, 9],
+                    expires_at: t(7200),
+                },
+                refresh_token: None,
+                scopes: None,
+                at: t(60),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.count_sealed().await.unwrap().outside(2), 1);
+    // A revocation of the grant that drops its tokens writes no new value.
+    store.update_grant_state("new", None, revoke).await.unwrap();
+}
+
+/// An import writes values as the export holds them, under any key the export carries (a
+/// rotation may have been under way); afterwards the target refuses new values under a key
+/// that is not its active one, as any store does.
+/// True when the write was refused for the key its value is sealed under.
+fn refused<T>(written: Result<T, StoreError>) -> bool {
+    matches!(written, Err(StoreError::InactiveKey))
+}
+
+pub async fn an_import_keeps_values_under_keys_not_yet_retired(
+    source: SharedStore,
+    target: SharedStore,
+) {
+    user(&source, "a", 1, Some(2)).await;
+    user(&source, "b", 2, Some(1)).await;
+    queued(&source, "rev_a", 1).await;
+    two_keys(&source).await;
+    let mut records = Vec::new();
+    for kind in ExportKind::ALL {
+        let (page, next) = source.export_page(kind, None, 100).await.unwrap();
+        assert_eq!(next, None);
+        records.extend(page);
+    }
+    target.import(records).await.unwrap();
+    assert_eq!(
+        target.count_sealed().await.unwrap(),
+        source.count_sealed().await.unwrap()
+    );
+    assert_eq!(target.count_sealed().await.unwrap().under(1), 3);
+    let grant = target.grant("b").await.unwrap().unwrap();
+    assert!(matches!(
+        target
+            .record_refresh(
+                "b",
+                grant.version,
+                RefreshSuccess {
+                    access_token: SealedAccessToken {
+                        sealed: sealed(1, "at-b-new"),
+                        expires_at: t(7200),
+                    },
+                    refresh_token: None,
+                    scopes: None,
+                    at: t(30),
+                },
+            )
+            .await,
+        Err(StoreError::InactiveKey)
+    ));
 }

@@ -43,7 +43,7 @@ pub const OLDER_KINDS: [ExportKind; 6] = [
 /// and not, one whose user was deleted since (its `sub` names no user).
 pub fn queued_revocations() -> Vec<PendingRevocation> {
     let entry = |id: &str, sub: &str, kind, attempts: u32, error: Option<&str>| {
-        let mut token = vec![1, 0, 0, 0, 0x00, 0xff, 0xfe];
+        let mut token = vec![1, 0, 0, 0, 1, 0x00, 0xff, 0xfe];
         token.extend_from_slice(id.as_bytes());
         PendingRevocation {
             id: id.to_owned(),
