@@ -268,8 +268,10 @@ impl App {
         Ok(())
     }
 
-    /// The accounts a subject names. An unknown `sub` is still a target (a block must hold
-    /// for its first sign-in); an email no user has names none, and is audited as such.
+    /// The accounts a subject names: by `sub`, that account (an unknown `sub` is still a target:
+    /// a block must hold for its first sign-in); by email, the one user whose verified email it
+    /// is. An email no user has verified names none (audited `unknown_user`), and one that
+    /// several users have verified names none either (audited `ambiguous`).
     async fn targets(
         &self,
         event: &SecurityEvent,
@@ -283,19 +285,35 @@ impl App {
                     known,
                 }]
             }
-            Subject::Email(email) => self
-                .store()
-                .subs_by_email(email)
-                .await?
-                .into_iter()
-                .map(|sub| Target { sub, known: true })
-                .collect(),
+            Subject::Email(email) => {
+                // Only an address the provider verified names an account; and one address that
+                // several accounts held over time names none of them for sure.
+                let subs = self.store().subs_by_email(email).await?;
+                tracing::info!(jti = %event.jti, event = event.event.name(), matched = ?subs, "a security event named its subject by email: users with that verified email");
+                if subs.len() > 1 {
+                    self.done(
+                        event,
+                        None,
+                        format!(
+                            "the subject's email is the verified email of {} users ({}): none acted on",
+                            subs.len(),
+                            subs.join(", ")
+                        ),
+                        "ambiguous",
+                    )
+                    .await;
+                    return Ok(Vec::new());
+                }
+                subs.into_iter()
+                    .map(|sub| Target { sub, known: true })
+                    .collect()
+            }
         };
         if targets.is_empty() {
             self.done(
                 event,
                 None,
-                "no user has the subject's email".to_owned(),
+                "no user has the subject's email, verified".to_owned(),
                 "unknown_user",
             )
             .await;

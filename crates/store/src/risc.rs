@@ -59,8 +59,9 @@ pub trait RiscStore: Send + Sync {
     /// The block of `sub`, if one is held.
     async fn sign_in_block(&self, sub: &str) -> Result<Option<SignInBlock>>;
 
-    /// The users whose stored email is exactly `email`, ordered by `sub`, at most
-    /// [`MAX_SUBJECT_MATCHES`].
+    /// The users whose stored email is exactly `email` and was verified by the provider,
+    /// ordered by `sub`, at most [`MAX_SUBJECT_MATCHES`]. An unverified email proves nothing
+    /// of who holds the address, so it never names a user.
     async fn subs_by_email(&self, email: &str) -> Result<Vec<String>>;
     /// The users whose held refresh token has this fingerprint, ordered by `sub`, at most
     /// [`MAX_SUBJECT_MATCHES`]. A hash names one token; a prefix may name several.

@@ -879,3 +879,83 @@ async fn an_event_that_could_not_be_acted_on_is_not_taken_for_a_duplicate() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].outcome, "ok");
 }
+
+/// A user row written as a sign-in of `sub` with `email` would write it, `verified` or not.
+async fn user_with_email(r: &Risc, sub: &str, email: &str, verified: bool) {
+    let now = r.t.app.clock().now();
+    r.t.app
+        .store()
+        .record_sign_in(grantkeeper_store::SignIn {
+            profile: grantkeeper_core::UserProfile {
+                sub: sub.to_owned(),
+                email: Some(email.to_owned()),
+                email_verified: verified,
+                name: None,
+                picture: None,
+                given_name: None,
+                family_name: None,
+                locale: None,
+                hd: None,
+            },
+            granted_scopes: grantkeeper_core::Scopes::parse("openid email"),
+            refresh_token: None,
+            access_token: None,
+            at: now,
+        })
+        .await
+        .unwrap();
+}
+
+/// An event that names its subject by email acts only on the user whose verified email it is:
+/// not on a row that carries the address unverified, and on no one when several users have
+/// verified it (the address changed hands); the audit says which.
+#[tokio::test]
+async fn a_subject_by_email_acts_only_on_the_one_user_who_verified_it() {
+    let r = Risc::start().await;
+    let (ada, _) = r.sign_in("ada@example.com").await;
+    user_with_email(&r, "999000111", "ada@example.com", false).await;
+    let purged = r.sign(&r.claims(
+        &format!("{RISC}account-purged"),
+        json!({"subject": {"subject_type": "id_token_claims", "email": "ada@example.com"}}),
+    ));
+    assert_eq!(r.deliver(&purged).await.status, 202);
+    assert!(r.grant_state(&ada).await.is_none(), "ada is deleted");
+    assert!(
+        r.grant_state("999000111").await.is_some(),
+        "the unverified row is left alone"
+    );
+
+    // Two users verified one address over time: an event by that address acts on neither.
+    let (bo, _) = r.sign_in("bo@example.com").await;
+    user_with_email(&r, "999000222", "bo@example.com", true).await;
+    let revoked = r.sign(&r.claims(
+        &format!("{OAUTH}tokens-revoked"),
+        json!({"subject": {"subject_type": "id_token_claims", "email": "bo@example.com"}}),
+    ));
+    assert_eq!(r.deliver(&revoked).await.status, 202);
+    assert_eq!(
+        r.grant_state(&bo).await.unwrap().0,
+        GrantState::Active,
+        "bo's grant is left as it is"
+    );
+    let rows = r.audit().await;
+    let outcomes: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.action.as_str(),
+                row.sub.as_deref(),
+                row.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("account-purged", Some(ada.as_str()), "ok"),
+            ("tokens-revoked", None, "ambiguous"),
+        ]
+    );
+    assert!(rows[1].detail.contains("999000222"), "{}", rows[1].detail);
+    assert!(rows[1].detail.contains(&bo), "{}", rows[1].detail);
+}

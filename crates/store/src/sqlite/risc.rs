@@ -80,12 +80,14 @@ impl RiscStore for SqliteStore {
     }
 
     async fn subs_by_email(&self, email: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT sub FROM users WHERE email = ?1 ORDER BY sub LIMIT ?2")
-            .bind(email)
-            .bind(i64::from(MAX_SUBJECT_MATCHES))
-            .fetch_all(&self.read)
-            .await
-            .map_err(map_sqlx)?;
+        let rows = sqlx::query(
+            "SELECT sub FROM users WHERE email = ?1 AND email_verified = 1 ORDER BY sub LIMIT ?2",
+        )
+        .bind(email)
+        .bind(i64::from(MAX_SUBJECT_MATCHES))
+        .fetch_all(&self.read)
+        .await
+        .map_err(map_sqlx)?;
         rows.iter().map(|r| r.text("sub")).collect()
     }
 

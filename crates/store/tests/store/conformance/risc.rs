@@ -143,7 +143,7 @@ pub async fn sign_in_block_needs_no_user_and_outlives_one(store: SharedStore) {
 }
 
 pub async fn users_are_found_by_exact_email(store: SharedStore) {
-    for sub in ["u2", "u1", "u3"] {
+    for sub in ["u2", "u1", "u3", "u4"] {
         let mut s = sign_in(sub, OPENID_EMAIL, None, t(0));
         s.profile = profile(sub);
         s.profile.email = Some(if sub == "u3" {
@@ -152,6 +152,8 @@ pub async fn users_are_found_by_exact_email(store: SharedStore) {
             // Two accounts may have held one address over time.
             "shared@example.com".to_owned()
         });
+        // An address the provider did not verify names nobody.
+        s.profile.email_verified = sub != "u4";
         store.record_sign_in(s).await.unwrap();
     }
     assert_eq!(
