@@ -72,13 +72,28 @@ async fn check_data_key(
     Ok(())
 }
 
+/// `path`, created or emptied, readable and writable by its owner alone: an export holds the
+/// sealed tokens, the wrapped data keys and the API key hashes.
+fn private_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // A file that existed keeps its mode through open: narrow it too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to mode 0600", path.display()))?;
+    Ok(file)
+}
+
 pub async fn export(target: &Target, output: Option<PathBuf>) -> anyhow::Result<()> {
     let (store, _) = open_store(target).await?;
     let store = &store;
     let out: Box<dyn Write> = match &output {
-        Some(path) => Box::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        ),
+        Some(path) => Box::new(private_file(path)?),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(out);

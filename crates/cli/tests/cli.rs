@@ -120,6 +120,17 @@ fn sweep_lines(stdout: &str) -> (Vec<Value>, Value) {
     (lines, summary["summary"].clone())
 }
 
+/// Writes `text` to `path`, readable by its owner alone (as a master key file must be).
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -340,9 +351,15 @@ async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);
+    // A key file other users may read is refused, saying how to fix it.
     std::fs::write(
         dir.path().join("master.key"),
         "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path().join("master.key"),
+        std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
     std::fs::write(
@@ -355,11 +372,25 @@ async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
         ),
     )
     .unwrap();
-    let serve = start(&[
-        "serve",
-        "--config",
-        dir.path().join("grantkeeper.toml").to_str().unwrap(),
-    ]);
+    let config = dir.path().join("grantkeeper.toml");
+    let (ok, text) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("vault.master_key_file")
+            && text.contains("(mode 0644)")
+            && text.contains("chmod 600"),
+        "{text}"
+    );
+    assert!(!dir.path().join("gk.db").exists(), "nothing was started");
+    std::fs::set_permissions(
+        dir.path().join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let serve = start(&["serve", "--config", config.to_str().unwrap()]);
+    for file in ["gk.db", "gk.db-wal", "gk.db-shm"] {
+        assert_eq!(mode_of(&dir.path().join(file)), 0o600, "{file}");
+    }
     let http = client();
     assert_eq!(
         http.get(format!("{}/readyz", serve.url))
@@ -674,4 +705,40 @@ async fn an_interrupted_sweep_resumes() {
         .await
         .unwrap();
     assert_eq!(stats["refreshes"], 40);
+}
+
+/// An export holds every sealed token and wrapped key: it is written readable by its owner
+/// alone, a file it replaces too.
+#[test]
+fn an_export_is_readable_by_its_owner_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    drop(start(&[
+        "dev",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_arg,
+    ]));
+    let fresh = dir.path().join("fresh.jsonl");
+    let replaced = dir.path().join("replaced.jsonl");
+    std::fs::write(&replaced, "old\n").unwrap();
+    std::fs::set_permissions(&replaced, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for output in [&fresh, &replaced] {
+        let (ok, text) = run(&[
+            "export",
+            "--output",
+            output.to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+        ]);
+        assert!(ok, "{text}");
+        assert_eq!(mode_of(output), 0o600, "{}", output.display());
+        assert!(
+            std::fs::read_to_string(output)
+                .unwrap()
+                .contains("data_key")
+        );
+    }
 }

@@ -440,12 +440,38 @@ fn without_source_lines(message: &str) -> String {
     kept
 }
 
+/// Refuses a master key file that the group or other users may read or write, as ssh refuses
+/// such a private key: whoever reads it and the database has every token.
+fn refuse_shared_key_file(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    // A file that cannot be read says so when it is read, just after.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            "vault.master_key_file",
+            format!(
+                "{} may be read by other users of this machine (mode {mode:04o})",
+                path.display()
+            ),
+            format!(
+                "run `chmod 600 {}` (owner read and write only)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The master key's text, from the environment or the key file.
 pub fn master_key(vault: &VaultSection, base: &Path) -> Result<MasterKey, ConfigError> {
     let text = match (&vault.master_key, &vault.master_key_file) {
         (Some(k), _) => k.clone(),
         (None, Some(file)) => {
             let path = base.join(file);
+            refuse_shared_key_file(&path)?;
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 err(
                     "vault.master_key_file",
@@ -924,6 +950,29 @@ mod tests {
         }
         let e = load("[limits]\nauthcode_per_hour = 5\n").unwrap_err();
         assert!(e.to_string().contains("authcode_per_hour"), "{e}");
+    }
+
+    #[test]
+    fn a_master_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, MasterKey::generate_base64().expose_secret()).unwrap();
+        let section = VaultSection {
+            master_key_file: Some(PathBuf::from("master.key")),
+            ..VaultSection::default()
+        };
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = master_key(&section, dir.path()).unwrap_err();
+            assert_eq!(e.key, "vault.master_key_file", "{e}");
+            assert!(e.problem.contains(&format!("(mode {mode:04o})")), "{e}");
+            assert!(e.fix.contains("chmod 600"), "{e}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(master_key(&section, dir.path()).is_ok(), "{mode:o}");
+        }
     }
 
     #[test]

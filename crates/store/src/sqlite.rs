@@ -189,6 +189,7 @@ impl SqliteStore {
                 write: pool,
             }
         } else {
+            create_private(options.get_filename())?;
             let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal);
@@ -257,6 +258,40 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx)?;
         Ok(())
+    }
+}
+
+/// Creates the database file, empty, readable and writable by its owner alone (0600), unless it
+/// exists: it holds sealed tokens, API key hashes and the wrapped data keys. SQLite gives the
+/// `-wal` and `-shm` files it makes beside it the same mode. An existing file that other local
+/// users may read is left as it is (the operator chose its mode) and named in a warning.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the SQLite database is readable by other local users: `chmod 600` it and \
+                     its -wal and -shm files"
+                );
+            }
+            Ok(())
+        }
+        // SQLite says the same, in its words, when it cannot create the file either.
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create the database file {}: {e}",
+            path.display()
+        ))),
     }
 }
 

@@ -3,7 +3,7 @@
 //! moving a deployment between stores.
 
 use super::keys::{FAST_RELOAD, keep_signing_in};
-use super::{BIN, client, run, run_with_env, start};
+use super::{BIN, client, run, run_with_env, start, write_private};
 use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -17,11 +17,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A standalone emulator and a config file pointing a deployment at `store_url`.
 pub(crate) fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
-    std::fs::write(
-        dir.join("master.key"),
+    write_private(
+        &dir.join("master.key"),
         "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
-    )
-    .unwrap();
+    );
     let config = dir.join(format!(
         "grantkeeper-{}.toml",
         NEXT.fetch_add(1, Ordering::SeqCst)

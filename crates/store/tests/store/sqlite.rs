@@ -494,3 +494,26 @@ async fn concurrent_writes_committed_together_keep_their_own_outcomes() {
     }
     drop(dir);
 }
+
+/// The database file, and the -wal and -shm files SQLite makes beside it, are readable by
+/// their owner alone, whatever the process's umask lets new files be.
+#[tokio::test]
+async fn a_new_database_and_its_wal_and_shm_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&url_of(&path)).await.unwrap();
+    store
+        .record_sign_in(sign_in(
+            "private",
+            OPENID_EMAIL,
+            Some(refresh("private")),
+            t(0),
+        ))
+        .await
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+    }
+}
