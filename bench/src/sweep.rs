@@ -81,7 +81,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 .json()
                 .await?;
             let code = SecretString::from(code["code"].as_str().context("no code")?.to_owned());
-            app.sign_in(&code, Platform::Web)
+            app.sign_in(&code, Platform::Web, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             anyhow::Ok(())

@@ -556,10 +556,13 @@ fn popup(message: &serde_json::Value, origin: &str) -> Response {
 }
 
 /// Compact enough for Google Identity Services' 500x600 popup; the buttons stay in view at the
-/// bottom of the window whatever its height, as Google's consent screen keeps them.
+/// bottom of the window whatever its height (the choices scroll above them), as Google's
+/// consent screen keeps them.
 const STYLE: &str = "<style>\
 body{font:15px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;background:#f1f3f4;margin:0;color:#202124}\
-main{max-width:34rem;margin:1rem auto 0;background:#fff;border:1px solid #dadce0;border-radius:8px 8px 0 0;\
+form{display:flex;flex-direction:column;height:100vh;box-sizing:border-box;padding:1rem 0}\
+form main{flex:1 1 auto;overflow:auto;width:100%}\
+main{max-width:34rem;margin:0 auto;background:#fff;border:1px solid #dadce0;border-radius:8px 8px 0 0;\
 padding:1rem 1.25rem .25rem;word-wrap:break-word;overflow-wrap:anywhere;box-sizing:border-box}\
 .brand{font-size:1.1rem;margin:0 0 .4rem}.brand span{font-size:.8rem;color:#5f6368}\
 h1{font-size:1.2rem;font-weight:400;margin:.2rem 0}.client{color:#5f6368;font-size:.75rem;word-break:break-all;margin:.2rem 0 .5rem}\
@@ -569,11 +572,11 @@ label{display:block;margin:.25rem 0}.account,li label{display:flex;align-items:b
 ul{list-style:none;padding:0;margin:0}\
 li{margin:.3rem 0}li small{display:block;color:#5f6368;font-size:.75rem;margin-left:1.6rem;word-break:break-all}\
 .other input{width:100%;box-sizing:border-box;padding:.35rem;font:inherit}\
-.buttons{position:sticky;bottom:0;display:flex;flex-direction:row-reverse;gap:.6rem;max-width:34rem;margin:0 auto 1rem;\
+.buttons{flex:none;display:flex;flex-direction:row-reverse;gap:.6rem;width:100%;max-width:34rem;margin:0 auto;\
 padding:.6rem 1.25rem;background:#fff;border:1px solid #dadce0;border-top-color:#e8eaed;border-radius:0 0 8px 8px;box-sizing:border-box}\
 button{padding:.45rem 1.4rem;min-height:2.5rem;border-radius:4px;border:1px solid #dadce0;background:#fff;font-size:.95rem}\
 #allow{background:#1a73e8;border-color:#1a73e8;color:#fff}.error{color:#d93025}\
-@media (max-width:36rem){main{margin:0;border:0;border-radius:0}.buttons{margin:0;border-width:1px 0 0;border-radius:0}}\
+@media (max-width:36rem){form{padding:0}main{margin:0;border:0;border-radius:0}.buttons{margin:0;border-width:1px 0 0;border-radius:0}}\
 </style>";
 
 #[cfg(test)]

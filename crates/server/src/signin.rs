@@ -63,13 +63,16 @@ impl Platform {
 
 impl App {
     /// Exchanges a one-time code from `platform`, verifies its ID token, and records the user
-    /// and grant. Every sign-in is counted in the metrics with its outcome.
+    /// and grant. With `expected_sub` (incremental authorization for a signed-in user), a code
+    /// of another account is refused with `forbidden` and nothing is recorded. Every sign-in
+    /// is counted in the metrics with its outcome.
     pub async fn sign_in(
         &self,
         code: &SecretString,
         platform: Platform,
+        expected_sub: Option<&str>,
     ) -> Result<SignInOutcome, ApiError> {
-        let result = self.exchange_and_record(code, platform).await;
+        let result = self.exchange_and_record(code, platform, expected_sub).await;
         let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
         self.metrics().sign_in(outcome, platform.as_str());
         result
@@ -79,6 +82,7 @@ impl App {
         &self,
         code: &SecretString,
         platform: Platform,
+        expected_sub: Option<&str>,
     ) -> Result<SignInOutcome, ApiError> {
         let settings = self.settings();
         let redirect_uri = match platform {
@@ -93,19 +97,34 @@ impl App {
             .exchange_code(code, redirect_uri)
             .await
             .map_err(exchange_error)?;
-        let id_token = tokens.id_token.as_ref().ok_or_else(|| {
-            ApiError::InvalidRequest(
+        let Some(id_token) = tokens.id_token.as_ref() else {
+            if expected_sub.is_some() {
+                // The expected user signed in here with an identity scope, which an
+                // incremental code of theirs carries again: this is another account, one that
+                // never signed in here.
+                self.drop_tokens_of_another_account(None, tokens.refresh_token.as_ref())
+                    .await;
+                return Err(another_account());
+            }
+            return Err(ApiError::InvalidRequest(
                 "the code carries no identity scope, so the user cannot be identified: \
                  request openid, email or profile with it"
                     .to_owned(),
-            )
-        })?;
+            ));
+        };
         let claims = self
             .provider()
             .verify_id_token(id_token)
             .await
             .map_err(id_token_error)?;
         self.refuse_blocked_sign_in(&claims.sub).await?;
+        if let Some(expected) = expected_sub
+            && expected != claims.sub
+        {
+            self.drop_tokens_of_another_account(Some(&claims.sub), tokens.refresh_token.as_ref())
+                .await;
+            return Err(another_account());
+        }
         let profile = claims.profile();
         let mut vault = self.vault();
         let mut refused = false;
@@ -171,6 +190,55 @@ impl App {
             access_token: Some(access_token),
             at: self.clock().now(),
         })
+    }
+}
+
+/// The refusal of a code of another account than the expected one.
+fn another_account() -> ApiError {
+    ApiError::Forbidden(
+        "the code is for another Google account than the one it was asked for; nothing was \
+         changed: choose the signed-in account in Google's window"
+            .to_owned(),
+    )
+}
+
+impl App {
+    /// A code for the wrong account was exchanged all the same (a code is spent by its
+    /// exchange): its refresh token is not kept. When no grant of that account is held here
+    /// (`sub` None: an account that never signed in here), it is revoked at Google, so that
+    /// the account's next sign-in is a first consent again; when one is held, revoking would
+    /// end that grant too (Google revokes whole grants), so the token is only dropped.
+    async fn drop_tokens_of_another_account(
+        &self,
+        sub: Option<&str>,
+        refresh_token: Option<&SecretString>,
+    ) {
+        let Some(refresh_token) = refresh_token else {
+            return;
+        };
+        let held = match sub {
+            None => Ok(false),
+            Some(sub) => self
+                .store()
+                .grant(sub)
+                .await
+                .map(|grant| grant.is_some_and(|g| g.refresh_token.is_some())),
+        };
+        // Unknown: leave Google's grant alone rather than risk one that is held.
+        let held = held.unwrap_or(true);
+        let sub = sub.unwrap_or("(not identified)");
+        if held {
+            tracing::info!(%sub, "a code for another account was refused; its grant is held here, so its new token is only dropped");
+            return;
+        }
+        match self.provider().revoke(refresh_token).await {
+            Ok(()) => {
+                tracing::info!(%sub, "a code for another account was refused and its grant revoked at Google")
+            }
+            Err(e) => {
+                tracing::warn!(%sub, error = %e, "a code for another account was refused; its grant could not be revoked at Google")
+            }
+        }
     }
 }
 

@@ -10,10 +10,10 @@ use crate::app::App;
 use crate::error::{ApiError, exchange_error};
 use axum::Router;
 use axum::extract::State;
-use axum::http::HeaderValue;
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
 };
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use grantkeeper_core::scopes::DRIVE_APPDATA;
@@ -32,7 +32,12 @@ pub fn routes() -> Router<App> {
         .route("/", get(index))
         .route("/web/app.js", get(script))
         .route("/web/app.css", get(style))
+        .route("/favicon.ico", get(icon))
 }
+
+/// The page's icon, also at `/favicon.ico`, which browsers ask for by themselves (from the
+/// consent popup too).
+const ICON: &str = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'><rect width='32' height='32' rx='7' fill='#0b57d0'/><path d='M10 15v-3a6 6 0 0 1 12 0v3' fill='none' stroke='#fff' stroke-width='2.5'/><rect x='8' y='15' width='16' height='11' rx='2' fill='#fff'/></svg>";
 
 /// The Identity Services script for the configured provider.
 pub fn gsi_script_url(issuer: &Url, google: bool) -> String {
@@ -67,7 +72,7 @@ fn content_security_policy(gsi: &str, google: bool) -> String {
     )
 }
 
-async fn index(State(app): State<App>) -> Result<Response, ApiError> {
+async fn index(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     // The discovery document also proves the provider reachable before the page promises a
     // working button.
     app.provider().discovery().await.map_err(exchange_error)?;
@@ -84,6 +89,9 @@ async fn index(State(app): State<App>) -> Result<Response, ApiError> {
         // Google's part (revoke a grant as a password change would).
         "emulator_control": (app.dev_mode() && !google)
             .then(|| format!("{}/_emulator", provider.issuer.as_str().trim_end_matches('/'))),
+        // Whether this browser has a live session: a signed-out load then asks nothing of
+        // `/me` (whose 401 a browser logs as an error).
+        "signed_in": app.session_user(&headers).await.is_ok(),
     });
     // `<` is escaped so that no value can close the script element.
     let config = config.to_string().replace('<', "\\u003c");
@@ -124,6 +132,10 @@ async fn script() -> Response {
 
 async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }
 
 #[cfg(test)]

@@ -129,6 +129,8 @@ pub(crate) fn gate(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 #[derive(Deserialize, Default)]
 struct PlatformQuery {
     platform: Option<String>,
+    /// Incremental authorization for a signed-in user: the code must be this account's.
+    sub: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -263,7 +265,8 @@ async fn authcode(
     let kind = body_kind(&headers)?;
     let body = read_body(body, BODY_LIMIT).await?;
     let (code, platform) = parse_authcode(kind, &body, query.platform)?;
-    let outcome = app.sign_in(&code, platform).await?;
+    let expected = query.sub.as_deref().filter(|s| !s.is_empty());
+    let outcome = app.sign_in(&code, platform, expected).await?;
     let sub = &outcome.user.profile.sub;
     let detail = format!("{} {}", platform.as_str(), outcome.grant.scopes);
     let result = if outcome.grant.needs_consent() {

@@ -37,7 +37,7 @@ fn csrf_field(html: &str) -> String {
 
 /// The rows of the users table, as `(sub, state)`.
 fn rows(html: &str) -> Vec<(String, String)> {
-    html.split(r#"<tr data-sub=""#)
+    html.split(r#"<tr class="linked" data-sub=""#)
         .skip(1)
         .map(|rest| {
             let sub = rest.split('"').next().unwrap().to_owned();
@@ -73,7 +73,7 @@ fn assert_console_headers(a: &Answer) {
     };
     assert_eq!(
         h("content-security-policy"),
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data: https:; form-action 'self'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data: https:; form-action 'self'; frame-ancestors 'none'"
     );
     assert_eq!(h("cache-control"), "no-store");
     assert_eq!(h("x-frame-options"), "DENY");
@@ -244,6 +244,18 @@ async fn sign_in_with_a_users_read_key_and_out() {
         .await;
     assert_eq!(out.status, 303, "{}", out.text);
     assert!(set_cookie(&out, "gk_admin").unwrap().contains("Max-Age=0"));
+    // The sign-in form it leads to says that it happened.
+    let location = out.headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, "/admin?signed-out=1");
+    let told = t.admin_get(&location, None).await;
+    assert!(
+        told.text.contains(
+            r#"<div class="alert ok" role="status" id="login-note"><p>You signed out of the console.</p></div>"#
+        ),
+        "{}",
+        told.text
+    );
+    assert!(told.text.contains(r#"id="api-key""#));
     assert!(
         store
             .admin_session(&hash_key(&secret), now)
@@ -499,9 +511,13 @@ async fn the_users_list_shows_states_and_searches() {
     assert!(page.text.contains(
         r#"<span title="https://www.googleapis.com/auth/drive.appdata">drive.appdata</span>"#
     ));
+    // The user's name leads to their page (and the link's area covers the row).
     assert!(
+        page.text.contains(&format!(
+            r#"<a class="row-link" href="/admin/users/{alice}">Alice Smith</a>"#
+        )),
+        "{}",
         page.text
-            .contains(&format!(r#"<a href="/admin/users/{alice}">{alice}</a>"#))
     );
     for label in [
         r#"<label for="q">"#,
@@ -627,23 +643,23 @@ async fn a_users_page_shows_the_grant_history_and_audit_trail() {
     let text = &page.text;
     assert!(text.contains(r#"<h1 id="user""#));
     assert!(text.contains("history@example.com (verified)"));
-    assert!(text.contains(r#"<table id="history">"#));
+    assert!(text.contains(r#"<table id="history" class="cards">"#));
     assert!(
-        text.contains(r#"<td>(new)</td><td><span class="badge active">active</span></td>"#),
+        text.contains(r#"<td class="nowrap" data-label="From">(new)</td><td class="lead nowrap" data-label="To"><span class="badge active">active</span></td>"#),
         "{text}"
     );
     assert!(text.contains("held (sealed)"));
     // Newest first: the last probe row leads, the token hand-out is on the next page.
     assert!(text.contains("row 54"));
-    assert!(!text.contains("<td>token</td>"));
+    assert!(!text.contains(r#"data-label="Action">token</td>"#));
     assert_eq!(text.matches("<tr data-audit=").count(), 50);
     let older = link(text, "older-audit").expect("older entries");
     let second = t.admin_get(&older, Some(&c.cookie)).await;
     assert_eq!(second.status, 200);
     assert!(
-        second
-            .text
-            .contains(&format!("<td>{key_id}</td><td>token</td>")),
+        second.text.contains(&format!(
+            r#"<td data-label="Who">{key_id}</td><td data-label="Action">token</td>"#
+        )),
         "{}",
         second.text
     );
@@ -701,9 +717,10 @@ async fn revoking_from_the_console_needs_users_write() {
     let page = t
         .admin_get(&format!("/admin/users/{sub}"), Some(&writer.cookie))
         .await;
+    // Revoking asks once: the form is behind a disclosure that names the user.
     assert!(page.text.contains(&format!(
-        r#"<form method="post" action="/admin/users/{sub}/revoke">"#
-    )));
+        r#"<details class="confirm" id="revoke-confirm"><summary id="revoke-ask">Revoke grant…</summary><form method="post" action="/admin/users/{sub}/revoke"><p>Revoke the grant of revoke.me@example.com? Revokes the grant at Google"#
+    )), "{}", page.text);
     assert!(
         page.text
             .contains(r#"<button type="submit" id="revoke" class="danger">"#)
@@ -723,7 +740,29 @@ async fn revoking_from_the_console_needs_users_write() {
     assert_eq!(t.grant_state(&sub).await, GrantState::Revoked);
     assert_eq!(t.stats().await["revocations"], 1);
     let after = t.admin_get(&location, Some(&writer.cookie)).await;
-    assert!(after.text.contains(r#"id="flash""#));
+    assert!(after.text.contains(
+        "Revoked: Google confirmed the revocation, and the grant is marked revoked here."
+    ));
+    // A revoked grant is not offered for revoking again; a stale form changes nothing.
+    assert!(!after.text.contains(r#"id="revoke""#));
+    assert!(
+        after
+            .text
+            .contains("The grant is revoked: the app must ask the user")
+    );
+    let again = t
+        .admin_post(
+            &format!("/admin/users/{sub}/revoke"),
+            Some(&writer.cookie),
+            &[("csrf", &writer.csrf)],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        again.headers["location"].to_str().unwrap(),
+        format!("/admin/users/{sub}?revoked=already")
+    );
+    assert_eq!(t.stats().await["revocations"], 1);
     assert!(
         after
             .text
@@ -732,14 +771,49 @@ async fn revoking_from_the_console_needs_users_write() {
     let reason = format!("revoked by an operator in the console (key {key_id})");
     assert!(
         after.text.contains(&format!(
-            r#"<td><span class="badge active">active</span></td><td><span class="badge revoked">revoked</span></td><td class="wrap">{reason}</td>"#
+            r#"<td class="nowrap" data-label="From"><span class="badge active">active</span></td><td class="lead nowrap" data-label="To"><span class="badge revoked">revoked</span></td><td class="wrap" data-label="Reason">{reason}</td>"#
         )),
         "{}",
         after.text
     );
     assert!(after.text.contains(&format!(
-        "<td>{key_id}</td><td>revoke</td><td class=\"wrap\">console</td><td>ok</td>"
-    )));
+        r#"<td data-label="Who">{key_id}</td><td data-label="Action">revoke</td><td class="wrap" data-label="Detail">console</td><td class="lead" data-label="Outcome">ok</td>"#
+    )), "{}", after.text);
+    // A grant whose tokens are gone already is marked revoked here, and the page says that
+    // nothing was revoked at Google.
+    let other = t.signed_in("tokenless@example.com").await;
+    t.app
+        .store()
+        .update_grant_state(
+            &other,
+            None,
+            StateUpdate {
+                state: GrantState::NeedsConsent,
+                reason: "tokens lost in a test".into(),
+                error: None,
+                drop_tokens: true,
+                at: t.app.clock().now(),
+            },
+        )
+        .await
+        .unwrap();
+    let a = t
+        .admin_post(
+            &format!("/admin/users/{other}/revoke"),
+            Some(&writer.cookie),
+            &[("csrf", &writer.csrf)],
+            &[],
+        )
+        .await;
+    let location = a.headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/admin/users/{other}?revoked=local"));
+    let told = t.admin_get(&location, Some(&writer.cookie)).await;
+    assert!(told.text.contains(
+        "Marked revoked here. No token was held, so there was nothing to revoke at Google."
+    ));
+    assert_eq!(t.grant_state(&other).await, GrantState::Revoked);
+    assert_eq!(t.stats().await["revocations"], 1);
+
     // The app's services see it revoked.
     let token_key = t.api_key(&[Token]).await;
     t.v1(
@@ -793,7 +867,7 @@ async fn revoking_while_google_is_unavailable_revokes_here_and_queues_it() {
     assert!(
         after
             .text
-            .contains(r#"<td>revoke</td><td class="wrap">console</td><td>queued</td>"#),
+            .contains(r#"<td data-label="Action">revoke</td><td class="wrap" data-label="Detail">console</td><td class="lead" data-label="Outcome">queued</td>"#),
         "{}",
         after.text
     );

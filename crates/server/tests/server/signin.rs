@@ -294,3 +294,84 @@ async fn health_readiness_and_unknown_routes() {
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.body["error"], "invalid_request");
 }
+
+/// Incremental authorization names the signed-in user (`?sub=`): a code that Google's window
+/// returned for another account is refused, and nothing of it is kept.
+#[tokio::test]
+async fn a_code_for_another_account_than_the_expected_one_is_refused() {
+    let t = TestApp::start().await;
+    let alice = t.signed_in("alice@example.com").await;
+    let carol = t.signed_in("carol@example.com").await;
+    // Bob, unknown here: refused, not created, and his new grant revoked at Google.
+    let revocations = t.stats().await["revocations"].as_u64().unwrap();
+    let refused = incremental(
+        &t,
+        format!("?sub={alice}"),
+        t.web_code("bob@example.com").await,
+    )
+    .await;
+    refused.assert_error(403, "forbidden");
+    assert!(refused.session_cookie().is_none(), "no session for bob");
+    let listed = t
+        .app
+        .store()
+        .subs_by_email("bob@example.com")
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "bob was not recorded: {listed:?}");
+    assert_eq!(t.stats().await["revocations"], revocations + 1);
+
+    // Dan, who never signed in here, grants Drive alone: no ID token says who he is, but the
+    // expected user's code would carry one (her grant has identity scopes). Refused, revoked.
+    let refused = incremental(
+        &t,
+        format!("?sub={alice}"),
+        t.mint(Code {
+            scope: DRIVE_APPDATA,
+            ..Code::web("dan@example.com")
+        })
+        .await,
+    )
+    .await;
+    refused.assert_error(403, "forbidden");
+    assert_eq!(t.stats().await["revocations"], revocations + 2);
+    let revocations = revocations + 1;
+
+    // Carol, whose grant is held here: refused, and her held grant left alone.
+    let held = t.held_refresh_token(&carol).await.unwrap();
+    let refused = incremental(
+        &t,
+        format!("?sub={alice}"),
+        t.mint(Code {
+            prompt: Some("consent"),
+            ..Code::web("carol@example.com")
+        })
+        .await,
+    )
+    .await;
+    refused.assert_error(403, "forbidden");
+    assert_eq!(t.stats().await["revocations"], revocations + 1);
+    assert_eq!(t.held_refresh_token(&carol).await.unwrap(), held);
+
+    // Alice's own code goes through.
+    let ok = incremental(
+        &t,
+        format!("?sub={alice}"),
+        t.web_code("alice@example.com").await,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.body["user"]["sub"], alice.as_str());
+}
+
+/// The web client's call for incremental authorization of a signed-in user.
+async fn incremental(t: &TestApp, query: String, code: String) -> super::harness::Answer {
+    let origin = t.url.clone();
+    t.post_authcode(
+        &query,
+        Some("application/octet-stream"),
+        &[("x-requested-with", "XmlHttpRequest"), ("origin", &origin)],
+        code.into_bytes(),
+    )
+    .await
+}

@@ -66,6 +66,48 @@ impl Range {
         }
     }
 
+    /// A bucket's start as the charts' descriptions name it.
+    fn bucket_label(self, t: OffsetDateTime) -> String {
+        let format = match self {
+            Range::Week => {
+                format_description!("[month repr:short] [day padding:none] [hour]:[minute]")
+            }
+            _ => format_description!("[hour]:[minute]"),
+        };
+        t.format(format).unwrap_or_default()
+    }
+
+    /// The buckets the time axis may label: every 10 minutes of the hour, every 4 hours of the
+    /// day (both with the latest bucket), each midnight of the week.
+    fn ticks(self, starts: &[OffsetDateTime]) -> Vec<(usize, String)> {
+        let mut ticks: Vec<(usize, String)> = starts
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| match self {
+                Range::Hour => t.minute() % 10 == 0,
+                Range::Day => t.minute() == 0 && t.hour() % 4 == 0,
+                Range::Week => t.hour() == 0,
+            })
+            .map(|(i, t)| {
+                let label = match self {
+                    Range::Week => {
+                        t.format(format_description!("[month repr:short] [day padding:none]"))
+                    }
+                    _ => t.format(format_description!("[hour]:[minute]")),
+                };
+                (i, label.unwrap_or_default())
+            })
+            .collect();
+        if self != Range::Week
+            && let Some(last) = starts.len().checked_sub(1)
+            && ticks.last().is_none_or(|(i, _)| *i != last)
+            && let Some(t) = starts.get(last)
+        {
+            ticks.push((last, self.bucket_label(*t)));
+        }
+        ticks
+    }
+
     fn per(self) -> &'static str {
         match self {
             Range::Hour => "per minute",
@@ -181,7 +223,7 @@ pub fn warning_tallies(points: &[ActivityPoint]) -> [WarningTally; 3] {
 }
 
 /// The warnings section: one row per kind, the ones seen first-class, with what to do.
-fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
+fn warnings_section(tallies: &[WarningTally; 3], per_range: &str, now: OffsetDateTime) -> String {
     let mut out = String::new();
     let seen = tallies.iter().filter(|t| t.count > 0).count();
     let _ = write!(
@@ -189,7 +231,7 @@ fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
         r#"<section id="warnings" aria-labelledby="warnings-title">
 <h2 id="warnings-title">Warnings</h2>
 <p class="muted">{}</p>
-<div class="scroll"><table id="warnings-table"><thead><tr><th scope="col">Warning</th><th scope="col">In the last {}</th><th scope="col">Last</th><th scope="col">What to do</th></tr></thead><tbody>"#,
+<div class="scroll"><table id="warnings-table" class="cards"><thead><tr><th scope="col">Warning</th><th scope="col">In the last {}</th><th scope="col">Last</th><th scope="col">What to do</th></tr></thead><tbody>"#,
         if seen == 0 {
             "Nothing to act on in this range."
         } else {
@@ -200,7 +242,7 @@ fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
     for (warning, tally) in Warning::ALL.iter().zip(tallies) {
         let _ = write!(
             out,
-            r#"<tr data-warning="{kind}" data-count="{count}"{class}><td class="wrap">{title}</td><td>{count}</td><td>{last}</td><td class="wrap">{advice}</td></tr>"#,
+            r#"<tr data-warning="{kind}" data-count="{count}"{class}><td class="lead wrap" data-label="Warning">{title}</td><td data-label="Count">{count}</td><td class="nowrap" data-label="Last">{last}</td><td class="wrap" data-label="What to do">{advice}</td></tr>"#,
             kind = warning.kind(),
             count = tally.count,
             class = if tally.count > 0 {
@@ -209,7 +251,7 @@ fn warnings_section(tallies: &[WarningTally; 3], per_range: &str) -> String {
                 ""
             },
             title = esc(warning.title()),
-            last = esc(&html::utc_or_never(tally.last)),
+            last = html::time_or_never(tally.last, now),
             advice = esc(warning.advice()),
         );
     }
@@ -247,26 +289,18 @@ pub async fn activity(
     if let Err(e) = app.flush_activity().await {
         tracing::warn!(error = %e, "could not write activity before charting it");
     }
-    let (start, end) = window(range, app.clock().now());
+    let now = app.clock().now();
+    let (start, end) = window(range, now);
     let points = app.store().activity(start, end).await?;
     let by_state = app.store().count_grants_by_state().await?;
     let b = bucketize(&points, start, range.bucket_secs(), range.buckets());
-    let warnings = warnings_section(&warning_tallies(&points), range.label());
+    let warnings = warnings_section(&warning_tallies(&points), range.label(), now);
 
     let starts: Vec<OffsetDateTime> = (0..range.buckets())
         .map(|i| start + Duration::seconds(range.bucket_secs() * i as i64))
         .collect();
-    let short: Vec<String> = starts
-        .iter()
-        .map(|t| match range {
-            Range::Week => t
-                .format(format_description!("[month]-[day] [hour]:[minute]"))
-                .unwrap_or_default(),
-            _ => t
-                .format(format_description!("[hour]:[minute]"))
-                .unwrap_or_default(),
-        })
-        .collect();
+    let short: Vec<String> = starts.iter().map(|t| range.bucket_label(*t)).collect();
+    let ticks = range.ticks(&starts);
     let full: Vec<String> = starts.iter().map(|t| html::utc(*t)).collect();
 
     let activity_lines = [
@@ -300,8 +334,10 @@ pub async fn activity(
         id: "chart-activity",
         title: "Sign-ins, token hand-outs and refreshes",
         unit: per,
+        axis_unit: per,
         totals: true,
         x_labels: &short,
+        ticks: &ticks,
         lines: &activity_lines,
     };
     let latency_lines = [
@@ -333,8 +369,10 @@ pub async fn activity(
         id: "chart-latency",
         title: "Refresh latency (ms)",
         unit: &latency_unit,
+        axis_unit: "ms",
         totals: false,
         x_labels: &short,
+        ticks: &ticks,
         lines: &latency_lines,
     };
     let bars: Vec<Bar<'_>> = by_state
@@ -364,10 +402,10 @@ pub async fn activity(
     let _ = write!(
         body,
         r#"</nav>
-<p class="muted">From {} to {}, {}, across every instance sharing this store. Latency covers every refresh attempt, failed ones too.</p>
+<p class="muted">From {} to {}, {}, across every instance sharing this store; times on the charts are UTC. Latency covers every refresh attempt, failed ones too.</p>
 <div class="charts">
 <figure><figcaption>Sign-ins, token hand-outs and refreshes</figcaption>{}{}</figure>
-<figure><figcaption>Refresh latency</figcaption>{}{}</figure>
+<figure><figcaption>Refresh latency (milliseconds)</figcaption>{}{}</figure>
 <figure><figcaption>Grants by state (now)</figcaption>{}</figure>
 </div>
 {}"#,

@@ -211,14 +211,26 @@ pub async fn read_form<T: DeserializeOwned>(
         .map_err(|_| ApiError::InvalidRequest("The form could not be read.".to_owned()).into())
 }
 
-/// The sign-in page, with `message` (why the last attempt failed, or why the session ended).
-/// It (re)sets the double-submit cookie, keeping a value the browser already holds so that
-/// two open tabs both work, and clears a dead session cookie when asked.
+/// What the sign-in page says above its form.
+#[derive(Clone, Copy)]
+pub enum LoginNote<'a> {
+    /// Why the last attempt failed, or why the session ended.
+    Problem(&'a str),
+    /// What just happened, as it should (the operator signed out).
+    Done(&'a str),
+}
+
+/// What the sign-in page says after the operator signed out.
+pub const SIGNED_OUT: &str = "You signed out of the console.";
+
+/// The sign-in page, with its note. It (re)sets the double-submit cookie, keeping a value the
+/// browser already holds so that two open tabs both work, and clears a dead session cookie
+/// when asked.
 pub fn login_page(
     app: &App,
     headers: &HeaderMap,
     status: StatusCode,
-    message: Option<&str>,
+    note: Option<LoginNote<'_>>,
     clear_session: bool,
 ) -> Response {
     let token = cookie(headers, LOGIN_CSRF_COOKIE)
@@ -228,14 +240,17 @@ pub fn login_page(
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .unwrap_or_else(grantkeeper_core::random::token::<32>);
-    let alert = message
-        .map(|m| {
-            format!(
-                r#"<div class="alert error" role="alert" id="login-error"><p>{}</p></div>"#,
-                esc(m)
-            )
-        })
-        .unwrap_or_default();
+    let alert = match note {
+        Some(LoginNote::Problem(m)) => format!(
+            r#"<div class="alert error" role="alert" id="login-error"><p>{}</p></div>"#,
+            esc(m)
+        ),
+        Some(LoginNote::Done(m)) => format!(
+            r#"<div class="alert ok" role="status" id="login-note"><p>{}</p></div>"#,
+            esc(m)
+        ),
+        None => String::new(),
+    };
     let body = format!(
         r#"<div class="login">
 <h1>Sign in</h1>
@@ -298,7 +313,7 @@ pub async fn login(
             &app,
             &headers,
             StatusCode::UNAUTHORIZED,
-            Some(message),
+            Some(LoginNote::Problem(message)),
             false,
         ))
     };
@@ -374,7 +389,8 @@ pub async fn logout(
             .await?;
         tracing::info!(key_id = %operator.key_id, "console session ended by its operator");
     }
-    let mut response = see_other("/admin");
+    // The sign-in page says it happened.
+    let mut response = see_other("/admin?signed-out=1");
     response
         .headers_mut()
         .append(SET_COOKIE, set_cookie(&app, SESSION_COOKIE, "", 0));

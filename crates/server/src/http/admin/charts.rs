@@ -7,26 +7,30 @@ use super::html::esc;
 use std::fmt::Write;
 
 /// The drawing's coordinate system; the SVG scales to its container's width. Narrow enough
-/// that its text stays readable on a phone (about 9 px there).
-const WIDTH: f64 = 480.0;
-const LEFT: f64 = 52.0;
+/// that its text stays readable on a phone (about 12 px at 375 px) and at three charts a row
+/// on a wide screen (about 13 px).
+const WIDTH: f64 = 400.0;
+const LEFT: f64 = 46.0;
 const RIGHT: f64 = 12.0;
-/// Height of the plot area; the legend's rows are added above it.
-const PLOT_H: f64 = 170.0;
+/// Height of the plot area; the legend's rows and the unit are added above it.
+const PLOT_H: f64 = 160.0;
 const BOTTOM: f64 = 30.0;
-/// The font size of every label, and the average advance of one of its characters.
-const FONT: f64 = 13.0;
-const CHAR_W: f64 = 7.2;
-/// How many labels the time axis carries at most.
-const X_LABELS: usize = 6;
+/// The font size of every label, and the advance of one of its characters at most (digits
+/// of the common sans-serif fonts are about 0.55 to 0.64 of the size): labels are placed so
+/// that they would not touch even at the widest.
+const FONT: f64 = 14.0;
+const CHAR_W: f64 = 0.64 * FONT;
+/// Space kept between two labels of the time axis.
+const TICK_GAP: f64 = 10.0;
 const AXIS: &str = "#5b6677";
 const GRID: &str = "#e6e9ee";
 const TEXT: &str = "#1d2430";
 
-/// Where the plot area starts, below the legend.
+/// Where the plot area starts (below the legend) and how much room its labels take below.
 #[derive(Clone, Copy)]
 struct Frame {
     top: f64,
+    below: f64,
 }
 
 impl Frame {
@@ -34,7 +38,7 @@ impl Frame {
         self.top + PLOT_H
     }
     fn height(self) -> f64 {
-        self.bottom() + BOTTOM
+        self.bottom() + self.below
     }
 }
 
@@ -57,10 +61,15 @@ pub struct LineChart<'a> {
     pub title: &'a str,
     /// What the values count, for the description: `per 30 minutes`, `ms`.
     pub unit: &'a str,
+    /// The value axis's unit, written above it: `per minute`, `ms`.
+    pub axis_unit: &'a str,
     /// Whether a line's values add up to something meaningful (counts do, latencies not).
     pub totals: bool,
-    /// One label per bucket (short: the axis uses some of them).
+    /// One label per bucket, for the description (`12:09`, `Dec 5 18:00`).
     pub x_labels: &'a [String],
+    /// The buckets the time axis may label, and how: as many as fit without touching are
+    /// drawn, the latest first.
+    pub ticks: &'a [(usize, String)],
     pub lines: &'a [Line<'a>],
 }
 
@@ -137,27 +146,62 @@ fn value_axis(out: &mut String, frame: Frame, top: f64) {
     );
 }
 
-/// The buckets whose time the axis writes: evenly spread, no closer than the labels' width
-/// allows, the first and the last (the latest) always among them.
-fn labelled(n: usize, label_chars: usize) -> Vec<usize> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let room = (WIDTH - LEFT - RIGHT) / (label_chars as f64 * CHAR_W + 12.0);
-    let most = (room.floor() as usize).clamp(2, X_LABELS);
-    let every = n.div_ceil(most).max(1);
-    let mut picks: Vec<usize> = (0..n).step_by(every).collect();
-    let last = n - 1;
-    match picks.last().copied() {
-        Some(p) if p == last => {}
-        // Too close to the one before: the latest bucket takes its place.
-        Some(p) if last - p < every.div_ceil(2) && picks.len() > 1 => {
-            picks.pop();
-            picks.push(last);
+/// A tick label placed on the time axis: its bucket's x, where its text is anchored and how,
+/// and where the text starts and ends (all in the drawing's units).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tick {
+    pub bucket: usize,
+    pub x: f64,
+    pub text_x: f64,
+    pub anchor: &'static str,
+    pub left: f64,
+    pub right: f64,
+    pub label: String,
+}
+
+/// The estimated width of a label, at its widest.
+fn label_width(label: &str) -> f64 {
+    CHAR_W * label.chars().count() as f64
+}
+
+/// The tick labels that fit over `buckets` buckets: each centred under its bucket (or kept
+/// inside the drawing at its edges), taken from the latest back, and left out when it would
+/// come closer than [`TICK_GAP`] to one already placed.
+pub fn fit_ticks(candidates: &[(usize, String)], buckets: usize) -> Vec<Tick> {
+    let step = (WIDTH - LEFT - RIGHT) / buckets.max(1) as f64;
+    let mut sorted: Vec<&(usize, String)> =
+        candidates.iter().filter(|(i, _)| *i < buckets).collect();
+    sorted.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+    let mut placed: Vec<Tick> = Vec::new();
+    for (bucket, label) in sorted {
+        let x = LEFT + step * (*bucket as f64 + 0.5);
+        let w = label_width(label);
+        let (text_x, anchor, left) = if x + w / 2.0 > WIDTH - 1.0 {
+            (WIDTH - 1.0, "end", WIDTH - 1.0 - w)
+        } else if x - w / 2.0 < 1.0 {
+            (1.0, "start", 1.0)
+        } else {
+            (x, "middle", x - w / 2.0)
+        };
+        let right = left + w;
+        if placed
+            .last()
+            .is_some_and(|next| right + TICK_GAP > next.left)
+        {
+            continue;
         }
-        _ => picks.push(last),
+        placed.push(Tick {
+            bucket: *bucket,
+            x,
+            text_x,
+            anchor,
+            left,
+            right,
+            label: label.clone(),
+        });
     }
-    picks
+    placed.reverse();
+    placed
 }
 
 fn empty_note(out: &mut String, frame: Frame, text: &str) {
@@ -214,44 +258,110 @@ fn line_description(chart: &LineChart<'_>) -> String {
     desc.trim_end().to_owned()
 }
 
-/// A line chart over time buckets, with a legend, a value axis from zero, and a time axis.
-/// With nothing but zeros and gaps, it says [`NO_DATA`] instead of drawing flat lines.
-pub fn line_chart(chart: &LineChart<'_>) -> String {
-    // The legend first: a sample of each line's stroke and its name, in as many rows as the
-    // width needs; the plot goes below it.
-    let mut legend = String::new();
+/// The legend: a sample of each line's stroke and its name, in as many rows as the width
+/// needs. Answers the markup and the number of rows.
+fn legend(lines: &[Line<'_>]) -> (String, f64) {
+    let mut out = String::new();
     let (mut x, mut row) = (8.0, 0.0);
-    for line in chart.lines {
-        let width = 24.0 + CHAR_W * line.label.chars().count() as f64 + 14.0;
+    for line in lines {
+        let width = 24.0 + label_width(line.label) + 14.0;
         if x > 8.0 && x + width > WIDTH - RIGHT {
             x = 8.0;
             row += 1.0;
         }
-        let y = 14.0 + row * 19.0;
-        let dash = line
-            .dash
-            .map(|d| format!(r#" stroke-dasharray="{}""#, esc(d)))
-            .unwrap_or_default();
+        let y = 15.0 + row * 20.0;
         let _ = write!(
-            legend,
+            out,
             r#"<line x1="{x:.1}" y1="{ly:.1}" x2="{x2:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2.5"{dash}/><text x="{tx:.1}" y="{y:.1}" font-size="{FONT}" fill="{TEXT}">{label}</text>"#,
             ly = y - 4.5,
             x2 = x + 19.0,
             color = esc(line.color),
+            dash = dash_attribute(line.dash),
             tx = x + 24.0,
             label = esc(line.label),
         );
         x += width;
     }
-    let rows = if chart.lines.is_empty() {
-        0.0
-    } else {
-        row + 1.0
-    };
-    let frame = Frame {
-        top: 12.0 + rows * 19.0,
-    };
+    let rows = if lines.is_empty() { 0.0 } else { row + 1.0 };
+    (out, rows)
+}
 
+fn dash_attribute(dash: Option<&str>) -> String {
+    dash.map(|d| format!(r#" stroke-dasharray="{}""#, esc(d)))
+        .unwrap_or_default()
+}
+
+/// The value axis's unit above its top value, and the time axis's ticks with the labels that
+/// fit.
+fn time_axis(out: &mut String, chart: &LineChart<'_>, frame: Frame, buckets: usize) {
+    let _ = write!(
+        out,
+        r#"<text x="4" y="{y:.1}" font-size="{FONT}" fill="{AXIS}">{unit}</text>"#,
+        y = frame.top - 9.0,
+        unit = esc(chart.axis_unit),
+    );
+    for tick in fit_ticks(chart.ticks, buckets) {
+        let _ = write!(
+            out,
+            r#"<line x1="{x:.1}" y1="{b}" x2="{x:.1}" y2="{b4}" stroke="{AXIS}"/><text class="tick" x="{tx:.1}" y="{ty}" text-anchor="{anchor}" font-size="{FONT}" fill="{AXIS}">{label}</text>"#,
+            x = tick.x,
+            b = frame.bottom(),
+            b4 = frame.bottom() + 4.0,
+            tx = tick.text_x,
+            ty = frame.bottom() + 20.0,
+            anchor = tick.anchor,
+            label = esc(&tick.label),
+        );
+    }
+}
+
+/// One line as a path: a gap (None) lifts the pen; a lone point still shows, as a dot.
+fn line_path(
+    out: &mut String,
+    line: &Line<'_>,
+    x_of: impl Fn(usize) -> f64,
+    y_of: impl Fn(f64) -> f64,
+) {
+    let mut d = String::new();
+    let mut pen_down = false;
+    let mut dots = String::new();
+    for (i, value) in line.values.iter().enumerate() {
+        let Some(v) = value else {
+            pen_down = false;
+            continue;
+        };
+        let (x, y) = (x_of(i), y_of(*v));
+        let _ = write!(d, "{}{x:.1} {y:.1} ", if pen_down { "L" } else { "M" });
+        let lone = !pen_down && line.values.get(i + 1).is_none_or(|next| next.is_none());
+        if lone {
+            let _ = write!(
+                dots,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="2.5" fill="{}"/>"#,
+                esc(line.color)
+            );
+        }
+        pen_down = true;
+    }
+    let _ = write!(
+        out,
+        r#"<path d="{}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"{}><title>{}</title></path>{dots}"#,
+        d.trim_end(),
+        esc(line.color),
+        dash_attribute(line.dash),
+        esc(line.label),
+    );
+}
+
+/// A line chart over time buckets, with a legend, a value axis from zero with its unit, and a
+/// time axis whose labels never overlap. With nothing but zeros and gaps, it says [`NO_DATA`]
+/// instead of drawing flat lines.
+pub fn line_chart(chart: &LineChart<'_>) -> String {
+    let (legend, rows) = legend(chart.lines);
+    // Room for the legend's rows, then for the value axis's unit.
+    let frame = Frame {
+        top: 28.0 + rows * 20.0,
+        below: BOTTOM,
+    };
     let mut out = String::with_capacity(4096);
     svg_open(
         &mut out,
@@ -261,7 +371,6 @@ pub fn line_chart(chart: &LineChart<'_>) -> String {
         frame,
     );
     out.push_str(&legend);
-
     let max = chart
         .lines
         .iter()
@@ -269,91 +378,31 @@ pub fn line_chart(chart: &LineChart<'_>) -> String {
         .fold(0.0_f64, |m, v| m.max(*v));
     let top = nice_ceiling(max);
     value_axis(&mut out, frame, top);
-
     let n = chart.x_labels.len().max(1);
-    let step = (WIDTH - LEFT - RIGHT) / n as f64;
-    let x_of = |i: usize| LEFT + step * (i as f64 + 0.5);
-    let y_of = |v: f64| frame.bottom() - PLOT_H * (v / top);
-
-    let label_chars = chart
-        .x_labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(0);
-    for i in labelled(chart.x_labels.len(), label_chars) {
-        let Some(label) = chart.x_labels.get(i) else {
-            continue;
-        };
-        // Centred under its tick, unless that would cut it at the drawing's edge.
-        let x = x_of(i);
-        let half = CHAR_W * label.chars().count() as f64 / 2.0;
-        let (tx, anchor) = if x + half > WIDTH - 1.0 {
-            (WIDTH - 1.0, "end")
-        } else {
-            (x, "middle")
-        };
-        let _ = write!(
-            out,
-            r#"<line x1="{x:.1}" y1="{b}" x2="{x:.1}" y2="{b4}" stroke="{AXIS}"/><text x="{tx:.1}" y="{ty}" text-anchor="{anchor}" font-size="{FONT}" fill="{AXIS}">{label}</text>"#,
-            b = frame.bottom(),
-            b4 = frame.bottom() + 4.0,
-            ty = frame.bottom() + 19.0,
-            label = esc(label),
-        );
-    }
-
+    time_axis(&mut out, chart, frame, n);
     if !has_data(chart.lines) {
         empty_note(&mut out, frame, NO_DATA);
-        out.push_str("</svg>");
-        return out;
-    }
-
-    for line in chart.lines {
-        // A gap (None) lifts the pen; a lone point still shows, as a dot.
-        let mut d = String::new();
-        let mut pen_down = false;
-        let mut dots = String::new();
-        for (i, value) in line.values.iter().enumerate() {
-            match value {
-                Some(v) => {
-                    let _ = write!(
-                        d,
-                        "{}{:.1} {:.1} ",
-                        if pen_down { "L" } else { "M" },
-                        x_of(i),
-                        y_of(*v)
-                    );
-                    let lone =
-                        !pen_down && line.values.get(i + 1).is_none_or(|next| next.is_none());
-                    if lone {
-                        let _ = write!(
-                            dots,
-                            r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
-                            x_of(i),
-                            y_of(*v),
-                            esc(line.color)
-                        );
-                    }
-                    pen_down = true;
-                }
-                None => pen_down = false,
-            }
+    } else {
+        let step = (WIDTH - LEFT - RIGHT) / n as f64;
+        for line in chart.lines {
+            line_path(
+                &mut out,
+                line,
+                |i| LEFT + step * (i as f64 + 0.5),
+                |v| frame.bottom() - PLOT_H * (v / top),
+            );
         }
-        let dash = line
-            .dash
-            .map(|d| format!(r#" stroke-dasharray="{}""#, esc(d)))
-            .unwrap_or_default();
-        let _ = write!(
-            out,
-            r#"<path d="{}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"{dash}><title>{}</title></path>{dots}"#,
-            d.trim_end(),
-            esc(line.color),
-            esc(line.label),
-        );
     }
     out.push_str("</svg>");
     out
+}
+
+/// A bar's name in as few lines as fit its slot: split at spaces when it is wider.
+fn bar_label_lines(label: &str, slot: f64) -> Vec<&str> {
+    if label_width(label) <= slot - 6.0 {
+        return vec![label];
+    }
+    label.split(' ').filter(|w| !w.is_empty()).collect()
 }
 
 /// A bar chart of counts by category, each bar labelled with its count and its name.
@@ -368,7 +417,16 @@ pub fn bar_chart(id: &str, title: &str, empty_text: &str, bars: &[Bar<'_>]) -> S
             .join("; ")
             + "."
     };
-    let frame = Frame { top: 22.0 };
+    let slot = (WIDTH - LEFT - RIGHT) / bars.len().max(1) as f64;
+    let names: Vec<Vec<&str>> = bars
+        .iter()
+        .map(|b| bar_label_lines(b.label, slot))
+        .collect();
+    let lines = names.iter().map(Vec::len).max().unwrap_or(1).max(1) as f64;
+    let frame = Frame {
+        top: 22.0,
+        below: BOTTOM + 17.0 * (lines - 1.0),
+    };
     let mut out = String::with_capacity(2048);
     svg_open(&mut out, id, title, &desc, frame);
     let max = bars.iter().map(|b| b.value).max().unwrap_or(0) as f64;
@@ -379,21 +437,28 @@ pub fn bar_chart(id: &str, title: &str, empty_text: &str, bars: &[Bar<'_>]) -> S
         out.push_str("</svg>");
         return out;
     }
-    let slot = (WIDTH - LEFT - RIGHT) / bars.len().max(1) as f64;
     let width = (slot * 0.6).min(70.0);
-    for (i, bar) in bars.iter().enumerate() {
+    for ((i, bar), name) in bars.iter().enumerate().zip(&names) {
         let h = PLOT_H * (bar.value as f64 / top);
         let x = LEFT + slot * i as f64 + (slot - width) / 2.0;
         let y = frame.bottom() - h;
+        let cx = x + width / 2.0;
+        let mut text = String::new();
+        for (n, word) in name.iter().enumerate() {
+            let _ = write!(
+                text,
+                r#"<tspan x="{cx:.1}" y="{:.1}">{}</tspan>"#,
+                frame.bottom() + 20.0 + 17.0 * n as f64,
+                esc(word)
+            );
+        }
         let _ = write!(
             out,
-            r#"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{h:.1}" fill="{color}"><title>{label}: {value}</title></rect><text x="{cx:.1}" y="{vy:.1}" text-anchor="middle" font-size="{FONT}" font-weight="600" fill="{TEXT}">{value}</text><text x="{cx:.1}" y="{ly}" text-anchor="middle" font-size="{FONT}" fill="{TEXT}">{label}</text>"#,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{h:.1}" fill="{color}"><title>{label}: {value}</title></rect><text x="{cx:.1}" y="{vy:.1}" text-anchor="middle" font-size="{FONT}" font-weight="600" fill="{TEXT}">{value}</text><text class="bar-label" text-anchor="middle" font-size="{FONT}" fill="{TEXT}">{text}</text>"#,
             color = esc(bar.color),
             label = esc(bar.label),
             value = bar.value,
-            cx = x + width / 2.0,
             vy = y - 5.0,
-            ly = frame.bottom() + 19.0,
         );
     }
     out.push_str("</svg>");
@@ -456,13 +521,28 @@ mod tests {
         (0..n).map(|i| format!("12:{i:02}")).collect()
     }
 
-    fn chart<'a>(x: &'a [String], lines: &'a [Line<'a>]) -> LineChart<'a> {
+    /// Every fifth bucket and the last, as the activity page offers them.
+    fn ticks(x: &[String]) -> Vec<(usize, String)> {
+        x.iter()
+            .enumerate()
+            .filter(|(i, _)| i % 5 == 0 || *i + 1 == x.len())
+            .map(|(i, l)| (i, l.clone()))
+            .collect()
+    }
+
+    fn chart<'a>(
+        x: &'a [String],
+        ticks: &'a [(usize, String)],
+        lines: &'a [Line<'a>],
+    ) -> LineChart<'a> {
         LineChart {
             id: "chart-activity",
             title: "Sign-ins & tokens",
             unit: "per minute",
+            axis_unit: "per minute",
             totals: true,
             x_labels: x,
+            ticks,
             lines,
         }
     }
@@ -470,6 +550,7 @@ mod tests {
     #[test]
     fn a_line_chart_is_an_accessible_image_with_axes_and_a_legend() {
         let x = labels(10);
+        let t = ticks(&x);
         let lines = [
             Line {
                 label: "Sign-ins",
@@ -495,7 +576,7 @@ mod tests {
                 values: vec![Some(0.0); 10],
             },
         ];
-        let svg = line_chart(&chart(&x, &lines));
+        let svg = line_chart(&chart(&x, &t, &lines));
         assert!(svg.starts_with(r#"<svg id="chart-activity" "#), "{svg}");
         assert!(svg.ends_with("</svg>"));
         assert!(svg.contains(r#"role="img""#));
@@ -524,13 +605,14 @@ mod tests {
     #[test]
     fn an_empty_line_chart_says_so() {
         let x = labels(4);
+        let t = ticks(&x);
         let lines = [Line {
             label: "Sign-ins",
             color: "#1b5fbf",
             dash: None,
             values: vec![None, Some(0.0), None, None],
         }];
-        let svg = line_chart(&chart(&x, &lines));
+        let svg = line_chart(&chart(&x, &t, &lines));
         assert!(svg.contains(&format!(">{NO_DATA}</text>")), "{svg}");
         assert!(svg.contains(&format!(
             "<desc id=\"chart-activity-desc\">{NO_DATA}.</desc>"
@@ -538,13 +620,14 @@ mod tests {
         assert!(!svg.contains("<path "));
         // The axes are still drawn.
         assert!(svg.contains(">12:00</text>"));
-        let none = line_chart(&chart(&[], &[]));
+        let none = line_chart(&chart(&[], &[], &[]));
         assert!(none.contains(NO_DATA));
     }
 
     #[test]
     fn gaps_lift_the_pen_and_lone_points_are_dots() {
         let x = labels(5);
+        let t = ticks(&x);
         let lines = [Line {
             label: "Average",
             color: "#333",
@@ -554,7 +637,7 @@ mod tests {
         let svg = line_chart(&LineChart {
             totals: false,
             unit: "ms",
-            ..chart(&x, &lines)
+            ..chart(&x, &t, &lines)
         });
         let d = svg
             .split(r#"<path d=""#)
@@ -574,6 +657,7 @@ mod tests {
     #[test]
     fn text_in_charts_is_escaped() {
         let x = vec!["<b>".to_owned()];
+        let t = ticks(&x);
         let lines = [Line {
             label: "a<script>\"",
             color: "\"><script>",
@@ -583,7 +667,7 @@ mod tests {
         let svg = line_chart(&LineChart {
             id: "x\"y",
             title: "<t>",
-            ..chart(&x, &lines)
+            ..chart(&x, &t, &lines)
         });
         assert!(!svg.contains("<script>"), "{svg}");
         assert!(!svg.contains("<b>"));
@@ -601,7 +685,7 @@ mod tests {
             }],
         );
         assert!(!bars.contains("<x>") && bars.contains("&lt;x&gt;"));
-        let table = data_table(&chart(&x, &lines), &x);
+        let table = data_table(&chart(&x, &t, &lines), &x);
         assert!(!table.contains("<script>") && !table.contains("<b>"));
     }
 
@@ -634,7 +718,37 @@ mod tests {
             )
         );
         assert_eq!(svg.matches("<rect ").count(), 3);
-        assert!(svg.contains(">active</text>") && svg.contains(">12</text>"));
+        assert!(svg.contains(">active</tspan>") && svg.contains(">12</text>"));
+        // A name wider than its slot is cut at its spaces, a word a line.
+        let wide = bar_chart(
+            "b",
+            "t",
+            "none",
+            &[
+                Bar {
+                    label: "active",
+                    color: "#000",
+                    value: 1,
+                },
+                Bar {
+                    label: "failing",
+                    color: "#000",
+                    value: 1,
+                },
+                Bar {
+                    label: "needs consent",
+                    color: "#000",
+                    value: 1,
+                },
+                Bar {
+                    label: "revoked",
+                    color: "#000",
+                    value: 1,
+                },
+            ],
+        );
+        assert!(wide.contains(">needs</tspan><tspan"), "{wide}");
+        assert!(wide.contains(">consent</tspan></text>"));
         assert!(svg.contains(">20</text>"), "axis to a round 20: {svg}");
         let empty = bar_chart("chart-states", "Grants by state", "No grants yet", &[]);
         assert!(empty.contains(">No grants yet</text>"));
@@ -644,6 +758,7 @@ mod tests {
     #[test]
     fn the_data_table_has_the_numbers_of_the_buckets_with_any() {
         let x = labels(3);
+        let t = ticks(&x);
         let full: Vec<String> = (0..3)
             .map(|i| format!("2025-03-01 12:{i:02} UTC"))
             .collect();
@@ -661,7 +776,7 @@ mod tests {
                 values: vec![Some(12.5), None, None],
             },
         ];
-        let table = data_table(&chart(&x, &lines), &full);
+        let table = data_table(&chart(&x, &t, &lines), &full);
         assert!(table.starts_with(r#"<div class="vh"><table id="chart-activity-data">"#));
         assert!(table.ends_with("</table></div>"));
         assert!(table.contains(r#"<th scope="col">Refreshes</th>"#));
@@ -677,7 +792,7 @@ mod tests {
             )
         );
         assert!(!table.contains("12:01 UTC"));
-        let empty = data_table(&chart(&x, &[]), &full);
+        let empty = data_table(&chart(&x, &t, &[]), &full);
         assert!(empty.contains(NO_DATA));
     }
 
@@ -697,15 +812,46 @@ mod tests {
         assert_eq!(number(2.25), "2.2");
     }
 
+    /// Whether two placed ticks overlap, or come closer than the gap.
+    fn crowded(ticks: &[Tick]) -> bool {
+        ticks.windows(2).any(|p| p[0].right + TICK_GAP > p[1].left)
+    }
+
     #[test]
-    fn time_labels_include_the_first_and_the_latest_bucket() {
-        // `HH:MM`: six fit.
-        assert_eq!(labelled(0, 5), Vec::<usize>::new());
-        assert_eq!(labelled(1, 5), [0]);
-        assert_eq!(labelled(4, 5), [0, 1, 2, 3]);
-        assert_eq!(labelled(60, 5), [0, 10, 20, 30, 40, 50, 59]);
-        assert_eq!(labelled(48, 5), [0, 8, 16, 24, 32, 40, 47]);
-        // `MM-DD HH:MM`: four fit, and the latest.
-        assert_eq!(labelled(28, 11), [0, 7, 14, 21, 27]);
+    fn time_labels_never_overlap_and_the_latest_is_kept() {
+        // The hour: every 10 minutes and the latest, 4 minutes after the last round one.
+        let mut hour: Vec<(usize, String)> = (0..6)
+            .map(|i| {
+                let minutes = 9 * 60 + 30 + i * 10;
+                (i * 10, format!("{:02}:{:02}", minutes / 60, minutes % 60))
+            })
+            .collect();
+        hour.push((59, "10:29".to_owned()));
+        let placed = fit_ticks(&hour, 60);
+        assert!(!crowded(&placed), "{placed:?}");
+        assert_eq!(placed.last().unwrap().label, "10:29");
+        assert_eq!(placed.last().unwrap().anchor, "end");
+        assert!(placed.last().unwrap().right <= WIDTH);
+        // Too close to the latest: 09:30 + 50 min is left out, the others stay.
+        assert_eq!(placed.len(), 6, "{placed:?}");
+        assert!(placed.iter().all(|t| t.left >= 0.0));
+
+        // The week: one label a day, as many as fit, never touching.
+        let week: Vec<(usize, String)> = (0..7)
+            .map(|d| (d * 4 + 2, format!("Dec {}", d + 1)))
+            .collect();
+        let placed = fit_ticks(&week, 28);
+        assert!(!crowded(&placed), "{placed:?}");
+        assert!(placed.len() >= 3, "{placed:?}");
+        assert_eq!(placed.last().unwrap().label, "Dec 7");
+
+        // Long labels on few buckets: they thin out rather than overlap.
+        let wide: Vec<(usize, String)> = (0..28).map(|i| (i, format!("12-{i:02} 18:00"))).collect();
+        let placed = fit_ticks(&wide, 28);
+        assert!(!crowded(&placed), "{placed:?}");
+        assert!(placed.len() >= 2);
+        assert!(fit_ticks(&[], 10).is_empty());
+        // Candidates outside the buckets are ignored.
+        assert!(fit_ticks(&[(5, "x".to_owned())], 3).is_empty());
     }
 }

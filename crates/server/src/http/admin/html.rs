@@ -67,18 +67,61 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     format!("?{}", serde_urlencoded::to_string(kept).unwrap_or_default())
 }
 
-/// A time as the console shows it: `2025-03-01 12:00 UTC`.
+/// A time to the second, in UTC: `2025-03-01 12:00:05 UTC`.
 pub fn utc(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(format_description!(
-            "[year]-[month]-[day] [hour]:[minute] UTC"
+            "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
         ))
         .unwrap_or_default()
 }
 
-/// Like [`utc`], or a dash for never.
-pub fn utc_or_never(at: Option<OffsetDateTime>) -> String {
-    at.map(utc).unwrap_or_else(|| "never".to_owned())
+/// `at` relative to `now` when within a day ("just now", "3 minutes ago", "in 2 hours"),
+/// else None.
+pub fn relative(at: OffsetDateTime, now: OffsetDateTime) -> Option<String> {
+    let secs = (at - now).whole_seconds();
+    let abs = secs.unsigned_abs();
+    let (n, unit) = match abs {
+        0..45 => return Some("just now".to_owned()),
+        45..2700 => (((abs + 30) / 60).max(1), "minute"),
+        2700..79_200 => ((abs + 1800) / 3600, "hour"),
+        _ => return None,
+    };
+    let plural = if n == 1 { "" } else { "s" };
+    Some(if secs < 0 {
+        format!("{n} {unit}{plural} ago")
+    } else {
+        format!("in {n} {unit}{plural}")
+    })
+}
+
+/// A time as the console shows it: relative when recent, else in UTC to the second, with the
+/// exact time on hover. The console's script rewrites it in the reader's locale and time zone
+/// (by the `datetime` attribute); without script this stands.
+pub fn time(at: OffsetDateTime, now: OffsetDateTime) -> String {
+    let exact = utc(at);
+    let iso = at
+        .to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let shown = relative(at, now).unwrap_or_else(|| exact.clone());
+    format!(
+        r#"<time datetime="{}" title="{}">{}</time>"#,
+        esc(&iso),
+        esc(&exact),
+        esc(&shown)
+    )
+}
+
+/// Like [`time`], or "never".
+pub fn time_or_never(at: Option<OffsetDateTime>, now: OffsetDateTime) -> String {
+    at.map_or_else(|| "never".to_owned(), |at| time(at, now))
+}
+
+/// Text with Google's API scopes in it (an audit row's detail) with the scopes shortened as
+/// the rest of the console shows them.
+pub fn short_scopes_in(text: &str) -> String {
+    text.replace("https://www.googleapis.com/auth/", "")
 }
 
 /// The text of a grant state's badge.
@@ -147,25 +190,39 @@ pub struct Shell<'a> {
 const STYLE: &str = r#"
 *,*::before,*::after{box-sizing:border-box}
 body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;background:#f6f7f9}
-header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;padding:.6rem 1rem;background:#1d2430;color:#fff}
+header{background:#1d2430;color:#fff}
+header .bar{display:flex;flex-wrap:wrap;gap:.4rem 1rem;align-items:center;max-width:76rem;margin:0 auto;padding:.6rem 1rem}
 header .brand{font-weight:600;margin-right:auto}
 header nav{display:flex;gap:.25rem}
 header a{color:#fff;padding:.25rem .5rem;border-radius:4px;text-decoration:none}
 header a[aria-current=page]{background:#3b4a63}
 header form{margin:0}
 header .who{font-size:.85rem;color:#c9d1de;overflow-wrap:anywhere}
-main{max-width:72rem;margin:0 auto;padding:1rem}
+header .who b{color:#fff;font-weight:600}
+main{max-width:76rem;margin:0 auto;padding:1rem}
 h1{font-size:1.35rem;margin:.25rem 0 1rem;overflow-wrap:anywhere}
 h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
 p,dd,li{overflow-wrap:anywhere}
 a{color:#1b5fbf}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
+time{white-space:nowrap}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid #d8dde5;border-radius:6px;background:#fff}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
-th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #e6e9ee;vertical-align:top;white-space:nowrap}
-td.wrap{white-space:normal;min-width:12rem;overflow-wrap:anywhere}
+th,td{text-align:left;padding:.45rem .6rem;border-bottom:1px solid #e6e9ee;vertical-align:top}
+th{background:#eef1f5;font-weight:600;white-space:nowrap}
+td.nowrap{white-space:nowrap}
+td.wrap{overflow-wrap:anywhere;min-width:10rem}
 caption{text-align:left;padding:.4rem .6rem;font-weight:600}
-th{background:#eef1f5;font-weight:600}
-.badge{display:inline-block;padding:.05rem .45rem;border-radius:999px;font-size:.8rem;font-weight:600;border:1px solid}
+tbody tr:last-child td{border-bottom:0}
+tr.linked{position:relative}
+tr.linked:hover td{background:#f3f6fb}
+a.row-link{font-weight:600}
+a.row-link::after{content:"";position:absolute;inset:0}
+.user-cell span{display:block}
+.sub{color:#5b6677;font-size:.8rem;max-width:14rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.clamp{display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden}
+th.col-error{width:24%}
+.badge{display:inline-block;padding:.05rem .45rem;border-radius:999px;font-size:.8rem;font-weight:600;border:1px solid;white-space:nowrap}
 .badge.active{background:#e3f5e8;color:#14532d;border-color:#7cc795}
 .badge.failing{background:#fff4d6;color:#713f12;border-color:#e3b341}
 .badge.needs_consent{background:#e8eefc;color:#1e3a8a;border-color:#93a9e6}
@@ -178,9 +235,16 @@ button{cursor:pointer;background:#1b5fbf;border-color:#1b5fbf;color:#fff;font-we
 button.quiet{background:transparent;border-color:#8a96a8;color:#fff}
 button.danger{background:#b42318;border-color:#b42318}
 button:disabled{background:#c5cbd4;border-color:#c5cbd4;color:#4a5568;cursor:not-allowed}
+details.confirm{margin:.5rem 0}
+details.confirm>summary{display:inline-block;cursor:pointer;padding:.4rem .75rem;border:1px solid #b42318;border-radius:5px;color:#b42318;font-weight:600;list-style:none}
+details.confirm>summary::-webkit-details-marker{display:none}
+details.confirm[open]>summary{background:#fde7e7}
+details.confirm form{margin:.6rem 0 0;padding:.75rem;border:1px solid #e69a9a;border-radius:6px;background:#fff}
+details.confirm form p{margin:0 0 .6rem}
 .login{max-width:26rem;margin:3rem auto;background:#fff;border:1px solid #d8dde5;border-radius:8px;padding:1.25rem}
 .login form{display:flex;flex-direction:column;gap:.5rem}
 .alert{padding:.6rem .8rem;border-radius:6px;margin:0 0 1rem;border:1px solid}
+.alert p{margin:0}
 .alert.error{background:#fde7e7;border-color:#e69a9a;color:#7f1d1d}
 .alert.ok{background:#e3f5e8;border-color:#7cc795;color:#14532d}
 dl{display:grid;grid-template-columns:minmax(7rem,max-content) 1fr;gap:.3rem 1rem;margin:0;background:#fff;border:1px solid #d8dde5;border-radius:6px;padding:.75rem}
@@ -189,7 +253,7 @@ dd{margin:0;min-width:0}
 .pager{display:flex;gap:1rem;margin:.75rem 0}
 .muted{color:#5b6677}
 tr.warn td{background:#fff4e5}
-.charts{display:grid;gap:1rem;grid-template-columns:repeat(auto-fit,minmax(min(100%,30rem),1fr))}
+.charts{display:grid;gap:1rem;grid-template-columns:repeat(auto-fit,minmax(min(100%,22rem),1fr))}
 figure{margin:0;background:#fff;border:1px solid #d8dde5;border-radius:6px;padding:.5rem}
 figcaption{font-weight:600;padding:.25rem .25rem .5rem}
 svg{display:block;width:100%;height:auto}
@@ -197,7 +261,31 @@ svg{display:block;width:100%;height:auto}
 .ranges a{padding:.25rem .6rem;border:1px solid #aab3c0;border-radius:5px;text-decoration:none}
 .ranges a[aria-current=page]{background:#1b5fbf;border-color:#1b5fbf;color:#fff}
 .vh{position:absolute!important;width:1px;height:1px;padding:0;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap;border:0}
+@media (max-width:760px){
+main{padding:.75rem}
+header .bar{padding:.5rem .75rem}
+dl{grid-template-columns:1fr;gap:0}
+dt{margin-top:.4rem}
+dt:first-child{margin-top:0}
+.scroll{overflow:visible;border:0;background:transparent}
+table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:100%}
+table.cards thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
+table.cards tr{display:flex;flex-direction:column;gap:.15rem;background:#fff;border:1px solid #d8dde5;border-radius:6px;padding:.55rem .7rem;margin:0 0 .6rem}
+table.cards td{position:relative;border:0;padding:.1rem 0 .1rem 6.5rem;min-height:1.4rem;min-width:0;white-space:normal;overflow-wrap:anywhere}
+table.cards td::before{content:attr(data-label);position:absolute;left:0;top:.1rem;width:6rem;font-weight:600;color:#4a5568;font-size:.8rem;line-height:1.6}
+table.cards td.lead{order:-1}
+table.cards td.full{padding-left:0}
+table.cards td.full::before{content:none}
+table.cards td.empty{padding-left:0}
+table.cards td.empty::before{content:none}
+tr.warn{background:#fff4e5}
+tr.warn td{background:transparent}
+.sub{max-width:none}
+}
 "#;
+
+/// The console's icon, inline (the console serves no images), as the demo page's.
+const ICON: &str = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Crect width='32' height='32' rx='7' fill='%231d2430'/%3E%3Cpath d='M10 15v-3a6 6 0 0 1 12 0v3' fill='none' stroke='%23fff' stroke-width='2.5'/%3E%3Crect x='8' y='15' width='16' height='11' rx='2' fill='%23fff'/%3E%3C/svg%3E";
 
 /// A whole page: the shell (navigation and sign-out when signed in) around `body`.
 pub fn page(title: &str, shell: Option<&Shell<'_>>, body: &str) -> String {
@@ -211,10 +299,13 @@ pub fn page(title: &str, shell: Option<&Shell<'_>>, body: &str) -> String {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="same-origin">
 <title>{} · grantkeeper</title>
+<link rel="icon" href="{ICON}">
 <style>{STYLE}</style>
+<script src="/admin/console.js" defer></script>
 </head>
 <body>
 <header>
+<div class="bar">
 <span class="brand">grantkeeper console</span>
 "#,
         esc(title)
@@ -233,7 +324,7 @@ pub fn page(title: &str, shell: Option<&Shell<'_>>, body: &str) -> String {
 <a id="nav-users" href="/admin/users"{}>Users</a>
 <a id="nav-activity" href="/admin/activity"{}>Activity</a>
 </nav>
-<span class="who">key {} ({})</span>
+<span class="who" title="API key {}">Signed in with key <b>{}</b></span>
 <form method="post" action="/admin/logout">
 <input type="hidden" name="csrf" value="{}">
 <button type="submit" id="logout" class="quiet">Sign out</button>
@@ -248,7 +339,7 @@ pub fn page(title: &str, shell: Option<&Shell<'_>>, body: &str) -> String {
     }
     let _ = write!(
         out,
-        "</header>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+        "</div>\n</header>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     );
     out
 }
@@ -287,12 +378,31 @@ mod tests {
     }
 
     #[test]
-    fn times_are_utc_to_the_minute() {
+    fn times_are_relative_when_recent_and_utc_to_the_second_else() {
+        let now = datetime!(2025-03-01 12:00:00 UTC);
         assert_eq!(
             utc(datetime!(2025-03-01 12:34:56 +02:00)),
-            "2025-03-01 10:34 UTC"
+            "2025-03-01 10:34:56 UTC"
         );
-        assert_eq!(utc_or_never(None), "never");
+        let ago = |secs: i64| relative(now - time::Duration::seconds(secs), now);
+        assert_eq!(ago(10).as_deref(), Some("just now"));
+        assert_eq!(ago(60).as_deref(), Some("1 minute ago"));
+        assert_eq!(ago(3 * 60 + 10).as_deref(), Some("3 minutes ago"));
+        assert_eq!(ago(2 * 3600).as_deref(), Some("2 hours ago"));
+        assert_eq!(ago(-3600).as_deref(), Some("in 1 hour"));
+        assert_eq!(ago(2 * 86_400), None);
+        let html = time(now - time::Duration::minutes(3), now);
+        assert_eq!(
+            html,
+            r#"<time datetime="2025-03-01T11:57:00Z" title="2025-03-01 11:57:00 UTC">3 minutes ago</time>"#
+        );
+        let old = time(datetime!(2025-02-01 08:00:00 UTC), now);
+        assert!(old.ends_with(">2025-02-01 08:00:00 UTC</time>"), "{old}");
+        assert_eq!(time_or_never(None, now), "never");
+        assert_eq!(
+            short_scopes_in("web https://www.googleapis.com/auth/drive.appdata openid"),
+            "web drive.appdata openid"
+        );
     }
 
     #[test]
@@ -323,7 +433,7 @@ mod tests {
             "<p>body</p>",
         );
         assert!(html.contains("<title>&lt;t&gt; · grantkeeper</title>"));
-        assert!(html.contains("(&lt;b&gt;ops&lt;/b&gt;)"));
+        assert!(html.contains("<b>&lt;b&gt;ops&lt;/b&gt;</b>"));
         assert!(!html.contains("<b>ops"));
         assert!(html.contains(r#"<a id="nav-users" href="/admin/users" aria-current="page">"#));
         assert!(html.contains(r#"name="csrf" value="abc""#));

@@ -1,9 +1,12 @@
 //! The users pages: the searchable list, one user's grant with its history and audit trail,
 //! and revoking a grant.
 
-use super::auth::{CsrfForm, Operator, Signed, check_origin, login_page, read_form, signed};
+use super::auth::{
+    CsrfForm, LoginNote, Operator, SIGNED_OUT, Signed, check_origin, login_page, read_form, signed,
+};
 use super::html::{
-    self, Section, badge, esc, path_segment, query, scope_list, state_text, utc, utc_or_never,
+    self, Section, badge, esc, path_segment, query, scope_list, short_scopes_in, state_text, time,
+    time_or_never,
 };
 use super::{PageError, html_response, see_other};
 use crate::app::App;
@@ -18,6 +21,7 @@ use grantkeeper_store::{AuditFilter, GrantRecord, UserRecord, UserSearch};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Write;
+use time::OffsetDateTime;
 
 /// Users per page of the list.
 pub const PAGE: u32 = 50;
@@ -65,11 +69,16 @@ pub async fn users(
     let operator = match signed(&app, &headers).await? {
         Signed::In(operator) => operator,
         Signed::Out(notice) => {
+            let note = match notice {
+                Some(problem) => Some(LoginNote::Problem(problem)),
+                None if raw.as_deref() == Some("signed-out=1") => Some(LoginNote::Done(SIGNED_OUT)),
+                None => None,
+            };
             return Ok(login_page(
                 &app,
                 &headers,
                 StatusCode::OK,
-                notice,
+                note,
                 notice.is_some(),
             ));
         }
@@ -126,13 +135,14 @@ pub async fn users(
         if filtered { " matching the search" } else { "" },
     );
     body.push_str(
-        r#"<div class="scroll"><table id="users"><thead><tr><th scope="col">Email</th><th scope="col">Name</th><th scope="col">Sub</th><th scope="col">Grant</th><th scope="col">Scopes</th><th scope="col">Last refresh</th><th scope="col">Last error</th><th scope="col">Updated</th></tr></thead><tbody>"#,
+        r#"<div class="scroll"><table id="users" class="cards"><thead><tr><th scope="col">User</th><th scope="col">Grant</th><th scope="col">Scopes</th><th scope="col">Last refresh</th><th scope="col" class="col-error">Last error</th><th scope="col">Updated</th></tr></thead><tbody>"#,
     );
+    let now = app.clock().now();
     for (user, grant) in &page.users {
-        user_row(&mut body, user, grant);
+        user_row(&mut body, user, grant, now);
     }
     if page.users.is_empty() {
-        body.push_str(r#"<tr><td colspan="8">No users match.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="6" class="empty">No users match.</td></tr>"#);
     }
     body.push_str("</tbody></table></div>\n<nav class=\"pager\" aria-label=\"Pages\">");
     let state_param = state.map(GrantState::as_str).unwrap_or_default();
@@ -161,22 +171,31 @@ pub async fn users(
     ))
 }
 
-fn user_row(out: &mut String, user: &UserRecord, grant: &GrantRecord) {
+/// One user: the whole row leads to their page (the link's area covers it); at phone width
+/// a card with the grant's state first.
+fn user_row(out: &mut String, user: &UserRecord, grant: &GrantRecord, now: OffsetDateTime) {
     let p = &user.profile;
     let updated = user.updated_at.max(grant.updated_at);
+    let title = p.name.as_deref().or(p.email.as_deref()).unwrap_or(&p.sub);
+    let email = match (&p.name, &p.email) {
+        (Some(_), Some(email)) => format!(r#"<span>{}</span>"#, esc(email)),
+        _ => String::new(),
+    };
+    let error = match grant.last_error.as_deref() {
+        Some(e) => format!(r#"<span class="clamp" title="{0}">{0}</span>"#, esc(e)),
+        None => "—".to_owned(),
+    };
     let _ = write!(
         out,
-        r#"<tr data-sub="{sub}" data-state="{state}"><td>{email}</td><td>{name}</td><td><a href="/admin/users/{link}">{sub}</a></td><td>{badge}</td><td>{scopes}</td><td>{refresh}</td><td class="wrap">{error}</td><td>{updated}</td></tr>"#,
+        r#"<tr class="linked" data-sub="{sub}" data-state="{state}"><td class="user-cell" data-label="User"><a class="row-link" href="/admin/users/{link}">{title}</a>{email}<span class="sub mono" title="{sub}">{sub}</span></td><td class="lead nowrap" data-label="Grant">{badge}</td><td data-label="Scopes">{scopes}</td><td class="nowrap" data-label="Last refresh">{refresh}</td><td data-label="Last error">{error}</td><td class="nowrap" data-label="Updated">{updated}</td></tr>"#,
         sub = esc(&p.sub),
         state = grant.state.as_str(),
-        email = esc(p.email.as_deref().unwrap_or("—")),
-        name = esc(p.name.as_deref().unwrap_or("—")),
         link = esc(&path_segment(&p.sub)),
+        title = esc(title),
         badge = badge(grant.state),
         scopes = scope_list(grant.scopes.iter()),
-        refresh = esc(&utc_or_never(grant.last_refresh_at)),
-        error = esc(grant.last_error.as_deref().unwrap_or("—")),
-        updated = esc(&utc(updated)),
+        refresh = time_or_never(grant.last_refresh_at, now),
+        updated = time(updated, now),
     );
 }
 
@@ -188,10 +207,55 @@ struct UserQuery {
 
 /// What the user page says above everything else, after an action.
 enum Flash {
+    /// Revoked at Google and here.
     Revoked,
     /// Revoked here; the revocation at Google is queued.
     Queued,
+    /// No token was held, so nothing was revoked at Google; marked revoked here.
+    Local,
+    /// The grant was revoked already; nothing changed.
+    Already,
     Failed(String),
+}
+
+impl Flash {
+    fn from_query(value: &str) -> Flash {
+        match value {
+            "queued" => Flash::Queued,
+            "local" => Flash::Local,
+            "already" => Flash::Already,
+            _ => Flash::Revoked,
+        }
+    }
+
+    fn html(&self) -> String {
+        let (class, role, extra, text) = match self {
+            Flash::Revoked => (
+                "ok",
+                "status",
+                "",
+                "Revoked: Google confirmed the revocation, and the grant is marked revoked here.",
+            ),
+            Flash::Queued => ("ok", "status", r#" data-revocation="queued""#, QUEUED_FLASH),
+            Flash::Local => (
+                "ok",
+                "status",
+                r#" data-revocation="local""#,
+                "Marked revoked here. No token was held, so there was nothing to revoke at Google.",
+            ),
+            Flash::Already => (
+                "ok",
+                "status",
+                r#" data-revocation="already""#,
+                "The grant was already revoked; nothing changed.",
+            ),
+            Flash::Failed(message) => ("error", "alert", "", message.as_str()),
+        };
+        format!(
+            r#"<div class="alert {class}" role="{role}" id="flash"{extra}><p>{}</p></div>"#,
+            esc(text)
+        )
+    }
 }
 
 /// The flash of `?revoked=queued`.
@@ -218,10 +282,7 @@ pub async fn user(
             ))
         })?),
     };
-    let flash = q.revoked.as_deref().map(|r| match r {
-        "queued" => Flash::Queued,
-        _ => Flash::Revoked,
-    });
+    let flash = q.revoked.as_deref().map(Flash::from_query);
     let body = user_page(&app, &operator, &sub, before, flash).await?;
     Ok(html_response(StatusCode::OK, body))
 }
@@ -254,6 +315,7 @@ async fn user_page(
     } else {
         None
     };
+    let now = app.clock().now();
 
     let p = &user.profile;
     let heading = p.email.as_deref().unwrap_or(&p.sub);
@@ -264,150 +326,15 @@ async fn user_page(
         esc(&p.sub),
         esc(heading)
     );
-    match flash {
-        Some(Flash::Revoked) => body.push_str(
-            r#"<div class="alert ok" role="status" id="flash"><p>The grant was revoked at Google and marked revoked here.</p></div>"#,
-        ),
-        Some(Flash::Queued) => {
-            let _ = write!(
-                body,
-                r#"<div class="alert ok" role="status" id="flash" data-revocation="queued"><p>{}</p></div>"#,
-                esc(QUEUED_FLASH)
-            );
-        }
-        Some(Flash::Failed(message)) => {
-            let _ = write!(
-                body,
-                r#"<div class="alert error" role="alert" id="flash"><p>{}</p></div>"#,
-                esc(&message)
-            );
-        }
-        None => {}
+    if let Some(flash) = &flash {
+        body.push_str(&flash.html());
     }
-
-    body.push_str("<h2>Profile</h2><dl id=\"profile\">");
-    let row = |out: &mut String, term: &str, value: &str| {
-        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", esc(term), esc(value));
-    };
-    row(&mut body, "Sub", &p.sub);
-    row(
-        &mut body,
-        "Email",
-        &match (&p.email, p.email_verified) {
-            (Some(e), true) => format!("{e} (verified)"),
-            (Some(e), false) => format!("{e} (not verified)"),
-            (None, _) => "—".to_owned(),
-        },
-    );
-    row(&mut body, "Name", p.name.as_deref().unwrap_or("—"));
-    if let Some(hd) = &p.hd {
-        row(&mut body, "Workspace domain", hd);
-    }
-    row(&mut body, "Locale", p.locale.as_deref().unwrap_or("—"));
-    row(&mut body, "First seen", &utc(user.created_at));
-    row(
-        &mut body,
-        "Last sign-in",
-        &utc_or_never(user.last_sign_in_at),
-    );
-    body.push_str("</dl>");
-
-    let _ = write!(
-        body,
-        r#"<h2>Grant</h2><dl id="grant"><dt>State</dt><dd>{}</dd>"#,
-        badge(grant.state)
-    );
-    row(&mut body, "Reason", grant.reason.as_deref().unwrap_or("—"));
-    let _ = write!(
-        body,
-        "<dt>Scopes</dt><dd>{}</dd>",
-        scope_list(grant.scopes.iter())
-    );
-    row(
-        &mut body,
-        "Refresh token",
-        if grant.refresh_token.is_some() {
-            "held (sealed)"
-        } else {
-            "none held"
-        },
-    );
-    row(
-        &mut body,
-        "Last refresh",
-        &utc_or_never(grant.last_refresh_at),
-    );
-    row(
-        &mut body,
-        "Last error",
-        grant.last_error.as_deref().unwrap_or("—"),
-    );
-    row(&mut body, "State changed", &utc(grant.state_changed_at));
-    row(&mut body, "Updated", &utc(grant.updated_at));
-    body.push_str("</dl>");
-
-    // Revoking: a form with the session's token, or the button disabled with the reason.
-    let action = format!("/admin/users/{}/revoke", path_segment(&p.sub));
-    body.push_str("<h2>Revoke</h2>");
-    if operator.can_write {
-        let _ = write!(
-            body,
-            r#"<form method="post" action="{}"><p>Revokes the grant at Google and marks it revoked here; the app must ask the user to sign in again with consent.</p><input type="hidden" name="csrf" value="{}"><button type="submit" id="revoke" class="danger">Revoke grant</button></form>"#,
-            esc(&action),
-            esc(&operator.csrf),
-        );
-    } else {
-        let _ = write!(
-            body,
-            r#"<p><button type="button" id="revoke" class="danger" disabled aria-describedby="revoke-why">Revoke grant</button></p><p id="revoke-why" class="muted">Revoking needs an API key with the users:write capability; the key of this session ({}) does not have it.</p>"#,
-            esc(&operator.key_id)
-        );
-    }
-
-    body.push_str(
-        r#"<h2>History</h2><div class="scroll"><table id="history"><thead><tr><th scope="col">When</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Reason</th></tr></thead><tbody>"#,
-    );
-    for e in &events {
-        let _ = write!(
-            body,
-            r#"<tr data-event="{}"><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{}</td></tr>"#,
-            e.id,
-            esc(&utc(e.at)),
-            e.from.map(badge).unwrap_or_else(|| "(new)".to_owned()),
-            badge(e.to),
-            esc(&e.reason),
-        );
-    }
-    if events.is_empty() {
-        body.push_str(r#"<tr><td colspan="4">No changes recorded.</td></tr>"#);
-    }
-    body.push_str("</tbody></table></div>");
-
-    body.push_str(
-        r#"<h2>Audit trail</h2><div class="scroll"><table id="audit"><thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Action</th><th scope="col">Detail</th><th scope="col">Outcome</th><th scope="col">Times</th></tr></thead><tbody>"#,
-    );
-    for a in &audit {
-        let _ = write!(
-            body,
-            r#"<tr data-audit="{}" data-times="{}"><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{}</td><td>{}</td><td>{}</td></tr>"#,
-            a.id,
-            a.times,
-            esc(&utc(a.at)),
-            esc(&a.actor),
-            esc(&a.action),
-            esc(&a.detail),
-            esc(&a.outcome),
-            esc(&if a.times > 1 {
-                format!("{} (last at {})", a.times, utc(a.last_at))
-            } else {
-                "1".to_owned()
-            }),
-        );
-    }
-    if audit.is_empty() {
-        body.push_str(r#"<tr><td colspan="6">Nothing recorded.</td></tr>"#);
-    }
-    body.push_str("</tbody></table></div><nav class=\"pager\" aria-label=\"Audit pages\">");
+    profile_section(&mut body, &user, now);
+    grant_section(&mut body, &grant, now);
+    revoke_section(&mut body, operator, &user, &grant);
+    history_table(&mut body, &events, now);
+    audit_table(&mut body, &audit, now);
+    body.push_str("<nav class=\"pager\" aria-label=\"Audit pages\">");
     let here = format!("/admin/users/{}", path_segment(&p.sub));
     if before.is_some() {
         let _ = write!(
@@ -430,6 +357,166 @@ async fn user_page(
         Some(&operator.shell(Section::Users)),
         &body,
     ))
+}
+
+/// A `<dt>`/`<dd>` pair of text.
+fn fact(out: &mut String, term: &str, value: &str) {
+    let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", esc(term), esc(value));
+}
+
+/// A `<dt>`/`<dd>` pair whose value is markup the caller built.
+fn fact_html(out: &mut String, term: &str, html: &str) {
+    let _ = write!(out, "<dt>{}</dt><dd>{html}</dd>", esc(term));
+}
+
+fn profile_section(out: &mut String, user: &UserRecord, now: OffsetDateTime) {
+    let p = &user.profile;
+    out.push_str("<h2>Profile</h2><dl id=\"profile\">");
+    fact(out, "Sub", &p.sub);
+    fact(
+        out,
+        "Email",
+        &match (&p.email, p.email_verified) {
+            (Some(e), true) => format!("{e} (verified)"),
+            (Some(e), false) => format!("{e} (not verified)"),
+            (None, _) => "—".to_owned(),
+        },
+    );
+    fact(out, "Name", p.name.as_deref().unwrap_or("—"));
+    if let Some(hd) = &p.hd {
+        fact(out, "Workspace domain", hd);
+    }
+    fact(out, "Locale", p.locale.as_deref().unwrap_or("—"));
+    fact_html(out, "First seen", &time(user.created_at, now));
+    fact_html(
+        out,
+        "Last sign-in",
+        &time_or_never(user.last_sign_in_at, now),
+    );
+    out.push_str("</dl>");
+}
+
+fn grant_section(out: &mut String, grant: &GrantRecord, now: OffsetDateTime) {
+    let _ = write!(
+        out,
+        r#"<h2>Grant</h2><dl id="grant"><dt>State</dt><dd>{}</dd>"#,
+        badge(grant.state)
+    );
+    fact(out, "Reason", grant.reason.as_deref().unwrap_or("—"));
+    fact_html(out, "Scopes", &scope_list(grant.scopes.iter()));
+    fact(
+        out,
+        "Refresh token",
+        if grant.refresh_token.is_some() {
+            "held (sealed)"
+        } else {
+            "none held"
+        },
+    );
+    fact_html(
+        out,
+        "Last refresh",
+        &time_or_never(grant.last_refresh_at, now),
+    );
+    fact(
+        out,
+        "Last error",
+        grant.last_error.as_deref().unwrap_or("—"),
+    );
+    fact_html(out, "State changed", &time(grant.state_changed_at, now));
+    fact_html(out, "Updated", &time(grant.updated_at, now));
+    out.push_str("</dl>");
+}
+
+/// Revoking: offered only for a grant that is not revoked already, and asking once (a
+/// disclosure holds the form, so it works without script); disabled with the reason for a key
+/// that may not.
+fn revoke_section(out: &mut String, operator: &Operator, user: &UserRecord, grant: &GrantRecord) {
+    let p = &user.profile;
+    out.push_str("<h2>Revoke</h2>");
+    if grant.state == GrantState::Revoked {
+        out.push_str(
+            r#"<p id="revoke-why">The grant is revoked: the app must ask the user to sign in again with consent.</p>"#,
+        );
+        return;
+    }
+    if !operator.can_write {
+        let _ = write!(
+            out,
+            r#"<p><button type="button" id="revoke" class="danger" disabled aria-describedby="revoke-why">Revoke grant</button></p><p id="revoke-why" class="muted">Revoking needs an API key with the users:write capability; the key of this session ({}) does not have it.</p>"#,
+            esc(&operator.key_id)
+        );
+        return;
+    }
+    let action = format!("/admin/users/{}/revoke", path_segment(&p.sub));
+    let held = grant.refresh_token.is_some() || grant.access_token.is_some();
+    let what = if held {
+        "Revokes the grant at Google and marks it revoked here"
+    } else {
+        "No token is held, so nothing is revoked at Google; the grant is marked revoked here"
+    };
+    let _ = write!(
+        out,
+        r#"<details class="confirm" id="revoke-confirm"><summary id="revoke-ask">Revoke grant…</summary><form method="post" action="{action}"><p>Revoke the grant of {who}? {what}; the app must ask the user to sign in again with consent.</p><input type="hidden" name="csrf" value="{csrf}"><button type="submit" id="revoke" class="danger">Revoke grant</button></form></details>"#,
+        action = esc(&action),
+        who = esc(p.email.as_deref().unwrap_or(&p.sub)),
+        what = esc(what),
+        csrf = esc(&operator.csrf),
+    );
+}
+
+fn history_table(out: &mut String, events: &[grantkeeper_store::GrantEvent], now: OffsetDateTime) {
+    out.push_str(
+        r#"<h2>History</h2><div class="scroll"><table id="history" class="cards"><thead><tr><th scope="col">When</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Reason</th></tr></thead><tbody>"#,
+    );
+    for e in events {
+        let _ = write!(
+            out,
+            r#"<tr data-event="{}"><td class="nowrap" data-label="When">{}</td><td class="nowrap" data-label="From">{}</td><td class="lead nowrap" data-label="To">{}</td><td class="wrap" data-label="Reason">{}</td></tr>"#,
+            e.id,
+            time(e.at, now),
+            e.from.map(badge).unwrap_or_else(|| "(new)".to_owned()),
+            badge(e.to),
+            esc(&e.reason),
+        );
+    }
+    if events.is_empty() {
+        out.push_str(r#"<tr><td colspan="4" class="empty">No changes recorded.</td></tr>"#);
+    }
+    out.push_str("</tbody></table></div>");
+}
+
+fn audit_table(out: &mut String, audit: &[grantkeeper_store::AuditRecord], now: OffsetDateTime) {
+    out.push_str(
+        r#"<h2>Audit trail</h2><div class="scroll"><table id="audit" class="cards"><thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Action</th><th scope="col">Detail</th><th scope="col">Outcome</th><th scope="col">Times</th></tr></thead><tbody>"#,
+    );
+    for a in audit {
+        let times = if a.times > 1 {
+            format!("{} (last {})", a.times, time(a.last_at, now))
+        } else {
+            "1".to_owned()
+        };
+        let detail = if a.detail.is_empty() {
+            "—".to_owned()
+        } else {
+            short_scopes_in(&a.detail)
+        };
+        let _ = write!(
+            out,
+            r#"<tr data-audit="{}" data-times="{}"><td class="nowrap" data-label="When">{}</td><td data-label="Who">{}</td><td data-label="Action">{}</td><td class="wrap" data-label="Detail">{}</td><td class="lead" data-label="Outcome">{}</td><td data-label="Times">{times}</td></tr>"#,
+            a.id,
+            a.times,
+            time(a.at, now),
+            esc(&a.actor),
+            esc(&a.action),
+            esc(&detail),
+            esc(&a.outcome),
+        );
+    }
+    if audit.is_empty() {
+        out.push_str(r#"<tr><td colspan="6" class="empty">Nothing recorded.</td></tr>"#);
+    }
+    out.push_str("</tbody></table></div>");
 }
 
 /// `POST /admin/users/{sub}/revoke`: what `grantkeeper users revoke` does, by this operator.
@@ -461,6 +548,16 @@ pub async fn revoke(
         ))
         .into());
     }
+    let grant = app
+        .store()
+        .grant(&sub)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("There is no user with this sub.".to_owned()))?;
+    let here = format!("/admin/users/{}", path_segment(&sub));
+    if grant.state == GrantState::Revoked {
+        return Ok(see_other(&format!("{here}?revoked=already")));
+    }
+    let held = grant.refresh_token.is_some() || grant.access_token.is_some();
     let reason = format!(
         "revoked by an operator in the console (key {})",
         operator.key_id
@@ -471,7 +568,8 @@ pub async fn revoke(
         .await
         .map_err(ApiError::from);
     let outcome = match &result {
-        Ok(RevocationOutcome::Revoked) => "ok",
+        Ok(RevocationOutcome::Revoked) if held => "ok",
+        Ok(RevocationOutcome::Revoked) => "local",
         Ok(RevocationOutcome::Queued) => "queued",
         Err(e) => e.code(),
     };
@@ -487,20 +585,15 @@ pub async fn revoke(
     // The page the browser goes to next shows this row.
     app.audit().flush().await;
     match result {
-        Ok(RevocationOutcome::Revoked) => Ok(see_other(&format!(
-            "/admin/users/{}?revoked=1",
-            path_segment(&sub)
-        ))),
+        Ok(RevocationOutcome::Revoked) if held => Ok(see_other(&format!("{here}?revoked=1"))),
+        Ok(RevocationOutcome::Revoked) => Ok(see_other(&format!("{here}?revoked=local"))),
         Ok(RevocationOutcome::Queued) => {
             tracing::warn!(
                 %sub,
                 outcome = "queued",
                 "a grant was revoked from the console; Google could not revoke it, so its revocation there is queued and retried"
             );
-            Ok(see_other(&format!(
-                "/admin/users/{}?revoked=queued",
-                path_segment(&sub)
-            )))
+            Ok(see_other(&format!("{here}?revoked=queued")))
         }
         Err(e @ (ApiError::UpstreamUnavailable { .. } | ApiError::Upstream(_))) => {
             let status = e.status();
