@@ -1,6 +1,13 @@
-//! A `grantkeeper dev` process, a headless Chromium behind chromedriver, and the steps tests
-//! take in them.
+//! One `grantkeeper dev` process and one headless Chromium behind chromedriver, shared by every
+//! scenario, and the steps scenarios take in them.
+//!
+//! Scenarios run one after another in the same browser: each starts from a blank window with
+//! no cookies, at the size it asks for, and uses accounts of its own, so that none depends on
+//! another. A failing scenario saves what every window showed under
+//! `target/browser-artifacts/<scenario>/`, and the others still run; the test fails at the end,
+//! naming the failed ones. `GRANTKEEPER_BROWSER_ONLY=name,name` runs some of them.
 
+use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use fantoccini::wd::WindowHandle;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
@@ -9,13 +16,13 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_grantkeeper");
 
-/// How long a step may take before the test fails (popups, refreshes, page loads).
+/// How long a step may take before the scenario fails (popups, refreshes, page loads).
 const STEP: Duration = Duration::from_secs(20);
 
 /// The Chromium flags of DEVELOPERS.md; the profile directory is added per browser.
@@ -36,6 +43,7 @@ pub struct Dev {
     child: Child,
     pub url: String,
     pub api_key: String,
+    data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -77,6 +85,7 @@ impl Dev {
             child,
             url,
             api_key,
+            data,
             _dir: dir,
         }
     }
@@ -106,6 +115,58 @@ impl Dev {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
+
+    /// Signs `email` in as the web client would, without a browser: the session cookie and
+    /// the user's sub.
+    pub async fn sign_in(&self, email: &str) -> (String, String) {
+        let secret: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data.join("client_secret.json")).unwrap(),
+        )
+        .unwrap();
+        let minted = self
+            .emulator(
+                "POST",
+                "codes",
+                Some(
+                    json!({"email": email, "client_id": secret["web"]["client_id"],
+                    "scope": "openid email profile https://www.googleapis.com/auth/drive.appdata",
+                    "redirect_uri": "postmessage"}),
+                ),
+            )
+            .await;
+        let r = reqwest::Client::new()
+            .post(format!("{}/authcode", self.url))
+            .header("x-requested-with", "XmlHttpRequest")
+            .header("origin", &self.url)
+            .header("content-type", "application/octet-stream")
+            .body(minted["code"].as_str().unwrap().to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let body: Value = r.json().await.unwrap();
+        (cookie, body["user"]["sub"].as_str().unwrap().to_owned())
+    }
+
+    /// The demo page's Drive listing for the session `cookie`: its HTTP status.
+    pub async fn list_files(&self, cookie: &str) -> u16 {
+        reqwest::Client::new()
+            .get(format!("{}/demo/files", self.url))
+            .header("cookie", cookie)
+            .header("x-requested-with", "XmlHttpRequest")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
 }
 
 fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
@@ -122,6 +183,9 @@ fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// chromedriver's base URL and this session's id, for its own commands (logs, network).
+    webdriver: String,
+    session: String,
     main: WindowHandle,
     _profile: tempfile::TempDir,
 }
@@ -142,9 +206,9 @@ fn free_port() -> u16 {
 }
 
 impl Browser {
-    /// Opens a browser window of `width` x `height`; None (after saying why) when Chromium or
+    /// Starts chromedriver and a Chromium session; None (after saying why) when Chromium or
     /// its driver is not installed and this is not CI.
-    pub async fn open(width: u32, height: u32) -> Option<Browser> {
+    pub async fn open() -> Option<Browser> {
         let driver = find_program("GRANTKEEPER_CHROMEDRIVER", &["chromedriver"]);
         let chromium = find_program(
             "GRANTKEEPER_CHROMIUM",
@@ -185,26 +249,64 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
-        args.push(format!("--window-size={width},{height}"));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".to_owned(),
             json!({"binary": chromium, "args": args}),
         );
+        // The browser's console, read by `console_errors`.
+        caps.insert("goog:loggingPrefs".to_owned(), json!({"browser": "ALL"}));
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&webdriver)
             .await
             .unwrap();
-        // Headless Chromium may ignore --window-size for the viewport: set it explicitly.
-        client.set_window_size(width, height).await.unwrap();
         let main = client.window().await.unwrap();
+        let session = client.session_id().await.unwrap().unwrap();
         Some(Browser {
             client,
             driver,
+            webdriver,
+            session,
             main,
             _profile: profile,
         })
+    }
+
+    /// Makes the viewport `width` x `height` CSS pixels (headless Chromium's window is larger
+    /// than its viewport by a margin of its own).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.client.set_window_size(width, height).await.unwrap();
+        let inner = self.js("[window.innerWidth, window.innerHeight]").await;
+        let (w, h) = (inner[0].as_u64().unwrap(), inner[1].as_u64().unwrap());
+        let grow = |want: u32, got: u64| (2 * u64::from(want)).saturating_sub(got) as u32;
+        if (w, h) != (u64::from(width), u64::from(height)) {
+            self.client
+                .set_window_size(grow(width, w), grow(height, h))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Back to one blank window with no cookies for `origin`, at `width` x `height`.
+    async fn reset(&self, origin: &str, width: u32, height: u32) {
+        for w in self.client.windows().await.unwrap_or_default() {
+            if w != self.main && self.client.switch_to_window(w).await.is_ok() {
+                let _ = self.client.close_window().await;
+            }
+        }
+        self.client
+            .switch_to_window(self.main.clone())
+            .await
+            .unwrap();
+        self.set_offline(false).await;
+        // Cookies are deleted per page: the console's live under /admin.
+        for path in ["/healthz", "/admin/console.js"] {
+            self.client.goto(&format!("{origin}{path}")).await.unwrap();
+            self.client.delete_all_cookies().await.unwrap();
+        }
+        self.console_errors().await;
+        self.resize(width, height).await;
     }
 
     pub async fn goto(&self, url: &str) {
@@ -219,7 +321,7 @@ impl Browser {
             .unwrap()
     }
 
-    /// Waits until `expr` is true in the page; fails with `what` and the page's status text.
+    /// Waits until `expr` is true in the page; fails with `what` and the page's messages.
     pub async fn until(&self, expr: &str, what: &str) {
         let deadline = Instant::now() + STEP;
         loop {
@@ -236,10 +338,8 @@ impl Browser {
                 return;
             }
             if Instant::now() > deadline {
-                let status = self
-                    .js("document.getElementById('status') ? document.getElementById('status').textContent : ''")
-                    .await;
-                panic!("timed out waiting for {what} (`{expr}`); status: {status}");
+                let shown = self.messages().await;
+                panic!("timed out waiting for {what} (`{expr}`); messages shown: {shown:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -255,6 +355,67 @@ impl Browser {
             .click()
             .await
             .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    }
+
+    /// A click where a person would click, on the middle of the element, whatever element
+    /// takes it there (a row's link covering the row).
+    pub async fn press(&self, css: &str) {
+        let element = self.client.find(Locator::Css(css)).await.unwrap();
+        self.client
+            .execute(
+                "arguments[0].scrollIntoView({block: 'center'});",
+                vec![serde_json::to_value(&element).unwrap()],
+            )
+            .await
+            .unwrap();
+        let press = MouseActions::new("mouse".to_owned())
+            .then(PointerAction::MoveToElement {
+                element,
+                duration: None,
+                x: 0.0,
+                y: 0.0,
+            })
+            .then(PointerAction::Down {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Up {
+                button: MOUSE_BUTTON_LEFT,
+            });
+        self.client.perform_actions(press).await.unwrap();
+        self.client.release_actions().await.unwrap();
+    }
+
+    /// A double click as a person makes it: two presses of the mouse button in a row.
+    pub async fn double_click(&self, css: &str) {
+        let element = self.client.find(Locator::Css(css)).await.unwrap();
+        self.client
+            .execute(
+                "arguments[0].scrollIntoView({block: 'center'});",
+                vec![serde_json::to_value(&element).unwrap()],
+            )
+            .await
+            .unwrap();
+        let press = MouseActions::new("mouse".to_owned())
+            .then(PointerAction::MoveToElement {
+                element,
+                duration: None,
+                x: 0.0,
+                y: 0.0,
+            })
+            .then(PointerAction::Down {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Up {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Down {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Up {
+                button: MOUSE_BUTTON_LEFT,
+            });
+        self.client.perform_actions(press).await.unwrap();
+        self.client.release_actions().await.unwrap();
     }
 
     pub async fn fill(&self, css: &str, text: &str) {
@@ -278,6 +439,66 @@ impl Browser {
             Ok(el) => el.is_displayed().await.unwrap_or(false),
             Err(_) => false,
         }
+    }
+
+    /// The messages and state notices a person sees on the page, as text (a collapsed
+    /// "Details" is not seen).
+    pub async fn messages(&self) -> Vec<String> {
+        let v = self
+            .js(r#"Array.from(document.querySelectorAll('.msg, .notice, .alert'))
+                .filter((el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden')
+                .map((el) => el.innerText.trim())"#)
+            .await;
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    /// The browser console's errors since the last call (the log is read and emptied).
+    pub async fn console_errors(&self) -> Vec<String> {
+        let log: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/session/{}/se/log",
+                self.webdriver, self.session
+            ))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        log["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Cuts the browser off the network (as a dropped connection does), or reconnects it.
+    pub async fn set_offline(&self, offline: bool) {
+        let url = format!(
+            "{}/session/{}/chromium/network_conditions",
+            self.webdriver, self.session
+        );
+        let http = reqwest::Client::new();
+        let r = if offline {
+            http.post(url)
+                .json(
+                    &json!({"network_conditions": {"offline": true, "latency": 0,
+                    "download_throughput": 0, "upload_throughput": 0}}),
+                )
+                .send()
+                .await
+        } else {
+            http.delete(url).send().await
+        };
+        let r = r.unwrap();
+        assert!(
+            r.status().is_success() || !offline,
+            "network conditions: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 
     /// Waits for the popup a click opened and switches to it.
@@ -311,12 +532,18 @@ impl Browser {
             .unwrap();
     }
 
-    /// In the emulator's consent popup: picks `email`, unticks `untick`, allows, and returns
-    /// to the page.
+    /// In the emulator's consent popup: picks `email` (a listed account, or typed as another
+    /// one), unticks `untick`, allows, and returns to the page.
     pub async fn consent(&self, email: &str, untick: &[&str]) {
         self.to_popup().await;
-        self.click(&format!("input[name=account][value='{email}']"))
+        self.until("document.getElementById('allow')", "the consent page")
             .await;
+        let listed = format!("input[name=account][value='{email}']");
+        if self.client.find(Locator::Css(&listed)).await.is_ok() {
+            self.click(&listed).await;
+        } else {
+            self.fill("#email-other", email).await;
+        }
         for scope in untick {
             self.click(&format!("input[name=grant][value='{scope}']"))
                 .await;
@@ -356,6 +583,27 @@ impl Browser {
         );
     }
 
+    /// Saves the viewport as `docs/screenshots/<name>.png` when `GRANTKEEPER_SCREENSHOTS` is
+    /// set (DEVELOPERS.md names the command), scrolled so that `css` is in view.
+    pub async fn screenshot(&self, name: &str, css: &str) {
+        if std::env::var_os("GRANTKEEPER_SCREENSHOTS").is_none() {
+            return;
+        }
+        self.js(&format!(
+            "(() => {{ const el = document.querySelector({css:?}); \
+             if (el) el.scrollIntoView({{block: 'start'}}); \
+             if (el && el.getBoundingClientRect().top < 80) window.scrollBy(0, -12); \
+             if ({css:?} === 'body') window.scrollTo(0, 0); return true; }})()"
+        ))
+        .await;
+        // Let relative times and transitions settle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
     /// Saves a screenshot and the page source of every open window under `dir`.
     async fn save_artifacts(&self, dir: &Path) {
         let _ = std::fs::create_dir_all(dir);
@@ -374,29 +622,95 @@ impl Browser {
     }
 }
 
-/// Runs `body` in a fresh browser (skipping as [`Browser::open`] says); on a failure saves
-/// what every window showed under `target/browser-artifacts/<name>/`, then fails.
-pub async fn with_browser<F, Fut>(name: &str, width: u32, height: u32, body: F)
-where
-    F: FnOnce(Arc<Browser>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Some(browser) = Browser::open(width, height).await else {
+/// A scenario's steps, under way.
+pub type Steps<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// A scenario: its name, the viewport it starts at, and its steps.
+pub struct Scenario {
+    pub name: &'static str,
+    pub size: (u32, u32),
+    pub run: for<'a> fn(&'a Browser, &'a Dev) -> Steps<'a>,
+}
+
+/// Runs the scenarios in one `dev` and one browser (skipping all as [`Browser::open`] says),
+/// each from a clean start; fails at the end naming those that failed.
+pub async fn run_scenarios(scenarios: &[Scenario]) {
+    let Some(browser) = Browser::open().await else {
         return;
     };
-    let browser = Arc::new(browser);
-    let outcome = AssertUnwindSafe(body(browser.clone())).catch_unwind().await;
-    if outcome.is_err() {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .unwrap_or(Path::new("target"))
-            .join("browser-artifacts")
-            .join(name);
-        browser.save_artifacts(&dir).await;
-        eprintln!("screenshots and page sources saved in {}", dir.display());
+    let dev = Dev::start();
+    let only: Option<Vec<String>> = std::env::var("GRANTKEEPER_BROWSER_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let mut failed = Vec::new();
+    for scenario in scenarios {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == scenario.name))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let (width, height) = scenario.size;
+        let outcome = AssertUnwindSafe(async {
+            browser.reset(&dev.url, width, height).await;
+            (scenario.run)(&browser, &dev).await;
+        })
+        .catch_unwind()
+        .await;
+        match outcome {
+            Ok(()) => eprintln!(
+                "browser scenario {} ok in {:.1} s",
+                scenario.name,
+                started.elapsed().as_secs_f64()
+            ),
+            Err(panic) => {
+                let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                    .parent()
+                    .unwrap_or(Path::new("target"))
+                    .join("browser-artifacts")
+                    .join(scenario.name);
+                browser.save_artifacts(&dir).await;
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "browser scenario {} FAILED: {why}\nscreenshots and page sources saved in {}",
+                    scenario.name,
+                    dir.display()
+                );
+                failed.push(scenario.name);
+            }
+        }
     }
     let _ = browser.client.clone().close().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    assert!(failed.is_empty(), "browser scenarios failed: {failed:?}");
+}
+
+/// The list of scenarios, from `async fn name(b: &Browser, dev: &Dev)` items and their
+/// viewport.
+#[macro_export]
+macro_rules! scenarios {
+    ($($name:path => ($w:expr, $h:expr)),* $(,)?) => {
+        vec![$(
+            $crate::harness::Scenario {
+                name: {
+                    let path = stringify!($name);
+                    match path.rfind(':') { Some(i) => path[i + 1..].trim(), None => path }
+                },
+                size: ($w, $h),
+                run: {
+                    fn run<'a>(
+                        b: &'a $crate::harness::Browser,
+                        d: &'a $crate::harness::Dev,
+                    ) -> $crate::harness::Steps<'a> {
+                        Box::pin($name(b, d))
+                    }
+                    run
+                },
+            }
+        ),*]
+    };
 }
