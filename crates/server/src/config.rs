@@ -98,6 +98,19 @@ pub struct VaultSection {
     /// How often a server reads the store's data keys again (a rotation's new key is sealed
     /// under within this time); `keys rotate --grace` must be at least twice this.
     pub reload_interval: Option<DurationValue>,
+    /// Google Cloud KMS: the CryptoKey that wraps the data keys, instead of a local key.
+    pub kms_key: Option<String>,
+    /// Cloud KMS's endpoint (the emulator's base URL in development).
+    pub kms_endpoint: Option<String>,
+    /// A service account key file; Application Default Credentials when absent.
+    pub kms_credentials_file: Option<PathBuf>,
+    /// PKCS#11: the RFC 7512 URI of an AES key in a token, instead of a local key.
+    pub pkcs11: Option<String>,
+    /// The HSM's PKCS#11 library.
+    pub pkcs11_module: Option<PathBuf>,
+    /// A file holding the token's user PIN (or GRANTKEEPER_VAULT__PKCS11_PIN).
+    pub pkcs11_pin_file: Option<PathBuf>,
+    pub pkcs11_pin: Option<SecretString>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,7 +499,8 @@ pub fn master_key(vault: &VaultSection, base: &Path) -> Result<MasterKey, Config
                 "vault.master_key_file",
                 "no master key",
                 "set vault.master_key_file to a file holding base64 of 32 random bytes \
-                 (`head -c32 /dev/urandom | base64`), or GRANTKEEPER_VAULT__MASTER_KEY",
+                 (`head -c32 /dev/urandom | base64`), or GRANTKEEPER_VAULT__MASTER_KEY; or keep \
+                 the master key in Cloud KMS (vault.kms_key) or an HSM (vault.pkcs11)",
             ));
         }
     };
