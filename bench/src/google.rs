@@ -159,5 +159,11 @@ pub async fn in_process_app(
     let settings = Settings::from_file(&file, dir)?;
     let store = grantkeeper_store::open(&settings.store_url).await?;
     let master = MasterKey::from_base64(&MasterKey::generate_base64())?;
-    Ok(grantkeeper_server::App::new(settings, store, &master, SystemClock::shared()).await?)
+    Ok(grantkeeper_server::App::new(
+        settings,
+        store,
+        std::sync::Arc::new(master),
+        SystemClock::shared(),
+    )
+    .await?)
 }

@@ -55,7 +55,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let settings = Settings::from_file(&file, dir.path())?;
     let store = grantkeeper_store::open(&settings.store_url).await?;
     let master = MasterKey::from_base64(&MasterKey::generate_base64())?;
-    let app = App::new(settings, store, &master, clock).await?;
+    let app = App::new(settings, store, std::sync::Arc::new(master), clock).await?;
     let http = reqwest::Client::new();
 
     eprintln!("signing in {users} users...");

@@ -25,7 +25,8 @@ pub async fn open_app(target: &Target) -> anyhow::Result<App> {
     let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("opening the store")?;
-    Ok(App::new(settings, store, &master, SystemClock::shared()).await?)
+    let master = crate::ops::open_master(&master).await?;
+    Ok(App::new(settings, store, master, SystemClock::shared()).await?)
 }
 
 /// Writes `text` to stdout as it is (listings end their lines themselves).

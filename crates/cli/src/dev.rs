@@ -3,23 +3,57 @@
 //! `dev` keeps a whole deployment under its data dir: the master key (mode 0600), the SQLite
 //! file, the dev API key, the emulator's state and client_secret.json, and a grantkeeper.toml
 //! describing all of it, so that `migrate`, `check` and `serve` work on it too.
+//!
+//! `dev --kms` keeps the master key in the emulated Cloud KMS instead (a key of the emulator's
+//! project, called with a service account's key file, `kms-service-account.json`): no master
+//! key file is made. Switching a data dir between the two moves its data keys (`keys rewrap`).
 
 use crate::ops::CONFIG_FILE;
 use crate::{local_url, serve_until_signal};
 use anyhow::Context;
-use grantkeeper_core::{ExposeSecret, MasterKey, SecretString, SystemClock};
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use grantkeeper_core::{ExposeSecret, MasterKey, MasterKeySource, SecretString, SystemClock};
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::App;
+use grantkeeper_server::master_key::{MasterKeySettings, SpecOptions};
+use grantkeeper_store::SharedStore;
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use url::Url;
 
 const MASTER_KEY_FILE: &str = "master.key";
 const API_KEY_FILE: &str = "dev-api-key";
+const KMS_CREDENTIALS_FILE: &str = "kms-service-account.json";
+
+/// Where `dev` keeps its master key.
+enum DevKey {
+    /// `master.key` in the data dir.
+    File,
+    /// A key of the emulated Cloud KMS.
+    Kms { key: String, endpoint: String },
+}
+
+impl DevKey {
+    fn vault_section(&self) -> String {
+        match self {
+            DevKey::File => format!("[vault]\nmaster_key_file = {MASTER_KEY_FILE:?}\n"),
+            DevKey::Kms { key, endpoint } => format!(
+                "# The master key is in the emulated Cloud KMS, at /_google of this server.\n\
+                 [vault]\nkms_key = {key:?}\nkms_endpoint = {endpoint:?}\n\
+                 kms_credentials_file = {KMS_CREDENTIALS_FILE:?}\n"
+            ),
+        }
+    }
+}
 
 /// Creates `path` with mode 0600 holding `contents`, unless it exists; returns its contents.
 fn read_or_create_secret(
@@ -49,6 +83,21 @@ fn read_or_create_secret(
     Ok(secret)
 }
 
+/// Writes `path` (replacing it) readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
 fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -58,7 +107,12 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The dev deployment's configuration file.
-fn write_config(dir: &Path, base: &str, emulator: &Emulator) -> anyhow::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    base: &str,
+    emulator: &Emulator,
+    key: &DevKey,
+) -> anyhow::Result<PathBuf> {
     let host_origin = base.to_owned();
     let port = Url::parse(base)?.port().unwrap_or(80);
     let origins = [
@@ -72,7 +126,7 @@ fn write_config(dir: &Path, base: &str, emulator: &Emulator) -> anyhow::Result<P
          [provider]\nissuer = {issuer:?}\nclient_secret_file = \"client_secret.json\"\n\
          authorized_parties = [{android:?}, {ios:?}]\napi_base = {issuer:?}\ngoogle_quirks = true\n\n\
          [store]\nurl = \"sqlite://grantkeeper.db\"\n\n\
-         [vault]\nmaster_key_file = {MASTER_KEY_FILE:?}\n\n\
+         {vault}\n\
          # Development serves one person on loopback: no rate limits.\n\
          [limits]\nauthcode_per_minute = 0\nv1_per_second = 0\n",
         addr = base.trim_start_matches("http://"),
@@ -80,17 +134,15 @@ fn write_config(dir: &Path, base: &str, emulator: &Emulator) -> anyhow::Result<P
         issuer = emulator.base_url().as_str().trim_end_matches('/'),
         android = emulator.android_client_id(),
         ios = emulator.ios_client_id(),
+        vault = key.vault_section(),
     );
     let path = dir.join(CONFIG_FILE);
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
-pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+pub async fn run(addr: SocketAddr, data_dir: PathBuf, kms: bool) -> anyhow::Result<()> {
     create_data_dir(&data_dir)?;
-    let master_text =
-        read_or_create_secret(&data_dir.join(MASTER_KEY_FILE), MasterKey::generate_base64)?;
-    MasterKey::from_base64(&master_text).context("master.key does not hold base64 of 32 bytes")?;
     let api_key = read_or_create_secret(&data_dir.join(API_KEY_FILE), || {
         SecretString::from(format!(
             "gk_dev_{}",
@@ -112,7 +164,52 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     })
     .await
     .context("starting the Google emulator")?;
-    let config_path = write_config(&data_dir, &base, &emulator)?;
+    let key = if kms {
+        let key = format!(
+            "projects/{}/locations/global/keyRings/grantkeeper/cryptoKeys/dev-master",
+            emulator.project_id()
+        );
+        emulator.ensure_kms_key(&key)?;
+        if !data_dir.join(KMS_CREDENTIALS_FILE).exists() {
+            let file = emulator.create_service_account("grantkeeper-dev").await?;
+            write_private(
+                &data_dir.join(KMS_CREDENTIALS_FILE),
+                &serde_json::to_vec_pretty(&file)?,
+            )?;
+        }
+        DevKey::Kms {
+            key,
+            endpoint: format!("{base}/_google"),
+        }
+    } else {
+        let text =
+            read_or_create_secret(&data_dir.join(MASTER_KEY_FILE), MasterKey::generate_base64)?;
+        MasterKey::from_base64(&text).context("master.key does not hold base64 of 32 bytes")?;
+        DevKey::File
+    };
+    point_credentials_at(&data_dir, &base)?;
+    let config_path = write_config(&data_dir, &base, &emulator, &key)?;
+
+    // The emulator answers from now on (the server's master key may be in its Cloud KMS); the
+    // server's own paths wait for it to be built.
+    let app_router: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let pending = app_router.clone();
+    let router =
+        Router::new()
+            .nest("/_google", emulator.router())
+            .fallback(move |request: Request| {
+                let pending = pending.clone();
+                async move {
+                    match pending.get() {
+                        Some(app) => match app.clone().oneshot(request).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        },
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response(),
+                    }
+                }
+            });
+    let served = tokio::spawn(serve_until_signal(listener, router));
 
     let (mut settings, master) = crate::ops::load(&config_path)?;
     settings.secure_cookies = false; // dev serves plain HTTP
@@ -128,10 +225,15 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     )
     .await
     .context("registering the dev API key")?;
-    let app = App::new(settings, store, &master, clock).await?.into_dev();
-    let router = grantkeeper_server::http::router(app.clone()).nest("/_google", emulator.router());
+    let master = crate::ops::open_master(&master).await?;
+    move_keys(&store, &data_dir, &base, &key, master.as_ref()).await?;
+    let app = App::new(settings, store, master, clock).await?.into_dev();
+    let _ = app_router.set(grantkeeper_server::http::router(app.clone()));
 
     println!("grantkeeper dev: data in {}", data_dir.display());
+    if let DevKey::Kms { key, .. } = &key {
+        println!("master key: kms:{key} (the emulated Cloud KMS)");
+    }
     println!(
         "dev API key (also in {}): {}",
         data_dir.join(API_KEY_FILE).display(),
@@ -139,9 +241,72 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     );
     println!("sign in at {base}/ ; the Google emulator is at {base}/_google");
     println!("listening on http://{bound}");
-    let served = serve_until_signal(listener, router).await;
+    let served = served.await.context("serving HTTP")?;
     app.shutdown().await;
     served
+}
+
+/// The service account key file of a data dir names the token endpoint of the emulator that
+/// made it; `dev` may listen on another port this time.
+fn point_credentials_at(data_dir: &Path, base: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(KMS_CREDENTIALS_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut file: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let token_uri = serde_json::Value::String(format!("{base}/_google/token"));
+    if file.get("token_uri") != Some(&token_uri) {
+        file["token_uri"] = token_uri;
+        write_private(&path, &serde_json::to_vec_pretty(&file)?)?;
+    }
+    Ok(())
+}
+
+/// Moves the data keys of a data dir last run with the other master key (`dev` after
+/// `dev --kms`, or the reverse) to the one in use now, as `keys rewrap` does.
+async fn move_keys(
+    store: &SharedStore,
+    data_dir: &Path,
+    base: &str,
+    key: &DevKey,
+    to: &dyn MasterKeySource,
+) -> anyhow::Result<()> {
+    let records = store.data_keys().await?;
+    let Some(other) = records
+        .iter()
+        .map(grantkeeper_server::rewrap::wrapped_by)
+        .find(|label| *label != to.label())
+    else {
+        return Ok(());
+    };
+    let from = match key {
+        // Back from the emulated KMS: its settings are those this data dir was run with.
+        DevKey::File => MasterKeySettings::from_spec(
+            other,
+            &SpecOptions {
+                kms_endpoint: Some(format!("{base}/_google")),
+                kms_credentials_file: Some(data_dir.join(KMS_CREDENTIALS_FILE)),
+                ..SpecOptions::default()
+            },
+        )?,
+        DevKey::Kms { .. } => MasterKeySettings::from_spec(
+            &format!("file:{}", data_dir.join(MASTER_KEY_FILE).display()),
+            &SpecOptions::default(),
+        )
+        .context("the data keys are wrapped by master.key, which is gone")?,
+    };
+    let from = crate::ops::open_master(&from).await?;
+    let (_stop, never) = tokio::sync::watch::channel(false);
+    let summary =
+        grantkeeper_server::rewrap::rewrap(store, from.as_ref(), to, &never, &|_| {}).await?;
+    println!(
+        "moved {} data keys from {} to {} (keys rewrap)",
+        summary.rewrapped.len(),
+        from.label(),
+        to.label()
+    );
+    Ok(())
 }
 
 pub async fn emulator(addr: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -1,11 +1,14 @@
-//! `keys rotate` and `keys list`: the vault's data keys of a deployment, rotated while its
-//! servers run (the rules are grantkeeper-server's `rotation`).
+//! `keys rotate`, `keys rewrap` and `keys list`: the vault's data keys of a deployment, rotated
+//! or moved to another master key while its servers run (the rules are grantkeeper-server's
+//! `rotation` and `rewrap`).
 
 use crate::Target;
 use crate::ops::{config_path, load};
 use crate::output::{listing, when, when_json};
 use anyhow::{Context, anyhow, bail};
 use grantkeeper_core::SystemClock;
+use grantkeeper_server::master_key::{MasterKeySettings, SpecOptions};
+use grantkeeper_server::rewrap::{RewrapEvent, rewrap as rewrap_keys};
 use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions, RotationSummary};
 use grantkeeper_store::SharedStore;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +16,7 @@ use serde_json::json;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, grantkeeper_core::MasterKey)> {
+async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, MasterKeySettings)> {
     let (settings, master) = load(&config_path(target)?)?;
     let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
@@ -22,7 +25,7 @@ async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, grantkeeper
 }
 
 /// One line per data key: id, when it was made, whether it is active, when it was retired,
-/// and how many sealed values name it.
+/// how many sealed values name it, and which master key wraps it.
 pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
     let (store, _) = open_store(target).await?;
     let statuses = store.data_key_statuses().await?;
@@ -36,6 +39,7 @@ pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
                 if k.active { "yes" } else { "no" }.to_owned(),
                 k.retired_at.map(when).unwrap_or_else(|| "-".to_owned()),
                 k.sealed_values.to_string(),
+                wrapped_by(k.wrapped_by.as_deref()).to_owned(),
             ]
         })
         .collect();
@@ -43,14 +47,15 @@ pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|k| {
             json!({"id": k.id, "created_at": when(k.created_at), "active": k.active,
-                   "retired_at": when_json(k.retired_at), "sealed_values": k.sealed_values})
+                   "retired_at": when_json(k.retired_at), "sealed_values": k.sealed_values,
+                   "wrapped_by": wrapped_by(k.wrapped_by.as_deref())})
         })
         .collect();
     print!(
         "{}",
         listing(
             json,
-            &["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES"],
+            &["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES", "WRAPPED BY"],
             &rows,
             &objects
         )
@@ -91,7 +96,8 @@ pub async fn rotate(
     let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("opening the store")?;
-    let mut rotation = Rotation::begin(store, &master, SystemClock::shared()).await?;
+    let master = crate::ops::open_master(&master).await?;
+    let mut rotation = Rotation::begin(store, master.as_ref(), SystemClock::shared()).await?;
     let old: Vec<String> = rotation.old_keys().iter().map(u32::to_string).collect();
     let from = if old.is_empty() {
         String::new()
@@ -188,6 +194,80 @@ fn json_line(e: &RotationEvent) -> serde_json::Value {
         }
         RotationEvent::Retired { key } => json!({"event": "retired", "key": key}),
     }
+}
+
+/// The source of a key recorded before sources were: the local master key.
+fn wrapped_by(label: Option<&str>) -> &str {
+    label.unwrap_or(grantkeeper_core::LOCAL_SOURCE)
+}
+
+/// `keys rewrap --to`: wraps every data key with another master key, key by key, until done
+/// or Ctrl-C; running it again resumes.
+pub async fn rewrap(target: &Target, to: &str, options: &SpecOptions) -> anyhow::Result<()> {
+    let (store, from) = open_store(target).await?;
+    let to = MasterKeySettings::from_spec(to, options)?;
+    let from = crate::ops::open_master(&from).await?;
+    let to = crate::ops::open_master(&to).await?;
+    eprintln!(
+        "rewrapping the data keys from {} to {}",
+        from.label(),
+        to.label()
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping after the key under way (Ctrl-C again to quit at once)");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let lines = !std::io::stdout().is_terminal();
+    let on_event = |e: &RewrapEvent| {
+        let (event, key) = match e {
+            RewrapEvent::Rewrapped { key } => ("rewrapped", key),
+            RewrapEvent::Already { key } => ("already", key),
+            RewrapEvent::Changed { key } => ("changed", key),
+        };
+        if lines {
+            println!("{}", json!({"event": event, "key": key}));
+        } else {
+            eprintln!("key {key}: {event}");
+        }
+    };
+    let summary = rewrap_keys(&store, from.as_ref(), to.as_ref(), &stop_rx, &on_event).await?;
+    if lines {
+        println!(
+            "{}",
+            json!({"event": "summary", "to": summary.to, "rewrapped": summary.rewrapped,
+                   "already": summary.already, "changed": summary.changed,
+                   "interrupted": summary.interrupted, "finished": summary.finished()})
+        );
+    }
+    eprintln!(
+        "{} data keys rewrapped, {} already wrapped by {}",
+        summary.rewrapped.len(),
+        summary.already.len(),
+        summary.to
+    );
+    if summary.interrupted {
+        eprintln!("interrupted: run `grantkeeper keys rewrap` again to resume");
+        return Ok(());
+    }
+    if !summary.changed.is_empty() {
+        bail!(
+            "key(s) {:?} were rewrapped by another run meanwhile: run `grantkeeper keys rewrap` \
+             again to check them",
+            summary.changed
+        );
+    }
+    eprintln!(
+        "every data key is wrapped by {}: name it in [vault] and restart the servers (before the \
+         next `keys rotate`)",
+        summary.to
+    );
+    Ok(())
 }
 
 /// Whole seconds, rounded up (a wait of 0.4 s is not "0 s").

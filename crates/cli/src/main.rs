@@ -47,6 +47,9 @@ enum Command {
         addr: SocketAddr,
         #[arg(long, default_value = ".grantkeeper")]
         data_dir: PathBuf,
+        /// Keep the master key in the emulated Cloud KMS instead of master.key
+        #[arg(long)]
+        kms: bool,
     },
     /// The server against the configured provider (Google by default)
     Serve {
@@ -74,7 +77,8 @@ enum Command {
     /// API keys of the app's services
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
-    /// The vault's data keys: rotate them while servers run, list them
+    /// The vault's data keys: rotate them or move them to another master key while servers
+    /// run, list them
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Users and their grants
@@ -184,7 +188,31 @@ enum KeysCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// One line per data key: id, created, active, retired, and how many values it seals
+    /// Wraps every data key with another master key (Cloud KMS, an HSM, a key file) while
+    /// servers run; sealed values are not touched. Ctrl-C stops after the key under way;
+    /// running it again resumes.
+    Rewrap {
+        /// The new master key: kms:projects/P/locations/L/keyRings/R/cryptoKeys/K, a
+        /// pkcs11: URI (RFC 7512), or file:PATH
+        #[arg(long, value_name = "SOURCE")]
+        to: String,
+        /// Cloud KMS's endpoint (the emulator's base URL in development)
+        #[arg(long, value_name = "URL")]
+        kms_endpoint: Option<String>,
+        /// A service account key file (else Application Default Credentials)
+        #[arg(long, value_name = "FILE")]
+        kms_credentials_file: Option<std::path::PathBuf>,
+        /// The HSM's PKCS#11 library
+        #[arg(long, value_name = "PATH")]
+        pkcs11_module: Option<std::path::PathBuf>,
+        /// A file holding the token's user PIN
+        #[arg(long, value_name = "FILE")]
+        pkcs11_pin_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One line per data key: id, created, active, retired, how many values it seals, and
+    /// which master key wraps it
     List {
         /// One JSON object per line instead of a table
         #[arg(long)]
@@ -255,7 +283,11 @@ async fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev { addr, data_dir } => dev::run(addr, data_dir).await,
+        Command::Dev {
+            addr,
+            data_dir,
+            kms,
+        } => dev::run(addr, data_dir, kms).await,
         Command::Serve { config } => ops::serve(config).await,
         Command::Emulator { addr, data_dir } => dev::emulator(addr, data_dir).await,
         Command::Migrate { target } => ops::migrate(target).await,
@@ -277,6 +309,22 @@ async fn main() -> std::process::ExitCode {
             target,
         }) => keys::rotate(&target, batch_size, grace).await,
         Command::Keys(KeysCommand::List { json, target }) => keys::list(&target, json).await,
+        Command::Keys(KeysCommand::Rewrap {
+            to,
+            kms_endpoint,
+            kms_credentials_file,
+            pkcs11_module,
+            pkcs11_pin_file,
+            target,
+        }) => {
+            let options = grantkeeper_server::master_key::SpecOptions {
+                kms_endpoint,
+                kms_credentials_file,
+                pkcs11_module,
+                pkcs11_pin_file,
+            };
+            keys::rewrap(&target, &to, &options).await
+        }
         Command::Users(UsersCommand::List {
             email,
             state,

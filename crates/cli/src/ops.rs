@@ -2,10 +2,12 @@
 
 use crate::{Target, serve_until_signal};
 use anyhow::{Context, anyhow, bail};
-use grantkeeper_core::{MasterKey, SystemClock};
+use grantkeeper_core::{MasterKeySource, SystemClock};
 use grantkeeper_server::config::{self, Settings};
+use grantkeeper_server::master_key::{MasterKeySettings, process_env};
 use grantkeeper_server::{App, keys};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// The configuration file `grantkeeper dev` writes into its data dir.
@@ -24,8 +26,8 @@ pub fn config_in(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Reads and validates a configuration file and its master key.
-pub fn load(path: &Path) -> anyhow::Result<(Settings, MasterKey)> {
+/// Reads and validates a configuration file and the master key it names.
+pub fn load(path: &Path) -> anyhow::Result<(Settings, MasterKeySettings)> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() {
         PathBuf::from(".")
@@ -34,8 +36,17 @@ pub fn load(path: &Path) -> anyhow::Result<(Settings, MasterKey)> {
     };
     let file = config::load_file(path)?;
     let settings = Settings::from_file(&file, &base)?;
-    let master = config::master_key(&file.vault, &base)?;
+    let master = MasterKeySettings::from_section(&file.vault, &base)?;
     Ok((settings, master))
+}
+
+/// Opens the master key source (a PKCS#11 token logs in here; Cloud KMS is asked when the
+/// data keys are loaded), with Application Default Credentials from this process's environment.
+pub async fn open_master(master: &MasterKeySettings) -> anyhow::Result<Arc<dyn MasterKeySource>> {
+    master
+        .open(SystemClock::shared(), &process_env)
+        .await
+        .context("vault")
 }
 
 pub fn config_path(target: &Target) -> anyhow::Result<PathBuf> {
@@ -52,7 +63,13 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
         .context("opening the store")?;
-    let app = App::new(settings, store, &master, SystemClock::shared()).await?;
+    let app = App::new(
+        settings,
+        store,
+        open_master(&master).await?,
+        SystemClock::shared(),
+    )
+    .await?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -98,18 +115,25 @@ pub async fn check(target: Target) -> anyhow::Result<()> {
                 "store",
                 Ok(format!("{} reachable, migrations applied", store.backend())),
             );
-            let vault = keys::load_vault(store.as_ref(), &master, &SystemClock).await;
-            report(
-                "master key",
-                vault
-                    .map(|v| match v.active() {
-                        Some(key) => {
-                            format!("opens the store's data keys (active key {})", key.0)
-                        }
-                        None => "opens the store's data keys (none made yet)".to_owned(),
-                    })
-                    .map_err(|e| format!("{e}: use the master key this store was created with")),
-            );
+            let opened = match master.open(SystemClock::shared(), &process_env).await {
+                Ok(source) => match grantkeeper_core::master::round_trip(source.as_ref()).await {
+                    Ok(()) => keys::load_vault(store.as_ref(), source.as_ref(), &SystemClock)
+                        .await
+                        .map(|v| {
+                            format!(
+                                "{} answers; opens the store's data keys (active key {})",
+                                source.label(),
+                                v.active().map(|k| k.0).unwrap_or_default()
+                            )
+                        })
+                        .map_err(|e| {
+                            format!("{e}: use the master key this store was created with")
+                        }),
+                    Err(e) => Err(format!("{} does not answer: {e}", master.describe())),
+                },
+                Err(e) => Err(format!("{}: {e}", master.describe())),
+            };
+            report("master key", opened);
         }
         Err(e) => report(
             "store",

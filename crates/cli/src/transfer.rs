@@ -8,7 +8,8 @@ use crate::ops::{config_path, load};
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use grantkeeper_core::{KeyId, MasterKey};
+use grantkeeper_core::{KeyId, MasterKeySource};
+use grantkeeper_server::master_key::MasterKeySettings;
 use grantkeeper_store::{ExportKind, ExportRecord, ImportCounts, SharedStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -33,7 +34,7 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 
 /// The deployment's store and master key, without starting a server (which would make a data
 /// key in an empty store, where an import must bring the exporter's).
-async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, MasterKey)> {
+async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, MasterKeySettings)> {
     let (settings, master) = load(&config_path(target)?)?;
     let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
         .await
@@ -45,7 +46,7 @@ async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, MasterKey)>
 /// store already uses for another key: the grants sealed under them would not open.
 async fn check_data_key(
     store: &SharedStore,
-    master: &MasterKey,
+    master: &dyn MasterKeySource,
     record: &ExportRecord,
 ) -> anyhow::Result<()> {
     let id = record
@@ -62,8 +63,24 @@ async fn check_data_key(
     let wrapped = STANDARD
         .decode(wrapped)
         .context("a data key's wrapped bytes are not base64")?;
-    master.unwrap_key(KeyId(id), &wrapped).map_err(|_| {
-        anyhow::anyhow!("this deployment's master key does not open data key {id} of the export: use the exporter's master key")
+    // An export made before sources were recorded holds keys of the local master key.
+    let wrapped_by = record
+        .row
+        .get("wrapped_by")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(grantkeeper_core::LOCAL_SOURCE);
+    if wrapped_by != master.label() {
+        bail!(
+            "data key {id} of the export is wrapped by {wrapped_by}, but [vault] names {}: name \
+             the exporter's master key in [vault] (then `keys rewrap --to` may move them)",
+            master.label()
+        );
+    }
+    master.unwrap(KeyId(id), &wrapped).await.map_err(|e| match e {
+        grantkeeper_core::MasterKeyError::Unwrap => anyhow::anyhow!(
+            "this deployment's master key does not open data key {id} of the export: use the exporter's master key"
+        ),
+        other => anyhow::anyhow!("data key {id} of the export: {other}"),
     })?;
     let held = store.data_keys().await?;
     if held.iter().any(|k| k.id == id && k.wrapped != wrapped) {
@@ -147,6 +164,7 @@ fn kind_name(kind: ExportKind) -> &'static str {
 
 pub async fn import(target: &Target, input: Option<PathBuf>) -> anyhow::Result<()> {
     let (store, master) = open_store(target).await?;
+    let master = crate::ops::open_master(&master).await?;
     let store = &store;
     let (reader, size): (Box<dyn BufRead>, u64) = match &input {
         Some(path) => {
@@ -178,7 +196,7 @@ pub async fn import(target: &Target, input: Option<PathBuf>) -> anyhow::Result<(
         let record: ExportRecord = serde_json::from_str(&line)
             .with_context(|| format!("line {line_no} is not an export record"))?;
         if record.kind == ExportKind::DataKey {
-            check_data_key(store, &master, &record).await?;
+            check_data_key(store, master.as_ref(), &record).await?;
         }
         // A batch holds one kind only, so that every row a later kind refers to is written first.
         if batch

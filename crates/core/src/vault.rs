@@ -295,7 +295,8 @@ impl MasterKey {
 /// The data keys, one of them active for sealing. All of them open.
 #[derive(Default)]
 pub struct Vault {
-    keys: BTreeMap<KeyId, LessSafeKey>,
+    /// Shared with the vaults a reload builds from this one ([`Vault::adopt`]).
+    keys: BTreeMap<KeyId, Arc<LessSafeKey>>,
     active: Option<KeyId>,
 }
 
@@ -319,8 +320,20 @@ impl Vault {
     }
 
     pub fn add_key(&mut self, id: KeyId, key: &[u8; 32]) -> Result<(), VaultError> {
-        self.keys.insert(id, key_from(key)?);
+        self.keys.insert(id, Arc::new(key_from(key)?));
         Ok(())
+    }
+
+    /// Takes key `id` from `held` (a vault built before) without unwrapping it again: a data
+    /// key's id names the same key for ever. True when `held` had it.
+    pub fn adopt(&mut self, held: &Vault, id: KeyId) -> bool {
+        match held.keys.get(&id) {
+            Some(key) => {
+                self.keys.insert(id, key.clone());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Makes `id` the key new values are sealed under.
@@ -1008,5 +1021,17 @@ mod tests {
         );
         let ok = format!("  {}\n", STANDARD.encode([1u8; 32]));
         assert!(MasterKey::from_base64(&secret(&ok)).is_ok());
+    }
+
+    #[test]
+    fn a_vault_adopts_the_keys_another_holds() {
+        let held = vault(3);
+        let sealed = held.seal(b"x", Aad::refresh_token("a")).unwrap();
+        let mut next = Vault::new();
+        assert!(next.adopt(&held, KeyId(3)));
+        assert!(!next.adopt(&held, KeyId(4)));
+        next.set_active(KeyId(3)).unwrap();
+        assert_eq!(&*next.open(&sealed, Aad::refresh_token("a")).unwrap(), b"x");
+        assert_eq!(next.key_ids(), vec![KeyId(3)]);
     }
 }

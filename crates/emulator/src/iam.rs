@@ -332,10 +332,22 @@ pub(crate) async fn create_account(
             "name must be 1 to 30 lowercase letters, digits or dashes",
         ));
     }
-    let key = tokio::task::spawn_blocking(SigningKey::generate)
+    let file = new_account(&inner, &name)
         .await
-        .map_err(|e| ControlError::internal(&e.into()))?
         .map_err(|e| ControlError::internal(&e))?;
+    Ok(json(StatusCode::CREATED, &file))
+}
+
+impl crate::Emulator {
+    /// A new service account of this project, as its key file (what `grantkeeper dev --kms`
+    /// authenticates with).
+    pub async fn create_service_account(&self, name: &str) -> anyhow::Result<Value> {
+        new_account(&self.inner, name).await
+    }
+}
+
+async fn new_account(inner: &Inner, name: &str) -> anyhow::Result<Value> {
+    let key = tokio::task::spawn_blocking(SigningKey::generate).await??;
     let project_id = util::read(&inner.clients).project_id.clone();
     let email = format!("{name}@{project_id}.iam.gserviceaccount.com");
     let key_id = util::hex(&grantkeeper_core::random::bytes::<20>());
@@ -348,11 +360,9 @@ pub(crate) async fn create_account(
                 public_key: STANDARD.encode(key.public_der()),
             },
         );
-        accounts.save().map_err(|e| ControlError::internal(&e))?;
+        accounts.save()?;
     }
-    Ok(json(
-        StatusCode::CREATED,
-        &json!({
+    Ok(json!({
             "type": "service_account",
             "project_id": project_id,
             "private_key_id": key_id,
@@ -363,6 +373,5 @@ pub(crate) async fn create_account(
             "token_uri": inner.url("/token"),
             "auth_provider_x509_cert_url": inner.url("/oauth2/v1/certs"),
             "universe_domain": "googleapis.com",
-        }),
-    ))
+    }))
 }

@@ -622,6 +622,33 @@ pub(crate) async fn create_key(
     Ok(json(StatusCode::CREATED, &answer))
 }
 
+impl crate::Emulator {
+    /// Creates the Cloud KMS key `name` (`projects/P/locations/L/keyRings/R/cryptoKeys/K`)
+    /// unless it exists (what `grantkeeper dev --kms` keeps its master key in).
+    pub fn ensure_kms_key(&self, name: &str) -> anyhow::Result<()> {
+        if !is_key_name(name) {
+            anyhow::bail!("not a Cloud KMS key name");
+        }
+        let mut kms = lock(&self.inner.kms);
+        if !kms.saved.keys.contains_key(name) {
+            kms.saved.keys.insert(
+                name.to_owned(),
+                CryptoKey {
+                    primary: 1,
+                    versions: vec![new_version(1)],
+                },
+            );
+            kms.save()?;
+        }
+        Ok(())
+    }
+
+    /// The project's id (the `P` of its Cloud KMS key names).
+    pub fn project_id(&self) -> String {
+        crate::util::read(&self.inner.clients).project_id.clone()
+    }
+}
+
 /// `POST /_emulator/kms/versions` `{"name": KEY}`: a new version, made primary (older ones still
 /// decrypt).
 pub(crate) async fn add_version(

@@ -10,7 +10,7 @@ use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
 use crate::revocations::{RetryPass, RevocationRetrier, Which};
 use grantkeeper_broker::{Broker, BrokerSettings};
-use grantkeeper_core::{MasterKey, Metrics, SharedClock, Vault, VaultHandle};
+use grantkeeper_core::{MasterKeySource, Metrics, SharedClock, Vault, VaultHandle};
 use grantkeeper_provider::{Provider, SecurityEventVerifier};
 use grantkeeper_store::{SharedStore, StoreError};
 use std::sync::Arc;
@@ -93,7 +93,7 @@ impl App {
     pub async fn new(
         settings: Settings,
         store: SharedStore,
-        master_key: &MasterKey,
+        master_key: Arc<dyn MasterKeySource>,
         clock: SharedClock,
     ) -> Result<App, StartError> {
         Self::with_http_client(settings, store, master_key, clock, http_client()?).await
@@ -103,17 +103,18 @@ impl App {
     pub async fn with_http_client(
         settings: Settings,
         store: SharedStore,
-        master_key: &MasterKey,
+        master_key: Arc<dyn MasterKeySource>,
         clock: SharedClock,
         http: reqwest::Client,
     ) -> Result<App, StartError> {
         // The keyring is read again when a value under an unknown key turns up (another
         // process rotated the keys, and the store refuses a value sealed under the old key) and
-        // every `vault.reload_interval`, so a rotation needs no restart.
-        let vault = VaultHandle::with_source(
-            load_vault(store.as_ref(), master_key, clock.as_ref()).await?,
-            Arc::new(StoreKeyring::new(store.clone(), master_key)?),
-        );
+        // every `vault.reload_interval`, so a rotation needs no restart. The vault's data keys
+        // are unwrapped here, once: the master key source (a Cloud KMS key, an HSM) is not asked
+        // again for them.
+        let loaded = load_vault(store.as_ref(), master_key.as_ref(), clock.as_ref()).await?;
+        let keyring = StoreKeyring::new(store.clone(), master_key, &loaded);
+        let vault = VaultHandle::with_source(loaded, Arc::new(keyring));
         spawn_reloader(&vault, settings.keyring_reload);
         let metrics = Metrics::new(clock.clone());
         let security_events =

@@ -7,11 +7,19 @@
 //! The store refuses a value sealed under a key that is not its active one; the writer then
 //! reads the keyring again here and seals anew. A server whose reads keep failing stops sealing
 //! once they have failed for longer than one interval ([`spawn_reloader`]).
+//!
+//! The data keys are wrapped by the master key source the deployment names
+//! ([`crate::master_key`]); the source is asked only for keys this process has not unwrapped
+//! yet, so that reading the keyring again asks it nothing unless a rotation added a key, and a
+//! server whose Cloud KMS or HSM is down keeps the keys it holds.
 
-use grantkeeper_core::{Clock, KeyId, KeyringSource, MasterKey, Vault, VaultHandle};
+use crate::rewrap::wrapped_by;
+use grantkeeper_core::master::MasterKeyError;
+use grantkeeper_core::{Clock, KeyId, KeyringSource, MasterKeySource, Vault, VaultHandle};
 use grantkeeper_store::{DataKeyRecord, KeyStore, SharedStore};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
@@ -21,6 +29,22 @@ pub enum KeyringError {
         "the master key does not open data key {0}: is this the master key this store was created with?"
     )]
     WrongMasterKey(u32),
+    /// The source refused or did not answer; the problem names the setting and the fix.
+    #[error("data key {key}: {source}")]
+    MasterKey {
+        key: u32,
+        #[source]
+        source: MasterKeyError,
+    },
+    #[error(
+        "data key {key} is wrapped by {wrapped_by}, but [vault] names {configured}: name that \
+         master key in [vault], or move the data keys with `grantkeeper keys rewrap --to`"
+    )]
+    OtherSource {
+        key: u32,
+        wrapped_by: String,
+        configured: String,
+    },
     #[error("the store holds no active data key")]
     NoActiveKey,
     #[error("store: {0}")]
@@ -32,7 +56,7 @@ pub enum KeyringError {
 /// Opens every data key; makes the first one if the store has none.
 pub async fn load_vault(
     store: &dyn KeyStore,
-    master: &MasterKey,
+    source: &dyn MasterKeySource,
     clock: &dyn Clock,
 ) -> Result<Vault, KeyringError> {
     let mut records = store.data_keys().await?;
@@ -41,31 +65,59 @@ pub async fn load_vault(
         // first key, otherwise the race was lost and the winner's key is returned.
         let next_id = records.iter().map(|k| k.id).max().unwrap_or(0) + 1;
         let data_key = Vault::generate_data_key();
-        let wrapped = master.wrap(KeyId(next_id), &data_key)?;
+        let wrapped = source
+            .wrap(KeyId(next_id), &data_key)
+            .await
+            .map_err(|source| KeyringError::MasterKey {
+                key: next_id,
+                source,
+            })?;
         records = store
             .ensure_data_key(DataKeyRecord {
                 id: next_id,
                 wrapped,
                 created_at: clock.now(),
                 active: true,
-                // The master key of a file or of the environment.
-                wrapped_by: Some("local".to_owned()),
+                wrapped_by: Some(source.label().to_owned()),
             })
             .await?;
     }
-    vault_from(&records, master)
+    vault_from(&records, source, None).await
 }
 
-/// The vault of these data keys (the store's, not retired), one of them active.
-pub fn vault_from(records: &[DataKeyRecord], master: &MasterKey) -> Result<Vault, KeyringError> {
+/// The vault of these data keys (the store's, not retired), one of them active. Keys `held`
+/// has are taken from it; the others are unwrapped by `source`.
+pub async fn vault_from(
+    records: &[DataKeyRecord],
+    source: &dyn MasterKeySource,
+    held: Option<&Vault>,
+) -> Result<Vault, KeyringError> {
     let mut vault = Vault::new();
     for record in records {
-        let key = master
-            .unwrap_key(KeyId(record.id), &record.wrapped)
-            .map_err(|_| KeyringError::WrongMasterKey(record.id))?;
-        vault.add_key(KeyId(record.id), &key)?;
+        let id = KeyId(record.id);
+        if !held.is_some_and(|held| vault.adopt(held, id)) {
+            let label = wrapped_by(record);
+            if label != source.label() {
+                return Err(KeyringError::OtherSource {
+                    key: record.id,
+                    wrapped_by: label.to_owned(),
+                    configured: source.label().to_owned(),
+                });
+            }
+            let key = source
+                .unwrap(id, &record.wrapped)
+                .await
+                .map_err(|e| match e {
+                    MasterKeyError::Unwrap => KeyringError::WrongMasterKey(record.id),
+                    other => KeyringError::MasterKey {
+                        key: record.id,
+                        source: other,
+                    },
+                })?;
+            vault.add_key(id, &key)?;
+        }
         if record.active {
-            vault.set_active(KeyId(record.id))?;
+            vault.set_active(id)?;
         }
     }
     if vault.active().is_none() {
@@ -74,23 +126,40 @@ pub fn vault_from(records: &[DataKeyRecord], master: &MasterKey) -> Result<Vault
     Ok(vault)
 }
 
-/// The store's data keys as a running server reads them again. Never creates a key.
+/// The store's data keys as a running server reads them again. Never creates a key; asks the
+/// master key source only for keys it has not unwrapped before.
 pub struct StoreKeyring {
     store: SharedStore,
-    master: MasterKey,
+    source: Arc<dyn MasterKeySource>,
+    /// The last vault built, whose keys the next read takes again.
+    held: Mutex<Arc<Vault>>,
 }
 
 impl StoreKeyring {
-    pub fn new(store: SharedStore, master: &MasterKey) -> Result<StoreKeyring, KeyringError> {
-        Ok(StoreKeyring {
+    /// Reads `store`'s keys with `source`, starting from the keys of `held` (the vault
+    /// loaded at start).
+    pub fn new(store: SharedStore, source: Arc<dyn MasterKeySource>, held: &Vault) -> StoreKeyring {
+        let mut start = Vault::new();
+        for id in held.key_ids() {
+            start.adopt(held, id);
+        }
+        StoreKeyring {
             store,
-            master: master.try_clone()?,
-        })
+            source,
+            held: Mutex::new(Arc::new(start)),
+        }
     }
 
     async fn load_now(&self) -> Result<Vault, KeyringError> {
         let records = self.store.data_keys().await?;
-        vault_from(&records, &self.master)
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let vault = vault_from(&records, self.source.as_ref(), Some(&held)).await?;
+        let mut kept = Vault::new();
+        for id in vault.key_ids() {
+            kept.adopt(&vault, id);
+        }
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(kept);
+        Ok(vault)
     }
 }
 

@@ -24,7 +24,7 @@
 
 use crate::config::DEFAULT_KEYRING_RELOAD;
 use crate::keys::{KeyringError, load_vault, vault_from};
-use grantkeeper_core::{Aad, KeyId, MasterKey, SharedClock, Vault, VaultError};
+use grantkeeper_core::{Aad, KeyId, MasterKeySource, SharedClock, Vault, VaultError};
 use grantkeeper_store::{
     DataKeyRecord, DataKeyStatus, MAX_PAGE, Reseal, SealedColumn, SealedValue, SharedStore,
     StoreError,
@@ -176,11 +176,11 @@ impl Rotation {
     /// active one (the store's first key too, on a store that has none).
     pub async fn begin(
         store: SharedStore,
-        master: &MasterKey,
+        source: &dyn MasterKeySource,
         clock: SharedClock,
     ) -> Result<Rotation, RotationError> {
         // Opens every key (and proves the master key right) before anything is written.
-        load_vault(store.as_ref(), master, clock.as_ref()).await?;
+        let loaded = load_vault(store.as_ref(), source, clock.as_ref()).await?;
         let mut created = false;
         // A lost race (another rotation made its key active first) is joined, not repeated.
         for _ in 0..3 {
@@ -191,7 +191,7 @@ impl Rotation {
                 .cloned()
                 .ok_or(KeyringError::NoActiveKey)?;
             if created || !old_keys(&statuses).is_empty() {
-                let vault = vault_from(&store.data_keys().await?, master)?;
+                let vault = vault_from(&store.data_keys().await?, source, Some(&loaded)).await?;
                 return Ok(Rotation {
                     store,
                     clock,
@@ -202,13 +202,16 @@ impl Rotation {
             }
             let id = statuses.iter().map(|k| k.id).max().unwrap_or(0) + 1;
             let data_key = Vault::generate_data_key();
+            let wrapped = source
+                .wrap(KeyId(id), &data_key)
+                .await
+                .map_err(|source| KeyringError::MasterKey { key: id, source })?;
             let candidate = DataKeyRecord {
                 id,
-                wrapped: master.wrap(KeyId(id), &data_key)?,
+                wrapped,
                 created_at: clock.now(),
                 active: true,
-                // The master key of a file or of the environment.
-                wrapped_by: Some("local".to_owned()),
+                wrapped_by: Some(source.label().to_owned()),
             };
             match store.rotate_data_key(candidate, active.id).await {
                 Ok(_) => created = true,

@@ -244,7 +244,8 @@ impl TestApp {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        let app = App::with_http_client(settings, store, &master, clock, http)
+        let source = Arc::new(master.try_clone().unwrap());
+        let app = App::with_http_client(settings, store, source, clock, http)
             .await
             .unwrap();
         // With the peer's address, which the sign-in rate limit counts by.

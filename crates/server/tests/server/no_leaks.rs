@@ -70,7 +70,8 @@ async fn start(store_url: Option<String>) -> (TestApp, String) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let app = App::with_http_client(settings, store, &master, clock, http)
+    let source = std::sync::Arc::new(master.try_clone().unwrap());
+    let app = App::with_http_client(settings, store, source, clock, http)
         .await
         .unwrap();
     tokio::spawn(

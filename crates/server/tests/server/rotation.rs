@@ -139,7 +139,9 @@ fn stop_never() -> tokio::sync::watch::Receiver<bool> {
 
 /// The store's keys as a freshly started server loads them (retired keys are not).
 async fn fresh_vault(store: &SharedStore, master: &MasterKey) -> Vault {
-    vault_from(&store.data_keys().await.unwrap(), master).unwrap()
+    vault_from(&store.data_keys().await.unwrap(), master, None)
+        .await
+        .unwrap()
 }
 
 /// Every value of the store opens with `vault`, under key `key`: the refresh tokens to
@@ -341,12 +343,15 @@ async fn a_refresh_during_rotation_is_never_overwritten(fixture: Fixture) {
     let master = signed_in(&store).await;
     // The "server" loaded its keyring before the rotation, and reads it again every 50 ms (as a
     // server does every 30 s) or when it meets an unknown key.
-    let vault = VaultHandle::with_source(
-        load_vault(store.as_ref(), &master, &SystemClock)
-            .await
-            .unwrap(),
-        Arc::new(StoreKeyring::new(store.clone(), &master).unwrap()),
+    let loaded = load_vault(store.as_ref(), &master, &SystemClock)
+        .await
+        .unwrap();
+    let keyring = StoreKeyring::new(
+        store.clone(),
+        Arc::new(master.try_clone().unwrap()),
+        &loaded,
     );
+    let vault = VaultHandle::with_source(loaded, Arc::new(keyring));
     spawn_reloader(&vault, Duration::from_millis(50));
     let writer = Arc::new(Writer {
         store: store.clone(),
