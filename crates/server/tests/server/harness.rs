@@ -51,6 +51,46 @@ pub fn captured_logs() -> String {
     String::from_utf8_lossy(&init_logs().lock().unwrap()).into_owned()
 }
 
+/// Makes [`KMS_KEY`] and a service account in the emulator at `emulator_url`; the Cloud KMS
+/// source of that key, with the account's key file written in `dir`.
+pub async fn kms_source(
+    emulator_url: &str,
+    dir: &std::path::Path,
+) -> (grantkeeper_keysource::CloudKms, PathBuf) {
+    let http = reqwest::Client::new();
+    let made = http
+        .post(format!("{emulator_url}/_emulator/kms/keys"))
+        .json(&json!({"name": KMS_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert!(made.status() == 201 || made.status() == 409);
+    let file: Value = http
+        .post(format!("{emulator_url}/_emulator/service-accounts"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = dir.join(format!(
+        "kms-{}.json",
+        file["private_key_id"].as_str().unwrap()
+    ));
+    std::fs::write(&path, file.to_string()).unwrap();
+    let credentials =
+        grantkeeper_keysource::Credentials::key_file(&path, "vault.kms_credentials_file").unwrap();
+    let source = grantkeeper_keysource::CloudKms::new(
+        KMS_KEY,
+        emulator_url,
+        credentials,
+        SystemClock::shared(),
+    )
+    .unwrap();
+    (source, path)
+}
+
 pub struct TestApp {
     pub url: String,
     pub emulator_url: String,
@@ -60,7 +100,15 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     /// The server's master key (another process on its store, a rotation, needs it).
     pub master: MasterKey,
+    /// The master key source the server wraps its data keys with: `master`, or a key of the
+    /// emulated Cloud KMS (`Options::kms`).
+    pub source: Arc<dyn grantkeeper_core::MasterKeySource>,
+    /// The service account key file the Cloud KMS source uses (`Options::kms`).
+    pub kms_credentials: Option<PathBuf>,
 }
+
+/// The Cloud KMS key of `Options::kms`.
+pub const KMS_KEY: &str = "projects/test/locations/global/keyRings/grantkeeper/cryptoKeys/master";
 
 pub struct Answer {
     pub status: u16,
@@ -155,6 +203,9 @@ pub struct Options {
     pub client_secret: Option<String>,
     /// `vault.reload_interval`, e.g. `1s` (default: the server's).
     pub keyring_reload: Option<&'static str>,
+    /// Keep the master key in the emulator's Cloud KMS ([`KMS_KEY`]), reached with a service
+    /// account's key file, instead of a local key.
+    pub kms: bool,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -177,6 +228,7 @@ impl Default for Options {
             limits: no_rate_limits(),
             client_secret: None,
             keyring_reload: None,
+            kms: false,
         }
     }
 }
@@ -244,8 +296,14 @@ impl TestApp {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        let source = Arc::new(master.try_clone().unwrap());
-        let app = App::with_http_client(settings, store, source, clock, http)
+        let (source, kms_credentials): (Arc<dyn grantkeeper_core::MasterKeySource>, _) =
+            if options.kms {
+                let (source, file) = kms_source(&emulator_url, dir.path()).await;
+                (Arc::new(source), Some(file))
+            } else {
+                (Arc::new(master.try_clone().unwrap()), None)
+            };
+        let app = App::with_http_client(settings, store, source.clone(), clock, http)
             .await
             .unwrap();
         // With the peer's address, which the sign-in rate limit counts by.
@@ -268,7 +326,14 @@ impl TestApp {
                 .unwrap(),
             dir,
             master,
+            source,
+            kms_credentials,
         }
+    }
+
+    /// Calls to the emulator's Cloud KMS so far, failed ones too.
+    pub async fn kms_requests(&self) -> u64 {
+        self.stats().await["kms_requests"].as_u64().unwrap()
     }
 
     pub fn db_dir(&self) -> PathBuf {

@@ -70,8 +70,9 @@ async fn start(store_url: Option<String>) -> (TestApp, String) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let source = std::sync::Arc::new(master.try_clone().unwrap());
-    let app = App::with_http_client(settings, store, source, clock, http)
+    let source: std::sync::Arc<dyn grantkeeper_core::MasterKeySource> =
+        std::sync::Arc::new(master.try_clone().unwrap());
+    let app = App::with_http_client(settings, store, source.clone(), clock, http)
         .await
         .unwrap();
     tokio::spawn(
@@ -88,6 +89,8 @@ async fn start(store_url: Option<String>) -> (TestApp, String) {
             .unwrap(),
         dir,
         master,
+        source,
+        kms_credentials: None,
     };
     (t, master_text.expose_secret().to_owned())
 }
