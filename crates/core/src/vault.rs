@@ -561,32 +561,34 @@ impl VaultHandle {
 
     /// Makes sure the current vault has key `id`, reading the keyring once if it does not;
     /// true when it has it then.
-    async fn know(&self, id: KeyId) -> bool {
+    /// [`VaultError::KeyringStale`] when the keyring could not be read (its store or its master
+    /// key source did not answer): the value may well open once it can.
+    async fn know(&self, id: KeyId) -> Result<bool, VaultError> {
         let Some(source) = &self.0.source else {
-            return false;
+            return Ok(false);
         };
         if self.get().has_key(id) {
-            return true;
+            return Ok(true);
         }
         if self.missing().contains(&id.0) {
-            return false;
+            return Ok(false);
         }
         let _one_at_a_time = self.0.reloading.lock().await;
         // Another open may have read the keyring while this one waited.
         if self.get().has_key(id) {
-            return true;
+            return Ok(true);
         }
         if self.missing().contains(&id.0) {
-            return false;
+            return Ok(false);
         }
         if self.reload_from(source.as_ref()).await.is_err() {
-            return false;
+            return Err(VaultError::KeyringStale);
         }
         let known = self.get().has_key(id);
         if !known {
             self.missing().insert(id.0);
         }
-        known
+        Ok(known)
     }
 
     /// Opens `sealed` with the current vault; a value under a key id it does not know reloads
@@ -598,9 +600,10 @@ impl VaultHandle {
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let first = self.get().open(sealed, aad);
         match first {
-            Err(VaultError::UnknownKey(id)) if self.know(KeyId(id)).await => {
-                self.get().open(sealed, aad)
-            }
+            Err(VaultError::UnknownKey(id)) => match self.know(KeyId(id)).await? {
+                true => self.get().open(sealed, aad),
+                false => Err(VaultError::UnknownKey(id)),
+            },
             other => other,
         }
     }

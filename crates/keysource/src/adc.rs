@@ -175,7 +175,7 @@ impl Credentials {
     }
 
     /// The setting that chose these credentials.
-    fn setting(&self) -> &'static str {
+    pub(crate) fn setting(&self) -> &'static str {
         match self {
             Credentials::ServiceAccount(sa) => sa.setting,
             Credentials::Metadata { .. } => "GCE_METADATA_HOST",

@@ -393,13 +393,13 @@ impl CloudKms {
             }
             ("UNAUTHENTICATED", _) | (_, 401) => {
                 CallError::Unauthenticated(MasterKeyError::Refused(SettingProblem::new(
-                    "GOOGLE_APPLICATION_CREDENTIALS",
+                    self.tokens.credentials().setting(),
                     format!(
                         "Cloud KMS did not accept the credentials of the {}: {message}",
                         self.tokens.credentials().describe()
                     ),
-                    "point GOOGLE_APPLICATION_CREDENTIALS at a valid service account key file, \
-                     or attach a service account to this machine",
+                    "use a valid key file of a service account of the key's project, or attach \
+                     such a service account to this machine",
                 )))
             }
             (_, 429 | 500..=599) => CallError::Transient(self.outage(format!(

@@ -8,6 +8,7 @@ mod server {
     pub mod faults;
     pub mod harness;
     pub mod limits;
+    pub mod master_keys;
     pub mod metrics;
     pub mod no_leaks;
     pub mod page;

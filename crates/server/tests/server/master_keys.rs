@@ -17,9 +17,11 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// No wait before old keys are retired: these tests' servers seal nothing meanwhile.
 fn no_grace() -> RotationOptions {
     RotationOptions {
         grace: Duration::ZERO,
+        reload_interval: Duration::ZERO,
         ..RotationOptions::default()
     }
 }
@@ -38,8 +40,13 @@ async fn kms_app() -> TestApp {
     .await
 }
 
-/// A hand-out of `sub`'s access token; `min_ttl` past the token's life forces a refresh.
-async fn hand_out(t: &TestApp, key: &str, sub: &str, min_ttl: u64) -> crate::server::harness::Answer {
+/// A hand-out of `sub`'s access token; `min_ttl` of the token's life forces a refresh.
+async fn hand_out(
+    t: &TestApp,
+    key: &str,
+    sub: &str,
+    min_ttl: u64,
+) -> crate::server::harness::Answer {
     t.v1(
         "POST",
         &format!("/v1/users/{sub}/token"),
@@ -90,7 +97,7 @@ async fn the_whole_story_asks_cloud_kms_only_for_data_keys() {
     for sub in &subs {
         assert_eq!(hand_out(&t, &key, sub, 0).await.status, 200);
         // A refresh: a new access token sealed and stored.
-        assert_eq!(hand_out(&t, &key, sub, 4000).await.status, 200);
+        assert_eq!(hand_out(&t, &key, sub, 3600).await.status, 200);
     }
     assert_eq!(
         t.kms_requests().await,
@@ -115,7 +122,7 @@ async fn the_whole_story_asks_cloud_kms_only_for_data_keys() {
     let before = t.kms_requests().await;
     // The running server meets values under the new key: it unwraps that key once.
     for sub in &subs {
-        assert_eq!(hand_out(&t, &key, sub, 4000).await.status, 200);
+        assert_eq!(hand_out(&t, &key, sub, 3600).await.status, 200);
     }
     assert_eq!(t.kms_requests().await, before + 1);
     let keys = store.data_keys().await.unwrap();
@@ -147,7 +154,7 @@ async fn the_whole_story_asks_cloud_kms_only_for_data_keys() {
     assert_eq!(back.rewrapped, vec![keys[0].id]);
     let before = t.kms_requests().await;
     for sub in &subs {
-        assert_eq!(hand_out(&t, &key, sub, 4000).await.status, 200);
+        assert_eq!(hand_out(&t, &key, sub, 3600).await.status, 200);
     }
     assert_eq!(t.kms_requests().await, before);
     assert!(restart(&t, t.source.clone()).await.is_ok());
@@ -167,7 +174,7 @@ async fn a_running_server_serves_through_a_kms_outage() {
     let bo = t.signed_in("outage-bo@example.com").await;
     for sub in [&ada, &bo] {
         assert_eq!(hand_out(&t, &key, sub, 0).await.status, 200);
-        assert_eq!(hand_out(&t, &key, sub, 4000).await.status, 200);
+        assert_eq!(hand_out(&t, &key, sub, 3600).await.status, 200);
     }
     assert_eq!(t.kms_requests().await, before, "not even tried");
 
@@ -178,17 +185,20 @@ async fn a_running_server_serves_through_a_kms_outage() {
     let mut rotation = Rotation::begin(t.app.store().clone(), &other, SystemClock::shared())
         .await
         .unwrap();
-    rotation.run(&no_grace(), stop_never(), &|_| {}).await.unwrap();
+    rotation
+        .run(&no_grace(), stop_never(), &|_| {})
+        .await
+        .unwrap();
     t.emulator_call("PUT", "faults", Some(json!({"kms": {"status": 503}})))
         .await;
-    let refused = hand_out(&t, &key, &ada, 4000).await;
+    let refused = hand_out(&t, &key, &ada, 3600).await;
     refused.assert_error(503, "upstream_unavailable");
     assert!(refused.headers.get("retry-after").is_some());
 
     // Back up: the same call goes through, and the key is held from then on.
     t.emulator_call("PUT", "faults", Some(json!({}))).await;
-    assert_eq!(hand_out(&t, &key, &ada, 4000).await.status, 200);
-    assert_eq!(hand_out(&t, &key, &bo, 4000).await.status, 200);
+    assert_eq!(hand_out(&t, &key, &ada, 3600).await.status, 200);
+    assert_eq!(hand_out(&t, &key, &bo, 3600).await.status, 200);
 }
 
 #[tokio::test]
@@ -212,12 +222,21 @@ async fn a_server_refuses_to_start_naming_the_setting_and_the_fix() {
     };
 
     let unknown = "projects/test/locations/global/keyRings/grantkeeper/cryptoKeys/nope";
-    let e = restart(&t, source(unknown, &t.emulator_url)).await.err().unwrap();
+    let e = restart(&t, source(unknown, &t.emulator_url))
+        .await
+        .err()
+        .unwrap();
     assert!(e.contains(&format!("is wrapped by kms:{KMS_KEY}")), "{e}");
     assert!(e.contains("keys rewrap"), "{e}");
 
-    let e = restart(&t, source(KMS_KEY, "http://127.0.0.1:1")).await.err().unwrap();
-    assert!(e.contains("vault.kms_endpoint") && e.contains("did not answer"), "{e}");
+    let e = restart(&t, source(KMS_KEY, "http://127.0.0.1:1"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("vault.kms_endpoint") && e.contains("did not answer"),
+        "{e}"
+    );
 
     let file: Value = serde_json::from_slice(&std::fs::read(&credentials).unwrap()).unwrap();
     t.emulator_call(
@@ -226,9 +245,15 @@ async fn a_server_refuses_to_start_naming_the_setting_and_the_fix() {
         Some(json!({"service_accounts": [file["client_email"]]})),
     )
     .await;
-    let e = restart(&t, source(KMS_KEY, &t.emulator_url)).await.err().unwrap();
+    let e = restart(&t, source(KMS_KEY, &t.emulator_url))
+        .await
+        .err()
+        .unwrap();
     assert!(e.contains("vault.kms_key"), "{e}");
-    assert!(e.contains("roles/cloudkms.cryptoKeyEncrypterDecrypter"), "{e}");
+    assert!(
+        e.contains("roles/cloudkms.cryptoKeyEncrypterDecrypter"),
+        "{e}"
+    );
     t.emulator_call("PUT", "kms/denied", Some(json!({"service_accounts": []})))
         .await;
 
@@ -238,8 +263,14 @@ async fn a_server_refuses_to_start_naming_the_setting_and_the_fix() {
         Some(json!({"name": format!("{KMS_KEY}/cryptoKeyVersions/1"), "state": "DISABLED"})),
     )
     .await;
-    let e = restart(&t, source(KMS_KEY, &t.emulator_url)).await.err().unwrap();
-    assert!(e.contains("DISABLED") && e.contains("enable the key's version"), "{e}");
+    let e = restart(&t, source(KMS_KEY, &t.emulator_url))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("DISABLED") && e.contains("enable the key's version"),
+        "{e}"
+    );
     t.emulator_call(
         "PUT",
         "kms/versions",
@@ -247,25 +278,46 @@ async fn a_server_refuses_to_start_naming_the_setting_and_the_fix() {
     )
     .await;
 
-    // A store whose first key does not exist yet: the key is unknown to Cloud KMS.
-    let fresh = kms_app().await;
-    let e = restart(&fresh, source(unknown, &fresh.emulator_url));
-    drop(e);
+    // A new store, whose first data key is to be wrapped by a key Cloud KMS does not have.
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings_of(&fresh);
+    let mut settings = settings_of(&t);
     settings.store_url = format!("sqlite://{}", dir.path().join("new.db").display());
     let store = grantkeeper_store::open(&settings.store_url).await.unwrap();
     let e = App::new(
         settings,
         store,
-        source(unknown, &fresh.emulator_url),
+        source(unknown, &t.emulator_url),
         SystemClock::shared(),
     )
     .await
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("vault.kms_key") && e.contains("create the key"), "{e}");
+    assert!(
+        e.contains("vault.kms_key") && e.contains("create the key"),
+        "{e}"
+    );
+
+    // Credentials Cloud KMS does not accept (a key file of another project's emulator).
+    let elsewhere = kms_app().await;
+    let foreign: Arc<dyn MasterKeySource> = Arc::new(
+        grantkeeper_keysource::CloudKms::new(
+            KMS_KEY,
+            &t.emulator_url,
+            grantkeeper_keysource::Credentials::key_file(
+                elsewhere.kms_credentials.as_ref().unwrap(),
+                "vault.kms_credentials_file",
+            )
+            .unwrap(),
+            SystemClock::shared(),
+        )
+        .unwrap(),
+    );
+    let e = restart(&t, foreign).await.err().unwrap();
+    assert!(
+        e.contains("vault.kms_credentials_file") && e.contains("did not accept the credentials"),
+        "{e}"
+    );
 
     assert!(restart(&t, source(KMS_KEY, &t.emulator_url)).await.is_ok());
 }
@@ -278,7 +330,10 @@ async fn a_wrapped_key_altered_or_mislabelled_does_not_unwrap() {
     let mut rotation = Rotation::begin(store.clone(), t.source.as_ref(), SystemClock::shared())
         .await
         .unwrap();
-    rotation.run(&no_grace(), stop_never(), &|_| {}).await.unwrap();
+    rotation
+        .run(&no_grace(), stop_never(), &|_| {})
+        .await
+        .unwrap();
     t.signed_in("label@example.com").await;
     let (other, _) = kms_source(&t.emulator_url, t.dir.path()).await;
     let other: Arc<dyn MasterKeySource> = Arc::new(other);
@@ -302,7 +357,10 @@ async fn a_wrapped_key_altered_or_mislabelled_does_not_unwrap() {
             .unwrap()
     );
     let e = restart(&t, other.clone()).await.err().unwrap();
-    assert!(e.contains(&format!("does not open data key {}", a.id)), "{e}");
+    assert!(
+        e.contains(&format!("does not open data key {}", a.id)),
+        "{e}"
+    );
 
     // Altered.
     let mut altered = a.wrapped.clone();
@@ -315,7 +373,10 @@ async fn a_wrapped_key_altered_or_mislabelled_does_not_unwrap() {
             .unwrap()
     );
     let e = restart(&t, other.clone()).await.err().unwrap();
-    assert!(e.contains(&format!("does not open data key {}", a.id)), "{e}");
+    assert!(
+        e.contains(&format!("does not open data key {}", a.id)),
+        "{e}"
+    );
 
     // Labelled as another master key's.
     assert!(
@@ -325,7 +386,10 @@ async fn a_wrapped_key_altered_or_mislabelled_does_not_unwrap() {
             .unwrap()
     );
     let e = restart(&t, other.clone()).await.err().unwrap();
-    assert!(e.contains("is wrapped by local") && e.contains("keys rewrap"), "{e}");
+    assert!(
+        e.contains("is wrapped by local") && e.contains("keys rewrap"),
+        "{e}"
+    );
 
     assert!(
         store
@@ -344,7 +408,11 @@ fn spellings(key: &[u8]) -> Vec<(String, Vec<u8>)> {
         ("base64".into(), STANDARD.encode(key).into_bytes()),
         (
             "base64 unpadded".into(),
-            STANDARD.encode(key).trim_end_matches('=').as_bytes().to_vec(),
+            STANDARD
+                .encode(key)
+                .trim_end_matches('=')
+                .as_bytes()
+                .to_vec(),
         ),
         ("base64url".into(), URL_SAFE_NO_PAD.encode(key).into_bytes()),
         ("hex".into(), hex.clone().into_bytes()),
@@ -383,15 +451,18 @@ async fn nothing_of_the_master_key_nor_any_data_key_is_left_behind() {
         subs.push(t.signed_in(&format!("scan-{i}@example.com")).await);
     }
     for sub in &subs {
-        assert_eq!(hand_out(&t, &key, sub, 4000).await.status, 200);
+        assert_eq!(hand_out(&t, &key, sub, 3600).await.status, 200);
     }
     let store = t.app.store().clone();
     let mut rotation = Rotation::begin(store.clone(), t.source.as_ref(), SystemClock::shared())
         .await
         .unwrap();
-    rotation.run(&no_grace(), stop_never(), &|_| {}).await.unwrap();
+    rotation
+        .run(&no_grace(), stop_never(), &|_| {})
+        .await
+        .unwrap();
     for sub in &subs {
-        assert_eq!(hand_out(&t, &key, sub, 4000).await.status, 200);
+        assert_eq!(hand_out(&t, &key, sub, 3600).await.status, 200);
     }
     t.app.shutdown().await;
 
@@ -431,14 +502,19 @@ async fn nothing_of_the_master_key_nor_any_data_key_is_left_behind() {
         vec![("the logs".into(), captured_logs().into_bytes())];
     let mut files = Vec::new();
     files_under(t.dir.path(), &t.dir.path().join("emulator"), &mut files);
-    assert!(files.iter().any(|f| f.ends_with("grantkeeper.db")), "{files:?}");
+    assert!(
+        files.iter().any(|f| f.ends_with("grantkeeper.db")),
+        "{files:?}"
+    );
     for file in files {
         haystacks.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }
     for (what, haystack) in &haystacks {
         for (needle_name, needle) in &needles {
             assert!(
-                !haystack.windows(needle.len()).any(|w| w == needle.as_slice()),
+                !haystack
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice()),
                 "{needle_name} found in {what}"
             );
         }
