@@ -15,7 +15,7 @@ fn secrets(text: &str) -> Vec<&str> {
             let (key, value) = line.split_once('=')?;
             if !matches!(
                 key.trim(),
-                "client_secret" | "master_key" | "webhook_secret"
+                "client_secret" | "master_key" | "webhook_secret" | "pkcs11_pin"
             ) {
                 return None;
             }

@@ -17,6 +17,8 @@ mod instances;
 mod keys;
 #[path = "cli/listings.rs"]
 mod listings;
+#[path = "cli/master_keys.rs"]
+mod master_keys;
 #[path = "cli/revocations.rs"]
 mod revocations;
 

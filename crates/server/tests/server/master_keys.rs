@@ -520,3 +520,41 @@ async fn nothing_of_the_master_key_nor_any_data_key_is_left_behind() {
         }
     }
 }
+
+/// The figure: sign-ins (each a code exchange, an ID-token check, a refresh token and an access
+/// token sealed and stored) ask Cloud KMS nothing. 2,000 here, to keep the suite quick;
+/// `GRANTKEEPER_TEST_KMS_SIGN_INS=10000` gives BENCHMARKS.md's figure (about a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_by_the_thousand_ask_cloud_kms_nothing() {
+    let sign_ins: usize = std::env::var("GRANTKEEPER_TEST_KMS_SIGN_INS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    const AT_ONCE: usize = 16;
+    let t = Arc::new(kms_app().await);
+    let before = t.kms_requests().await;
+    let started = std::time::Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..AT_ONCE {
+        let t = t.clone();
+        workers.push(tokio::spawn(async move {
+            for i in (w..sign_ins).step_by(AT_ONCE) {
+                t.signed_in(&format!("many-{i}@example.com")).await;
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let calls = t.kms_requests().await - before;
+    eprintln!(
+        "{sign_ins} sign-ins in {:.1} s: {calls} Cloud KMS calls",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(calls, 0);
+    assert_eq!(
+        t.app.store().data_key_statuses().await.unwrap()[0].sealed_values,
+        2 * sign_ins as u64,
+        "each sign-in sealed a refresh and an access token"
+    );
+}
