@@ -804,8 +804,9 @@ async fn a_grace_shorter_than_twice_the_reload_interval_is_refused() {
     );
 }
 
-/// A server whose keyring reads keep failing (here: its store holds a data key that the master
-/// key does not open) stops sealing once they have failed for longer than one interval: a
+/// A server whose keyring reads keep failing (here: its store's active data key is one it has
+/// not loaded and the master key does not open, as when a rotation elsewhere made a key while
+/// the server's Cloud KMS is down; keys it holds are not unwrapped again) stops sealing once they have failed for longer than one interval: a
 /// sign-in answers 503 before its code is spent, a refresh 503 before Google is asked. Once a
 /// read succeeds again, it works again.
 #[tokio::test]
@@ -823,14 +824,13 @@ async fn a_server_that_cannot_read_its_keys_for_longer_than_an_interval_stops_se
     ))
     .await
     .unwrap();
-    let (wrapped,): (Vec<u8>,) = sqlx::query_as("SELECT wrapped FROM data_keys WHERE id = 1")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE data_keys SET wrapped = x'0100000000' WHERE id = 1")
-        .execute(&db)
-        .await
-        .unwrap();
+    for statement in [
+        "UPDATE data_keys SET active = 0 WHERE id = 1",
+        "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
+         VALUES (2, x'0100000000', 0, 1, 'local')",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
     // The first failed read is tolerated; past a second interval, nothing is sealed.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let exchanges = app.stats().await["code_exchanges"].clone();
@@ -852,11 +852,12 @@ async fn a_server_that_cannot_read_its_keys_for_longer_than_an_interval_stops_se
     assert_eq!(stats["code_exchanges"], exchanges, "the code was not spent");
     assert_eq!(stats["refreshes"], refreshes, "Google was not asked");
 
-    sqlx::query("UPDATE data_keys SET wrapped = ?1 WHERE id = 1")
-        .bind(&wrapped)
-        .execute(&db)
-        .await
-        .unwrap();
+    for statement in [
+        "DELETE FROM data_keys WHERE id = 2",
+        "UPDATE data_keys SET active = 1 WHERE id = 1",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let answer = app.authcode_web(&code).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
