@@ -35,7 +35,9 @@ fn key_rows(data_arg: &str) -> Vec<Vec<String>> {
     let mut lines = listing.lines();
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["ID", "CREATED", "ACTIVE", "RETIRED", "VALUES"],
+        [
+            "ID", "CREATED", "ACTIVE", "RETIRED", "VALUES", "WRAPPED", "BY"
+        ],
         "{listing}"
     );
     lines
