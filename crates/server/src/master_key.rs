@@ -58,8 +58,34 @@ fn from_problem(p: SettingProblem) -> ConfigError {
     }
 }
 
+/// Refuses a file holding a secret (a PIN, a service account's private key) that the group or
+/// other users may read or write, as the master key file is.
+fn refuse_shared(path: &Path, key: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    // A file that cannot be read says so when it is read.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            key,
+            format!(
+                "{} may be read by other users of this machine (mode {mode:04o})",
+                path.display()
+            ),
+            format!(
+                "run `chmod 600 {}` (owner read and write only)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a secret from a file (a PIN), trimmed; the file's text is wiped.
 fn read_secret(path: &Path, key: &str, what: &str) -> Result<SecretString, ConfigError> {
+    refuse_shared(path, key)?;
     let mut text = std::fs::read_to_string(path).map_err(|e| {
         err(
             key,
@@ -148,10 +174,14 @@ impl MasterKeySettings {
                     ));
                 }
             }
+            let credentials_file = vault.kms_credentials_file.as_ref().map(|f| base.join(f));
+            if let Some(file) = &credentials_file {
+                refuse_shared(file, "vault.kms_credentials_file")?;
+            }
             return Ok(MasterKeySettings::Kms {
                 key,
                 endpoint,
-                credentials_file: vault.kms_credentials_file.as_ref().map(|f| base.join(f)),
+                credentials_file,
             });
         }
         if let Some(uri) = &vault.pkcs11 {
@@ -402,6 +432,17 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key, "vault.pkcs11_pin_file");
+        // A PIN file others may read is refused, as the master key file is.
+        let shared = dir.path().join("shared-pin");
+        std::fs::write(&shared, "123456\n").unwrap();
+        let e = settings(&format!(
+            "[vault]\npkcs11 = \"{uri}\"\npkcs11_module = \"/m.so\"\npkcs11_pin_file = {:?}\n",
+            shared.display().to_string()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "vault.pkcs11_pin_file");
+        assert!(e.fix.contains("chmod 600"), "{e}");
+        assert!(!e.to_string().contains("123456"));
     }
 
     #[test]

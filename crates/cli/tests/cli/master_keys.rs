@@ -8,6 +8,13 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A file only its owner may read, as secrets' files must be.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn api_key(data: &Path) -> String {
     std::fs::read_to_string(data.join("dev-api-key"))
         .unwrap()
@@ -228,7 +235,7 @@ async fn a_deployment_moves_into_an_hsm_and_back() {
 
     let env = [("SOFTHSM2_CONF", conf.to_str().unwrap())];
     let pin = dir.path().join("pin");
-    std::fs::write(&pin, "1234\n").unwrap();
+    write_private(&pin, "1234\n");
     let uri = "pkcs11:token=grantkeeper;object=master";
     let rewrap_to_hsm = [
         "keys",
@@ -306,7 +313,7 @@ async fn a_deployment_moves_into_an_hsm_and_back() {
 
     // A wrong PIN, a missing module: serve refuses, naming the setting.
     let wrong = dir.path().join("wrong-pin");
-    std::fs::write(&wrong, "0000\n").unwrap();
+    write_private(&wrong, "0000\n");
     let bad = std::fs::read_to_string(&config)
         .unwrap()
         .replace(pin.to_str().unwrap(), wrong.to_str().unwrap());
