@@ -60,6 +60,11 @@ function say(id, text, kind = "", detail = "") {
   el.className = "msg" + (kind ? " " + kind : "");
   el.setAttribute("role", kind === "error" ? "alert" : "status");
   el.hidden = false;
+  reveal(el);
+}
+
+// Brings `el` into view when the person is scrolled away from it.
+function reveal(el) {
   const r = el.getBoundingClientRect();
   if (r.top < 0 || r.bottom > window.innerHeight) el.scrollIntoView({ block: "nearest" });
 }
@@ -385,7 +390,12 @@ async function driveFailed(r) {
   if (["grant_revoked", "scope_not_granted", "not_found"].includes(code)) {
     unsay("drive-msg");
     await loadMe(false);
-    if (me) return;
+    if (me) {
+      // The state now shows in the Drive card, where the person acted.
+      if (!$("grant-notice").hidden) reveal($("grant-notice"));
+      else if (!$("drive-missing").hidden) reveal($("drive-missing"));
+      return;
+    }
   }
   if (!me || code === "unauthorized") {
     me = null;

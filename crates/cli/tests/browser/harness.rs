@@ -441,6 +441,16 @@ impl Browser {
         }
     }
 
+    /// Whether the element is wholly inside the viewport (where the person is looking).
+    pub async fn in_view(&self, css: &str) -> bool {
+        self.js(&format!(
+            "(() => {{ const r = document.querySelector({css:?}).getBoundingClientRect(); \
+             return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }})()"
+        ))
+        .await
+            == Value::Bool(true)
+    }
+
     /// The messages and state notices a person sees on the page, as text (a collapsed
     /// "Details" is not seen).
     pub async fn messages(&self) -> Vec<String> {

@@ -62,6 +62,15 @@ pub async fn a_signed_out_load_logs_no_error_and_the_consent_popup_shows_allow(
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(b.console_errors().await, Vec::<String>::new());
     assert!(b.messages().await.is_empty(), "{:?}", b.messages().await);
+    // The header's text starts where the page's does, at both widths.
+    for (width, height) in [(1280, 900), (375, 812)] {
+        b.resize(width, height).await;
+        let lefts = b
+            .js("[document.querySelector('.brand').getBoundingClientRect().left, document.getElementById('welcome').getBoundingClientRect().left]")
+            .await;
+        assert_eq!(lefts[0], lefts[1], "header and page at {width} px");
+    }
+    b.resize(1280, 900).await;
 
     // Google Identity Services' popup is 500 x 600: the consent page keeps Allow in view, and
     // names the app as a person knows it.
@@ -139,6 +148,10 @@ pub async fn a_revocation_shows_once_and_the_repair_clears_it(b: &Browser, dev: 
         "the emulator's revocation",
     )
     .await;
+    // On a phone, scrolled down to the button, as a person is when they press it.
+    b.resize(375, 812).await;
+    b.js("document.getElementById('reload-files').scrollIntoView({block: 'end'})")
+        .await;
     b.click("#reload-files").await;
     b.until(
         "!document.getElementById('grant-notice').hidden",
@@ -146,6 +159,9 @@ pub async fn a_revocation_shows_once_and_the_repair_clears_it(b: &Browser, dev: 
     )
     .await;
     assert_eq!(b.text("#state").await, "revoked");
+    // Where the person is looking, not out of sight.
+    assert!(b.in_view("#grant-notice").await);
+    b.resize(1280, 900).await;
     // One message: the grant's state in the Drive card, in words meant for the person, with
     // the one action that repairs it; the server's detail only behind "Details".
     let shown = b.messages().await;
@@ -209,6 +225,8 @@ pub async fn a_double_click_adds_one_file_and_deleting_asks_once(b: &Browser, de
         "the file to be added",
     )
     .await;
+    // Said where the person is looking.
+    assert!(b.in_view("#drive-msg").await);
     // Let a second request, were there one, land too.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(drive_files(dev, "dora@example.com").await.len(), 1);
