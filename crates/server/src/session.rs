@@ -37,18 +37,29 @@ pub fn cookie_secret(headers: &HeaderMap) -> Option<SecretString> {
 impl App {
     /// Starts a session for `sub`; returns the `Set-Cookie` value.
     pub async fn start_session(&self, sub: &str) -> Result<String, ApiError> {
+        let (session, cookie) = self.new_session();
+        self.store()
+            .create_session(SessionRecord {
+                sub: sub.to_owned(),
+                ..session
+            })
+            .await?;
+        Ok(cookie)
+    }
+
+    /// A new session (its `sub` still to be filled in) and the `Set-Cookie` value that carries
+    /// its secret; nothing is stored yet.
+    pub(crate) fn new_session(&self) -> (SessionRecord, String) {
         let secret = grantkeeper_core::random::token::<32>();
         let now = self.clock().now();
         let ttl = self.settings().session_ttl;
-        self.store()
-            .create_session(SessionRecord {
-                id_hash: hash(&secret),
-                sub: sub.to_owned(),
-                created_at: now,
-                expires_at: now + ttl,
-            })
-            .await?;
-        Ok(self.cookie(&secret, ttl.as_secs()))
+        let session = SessionRecord {
+            id_hash: hash(&secret),
+            sub: String::new(),
+            created_at: now,
+            expires_at: now + ttl,
+        };
+        (session, self.cookie(&secret, ttl.as_secs()))
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> String {

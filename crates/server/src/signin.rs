@@ -8,7 +8,9 @@ use crate::app::App;
 use crate::error::{ApiError, exchange_error, id_token_error, vault_error};
 use grantkeeper_core::{Aad, SecretString, UserProfile, Vault};
 use grantkeeper_provider::TokenResponse;
-use grantkeeper_store::{SealedAccessToken, SealedRefreshToken, SignIn, SignInOutcome, StoreError};
+use grantkeeper_store::{
+    SealedAccessToken, SealedRefreshToken, SessionRecord, SignIn, SignInOutcome, StoreError,
+};
 use serde::Deserialize;
 use std::str::FromStr;
 
@@ -72,7 +74,35 @@ impl App {
         platform: Platform,
         expected_sub: Option<&str>,
     ) -> Result<SignInOutcome, ApiError> {
-        let result = self.exchange_and_record(code, platform, expected_sub).await;
+        self.sign_in_opening(code, platform, expected_sub, None)
+            .await
+    }
+
+    /// [`App::sign_in`], opening a session for the user in the same store transaction;
+    /// returns the outcome and the session's `Set-Cookie` value.
+    pub async fn sign_in_with_session(
+        &self,
+        code: &SecretString,
+        platform: Platform,
+        expected_sub: Option<&str>,
+    ) -> Result<(SignInOutcome, String), ApiError> {
+        let (session, cookie) = self.new_session();
+        let outcome = self
+            .sign_in_opening(code, platform, expected_sub, Some(session))
+            .await?;
+        Ok((outcome, cookie))
+    }
+
+    async fn sign_in_opening(
+        &self,
+        code: &SecretString,
+        platform: Platform,
+        expected_sub: Option<&str>,
+        session: Option<SessionRecord>,
+    ) -> Result<SignInOutcome, ApiError> {
+        let result = self
+            .exchange_and_record(code, platform, expected_sub, session)
+            .await;
         let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
         self.metrics().sign_in(outcome, platform.as_str());
         result
@@ -83,6 +113,7 @@ impl App {
         code: &SecretString,
         platform: Platform,
         expected_sub: Option<&str>,
+        session: Option<SessionRecord>,
     ) -> Result<SignInOutcome, ApiError> {
         let settings = self.settings();
         let redirect_uri = match platform {
@@ -126,10 +157,14 @@ impl App {
             return Err(another_account());
         }
         let profile = claims.profile();
+        let session = session.map(|s| SessionRecord {
+            sub: profile.sub.clone(),
+            ..s
+        });
         let mut vault = self.vault();
         let mut refused = false;
         let outcome = loop {
-            let sign_in = self.sealed_sign_in(&vault, &tokens, &profile)?;
+            let sign_in = self.sealed_sign_in(&vault, &tokens, &profile, session.clone())?;
             match self.store().record_sign_in(sign_in).await {
                 Ok(outcome) => break outcome,
                 // A rotation made another key active since this process read its keyring:
@@ -166,6 +201,7 @@ impl App {
         vault: &Vault,
         tokens: &TokenResponse,
         profile: &UserProfile,
+        session: Option<SessionRecord>,
     ) -> Result<SignIn, ApiError> {
         let refresh_token = match &tokens.refresh_token {
             Some(rt) => Some(SealedRefreshToken {
@@ -189,6 +225,7 @@ impl App {
             refresh_token,
             access_token: Some(access_token),
             at: self.clock().now(),
+            session,
         })
     }
 }

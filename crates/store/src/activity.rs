@@ -55,13 +55,13 @@ pub(crate) fn rows_of(points: Vec<ActivityPoint>) -> Vec<ActivityRow> {
         .collect()
 }
 
-fn unsigned(row: &impl Columns, column: &'static str) -> Result<u64> {
+fn unsigned(row: &dyn Columns, column: &'static str) -> Result<u64> {
     u64::try_from(row.int(column)?)
         .map_err(|_| StoreError::Corrupt(format!("activity.{column} is negative")))
 }
 
 /// Columns: minute, series, count, total_ms, max_ms.
-pub(crate) fn point(row: &impl Columns) -> Result<ActivityPoint> {
+pub(crate) fn point(row: &dyn Columns) -> Result<ActivityPoint> {
     let minute = OffsetDateTime::from_unix_timestamp(row.int("minute")?)
         .map_err(|_| StoreError::Corrupt("activity.minute is out of range".into()))?;
     Ok(ActivityPoint {

@@ -81,7 +81,7 @@ pub(crate) fn contains_pattern(text: &str) -> String {
 
 /// Columns: id_hash, key_id, session_created_at, expires_at, then the API key's columns as
 /// [`rows::api_key`] reads them (id, name, hash, scopes, created_at, revoked_at).
-pub(crate) fn session_with_key(row: &impl Columns) -> Result<(AdminSessionRecord, ApiKeyRecord)> {
+pub(crate) fn session_with_key(row: &dyn Columns) -> Result<(AdminSessionRecord, ApiKeyRecord)> {
     let time = |column: &'static str| {
         OffsetDateTime::from_unix_timestamp(row.int(column)?)
             .map_err(|_| StoreError::Corrupt(format!("admin_sessions.{column} is out of range")))

@@ -30,18 +30,23 @@
 //!
 //! Times are whole seconds since the Unix epoch in the database, [`OffsetDateTime`] here.
 
-mod activity;
-mod admin;
-mod error;
-mod merge;
-// First: its column-list macros are used by both backends' statements.
+// First: their macros (column lists, argument lists) are used by the modules below.
 #[macro_use]
 mod rows;
+#[macro_use]
+mod sql;
+mod activity;
+mod admin;
+mod common;
+mod counts;
+mod error;
+mod merge;
 mod postgres;
 mod revocations;
 mod risc;
 mod rotation;
 mod sqlite;
+mod statements;
 mod transfer;
 
 pub use admin::{AdminSessionRecord, AdminSessionStore, UserSearch, UserSearchStore};
@@ -171,6 +176,8 @@ pub struct SignIn {
     pub refresh_token: Option<SealedRefreshToken>,
     pub access_token: Option<SealedAccessToken>,
     pub at: OffsetDateTime,
+    /// The session the sign-in opens, written in its transaction (None: no session).
+    pub session: Option<SessionRecord>,
 }
 
 /// What [`UserStore::record_sign_in`] committed.
@@ -198,7 +205,8 @@ pub trait UserStore: Send + Sync {
     ///   `needs_consent` or `revoked` grant keeps its state and takes the granted scopes;
     /// - a new refresh token also clears `last_error`, which belonged to the token it replaces;
     /// - an access token, when given, replaces the held one;
-    /// - every change of state appends a [`GrantEvent`]; `version` is incremented.
+    /// - every change of state appends a [`GrantEvent`]; `version` is incremented;
+    /// - the session, when given, is created in the same transaction.
     async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome>;
 
     /// The user and their grant.

@@ -17,29 +17,23 @@
 //! another) and carries the `statement_timeout` of [`StoreOptions`], so that no statement, and
 //! no wait for a row lock, holds a caller longer than that.
 
-mod activity;
-mod admin;
-mod api_keys;
-mod audit;
 mod batches;
 mod grants;
-mod keys;
 mod leases;
-mod outbox;
 mod revocations;
-mod risc;
 mod rotation;
-mod sessions;
 mod statements;
-mod sweeps;
 mod transfer;
 mod users;
 
+use crate::rows::Columns;
+use crate::sql::{Arg, Engine, RowMap, Sql};
 use crate::{Result, Store, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, SqlSafeStr, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Connection, Postgres, SqlSafeStr, Transaction};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -105,6 +99,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "sealing key",
         include_str!("../migrations/postgres/0011_sealing_key.sql"),
+    ),
+    (
+        13,
+        "grant counts",
+        include_str!("../migrations/postgres/0013_grant_counts.sql"),
+    ),
+    (
+        14,
+        "single round trips",
+        include_str!("../migrations/postgres/0014_single_round_trips.sql"),
     ),
     (
         19,
@@ -179,10 +183,16 @@ impl PostgresStore {
         if connect.get_application_name().is_none() {
             connect = connect.application_name("grantkeeper");
         }
-        let connect = connect.options([(
-            "statement_timeout",
-            options.statement_timeout.as_millis().to_string(),
-        )]);
+        // READ COMMITTED whatever the server's default: the functions of the hot paths run in
+        // the implicit transaction of their one statement, and their locking reads rely on
+        // each statement seeing what committed before it.
+        let connect = connect.options([
+            (
+                "statement_timeout",
+                options.statement_timeout.as_millis().to_string(),
+            ),
+            ("default_transaction_isolation", "read committed".to_owned()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
@@ -240,6 +250,77 @@ impl PostgresStore {
     /// with [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A statement with `args` bound, in their order.
+pub(crate) fn bound(sql: &Sql, args: &[Arg]) -> Query<'static, Postgres, PgArguments> {
+    let mut query = sqlx::query(AssertSqlSafe(sql.clone()));
+    for arg in args {
+        query = match arg.clone() {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Bytes(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+fn mapped<T>(found: Vec<PgRow>, map: RowMap<T>) -> Result<Vec<T>> {
+    found.iter().map(|row| map(row as &dyn Columns)).collect()
+}
+
+#[async_trait]
+impl Engine for PostgresStore {
+    const API_KEY_INSERTION_ORDER: &'static str = "seq";
+    // Not lower(), whose folding follows the server's locale.
+    const ASCII_LOWER_EMAIL: &'static str =
+        "translate(u.email, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')";
+
+    async fn read_rows<T: Send + 'static>(
+        &self,
+        sql: Sql,
+        args: Vec<Arg>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>> {
+        let found = bound(&sql, &args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg)?;
+        mapped(found, map)
+    }
+
+    async fn write_rows<T: Send + 'static>(
+        &self,
+        sql: Sql,
+        args: Vec<Arg>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>> {
+        let found =
+            retrying(|| async { Ok(bound(&sql, &args).fetch_all(&self.pool).await?) }).await?;
+        mapped(found, map)
+    }
+
+    async fn execute(&self, sql: Sql, args: Vec<Arg>) -> Result<u64> {
+        retrying(|| async {
+            let done = bound(&sql, &args).execute(&self.pool).await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn execute_all(&self, statements: Vec<(Sql, Vec<Arg>)>) -> Result<Vec<u64>> {
+        retrying(|| async {
+            let mut tx = self.begin().await?;
+            let mut changed = Vec::with_capacity(statements.len());
+            for (sql, args) in &statements {
+                changed.push(bound(sql, args).execute(&mut *tx).await?.rows_affected());
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+        .await
     }
 }
 

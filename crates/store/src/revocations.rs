@@ -101,7 +101,7 @@ pub trait RevocationQueueStore: Send + Sync {
 }
 
 /// Columns: id, sub, token, token_kind, created_at, attempts, next_attempt_at, last_error.
-pub(crate) fn pending_revocation(row: &impl Columns) -> Result<PendingRevocation> {
+pub(crate) fn pending_revocation(row: &dyn Columns) -> Result<PendingRevocation> {
     let time = |column: &'static str| -> Result<OffsetDateTime> {
         OffsetDateTime::from_unix_timestamp(row.int(column)?).map_err(|_| {
             StoreError::Corrupt(format!("pending_revocations.{column} is out of range"))

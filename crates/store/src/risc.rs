@@ -69,7 +69,7 @@ pub trait RiscStore: Send + Sync {
 }
 
 /// Columns: sub, reason, blocked_at.
-pub(crate) fn block(row: &impl Columns) -> Result<SignInBlock> {
+pub(crate) fn block(row: &dyn Columns) -> Result<SignInBlock> {
     Ok(SignInBlock {
         sub: row.text("sub")?,
         reason: row.text("reason")?,

@@ -187,8 +187,12 @@ pub trait KeyRotationStore: Send + Sync {
     ) -> Result<bool>;
 }
 
+/// A new wrapping of key $1, fenced by the bytes read ($4).
+pub(crate) const REWRAP: &str =
+    "UPDATE data_keys SET wrapped = $2, wrapped_by = $3 WHERE id = $1 AND wrapped = $4";
+
 /// Columns: id, created_at, active, retired_at, wrapped_by.
-pub(crate) fn data_key_status(row: &impl Columns, counts: &SealedCounts) -> Result<DataKeyStatus> {
+pub(crate) fn data_key_status(row: &dyn Columns, counts: &SealedCounts) -> Result<DataKeyStatus> {
     let id = u32::try_from(row.int("id")?)
         .map_err(|_| StoreError::Corrupt("data_keys.id is out of range".into()))?;
     let time = |secs: i64, column: &str| {

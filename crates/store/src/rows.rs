@@ -12,23 +12,74 @@ use crate::{
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
 use time::OffsetDateTime;
 
-/// The grant's columns as [`user_and_grant`] and [`grant_alone`] read them, from `grants`
-/// aliased `g`. A macro, so that the statements built from it stay `&'static str` (sqlx takes
-/// only those as SQL without a wrapper).
+/// The grant's columns as [`user_and_grant`] and [`grant_alone`] read them, each after
+/// `$prefix` (`"g."` from `grants` aliased `g`; `""` in a `RETURNING`, where SQLite takes no
+/// alias). A macro, so that the statements built from it stay `&'static str`.
 macro_rules! grant_columns {
-    () => {
-        "g.state, g.scopes, g.refresh_token, g.rt_hash, g.rt_prefix_hash,
-         g.refresh_token_received_at, g.access_token, g.access_token_expires_at, g.reason,
-         g.state_changed_at, g.updated_at AS grant_updated_at, g.last_refresh_at, g.last_error,
-         g.version"
+    ($p:literal) => {
+        concat!(
+            $p,
+            "state, ",
+            $p,
+            "scopes, ",
+            $p,
+            "refresh_token, ",
+            $p,
+            "rt_hash, ",
+            $p,
+            "rt_prefix_hash, ",
+            $p,
+            "refresh_token_received_at, ",
+            $p,
+            "access_token, ",
+            $p,
+            "access_token_expires_at, ",
+            $p,
+            "reason, ",
+            $p,
+            "state_changed_at, ",
+            $p,
+            "updated_at AS grant_updated_at, ",
+            $p,
+            "last_refresh_at, ",
+            $p,
+            "last_error, ",
+            $p,
+            "version"
+        )
     };
 }
 
-/// The user's columns as [`user`] reads them, from `users` aliased `u`.
+/// The user's columns as [`user`] reads them, each after `$prefix` (`"u."` from `users`
+/// aliased `u`; `""` in a `RETURNING`).
 macro_rules! user_columns {
-    () => {
-        "u.sub, u.email, u.email_verified, u.name, u.picture, u.given_name, u.family_name,
-         u.locale, u.hd, u.created_at, u.updated_at AS user_updated_at, u.last_sign_in_at"
+    ($p:literal) => {
+        concat!(
+            $p,
+            "sub, ",
+            $p,
+            "email, ",
+            $p,
+            "email_verified, ",
+            $p,
+            "name, ",
+            $p,
+            "picture, ",
+            $p,
+            "given_name, ",
+            $p,
+            "family_name, ",
+            $p,
+            "locale, ",
+            $p,
+            "hd, ",
+            $p,
+            "created_at, ",
+            $p,
+            "updated_at AS user_updated_at, ",
+            $p,
+            "last_sign_in_at"
+        )
     };
 }
 
@@ -38,9 +89,9 @@ macro_rules! user_and_grant_columns {
     () => {
         concat!(
             "SELECT ",
-            user_columns!(),
+            user_columns!("u."),
             ", g.sub AS grant_sub, ",
-            grant_columns!()
+            grant_columns!("g.")
         )
     };
 }
@@ -93,7 +144,6 @@ macro_rules! impl_columns {
     };
 }
 
-impl_columns!(sqlx::sqlite::SqliteRow);
 impl_columns!(sqlx::postgres::PgRow);
 
 fn get<'r, R, T>(row: &'r R, column: &'static str) -> Result<T>
@@ -114,11 +164,11 @@ pub(crate) fn unix(at: OffsetDateTime) -> i64 {
     at.unix_timestamp()
 }
 
-fn time(row: &impl Columns, column: &'static str) -> Result<OffsetDateTime> {
+fn time(row: &dyn Columns, column: &'static str) -> Result<OffsetDateTime> {
     from_unix(row.int(column)?, column)
 }
 
-fn opt_time(row: &impl Columns, column: &'static str) -> Result<Option<OffsetDateTime>> {
+fn opt_time(row: &dyn Columns, column: &'static str) -> Result<Option<OffsetDateTime>> {
     row.opt_int(column)?
         .map(|secs| from_unix(secs, column))
         .transpose()
@@ -129,17 +179,17 @@ fn from_unix(secs: i64, column: &'static str) -> Result<OffsetDateTime> {
         .map_err(|_| StoreError::Corrupt(format!("{column} is out of range")))
 }
 
-fn state(row: &impl Columns, column: &'static str) -> Result<GrantState> {
+fn state(row: &dyn Columns, column: &'static str) -> Result<GrantState> {
     parse_state(&row.text(column)?, column)
 }
 
-fn parse_state(text: &str, column: &'static str) -> Result<GrantState> {
+pub(crate) fn parse_state(text: &str, column: &'static str) -> Result<GrantState> {
     text.parse()
         .map_err(|_| StoreError::Corrupt(format!("{column} holds an unknown grant state")))
 }
 
 /// Columns: `user_columns!`.
-pub(crate) fn user(row: &impl Columns) -> Result<UserRecord> {
+pub(crate) fn user(row: &dyn Columns) -> Result<UserRecord> {
     Ok(UserRecord {
         profile: UserProfile {
             sub: row.text("sub")?,
@@ -160,7 +210,7 @@ pub(crate) fn user(row: &impl Columns) -> Result<UserRecord> {
 
 /// One user and their grant, read with `user_and_grant_columns!`. The grant's columns are
 /// null when the user has no grant row.
-pub(crate) fn user_and_grant(row: &impl Columns) -> Result<(UserRecord, Option<GrantRecord>)> {
+pub(crate) fn user_and_grant(row: &dyn Columns) -> Result<(UserRecord, Option<GrantRecord>)> {
     let user = user(row)?;
     let grant = match row.opt_text("grant_sub")? {
         None => None,
@@ -171,7 +221,7 @@ pub(crate) fn user_and_grant(row: &impl Columns) -> Result<(UserRecord, Option<G
 
 /// A user who must have a grant, read as [`user_and_grant`] reads them: sign-in writes both
 /// rows in one transaction and nothing else creates users, so a user alone is corrupt.
-pub(crate) fn user_with_grant(row: &impl Columns) -> Result<(UserRecord, GrantRecord)> {
+pub(crate) fn user_with_grant(row: &dyn Columns) -> Result<(UserRecord, GrantRecord)> {
     match user_and_grant(row)? {
         (user, Some(grant)) => Ok((user, grant)),
         (_, None) => Err(StoreError::Corrupt("a user has no grant row".into())),
@@ -179,11 +229,11 @@ pub(crate) fn user_with_grant(row: &impl Columns) -> Result<(UserRecord, GrantRe
 }
 
 /// A grant read as `g.sub` followed by `grant_columns!`.
-pub(crate) fn grant_alone(row: &impl Columns) -> Result<GrantRecord> {
+pub(crate) fn grant_alone(row: &dyn Columns) -> Result<GrantRecord> {
     grant(row, row.text("sub")?)
 }
 
-fn grant(row: &impl Columns, sub: String) -> Result<GrantRecord> {
+fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
     let refresh_token = match (
         row.opt_bytes("refresh_token")?,
         row.opt_text("rt_hash")?,
@@ -229,7 +279,7 @@ fn grant(row: &impl Columns, sub: String) -> Result<GrantRecord> {
 }
 
 /// Columns: id, sub, from_state, to_state, reason, at.
-pub(crate) fn grant_event(row: &impl Columns) -> Result<GrantEvent> {
+pub(crate) fn grant_event(row: &dyn Columns) -> Result<GrantEvent> {
     let from = row
         .opt_text("from_state")?
         .map(|text| parse_state(&text, "from_state"))
@@ -245,7 +295,7 @@ pub(crate) fn grant_event(row: &impl Columns) -> Result<GrantEvent> {
 }
 
 /// Columns: id_hash, sub, created_at, expires_at.
-pub(crate) fn session(row: &impl Columns) -> Result<SessionRecord> {
+pub(crate) fn session(row: &dyn Columns) -> Result<SessionRecord> {
     Ok(SessionRecord {
         id_hash: row.text("id_hash")?,
         sub: row.text("sub")?,
@@ -255,7 +305,7 @@ pub(crate) fn session(row: &impl Columns) -> Result<SessionRecord> {
 }
 
 /// Columns: id, wrapped, created_at, active, wrapped_by.
-pub(crate) fn data_key(row: &impl Columns) -> Result<DataKeyRecord> {
+pub(crate) fn data_key(row: &dyn Columns) -> Result<DataKeyRecord> {
     Ok(DataKeyRecord {
         id: u32::try_from(row.int("id")?)
             .map_err(|_| StoreError::Corrupt("data_keys.id is out of range".into()))?,
@@ -267,7 +317,7 @@ pub(crate) fn data_key(row: &impl Columns) -> Result<DataKeyRecord> {
 }
 
 /// Columns: id, sub, from_state, to_state, reason, at, attempts, next_attempt_at.
-pub(crate) fn pending_event(row: &impl Columns) -> Result<PendingEvent> {
+pub(crate) fn pending_event(row: &dyn Columns) -> Result<PendingEvent> {
     Ok(PendingEvent {
         event: grant_event(row)?,
         attempts: u32::try_from(row.int("attempts")?)
@@ -277,7 +327,7 @@ pub(crate) fn pending_event(row: &impl Columns) -> Result<PendingEvent> {
 }
 
 /// Columns: id, name, hash, scopes, created_at, revoked_at.
-pub(crate) fn api_key(row: &impl Columns) -> Result<ApiKeyRecord> {
+pub(crate) fn api_key(row: &dyn Columns) -> Result<ApiKeyRecord> {
     Ok(ApiKeyRecord {
         id: row.text("id")?,
         name: row.text("name")?,
@@ -293,7 +343,7 @@ pub(crate) fn api_key(row: &impl Columns) -> Result<ApiKeyRecord> {
 }
 
 /// Columns: id, at, actor, sub, action, detail, outcome, times, last_at.
-pub(crate) fn audit(row: &impl Columns) -> Result<AuditRecord> {
+pub(crate) fn audit(row: &dyn Columns) -> Result<AuditRecord> {
     let at = time(row, "at")?;
     Ok(AuditRecord {
         id: row.int("id")?,
@@ -312,7 +362,7 @@ pub(crate) fn audit(row: &impl Columns) -> Result<AuditRecord> {
 }
 
 /// Columns: id, job, started_at, finished_at, cursor, counts.
-pub(crate) fn sweep_run(row: &impl Columns) -> Result<SweepRun> {
+pub(crate) fn sweep_run(row: &dyn Columns) -> Result<SweepRun> {
     Ok(SweepRun {
         id: row.int("id")?,
         job: row.text("job")?,
@@ -324,7 +374,7 @@ pub(crate) fn sweep_run(row: &impl Columns) -> Result<SweepRun> {
 }
 
 /// Columns: `sweep_batch_columns!`.
-pub(crate) fn sweep_batch(row: &impl Columns) -> Result<SweepBatch> {
+pub(crate) fn sweep_batch(row: &dyn Columns) -> Result<SweepBatch> {
     Ok(SweepBatch {
         id: row.int("id")?,
         run_id: row.int("run_id")?,

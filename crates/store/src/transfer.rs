@@ -20,13 +20,12 @@
 //! and sweep runs and batches (a sweep starts afresh).
 
 use crate::rows::Columns;
-use crate::{ExportKind, ExportRecord, Result, StoreError};
+use crate::sql::{Arg, Engine};
+use crate::{ExportKind, ExportRecord, ImportCounts, Result, StoreError, page_limit};
 use ColumnType::{Bool, Bytes, Int, OptBytes, OptInt, OptText, Text};
-use base64::Engine;
+use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value};
-use sqlx::query_builder::Separated;
-use sqlx::{Database, Encode, QueryBuilder};
 
 /// Turns off, for the import's own transaction, the rule that sealed values name the active
 /// data key (migration 0011): an export holds values as they were, some under keys a rotation
@@ -288,7 +287,7 @@ impl Table {
         let key = self.sequence_key()?;
         let index = self.columns.iter().position(|c| c.name == key)?;
         match cells.get(index) {
-            Some(Cell::Int(id)) => *id,
+            Some(Arg::Int(id)) => *id,
             _ => None,
         }
     }
@@ -368,42 +367,82 @@ fn position_after(table: &Table, row: &Map<String, Value>) -> Option<String> {
 /// `SELECT` of up to `fetch` rows of `table` after `after`, in key order (byte order for text:
 /// SQLite's order, and PostgreSQL's for these COLLATE "C" columns; a key of several columns
 /// compared as a row value, column by column).
-pub(crate) fn select_page<DB>(
+pub(crate) fn select_page(
     table: &Table,
     after: Option<String>,
     fetch: i64,
-) -> Result<QueryBuilder<DB>>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'a> String: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> i64: Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {} FROM {}",
-        table.column_list(),
-        table.name
-    ));
+) -> Result<(String, Vec<Arg>)> {
+    let mut sql = format!("SELECT {} FROM {}", table.column_list(), table.name);
+    let mut args = Vec::new();
     let keys = table.key_list();
     if let Some(after) = after {
-        query.push(format!(" WHERE ({keys}) > ("));
-        let mut values = query.separated(", ");
+        let mut holes = Vec::new();
         for value in position(table, after)? {
-            match value {
-                Position::Text(text) => values.push_bind(text),
-                Position::Int(int) => values.push_bind(int),
-            };
+            args.push(match value {
+                Position::Text(text) => Arg::from(text),
+                Position::Int(int) => Arg::from(int),
+            });
+            holes.push(format!("${}", args.len()));
         }
-        values.push_unseparated(")");
+        sql.push_str(&format!(" WHERE ({keys}) > ({})", holes.join(", ")));
     }
-    query
-        .push(format!(" ORDER BY {keys} LIMIT "))
-        .push_bind(fetch);
-    Ok(query)
+    args.push(Arg::from(fetch));
+    sql.push_str(&format!(" ORDER BY {keys} LIMIT ${}", args.len()));
+    Ok((sql, args))
+}
+
+/// A page of an export, as [`crate::TransferStore::export_page`] answers it, on any backend.
+pub(crate) async fn export_page(
+    engine: &impl Engine,
+    kind: ExportKind,
+    after: Option<String>,
+    limit: u32,
+) -> Result<(Vec<ExportRecord>, Option<String>)> {
+    let table = table(kind);
+    let limit = page_limit(limit);
+    let (sql, args) = select_page(table, after, i64::from(limit) + 1)?;
+    let map: crate::sql::RowMap<ExportRecord> = match kind {
+        ExportKind::DataKey => |r| export_row(&DATA_KEYS, r),
+        ExportKind::User => |r| export_row(&USERS, r),
+        ExportKind::Grant => |r| export_row(&GRANTS, r),
+        ExportKind::GrantEvent => |r| export_row(&GRANT_EVENTS, r),
+        ExportKind::ApiKey => |r| export_row(&API_KEYS, r),
+        ExportKind::Audit => |r| export_row(&AUDIT, r),
+        ExportKind::PendingRevocation => |r| export_row(&PENDING_REVOCATIONS, r),
+        ExportKind::SignInBlock => |r| export_row(&SIGN_IN_BLOCKS, r),
+        ExportKind::RiscEvent => |r| export_row(&RISC_EVENTS, r),
+        ExportKind::Activity => |r| export_row(&ACTIVITY, r),
+    };
+    let records = engine.read_rows(sql.into(), args, map).await?;
+    Ok(page(table, records, limit))
+}
+
+/// An import in one transaction of the engine's (SQLite: AUTOINCREMENT keeps the largest id
+/// ever inserted, imported ones too, so later events and audit rows are numbered after them).
+pub(crate) async fn import_plain(engine: &impl Engine, plan: Vec<Rows>) -> Result<ImportCounts> {
+    let mut sizes = Vec::new();
+    let mut statements: Vec<(crate::sql::Sql, Vec<Arg>)> =
+        vec![(IMPORT_UNDER_WAY.into(), Vec::new())];
+    for rows in &plan {
+        for chunk in rows.rows.chunks(ROWS_PER_INSERT) {
+            sizes.push(chunk.len() as u64);
+            let (sql, args) = insert(rows.table, chunk, false);
+            statements.push((sql.into(), args));
+        }
+    }
+    statements.push((IMPORT_DONE.into(), Vec::new()));
+    let done = engine.execute_all(statements).await?;
+    let mut counts = ImportCounts::default();
+    // The first and last statements turn the rule of migration 0011 off and on again.
+    for (inserted, size) in done.into_iter().skip(1).zip(sizes) {
+        counts.inserted += inserted;
+        counts.present += size.saturating_sub(inserted);
+    }
+    Ok(counts)
 }
 
 /// One row read by [`select_page`], as an export carries it.
-pub(crate) fn export_row(table: &Table, row: &impl Columns) -> Result<ExportRecord> {
+pub(crate) fn export_row(table: &Table, row: &dyn Columns) -> Result<ExportRecord> {
     let mut out = Map::new();
     for column in table.columns {
         let name = column.name;
@@ -444,14 +483,8 @@ pub(crate) fn page(
     (records, next)
 }
 
-/// One column's value of a row to import.
-#[derive(Debug)]
-pub(crate) enum Cell {
-    Text(Option<String>),
-    Int(Option<i64>),
-    Bool(bool),
-    Bytes(Option<Vec<u8>>),
-}
+/// One column's value of a row to import: bound as it is.
+pub(crate) type Cell = Arg;
 
 /// The rows of one table to import, each as its table's columns in order.
 pub(crate) struct Rows {
@@ -503,16 +536,16 @@ fn import_row(table: &Table, mut row: Map<String, Value>) -> Result<Vec<Cell>> {
         };
         let wrong = || refused(format!("has a value of the wrong type in {name}"));
         let cell = match (column.ty, value) {
-            (OptText, Value::Null) => Cell::Text(None),
-            (Text | OptText, Value::String(text)) => Cell::Text(Some(text)),
-            (OptInt, Value::Null) => Cell::Int(None),
+            (OptText, Value::Null) => Arg::Text(None),
+            (Text | OptText, Value::String(text)) => Arg::Text(Some(text)),
+            (OptInt, Value::Null) => Arg::Int(None),
             (Int | OptInt, Value::Number(number)) => {
-                Cell::Int(Some(number.as_i64().ok_or_else(wrong)?))
+                Arg::Int(Some(number.as_i64().ok_or_else(wrong)?))
             }
-            (Bool, Value::Bool(flag)) => Cell::Bool(flag),
-            (OptBytes, Value::Null) => Cell::Bytes(None),
+            (Bool, Value::Bool(flag)) => Arg::Bool(flag),
+            (OptBytes, Value::Null) => Arg::Bytes(None),
             (Bytes | OptBytes, Value::String(text)) => {
-                Cell::Bytes(Some(STANDARD.decode(text).map_err(|_| {
+                Arg::Bytes(Some(STANDARD.decode(text).map_err(|_| {
                     refused(format!("has a value that is not standard base64 in {name}"))
                 })?))
             }
@@ -537,44 +570,26 @@ pub(crate) const ROWS_PER_INSERT: usize = 100;
 /// as present by the caller: the statement's rows affected are those inserted). Another unique
 /// index that a row breaks (an API key's hash, a second active data key) still fails: that row
 /// is not the one the store holds. `overriding`: PostgreSQL's words for writing an identity.
-pub(crate) fn insert<DB>(table: &Table, rows: &[Vec<Cell>], overriding: bool) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'a> Option<&'a str>: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> Option<&'a [u8]>: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> Option<i64>: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> bool: Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut insert = QueryBuilder::new(format!(
-        "INSERT INTO {} ({}) ",
-        table.name,
-        table.column_list()
-    ));
+pub(crate) fn insert(table: &Table, rows: &[Vec<Cell>], overriding: bool) -> (String, Vec<Arg>) {
+    let mut sql = format!("INSERT INTO {} ({}) ", table.name, table.column_list());
     if overriding {
-        insert.push("OVERRIDING SYSTEM VALUE ");
+        sql.push_str("OVERRIDING SYSTEM VALUE ");
     }
-    insert.push_values(rows, |mut out, cells| {
-        for cell in cells {
-            push_cell(&mut out, cell);
+    sql.push_str("VALUES ");
+    let mut args = Vec::with_capacity(rows.len() * table.columns.len());
+    for (i, cells) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
         }
-    });
-    insert.push(format!(" ON CONFLICT ({}) DO NOTHING", table.key_list()));
-    insert
-}
-
-fn push_cell<DB>(out: &mut Separated<'_, DB, &'static str>, cell: &Cell)
-where
-    DB: Database,
-    for<'a> Option<&'a str>: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> Option<&'a [u8]>: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> Option<i64>: Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> bool: Encode<'a, DB> + sqlx::Type<DB>,
-{
-    match cell {
-        Cell::Text(text) => out.push_bind(text.as_deref()),
-        Cell::Int(int) => out.push_bind(*int),
-        Cell::Bool(flag) => out.push_bind(*flag),
-        Cell::Bytes(bytes) => out.push_bind(bytes.as_deref()),
-    };
+        let holes: Vec<String> = cells
+            .iter()
+            .map(|cell| {
+                args.push(cell.clone());
+                format!("${}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!("({})", holes.join(", ")));
+    }
+    sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", table.key_list()));
+    (sql, args)
 }

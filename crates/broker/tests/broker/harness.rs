@@ -307,6 +307,7 @@ impl Env {
                 refresh_token,
                 access_token: Some(access_token),
                 at: self.now(),
+                session: None,
             })
             .await
             .unwrap();

@@ -266,7 +266,8 @@ async fn authcode(
     let body = read_body(body, BODY_LIMIT).await?;
     let (code, platform) = parse_authcode(kind, &body, query.platform)?;
     let expected = query.sub.as_deref().filter(|s| !s.is_empty());
-    let outcome = app.sign_in(&code, platform, expected).await?;
+    // The session is written in the sign-in's transaction: one commit for both.
+    let (outcome, cookie) = app.sign_in_with_session(&code, platform, expected).await?;
     let sub = &outcome.user.profile.sub;
     let detail = format!("{} {}", platform.as_str(), outcome.grant.scopes);
     let result = if outcome.grant.needs_consent() {
@@ -277,7 +278,6 @@ async fn authcode(
     app.audit()
         .record("session", Some(sub), "sign_in", detail, result)
         .await;
-    let cookie = app.start_session(sub).await?;
     let mut response = Json(answer(&outcome.user, &outcome.grant, false)).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(SET_COOKIE, v);

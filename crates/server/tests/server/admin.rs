@@ -897,6 +897,7 @@ async fn hostile_profiles_are_escaped() {
             refresh_token: None,
             access_token: None,
             at: now,
+            session: None,
         })
         .await
         .unwrap();

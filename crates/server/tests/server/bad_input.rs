@@ -4,26 +4,20 @@
 use super::harness::{Code, TestApp};
 use serde_json::json;
 
+fn count(t: &TestApp, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(t.db_dir().join("grantkeeper.db")).unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .unwrap()
+}
+
 async fn users(t: &TestApp) -> i64 {
-    let url = format!("sqlite://{}", t.db_dir().join("grantkeeper.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let n: (i64,) = sqlx::query_as("SELECT count(*) FROM users")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    n.0
+    count(t, "users")
 }
 
 async fn sessions(t: &TestApp) -> i64 {
-    let url = format!("sqlite://{}", t.db_dir().join("grantkeeper.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let n: (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    n.0
+    count(t, "sessions")
 }
 
 const XRW: (&str, &str) = ("x-requested-with", "XmlHttpRequest");

@@ -810,13 +810,16 @@ async fn only_post_is_routed() {
     assert_eq!(a.status, 405, "{}", a.text);
 }
 
-fn database_url(r: &Risc) -> String {
-    format!("sqlite://{}", r.t.db_dir().join("grantkeeper.db").display())
+/// A connection of another process's, to the server's database file.
+fn other_connection(r: &Risc) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(r.t.db_dir().join("grantkeeper.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn
 }
 
 #[tokio::test]
 async fn a_busy_store_answers_503_and_the_redelivery_acts() {
-    use sqlx::Connection;
     let r = Risc::start().await;
     let (_, cookie) = r.sign_in("ada@example.com").await;
     let capture = Capture::start().await;
@@ -828,17 +831,12 @@ async fn a_busy_store_answers_503_and_the_redelivery_acts() {
         .await;
 
     // Another process holds the database's write lock past the store's busy timeout.
-    let mut other = sqlx::SqliteConnection::connect(&database_url(&r))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let other = other_connection(&r);
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let busy = r.deliver(&set).await;
     busy.assert_error(503, "upstream_unavailable");
     assert!(busy.headers.contains_key("retry-after"));
-    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.execute_batch("ROLLBACK").unwrap();
     assert!(r.session_alive(&cookie).await);
 
     // Google delivers again: now it acts.
@@ -859,17 +857,13 @@ async fn an_event_that_could_not_be_acted_on_is_not_taken_for_a_duplicate() {
         )
         .await;
 
-    let raw = sqlx::SqlitePool::connect(&database_url(&r)).await.unwrap();
-    sqlx::query("ALTER TABLE sign_in_blocks RENAME TO sign_in_blocks_away")
-        .execute(&raw)
-        .await
+    let raw = other_connection(&r);
+    raw.execute_batch("ALTER TABLE sign_in_blocks RENAME TO sign_in_blocks_away")
         .unwrap();
     let failed = r.deliver(&set).await;
     assert!(failed.status >= 500, "{}", failed.text);
     assert!(failed.body["error"].is_string(), "{}", failed.text);
-    sqlx::query("ALTER TABLE sign_in_blocks_away RENAME TO sign_in_blocks")
-        .execute(&raw)
-        .await
+    raw.execute_batch("ALTER TABLE sign_in_blocks_away RENAME TO sign_in_blocks")
         .unwrap();
     assert!(r.t.app.store().sign_in_block(&ada).await.unwrap().is_none());
 

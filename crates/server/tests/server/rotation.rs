@@ -97,6 +97,7 @@ async fn signed_in(store: &SharedStore) -> MasterKey {
                     expires_at: now() + time::Duration::hours(1),
                 }),
                 at: now(),
+                session: None,
             })
             .await
             .unwrap();

@@ -1,27 +1,28 @@
 //! The broker's and operators' writes to grants, listing and deleting users.
 
-use super::statements::{SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST};
-use super::users::{append_event, lock_grant, write_grant};
-use super::{PgResult, PostgresStore, map_pg, retrying};
-use crate::merge::{Merged, check_fence, merge_refresh, merge_state_update};
-use crate::rows;
+use super::statements::{RECORD_REFRESH, SELECT_GRANT_FOR_UPDATE};
+use super::{PgResult, PostgresStore, bound, retrying};
+use crate::merge::{Merged, check_fence, merge_state_update};
+use crate::rows::{self, Columns};
+use crate::sql::{Engine, event_args, first, grant_args};
+use crate::statements::{
+    INSERT_EVENT, SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST, UPDATE_GRANT,
+};
 use crate::{
     GrantEvent, GrantRecord, GrantStore, RefreshSuccess, Result, StateUpdate, StoreError, UserPage,
     page_limit, user_page,
 };
 use async_trait::async_trait;
 use grantkeeper_core::GrantState;
-use time::OffsetDateTime;
+use sqlx::PgConnection;
 
 #[async_trait]
 impl GrantStore for PostgresStore {
     async fn grant(&self, sub: &str) -> Result<Option<GrantRecord>> {
-        let row = sqlx::query(SELECT_GRANT)
-            .bind(sub)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_pg)?;
-        row.as_ref().map(rows::grant_alone).transpose()
+        let found = self
+            .read_rows(SELECT_GRANT.into(), args![sub], rows::grant_alone)
+            .await?;
+        Ok(first(found))
     }
 
     async fn record_refresh(
@@ -30,12 +31,8 @@ impl GrantStore for PostgresStore {
         expected_version: i64,
         refresh: RefreshSuccess,
     ) -> Result<GrantRecord> {
-        let merge = |held| merge_refresh(held, &refresh);
-        let (grant, _) = retrying(|| {
-            self.fenced_write_once(sub, Some(expected_version), refresh.at, &merge, None)
-        })
-        .await?;
-        Ok(grant)
+        self.record_refresh_as(sub, expected_version, &refresh, None)
+            .await
     }
 
     async fn update_grant_state(
@@ -45,21 +42,25 @@ impl GrantStore for PostgresStore {
         update: StateUpdate,
     ) -> Result<(GrantRecord, Option<GrantEvent>)> {
         let merge = |held| merge_state_update(held, &update);
-        retrying(|| self.fenced_write_once(sub, expected_version, update.at, &merge, None)).await
+        retrying(|| async {
+            let mut tx = self.begin().await?;
+            let written = fenced_write_in(&mut tx, sub, expected_version, &merge).await?;
+            tx.commit().await?;
+            Ok(written)
+        })
+        .await
     }
 
     async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage> {
         let limit = page_limit(limit);
         let fetch = i64::from(limit) + 1;
-        let query = match after {
-            None => sqlx::query(SELECT_USERS_FIRST).bind(fetch),
-            Some(after) => sqlx::query(SELECT_USERS_AFTER).bind(fetch).bind(after),
+        let (sql, args) = match after {
+            None => (SELECT_USERS_FIRST, args![fetch]),
+            Some(after) => (SELECT_USERS_AFTER, args![fetch, after]),
         };
-        let found = query.fetch_all(&self.pool).await.map_err(map_pg)?;
-        let users = found
-            .iter()
-            .map(rows::user_with_grant)
-            .collect::<Result<Vec<_>>>()?;
+        let users = self
+            .read_rows(sql.into(), args, rows::user_with_grant)
+            .await?;
         Ok(user_page(users, limit))
     }
 
@@ -67,64 +68,107 @@ impl GrantStore for PostgresStore {
         // The foreign keys cascade to the grant, its events (undelivered ones too) and the
         // sessions, all in this statement's transaction. Audit rows name the user without a
         // foreign key: they are history and stay.
-        retrying(|| async {
-            let done = sqlx::query("DELETE FROM users WHERE sub = $1")
-                .bind(sub)
-                .execute(&self.pool)
-                .await?;
-            Ok(done.rows_affected() > 0)
-        })
-        .await
+        let sql = "DELETE FROM users WHERE sub = $1";
+        Ok(self.execute(sql.into(), args![sub]).await? > 0)
     }
 
     async fn count_users(&self) -> Result<u64> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_pg)?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt("the user count is negative".into()))
+        crate::counts::users(self).await
     }
 
     async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, u64)>> {
-        self.grants_by_state().await
+        crate::counts::grants_by_state(self).await
     }
 }
 
 impl PostgresStore {
-    /// Locks the grant, checks the fence, writes what `merge` decides and the event of its
-    /// change of state, and answers with the row as written. Nothing is written when the fence
-    /// fails. Concurrent writers of one grant queue on its row lock, so each checks its fence
-    /// against what the one before it committed.
-    /// One fenced write of a grant in its own transaction; with `release_lease_of`, that
-    /// owner's refresh lease is given back in the same transaction.
-    pub(super) async fn fenced_write_once(
+    /// A recorded refresh in one call of `grantkeeper_record_refresh` (one round trip), with
+    /// `owner`'s lease given back in its transaction when given.
+    pub(super) async fn record_refresh_as(
         &self,
         sub: &str,
-        expected_version: Option<i64>,
-        at: OffsetDateTime,
-        merge: &(impl Fn(GrantRecord) -> Merged + Sync),
-        release_lease_of: Option<&str>,
-    ) -> PgResult<(GrantRecord, Option<GrantEvent>)> {
-        let mut tx = self.begin().await?;
-        let held = lock_grant(&mut tx, sub)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        check_fence(&held, expected_version)?;
-        let held_version = held.version;
-        let merged = merge(held);
-        let grant = write_grant(&mut tx, &merged.grant, Some(held_version)).await?;
-        let event = match &merged.change {
-            Some(change) => Some(append_event(&mut tx, sub, change, at).await?),
-            None => None,
-        };
-        if let Some(owner) = release_lease_of {
-            sqlx::query("DELETE FROM refresh_leases WHERE sub = $1 AND owner = $2")
-                .bind(sub)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
+        expected_version: i64,
+        refresh: &RefreshSuccess,
+        owner: Option<&str>,
+    ) -> Result<GrantRecord> {
+        let rt = refresh.refresh_token.as_ref();
+        let scopes = refresh
+            .scopes
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(ToString::to_string);
+        let args = args![
+            sub,
+            expected_version,
+            refresh.access_token.sealed.as_slice(),
+            refresh.access_token.expires_at,
+            rt.map(|t| t.sealed.as_slice()),
+            rt.map(|t| t.fingerprint.hash.as_str()),
+            rt.map(|t| t.fingerprint.prefix_hash.as_str()),
+            scopes,
+            refresh.at,
+            owner
+        ];
+        let found = retrying(|| async {
+            Ok(bound(&RECORD_REFRESH.into(), &args)
+                .fetch_all(&self.pool)
+                .await?)
+        })
+        .await?;
+        let row = found
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("a recorded refresh answered no row".into()))?;
+        let row: &dyn Columns = row;
+        match row.text("outcome")?.as_str() {
+            "ok" => rows::grant_alone(row),
+            "conflict" => Err(StoreError::Conflict),
+            "not_found" => Err(StoreError::NotFound),
+            _ => Err(StoreError::Corrupt(
+                "a recorded refresh answered an unknown outcome".into(),
+            )),
         }
-        tx.commit().await?;
-        Ok((grant, event))
     }
+}
+
+/// Locks the grant, checks the fence, writes what `merge` decides and the event of its change
+/// of state, and answers with the row as written. Nothing is written when the fence fails.
+/// Concurrent writers of one grant queue on its row lock, so each checks its fence against what
+/// the one before it committed.
+pub(super) async fn fenced_write_in(
+    conn: &mut PgConnection,
+    sub: &str,
+    expected_version: Option<i64>,
+    merge: &(impl Fn(GrantRecord) -> Merged + Sync),
+) -> PgResult<(GrantRecord, Option<GrantEvent>)> {
+    let held = bound(&SELECT_GRANT_FOR_UPDATE.into(), &args![sub])
+        .fetch_optional(&mut *conn)
+        .await?;
+    let held = match held {
+        Some(row) => rows::grant_alone(&row)?,
+        None => return Err(StoreError::NotFound.into()),
+    };
+    check_fence(&held, expected_version)?;
+    let held_version = held.version;
+    let merged = merge(held);
+    let at = merged.grant.updated_at;
+    let grant = bound(
+        &UPDATE_GRANT.into(),
+        &grant_args(&merged.grant, Some(held_version)),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let grant = match grant {
+        Some(row) => rows::grant_alone(&row)?,
+        None => return Err(StoreError::Conflict.into()),
+    };
+    let event = match &merged.change {
+        Some(change) => {
+            let row = bound(&INSERT_EVENT.into(), &event_args(sub, change, at))
+                .fetch_one(&mut *conn)
+                .await?;
+            Some(rows::grant_event(&row)?)
+        }
+        None => None,
+    };
+    Ok((grant, event))
 }

@@ -4,7 +4,6 @@
 //! changed; a re-seal is one `UPDATE ... WHERE value = read`, which PostgreSQL evaluates again
 //! on the row as a concurrent writer left it.
 
-use super::keys::all_keys;
 use super::{PgError, PgResult, PostgresStore, map_pg, retrying};
 use crate::rotation::{
     self, DataKeyStatus, KeyRotationStore, Reseal, SealedColumn, SealedCounts, SealedValue,
@@ -155,7 +154,7 @@ impl KeyRotationStore for PostgresStore {
         wrapped_by: &str,
     ) -> Result<bool> {
         let done = retrying(|| async {
-            Ok(sqlx::query(REWRAP)
+            Ok(sqlx::query(crate::rotation::REWRAP)
                 .bind(i64::from(id))
                 .bind(to)
                 .bind(wrapped_by)
@@ -167,10 +166,6 @@ impl KeyRotationStore for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 }
-
-/// A new wrapping of key $1, fenced by the bytes read ($4).
-const REWRAP: &str =
-    "UPDATE data_keys SET wrapped = $2, wrapped_by = $3 WHERE id = $1 AND wrapped = $4";
 
 impl PostgresStore {
     async fn rotate_data_key_once(
@@ -253,4 +248,14 @@ async fn count_sealed(conn: &mut PgConnection) -> PgResult<SealedCounts> {
         counts.add(&row.bytes("head")?, n);
     }
     Ok(counts)
+}
+
+async fn all_keys(conn: &mut sqlx::PgConnection) -> PgResult<Vec<DataKeyRecord>> {
+    let found = sqlx::query(crate::common::SELECT_KEYS)
+        .fetch_all(conn)
+        .await?;
+    Ok(found
+        .iter()
+        .map(|row| crate::rows::data_key(row))
+        .collect::<Result<_>>()?)
 }

@@ -1,8 +1,8 @@
 //! Exports and imports; the tables, shapes and statements are [`crate::transfer`]'s.
 
-use super::{PgResult, PostgresStore, map_pg, retrying};
+use super::{PgResult, PostgresStore, retrying};
 use crate::transfer::{self, ROWS_PER_INSERT, Rows};
-use crate::{ExportKind, ExportRecord, ImportCounts, Result, TransferStore, page_limit};
+use crate::{ExportKind, ExportRecord, ImportCounts, Result, TransferStore};
 use async_trait::async_trait;
 use sqlx::{Postgres, QueryBuilder};
 
@@ -14,15 +14,7 @@ impl TransferStore for PostgresStore {
         after: Option<String>,
         limit: u32,
     ) -> Result<(Vec<ExportRecord>, Option<String>)> {
-        let table = transfer::table(kind);
-        let limit = page_limit(limit);
-        let mut query = transfer::select_page::<Postgres>(table, after, i64::from(limit) + 1)?;
-        let found = query.build().fetch_all(&self.pool).await.map_err(map_pg)?;
-        let records = found
-            .iter()
-            .map(|row| transfer::export_row(table, row))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(transfer::page(table, records, limit))
+        transfer::export_page(self, kind, after, limit).await
     }
 
     async fn import(&self, records: Vec<ExportRecord>) -> Result<ImportCounts> {
@@ -56,8 +48,8 @@ impl PostgresStore {
                 .await?;
             }
             for chunk in rows.rows.chunks(ROWS_PER_INSERT) {
-                let done = transfer::insert::<Postgres>(table, chunk, table.sequence)
-                    .build()
+                let (sql, args) = transfer::insert(table, chunk, table.sequence);
+                let done = super::bound(&sql.into(), &args)
                     // An import runs once in a while: not worth a place in the statement cache.
                     .persistent(false)
                     .execute(&mut *tx)

@@ -1,24 +1,24 @@
 //! The broker's and operators' writes to grants, listing and deleting users.
 
-use super::statements::{SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST};
+use super::SqliteStore;
+use super::conn::{execute, one, rows};
 use super::users::{append_event, write_grant};
-use super::{SqliteStore, map_sqlx};
 use crate::merge::{Merged, check_fence, merge_refresh, merge_state_update};
-use crate::rows;
+use crate::statements::{SELECT_GRANT, SELECT_USERS_AFTER, SELECT_USERS_FIRST};
 use crate::{
     GrantEvent, GrantRecord, GrantStore, RefreshSuccess, Result, StateUpdate, StoreError, UserPage,
-    page_limit, user_page,
+    page_limit, rows as read, user_page,
 };
 use async_trait::async_trait;
 use grantkeeper_core::GrantState;
-use sqlx::SqliteConnection;
+use rusqlite::Connection;
 use time::OffsetDateTime;
 
 #[async_trait]
 impl GrantStore for SqliteStore {
     async fn grant(&self, sub: &str) -> Result<Option<GrantRecord>> {
-        let mut conn = self.read.acquire().await.map_err(map_sqlx)?;
-        read_grant(&mut conn, sub).await
+        let sub = sub.to_owned();
+        self.read(move |conn| read_grant(conn, &sub)).await
     }
 
     async fn record_refresh(
@@ -27,24 +27,8 @@ impl GrantStore for SqliteStore {
         expected_version: i64,
         refresh: RefreshSuccess,
     ) -> Result<GrantRecord> {
-        let at = refresh.at;
-        let sub = sub.to_owned();
-        let durable = must_be_flushed(&refresh);
-        let (grant, _) = self
-            .group
-            .queue(
-                move |conn| {
-                    Box::pin(async move {
-                        fenced_write_in(conn, &sub, Some(expected_version), at, |held| {
-                            merge_refresh(held, &refresh)
-                        })
-                        .await
-                    })
-                },
-                durable,
-            )
-            .await?;
-        Ok(grant)
+        self.record_refresh_releasing_as(sub, expected_version, refresh, None)
+            .await
     }
 
     async fn update_grant_state(
@@ -53,9 +37,11 @@ impl GrantStore for SqliteStore {
         expected_version: Option<i64>,
         update: StateUpdate,
     ) -> Result<(GrantRecord, Option<GrantEvent>)> {
-        let at = update.at;
-        self.fenced_write(sub, expected_version, at, |held| {
-            merge_state_update(held, &update)
+        let sub = sub.to_owned();
+        self.write(move |conn| {
+            fenced_write_in(conn, &sub, expected_version, update.at, |held| {
+                merge_state_update(held, &update)
+            })
         })
         .await
     }
@@ -63,101 +49,94 @@ impl GrantStore for SqliteStore {
     async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage> {
         let limit = page_limit(limit);
         let fetch = i64::from(limit) + 1;
-        let query = match after {
-            None => sqlx::query(SELECT_USERS_FIRST).bind(fetch),
-            Some(after) => sqlx::query(SELECT_USERS_AFTER).bind(fetch).bind(after),
+        let (sql, args) = match after {
+            None => (SELECT_USERS_FIRST, args![fetch]),
+            Some(after) => (SELECT_USERS_AFTER, args![fetch, after]),
         };
-        let found = query.fetch_all(&self.read).await.map_err(map_sqlx)?;
-        let users = found
-            .iter()
-            .map(rows::user_with_grant)
-            .collect::<Result<Vec<_>>>()?;
+        let users = self
+            .read(move |conn| rows(conn, sql, &args, read::user_with_grant))
+            .await?;
         Ok(user_page(users, limit))
     }
 
     async fn delete_user(&self, sub: &str) -> Result<bool> {
         // The foreign keys cascade to the grant, its events (undelivered ones too) and the
-        // sessions, all in this transaction. Audit rows name the user without a foreign key:
-        // they are history and stay.
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query("DELETE FROM users WHERE sub = ?1")
-            .bind(sub)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(done.rows_affected() > 0)
+        // sessions, all in this unit. Audit rows name the user without a foreign key: they are
+        // history and stay.
+        let args = args![sub];
+        let deleted = self
+            .write(move |conn| execute(conn, "DELETE FROM users WHERE sub = $1", &args))
+            .await?;
+        Ok(deleted > 0)
     }
 
     async fn count_users(&self) -> Result<u64> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.read)
-            .await
-            .map_err(map_sqlx)?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt("the user count is negative".into()))
+        crate::counts::users(self).await
     }
 
     async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, u64)>> {
-        self.grants_by_state().await
+        crate::counts::grants_by_state(self).await
     }
 }
 
 impl SqliteStore {
-    /// Reads the grant under the write lock, checks the fence, writes what `merge` decides and
-    /// the event of its change of state, and answers with the row as written. Nothing is
-    /// written when the fence fails.
-    async fn fenced_write(
+    /// A recorded refresh, with `owner`'s lease given back in the same unit when given. A
+    /// refresh is flushed to disk before anyone is told only when it brings a refresh token; an
+    /// access token alone need not survive a power loss, the next demand refreshes again.
+    pub(super) async fn record_refresh_releasing_as(
         &self,
         sub: &str,
-        expected_version: Option<i64>,
-        at: OffsetDateTime,
-        merge: impl FnOnce(GrantRecord) -> Merged + Send,
-    ) -> Result<(GrantRecord, Option<GrantEvent>)> {
-        let mut tx = self.begin_write().await?;
-        let written = fenced_write_in(&mut tx, sub, expected_version, at, merge).await?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(written)
+        expected_version: i64,
+        refresh: RefreshSuccess,
+        owner: Option<&str>,
+    ) -> Result<GrantRecord> {
+        let durable = refresh.refresh_token.is_some();
+        let (sub, owner) = (sub.to_owned(), owner.map(str::to_owned));
+        let unit = move |conn: &Connection| {
+            // One savepoint: a failed fence rolls back to it, lease included.
+            let (grant, _) =
+                fenced_write_in(conn, &sub, Some(expected_version), refresh.at, |held| {
+                    merge_refresh(held, &refresh)
+                })?;
+            if let Some(owner) = &owner {
+                execute(
+                    conn,
+                    crate::statements::RELEASE_LEASE,
+                    &args![sub.as_str(), owner.as_str()],
+                )?;
+            }
+            Ok(grant)
+        };
+        if durable {
+            self.write(unit).await
+        } else {
+            self.write_lazy(unit).await
+        }
     }
 }
 
-/// [`SqliteStore::fenced_write`] within the caller's transaction.
-/// A refresh is flushed to disk before anyone is told only when it brings a refresh token; an
-/// access token alone need not survive a power loss, the next demand refreshes again (see
-/// `GroupCommit::write_lazy`).
-pub(super) fn must_be_flushed(refresh: &RefreshSuccess) -> bool {
-    refresh.refresh_token.is_some()
-}
-
-pub(super) async fn fenced_write_in(
-    conn: &mut SqliteConnection,
+/// Reads the grant under the write lock, checks the fence, writes what `merge` decides and the
+/// event of its change of state, and answers with the row as written. Nothing is written when
+/// the fence fails.
+pub(super) fn fenced_write_in(
+    conn: &Connection,
     sub: &str,
     expected_version: Option<i64>,
     at: OffsetDateTime,
-    merge: impl FnOnce(GrantRecord) -> Merged + Send,
+    merge: impl FnOnce(GrantRecord) -> Merged,
 ) -> Result<(GrantRecord, Option<GrantEvent>)> {
-    let held = read_grant(conn, sub).await?.ok_or(StoreError::NotFound)?;
+    let held = read_grant(conn, sub)?.ok_or(StoreError::NotFound)?;
     check_fence(&held, expected_version)?;
     let held_version = held.version;
     let merged = merge(held);
-    write_grant(conn, &merged.grant, Some(held_version)).await?;
+    let grant = write_grant(conn, &merged.grant, Some(held_version))?;
     let event = match &merged.change {
-        Some(change) => Some(append_event(conn, sub, change, at).await?),
+        Some(change) => Some(append_event(conn, sub, change, at)?),
         None => None,
     };
-    let grant = read_grant(conn, sub).await?.ok_or_else(|| {
-        StoreError::Corrupt("the grant just written could not be read back".into())
-    })?;
     Ok((grant, event))
 }
 
-pub(super) async fn read_grant(
-    conn: &mut SqliteConnection,
-    sub: &str,
-) -> Result<Option<GrantRecord>> {
-    let row = sqlx::query(SELECT_GRANT)
-        .bind(sub)
-        .fetch_optional(conn)
-        .await
-        .map_err(map_sqlx)?;
-    row.as_ref().map(rows::grant_alone).transpose()
+pub(super) fn read_grant(conn: &Connection, sub: &str) -> Result<Option<GrantRecord>> {
+    one(conn, SELECT_GRANT, &args![sub], read::grant_alone)
 }

@@ -1,15 +1,14 @@
 //! Rotation of the vault's data keys: counting sealed values by the key id in their header,
 //! a new active key, fenced re-seals and retirement.
 
-use super::keys::all_keys;
-use super::{SqliteStore, map_sqlx};
+use super::SqliteStore;
+use super::conn::{execute, rows, scalar};
 use crate::rotation::{
     self, DataKeyStatus, KeyRotationStore, Reseal, SealedColumn, SealedCounts, SealedValue,
 };
-use crate::rows::{Columns, unix};
 use crate::{DataKeyRecord, Result, StoreError, page_limit};
 use async_trait::async_trait;
-use sqlx::SqliteConnection;
+use rusqlite::Connection;
 use time::OffsetDateTime;
 
 const SELECT_STATUSES: &str =
@@ -24,26 +23,26 @@ const COUNT_SEALED: &str = "SELECT head, COUNT(*) AS n FROM (
         SELECT substr(token, 1, 5) FROM pending_revocations
     ) GROUP BY head";
 
-/// The values of one column not under the key whose header is ?1, `?2` at most, in row
-/// order; the `_AFTER` forms start after the row ?3.
+/// The values of one column not under the key whose header is $1, `$2` at most, in row
+/// order; the `_AFTER` forms start after the row $3.
 const REFRESH_OUTSIDE: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
-     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> ?1
-     ORDER BY sub LIMIT ?2";
+     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1
+     ORDER BY sub LIMIT $2";
 const REFRESH_OUTSIDE_AFTER: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
-     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> ?1 AND sub > ?3
-     ORDER BY sub LIMIT ?2";
+     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1 AND sub > $3
+     ORDER BY sub LIMIT $2";
 const ACCESS_OUTSIDE: &str = "SELECT sub AS row, access_token AS sealed FROM grants
-     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> ?1
-     ORDER BY sub LIMIT ?2";
+     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1
+     ORDER BY sub LIMIT $2";
 const ACCESS_OUTSIDE_AFTER: &str = "SELECT sub AS row, access_token AS sealed FROM grants
-     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> ?1 AND sub > ?3
-     ORDER BY sub LIMIT ?2";
+     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1 AND sub > $3
+     ORDER BY sub LIMIT $2";
 const PENDING_OUTSIDE: &str = "SELECT id AS row, token AS sealed FROM pending_revocations
-     WHERE substr(token, 1, 5) <> ?1
-     ORDER BY id LIMIT ?2";
+     WHERE substr(token, 1, 5) <> $1
+     ORDER BY id LIMIT $2";
 const PENDING_OUTSIDE_AFTER: &str = "SELECT id AS row, token AS sealed FROM pending_revocations
-     WHERE substr(token, 1, 5) <> ?1 AND id > ?3
-     ORDER BY id LIMIT ?2";
+     WHERE substr(token, 1, 5) <> $1 AND id > $3
+     ORDER BY id LIMIT $2";
 
 fn outside_statement(column: SealedColumn, after: bool) -> &'static str {
     match (column, after) {
@@ -56,52 +55,44 @@ fn outside_statement(column: SealedColumn, after: bool) -> &'static str {
     }
 }
 
-/// Replaces the value of row ?2 by ?1 only if it is still ?3. Neither `version` nor
+/// Replaces the value of row $2 by $1 only if it is still $3. Neither `version` nor
 /// `updated_at` moves: the value opens to what it did.
 fn reseal_statement(column: SealedColumn) -> &'static str {
     match column {
         SealedColumn::RefreshToken => {
-            "UPDATE grants SET refresh_token = ?1 WHERE sub = ?2 AND refresh_token = ?3"
+            "UPDATE grants SET refresh_token = $1 WHERE sub = $2 AND refresh_token = $3"
         }
         SealedColumn::AccessToken => {
-            "UPDATE grants SET access_token = ?1 WHERE sub = ?2 AND access_token = ?3"
+            "UPDATE grants SET access_token = $1 WHERE sub = $2 AND access_token = $3"
         }
         SealedColumn::PendingRevocation => {
-            "UPDATE pending_revocations SET token = ?1 WHERE id = ?2 AND token = ?3"
+            "UPDATE pending_revocations SET token = $1 WHERE id = $2 AND token = $3"
         }
     }
 }
 
 /// One statement under the write lock: nothing can seal a value under the key between the
 /// check and the mark.
-const RETIRE: &str = "UPDATE data_keys SET retired_at = ?2
-     WHERE id = ?1 AND active = 0 AND retired_at IS NULL
-       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(refresh_token, 1, 5) = ?3)
-       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(access_token, 1, 5) = ?3)
-       AND NOT EXISTS (SELECT 1 FROM pending_revocations WHERE substr(token, 1, 5) = ?3)";
-
-/// A new wrapping of key ?1, fenced by the bytes read (?4).
-const REWRAP: &str =
-    "UPDATE data_keys SET wrapped = ?2, wrapped_by = ?3 WHERE id = ?1 AND wrapped = ?4";
+const RETIRE: &str = "UPDATE data_keys SET retired_at = $2
+     WHERE id = $1 AND NOT active AND retired_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(refresh_token, 1, 5) = $3)
+       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(access_token, 1, 5) = $3)
+       AND NOT EXISTS (SELECT 1 FROM pending_revocations WHERE substr(token, 1, 5) = $3)";
 
 #[async_trait]
 impl KeyRotationStore for SqliteStore {
     async fn data_key_statuses(&self) -> Result<Vec<DataKeyStatus>> {
-        let mut conn = self.read.acquire().await.map_err(map_sqlx)?;
-        let counts = count_sealed(&mut conn).await?;
-        let found = sqlx::query(SELECT_STATUSES)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        found
-            .iter()
-            .map(|row| rotation::data_key_status(row, &counts))
-            .collect()
+        self.read(|conn| {
+            let counts = count_sealed(conn)?;
+            rows(conn, SELECT_STATUSES, &[], |row| {
+                rotation::data_key_status(row, &counts)
+            })
+        })
+        .await
     }
 
     async fn count_sealed(&self) -> Result<SealedCounts> {
-        let mut conn = self.read.acquire().await.map_err(map_sqlx)?;
-        count_sealed(&mut conn).await
+        self.read(count_sealed).await
     }
 
     async fn rotate_data_key(
@@ -109,39 +100,40 @@ impl KeyRotationStore for SqliteStore {
         candidate: DataKeyRecord,
         expected_active: u32,
     ) -> Result<Vec<DataKeyRecord>> {
-        let mut tx = self.begin_write().await?;
-        let active: Option<i64> = sqlx::query_scalar("SELECT id FROM data_keys WHERE active = 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        let taken: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM data_keys WHERE id = ?1)")
-                .bind(i64::from(candidate.id))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-        if active != Some(i64::from(expected_active)) || taken {
-            return Err(StoreError::Conflict);
-        }
-        sqlx::query("UPDATE data_keys SET active = 0 WHERE id = ?1")
-            .bind(i64::from(expected_active))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        sqlx::query(
-            "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
-             VALUES (?1, ?2, ?3, 1, ?4)",
-        )
-        .bind(i64::from(candidate.id))
-        .bind(&candidate.wrapped)
-        .bind(unix(candidate.created_at))
-        .bind(&candidate.wrapped_by)
-        .execute(&mut *tx)
+        self.write(move |conn| {
+            let active: Option<i64> =
+                rows(conn, "SELECT id FROM data_keys WHERE active", &[], |r| {
+                    r.int("id")
+                })?
+                .into_iter()
+                .next();
+            let taken: bool = scalar(
+                conn,
+                "SELECT EXISTS (SELECT 1 FROM data_keys WHERE id = $1)",
+                &args![candidate.id],
+            )?;
+            if active != Some(i64::from(expected_active)) || taken {
+                return Err(StoreError::Conflict);
+            }
+            execute(
+                conn,
+                "UPDATE data_keys SET active = FALSE WHERE id = $1",
+                &args![expected_active],
+            )?;
+            execute(
+                conn,
+                "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
+                 VALUES ($1, $2, $3, TRUE, $4)",
+                &args![
+                    candidate.id,
+                    candidate.wrapped.as_slice(),
+                    candidate.created_at,
+                    candidate.wrapped_by.as_deref()
+                ],
+            )?;
+            rows(conn, crate::common::SELECT_KEYS, &[], crate::rows::data_key)
+        })
         .await
-        .map_err(map_sqlx)?;
-        let keys = all_keys(&mut tx).await?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(keys)
     }
 
     async fn sealed_outside(
@@ -151,57 +143,49 @@ impl KeyRotationStore for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<SealedValue>> {
-        let query = sqlx::query(outside_statement(column, after.is_some()))
-            .bind(rotation::header(key))
-            .bind(i64::from(page_limit(limit)));
-        let query = match after {
-            Some(after) => query.bind(after),
-            None => query,
-        };
-        let found = query.fetch_all(&self.read).await.map_err(map_sqlx)?;
-        found
-            .iter()
-            .map(|row| {
+        let mut args = args![rotation::header(key), page_limit(limit)];
+        if let Some(after) = after {
+            args.push(crate::sql::Arg::from(after));
+        }
+        let sql = outside_statement(column, after.is_some());
+        self.read(move |conn| {
+            rows(conn, sql, &args, |row| {
                 Ok(SealedValue {
                     column,
                     row: row.text("row")?,
                     sealed: row.bytes("sealed")?,
                 })
             })
-            .collect()
+        })
+        .await
     }
 
     async fn reseal(&self, reseals: Vec<Reseal>) -> Result<u64> {
         if reseals.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.begin_write().await?;
-        let mut written = 0;
-        for reseal in &reseals {
-            let done = sqlx::query(reseal_statement(reseal.column))
-                .bind(&reseal.to)
-                .bind(&reseal.row)
-                .bind(&reseal.from)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-            written += done.rows_affected();
-        }
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(written)
+        self.write(move |conn| {
+            let mut written = 0;
+            for reseal in &reseals {
+                written += execute(
+                    conn,
+                    reseal_statement(reseal.column),
+                    &args![
+                        reseal.to.as_slice(),
+                        reseal.row.as_str(),
+                        reseal.from.as_slice()
+                    ],
+                )?;
+            }
+            Ok(written)
+        })
+        .await
     }
 
     async fn retire_data_key(&self, id: u32, at: OffsetDateTime) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(RETIRE)
-            .bind(i64::from(id))
-            .bind(unix(at))
-            .bind(rotation::header(id))
-            .execute(&mut *tx)
+        let args = args![id, at, rotation::header(id)];
+        self.write(move |conn| Ok(execute(conn, RETIRE, &args)? > 0))
             .await
-            .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(done.rows_affected() > 0)
     }
 
     async fn rewrap_data_key(
@@ -211,30 +195,21 @@ impl KeyRotationStore for SqliteStore {
         to: &[u8],
         wrapped_by: &str,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(REWRAP)
-            .bind(i64::from(id))
-            .bind(to)
-            .bind(wrapped_by)
-            .bind(from)
-            .execute(&mut *tx)
+        let args = args![id, to, wrapped_by, from];
+        self.write(move |conn| Ok(execute(conn, rotation::REWRAP, &args)? > 0))
             .await
-            .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(done.rows_affected() > 0)
     }
 }
 
-async fn count_sealed(conn: &mut SqliteConnection) -> Result<SealedCounts> {
-    let found = sqlx::query(COUNT_SEALED)
-        .fetch_all(conn)
-        .await
-        .map_err(map_sqlx)?;
-    let mut counts = SealedCounts::default();
-    for row in &found {
+fn count_sealed(conn: &Connection) -> Result<SealedCounts> {
+    let found = rows(conn, COUNT_SEALED, &[], |row| {
         let n = u64::try_from(row.int("n")?)
             .map_err(|_| StoreError::Corrupt("a count of sealed values is negative".into()))?;
-        counts.add(&row.bytes("head")?, n);
+        Ok((row.bytes("head")?, n))
+    })?;
+    let mut counts = SealedCounts::default();
+    for (head, n) in &found {
+        counts.add(head, *n);
     }
     Ok(counts)
 }

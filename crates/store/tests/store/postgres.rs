@@ -76,6 +76,7 @@ async fn schema_is_present_with_byte_ordered_subs() {
             "api_keys",
             "audit",
             "data_keys",
+            "grant_counts",
             "grant_events",
             "grants",
             "imports_under_way",
@@ -264,6 +265,8 @@ async fn migrations_are_idempotent_and_safe_to_start_together() {
             (9, true),
             (10, true),
             (11, true),
+            (13, true),
+            (14, true),
             (19, true)
         ]
     );

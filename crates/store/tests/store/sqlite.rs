@@ -4,17 +4,18 @@
 use crate::conformance::{Fixture, OPENID_EMAIL, refresh, sign_in, t, transfer};
 use grantkeeper_core::GrantState;
 use grantkeeper_store::{
-    DataKeyRecord, ExportKind, GrantEvent, KeyStore, OutboxStore, PendingEvent, SessionRecord,
-    SessionStore, SharedStore, SqliteStore, Store, StoreError, UserStore,
+    ApiKeyStore, DataKeyRecord, ExportKind, GrantEvent, GrantStore, KeyStore, OutboxStore,
+    PendingEvent, SessionRecord, SessionStore, SharedStore, SqliteStore, Store, StoreError,
+    UserStore,
 };
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use sqlx::{Row, SqlSafeStr};
-use std::borrow::Cow;
+use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
+
+/// Migrations a new SQLite database has applied (1 to 11, 13 and 19).
+const MIGRATIONS_APPLIED: i64 = 13;
 
 fn url_of(path: &Path) -> String {
     format!("sqlite://{}", path.display())
@@ -27,14 +28,20 @@ fn temp_db() -> (TempDir, PathBuf) {
 }
 
 /// A plain connection to the file, outside the store, for set-up and inspection.
-async fn raw(path: &Path) -> SqlitePool {
-    SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(path)
-            .busy_timeout(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap()
+fn raw(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+/// The first column of every row of `sql`.
+fn column(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut statement = conn.prepare(sql).unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 pub(crate) async fn fresh_file() -> Fixture {
@@ -84,23 +91,13 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
     store.ping().await.unwrap();
     assert!(path.exists());
 
-    let pool = raw(&path).await;
-    let mode: String = sqlx::query("PRAGMA journal_mode")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mode, "wal");
-    let tables: Vec<String> = sqlx::query(
+    let conn = raw(&path);
+    assert_eq!(column(&conn, "PRAGMA journal_mode"), ["wal"]);
+    let tables = column(
+        &conn,
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
           ORDER BY name",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|row| row.get(0))
-    .collect();
+    );
     assert_eq!(
         tables,
         [
@@ -110,6 +107,7 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "api_keys",
             "audit",
             "data_keys",
+            "grant_counts",
             "grant_events",
             "grants",
             "imports_under_way",
@@ -123,15 +121,10 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "users"
         ]
     );
-    let indexes: Vec<String> = sqlx::query(
+    let indexes = column(
+        &conn,
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|row| row.get(0))
-    .collect();
+    );
     assert_eq!(
         indexes,
         [
@@ -163,21 +156,21 @@ async fn due_events_read_the_partial_index() {
     let (_dir, path) = temp_db();
     let store = SqliteStore::open(&url_of(&path)).await.unwrap();
     store.ping().await.unwrap();
-    let plan: Vec<String> = sqlx::query(
-        "EXPLAIN QUERY PLAN
-         SELECT id, sub, from_state, to_state, reason, at, attempts, next_attempt_at
-           FROM grant_events
-          WHERE delivered_at IS NULL AND next_attempt_at <= ?1
-          ORDER BY id LIMIT ?2",
-    )
-    .bind(0_i64)
-    .bind(10_i64)
-    .fetch_all(&raw(&path).await)
-    .await
-    .unwrap()
-    .iter()
-    .map(|row| row.get::<String, _>("detail"))
-    .collect();
+    let conn = raw(&path);
+    let mut statement = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN
+             SELECT id, sub, from_state, to_state, reason, at, attempts, next_attempt_at
+               FROM grant_events
+              WHERE delivered_at IS NULL AND next_attempt_at <= 0
+              ORDER BY id LIMIT 10",
+        )
+        .unwrap();
+    let plan: Vec<String> = statement
+        .query_map([], |row| row.get("detail"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert!(
         plan.iter()
             .any(|step| step.contains("USING INDEX grant_events_due")),
@@ -189,23 +182,24 @@ async fn due_events_read_the_partial_index() {
 #[tokio::test]
 async fn offline_access_migration_keeps_earlier_events_due() {
     let (_dir, path) = temp_db();
-    let pool = SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .foreign_keys(true),
+    // As sqlx's migrator left such a database: migration 1 applied and recorded with the
+    // SHA-384 of its text.
+    let conn = raw(&path);
+    let initial = include_str!("../../migrations/sqlite/0001_initial.sql");
+    conn.execute_batch(initial).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE _sqlx_migrations (
+             version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+             success BOOLEAN NOT NULL, checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
     )
-    .await
     .unwrap();
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("initial"),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_initial.sql").into_sql_str(),
-        false,
-    )])
-    .run(&pool)
-    .await
+    let checksum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, initial.as_bytes());
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (1, 'initial', TRUE, ?1, 1000)",
+        [checksum.as_ref()],
+    )
     .unwrap();
     let at = t(0).unix_timestamp();
     for sql in [
@@ -215,9 +209,9 @@ async fn offline_access_migration_keeps_earlier_events_due() {
         "INSERT INTO grant_events (sub, from_state, to_state, reason, at)
          VALUES ('old', NULL, 'needs_consent', 'signed in without a refresh token', ?1)",
     ] {
-        sqlx::query(sql).bind(at).execute(&pool).await.unwrap();
+        conn.execute(sql, [at]).unwrap();
     }
-    pool.close().await;
+    drop(conn);
 
     let store = SqliteStore::open(&url_of(&path)).await.unwrap();
     let event = GrantEvent {
@@ -286,12 +280,12 @@ async fn reopening_keeps_everything_and_migrate_is_idempotent() {
     );
     assert_eq!(store.data_keys().await.unwrap(), keys);
 
-    let applied: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
-        .fetch_one(&raw(&path).await)
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(applied, 12);
+    let applied: i64 = raw(&path)
+        .query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(applied, MIGRATIONS_APPLIED);
 }
 
 #[tokio::test]
@@ -371,16 +365,15 @@ async fn exports_carry_every_column() {
     let (_dir, path) = temp_db();
     let store: SharedStore = Arc::new(SqliteStore::open(&url_of(&path)).await.unwrap());
     transfer::populate(&store).await;
-    let pool = raw(&path).await;
+    let conn = raw(&path);
     for kind in ExportKind::ALL {
-        let mut columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info(?1)")
-            .bind(transfer::table_of(kind))
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let mut columns = column(
+            &conn,
+            &format!(
+                "SELECT name FROM pragma_table_info('{}')",
+                transfer::table_of(kind)
+            ),
+        );
         columns.sort_unstable();
         assert_eq!(
             transfer::exported_columns(&store, kind).await,
@@ -493,6 +486,68 @@ async fn concurrent_writes_committed_together_keep_their_own_outcomes() {
         );
     }
     drop(dir);
+}
+
+/// A database made by grantkeeper when its store ran on sqlx (`tests/fixtures/sqlx-era.db`:
+/// `grantkeeper migrate` and `api-keys create` of that version, then a user, a grant, its event
+/// and a session as a sign-in left them) opens: its applied migrations are recognised from
+/// sqlx's table, the new ones applied, and every row is read back as it was.
+#[tokio::test]
+async fn a_database_of_the_sqlx_era_opens_and_migrates() {
+    let (_dir, path) = temp_db();
+    std::fs::write(&path, include_bytes!("../fixtures/sqlx-era.db")).unwrap();
+    let store = SqliteStore::open(&url_of(&path)).await.unwrap();
+    let (user, grant) = store.user("fixture-sub").await.unwrap().unwrap();
+    assert_eq!(user.profile.email.as_deref(), Some("fixture@example.com"));
+    assert_eq!(grant.state, GrantState::Active);
+    assert_eq!(
+        grant.refresh_token.map(|t| t.sealed),
+        Some(vec![1, 0, 0, 0, 1, 0xaa, 0xbb, 0xcc])
+    );
+    assert_eq!(store.grant_events("fixture-sub").await.unwrap().len(), 1);
+    assert!(
+        store
+            .session("fixture-session", t(0))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.data_keys().await.unwrap().len(), 1);
+    assert_eq!(store.list_api_keys().await.unwrap()[0].name, "fixture");
+    // Counted by state from the rows it held before the counts existed.
+    let counts = store.count_grants_by_state().await.unwrap();
+    assert!(counts.contains(&(GrantState::Active, 1)), "{counts:?}");
+    drop(store);
+    let conn = raw(&path);
+    let versions = column(
+        &conn,
+        "SELECT CAST(version AS TEXT) FROM _sqlx_migrations WHERE success ORDER BY version",
+    );
+    assert_eq!(
+        versions,
+        [
+            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19"
+        ]
+    );
+    // Opened again: nothing left to apply, nothing refused.
+    drop(conn);
+    SqliteStore::open(&url_of(&path)).await.unwrap();
+}
+
+/// A migration recorded with another text than this version holds is refused, naming it.
+#[tokio::test]
+async fn a_changed_migration_is_refused() {
+    let (_dir, path) = temp_db();
+    std::fs::write(&path, include_bytes!("../fixtures/sqlx-era.db")).unwrap();
+    raw(&path)
+        .execute(
+            "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 4",
+            [],
+        )
+        .unwrap();
+    let err = SqliteStore::open(&url_of(&path)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Migration(_)), "{err:?}");
+    assert!(err.to_string().contains("migration 4"), "{err}");
 }
 
 /// The database file, and the -wal and -shm files SQLite makes beside it, are readable by

@@ -259,6 +259,7 @@ pub fn sign_in(
             at + time::Duration::hours(1),
         )),
         at,
+        session: None,
     }
 }
 

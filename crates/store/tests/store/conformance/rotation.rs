@@ -48,6 +48,7 @@ async fn user(store: &SharedStore, sub: &str, rt: u32, at: Option<u32>) {
                 expires_at: t(3600),
             }),
             at: t(0),
+            session: None,
         })
         .await
         .unwrap();
@@ -563,6 +564,7 @@ pub async fn a_value_under_a_key_that_is_not_active_is_refused(store: SharedStor
             expires_at: t(3600),
         }),
         at: t(20),
+        session: None,
     };
     assert!(refused(store.record_sign_in(sign_in.clone()).await));
     assert!(store.user("new").await.unwrap().is_none());
