@@ -5,7 +5,9 @@
 //! binary migrates once (`gk_test_<binary>_<pid>_template`), and dropped when the check ends,
 //! passed or failed. A test binary has no hook at its exit, so the template outlives the run: the
 //! next run drops it with every other database left by a process that is gone. Without a server
-//! the checks are skipped (saying so on stderr), except under CI, where they fail.
+//! the checks are skipped (saying so on stderr), except under CI or when
+//! `GRANTKEEPER_TEST_POSTGRES` names a server, where they fail: a server asked for and not
+//! found is a broken test set-up, not a reason to pass.
 
 use grantkeeper_store::{PostgresStore, StoreOptions};
 use sqlx::postgres::PgConnection;
@@ -91,10 +93,10 @@ async fn template() -> Option<&'static str> {
         Server::Ready { template } => Some(template),
         Server::Unreachable(why) => {
             let at = shown_admin_url();
-            if std::env::var_os("CI").is_some() {
+            if must_test() {
                 panic!(
-                    "PostgreSQL not reachable at {at} ({why}): CI must test it; start the \
-                     server or point {ADMIN_URL_ENV} at one"
+                    "PostgreSQL not reachable at {at} ({why}): CI or {ADMIN_URL_ENV} asks for \
+                     it; start the server or point {ADMIN_URL_ENV} at one"
                 );
             }
             if !SKIP_SAID.swap(true, Ordering::Relaxed) {
@@ -108,6 +110,11 @@ async fn template() -> Option<&'static str> {
             None
         }
     }
+}
+
+/// Whether the checks on PostgreSQL must run: under CI, or when a server is named.
+pub fn must_test() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os(ADMIN_URL_ENV).is_some()
 }
 
 async fn prepare_server() -> Server {
