@@ -17,5 +17,6 @@ mod server {
     pub mod rotation;
     pub mod secrets;
     pub mod signin;
+    pub mod store_faults;
     pub mod v1;
 }

@@ -206,6 +206,8 @@ pub struct Options {
     /// Keep the master key in the emulator's Cloud KMS ([`KMS_KEY`]), reached with a service
     /// account's key file, instead of a local key.
     pub kms: bool,
+    /// `store.url`; None: a SQLite file in the test's directory.
+    pub store_url: Option<String>,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -229,6 +231,7 @@ impl Default for Options {
             client_secret: None,
             keyring_reload: None,
             kms: false,
+            store_url: None,
         }
     }
 }
@@ -283,10 +286,9 @@ impl TestApp {
         file.vault.reload_interval = options
             .keyring_reload
             .map(|d| grantkeeper_server::config::DurationValue::Text(d.to_owned()));
-        file.store.url = Some(format!(
-            "sqlite://{}",
-            dir.path().join("grantkeeper.db").display()
-        ));
+        file.store.url = Some(options.store_url.unwrap_or_else(|| {
+            format!("sqlite://{}", dir.path().join("grantkeeper.db").display())
+        }));
         let settings = Settings::from_file(&file, dir.path()).unwrap();
         let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
         let store = grantkeeper_store::open(&settings.store_url).await.unwrap();

@@ -5,7 +5,7 @@ use crate::rows::Columns;
 use crate::sql::Arg;
 use crate::{Result, StoreError};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql};
+use rusqlite::{Connection, ErrorCode, MAIN_DB, OpenFlags, ToSql};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,6 +43,14 @@ impl Opener {
         let mut attempt = 1;
         loop {
             match self.open_once() {
+                // SQLite opens a file it may not write read-only, without a word: the writer
+                // would then fail every unit. Refused here, the next unit opens it again.
+                Ok(conn) if !self.read_only && conn.is_readonly(MAIN_DB).unwrap_or(true) => {
+                    return Err(StoreError::Unavailable(
+                        "the database file cannot be written (read-only file or file system)"
+                            .into(),
+                    ));
+                }
                 Ok(conn) => return Ok(conn),
                 Err(e) if is_busy(&e) && attempt < OPEN_ATTEMPTS => {
                     attempt += 1;
