@@ -145,7 +145,7 @@ async fn sweep_at(
     let started = Instant::now();
     let summary = run_sweep(
         app.broker(),
-        app.store(),
+        app.store().clone(),
         app.api_http().clone(),
         app.settings().api_base.clone(),
         Job::Refresh,

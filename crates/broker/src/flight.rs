@@ -8,7 +8,7 @@
 
 use crate::{AccessToken, BrokerError};
 use grantkeeper_core::SharedClock;
-use grantkeeper_store::{GrantRecord, RefreshSuccess, SharedStore, StoreError};
+use grantkeeper_store::{BrokerStore, GrantRecord, RefreshSuccess, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,7 +140,7 @@ impl Boarded<'_> {
 /// than that. Writes stay fenced by the grant's version either way: the lease saves upstream
 /// calls, not correctness.
 pub(crate) struct InstanceLock {
-    store: SharedStore,
+    store: Arc<dyn BrokerStore>,
     clock: SharedClock,
     /// This broker's name as a lease holder; random, so that instances never share one.
     owner: Arc<str>,
@@ -163,7 +163,7 @@ pub(crate) fn poll_interval() -> Duration {
 }
 
 impl InstanceLock {
-    pub(crate) fn new(store: SharedStore, clock: SharedClock) -> InstanceLock {
+    pub(crate) fn new(store: Arc<dyn BrokerStore>, clock: SharedClock) -> InstanceLock {
         InstanceLock {
             store,
             clock,
@@ -260,7 +260,7 @@ fn until(now: OffsetDateTime, lease: Duration) -> OffsetDateTime {
 /// Holding a grant's lease. [`InstanceGuard::release`] gives it back; a guard dropped without
 /// that (an error on the way) gives it back from a task of its own.
 pub(crate) struct InstanceGuard {
-    store: SharedStore,
+    store: Arc<dyn BrokerStore>,
     clock: SharedClock,
     owner: Arc<str>,
     sub: String,
@@ -326,7 +326,7 @@ impl Drop for InstanceGuard {
     }
 }
 
-async fn release(store: &SharedStore, sub: &str, owner: &str) {
+async fn release(store: &Arc<dyn BrokerStore>, sub: &str, owner: &str) {
     if let Err(e) = store.release_refresh_lease(sub, owner).await {
         // It runs out by itself; until then the others wait for it.
         tracing::warn!(sub, error = %e, "could not give back a grant's refresh lease");

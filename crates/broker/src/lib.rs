@@ -40,7 +40,7 @@ use grantkeeper_core::{
 };
 use grantkeeper_provider::{Provider, ProviderError, TokenResponse};
 use grantkeeper_store::{
-    GrantRecord, RefreshSuccess, SealedAccessToken, SealedRefreshToken, SharedStore, StateUpdate,
+    BrokerStore, GrantRecord, RefreshSuccess, SealedAccessToken, SealedRefreshToken, StateUpdate,
     StoreError, TokenFingerprint,
 };
 use std::sync::Arc;
@@ -178,7 +178,7 @@ impl std::fmt::Debug for Broker {
 }
 
 struct Inner {
-    store: SharedStore,
+    store: Arc<dyn BrokerStore>,
     provider: Provider,
     vault: VaultHandle,
     clock: SharedClock,
@@ -218,7 +218,7 @@ enum Demand {
 
 impl Broker {
     pub fn new(
-        store: SharedStore,
+        store: Arc<dyn BrokerStore>,
         provider: Provider,
         vault: VaultHandle,
         clock: SharedClock,

@@ -18,10 +18,11 @@
 
 use crate::{Broker, BrokerError, TokenRequest};
 use grantkeeper_core::{ExposeSecret, GrantState, Scopes, SharedClock, scopes::DRIVE_APPDATA};
-use grantkeeper_store::{GrantRecord, SharedStore, StoreError, SweepBatch, UserRecord};
+use grantkeeper_store::{GrantRecord, StoreError, SweepBatch, SweepJobStore, UserRecord};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -194,7 +195,7 @@ pub struct SweepSummary {
 #[allow(clippy::too_many_arguments)] // the job's whole context, named by the caller
 pub async fn run_sweep(
     broker: &Broker,
-    store: &SharedStore,
+    store: Arc<dyn SweepJobStore>,
     http: reqwest::Client,
     api_base: Url,
     job: Job,
@@ -400,7 +401,7 @@ struct Sweep<'a> {
     broker: Broker,
     http: reqwest::Client,
     api_base: Url,
-    store: SharedStore,
+    store: Arc<dyn SweepJobStore>,
     clock: SharedClock,
     run_id: i64,
     /// This invocation's name as the holder of batches.
@@ -858,7 +859,7 @@ impl Sweep<'_> {
 /// The users of `batch` still to do, in `sub` order, and how many of it are done already (up
 /// to its progress).
 async fn batch_users(
-    store: &SharedStore,
+    store: &Arc<dyn SweepJobStore>,
     batch: &SweepBatch,
     page: u32,
 ) -> Result<(Vec<(UserRecord, GrantRecord)>, u64), StoreError> {

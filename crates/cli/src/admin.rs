@@ -456,7 +456,7 @@ pub async fn sweep(
     };
     let summary = sweep::run_sweep(
         app.broker(),
-        app.store(),
+        app.store().clone(),
         app.api_http().clone(),
         app.settings().api_base.clone(),
         job,

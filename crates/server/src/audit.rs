@@ -9,7 +9,7 @@
 
 use foldhash::fast::RandomState;
 use grantkeeper_core::SharedClock;
-use grantkeeper_store::{AuditRecord, SharedStore};
+use grantkeeper_store::{AuditRecord, AuditStore};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -116,11 +116,11 @@ impl Act<'_> {
 
 impl AuditLog {
     /// Starts the writer task.
-    pub fn start(store: SharedStore, clock: SharedClock) -> AuditLog {
+    pub fn start(store: Arc<dyn AuditStore>, clock: SharedClock) -> AuditLog {
         AuditLog::with_limits(store, clock, LIMITS)
     }
 
-    fn with_limits(store: SharedStore, clock: SharedClock, limits: Limits) -> AuditLog {
+    fn with_limits(store: Arc<dyn AuditStore>, clock: SharedClock, limits: Limits) -> AuditLog {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             limits,
@@ -200,7 +200,7 @@ impl AuditLog {
 }
 
 async fn writer(
-    store: SharedStore,
+    store: Arc<dyn AuditStore>,
     shared: Arc<Shared>,
     mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
 ) {
@@ -229,7 +229,7 @@ async fn writer(
 }
 
 /// Takes the pending rows and writes them, retrying a failed write a few times.
-async fn write(store: &SharedStore, shared: &Shared) {
+async fn write(store: &Arc<dyn AuditStore>, shared: &Shared) {
     let rows = shared
         .pending
         .lock()

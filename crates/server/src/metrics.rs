@@ -9,7 +9,7 @@
 //! call in the store once it returns.
 
 use grantkeeper_core::{Metrics, SharedClock};
-use grantkeeper_store::{ActivityPoint, SharedStore, StoreError};
+use grantkeeper_store::{ActivityPoint, ActivityStore, StoreError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
@@ -23,7 +23,7 @@ pub const KEEP_ACTIVITY: Duration = Duration::from_secs(30 * 86_400);
 
 /// Writes one process's activity to the store.
 pub struct ActivityFlusher {
-    store: SharedStore,
+    store: Arc<dyn ActivityStore>,
     metrics: Metrics,
     clock: SharedClock,
     /// One flush at a time (the task's and explicit ones).
@@ -33,7 +33,11 @@ pub struct ActivityFlusher {
 impl ActivityFlusher {
     /// Starts the background task, which holds the flusher weakly: it stops when the last
     /// strong handle (the app's) is dropped.
-    pub fn start(store: SharedStore, metrics: Metrics, clock: SharedClock) -> Arc<ActivityFlusher> {
+    pub fn start(
+        store: Arc<dyn ActivityStore>,
+        metrics: Metrics,
+        clock: SharedClock,
+    ) -> Arc<ActivityFlusher> {
         let flusher = Arc::new(ActivityFlusher {
             store,
             metrics,

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use grantkeeper_broker::revocation_retry_delay;
 use grantkeeper_core::{Aad, Metrics, SharedClock, VaultHandle};
 use grantkeeper_provider::{Provider, ProviderError};
-use grantkeeper_store::{PendingRevocation, SharedStore, StoreError};
+use grantkeeper_store::{PendingRevocation, RevocationQueueStore, StoreError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use time::macros::datetime;
@@ -63,7 +63,7 @@ pub struct RetryPass {
 
 /// Retries the queued revocations of one process.
 pub struct RevocationRetrier {
-    store: SharedStore,
+    store: Arc<dyn RevocationQueueStore>,
     provider: Provider,
     vault: VaultHandle,
     clock: SharedClock,
@@ -82,7 +82,7 @@ impl RevocationRetrier {
     /// Starts the background task, which holds the retrier weakly: it stops when the last
     /// strong handle (the app's) is dropped.
     pub fn start(
-        store: SharedStore,
+        store: Arc<dyn RevocationQueueStore>,
         provider: Provider,
         vault: VaultHandle,
         clock: SharedClock,

@@ -10,8 +10,9 @@ use crate::config::WebhookSettings;
 use crate::signin::hex;
 use aws_lc_rs::hmac;
 use grantkeeper_core::{ExposeSecret, SharedClock};
-use grantkeeper_store::{GrantEvent, SharedStore};
+use grantkeeper_store::{GrantEvent, OutboxStore};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 
@@ -45,7 +46,7 @@ fn backoff(attempts: u32) -> Duration {
 
 /// Runs forever, delivering due events.
 pub async fn deliver(
-    store: SharedStore,
+    store: Arc<dyn OutboxStore>,
     settings: WebhookSettings,
     http: reqwest::Client,
     clock: SharedClock,
@@ -60,7 +61,7 @@ pub async fn deliver(
 
 /// Delivers what is due now; returns how many events were attempted.
 pub async fn deliver_due(
-    store: &SharedStore,
+    store: &Arc<dyn OutboxStore>,
     settings: &WebhookSettings,
     http: &reqwest::Client,
     clock: &SharedClock,

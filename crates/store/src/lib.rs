@@ -683,10 +683,58 @@ pub trait ActivityStore: Send + Sync {
     async fn prune_activity(&self, before: OffsetDateTime) -> Result<u64>;
 }
 
-/// Everything the server needs from a store.
+/// Declares a bundle of capabilities, the set one consumer uses, implemented by every type that
+/// has them all: a consumer takes `Arc<dyn Bundle>` (a [`SharedStore`] converts to it), and a test
+/// double or another backend implements only the capabilities in it.
+macro_rules! bundle {
+    ($(#[$doc:meta])* $name:ident: $first:path $(, $rest:path)*) => {
+        $(#[$doc])*
+        pub trait $name: $first $(+ $rest)* + Send + Sync {}
+        impl<T: $first $(+ $rest)* + Send + Sync + ?Sized> $name for T {}
+    };
+}
+
+bundle!(
+    /// What the broker uses: grants, the refresh lease shared by instances, and the queue of
+    /// revocations at the provider.
+    BrokerStore: GrantStore, RefreshLeaseStore, RevocationQueueStore
+);
+bundle!(
+    /// What a sweep job uses: the broker's capabilities, and its runs and batches.
+    SweepJobStore: BrokerStore, SweepStore, SweepBatchStore
+);
+bundle!(
+    /// What signing in and sessions use: users, sessions, and Cross-Account Protection's
+    /// sign-in blocks and records.
+    SignInStore: UserStore, SessionStore, RiscStore
+);
+bundle!(
+    /// What the admin console uses: operators' sessions and the API keys they sign in with, the
+    /// user search and users' grants and history, the audit trail and activity.
+    ConsoleStore: AdminSessionStore, ApiKeyStore, UserSearchStore, UserStore, GrantStore,
+        AuditStore, ActivityStore
+);
+bundle!(
+    /// What rotating the vault's data keys uses.
+    RotationStore: KeyStore, KeyRotationStore
+);
+bundle!(
+    /// What moving a deployment (export, import) uses: its rows, and the data keys that seal
+    /// them.
+    MoveStore: TransferStore, KeyStore
+);
+
+/// Everything the server needs from a store: every bundle, for the one process that assembles
+/// them all.
 #[async_trait]
 pub trait Store:
-    UserStore
+    BrokerStore
+    + SweepJobStore
+    + SignInStore
+    + ConsoleStore
+    + RotationStore
+    + MoveStore
+    + UserStore
     + SessionStore
     + KeyStore
     + GrantStore

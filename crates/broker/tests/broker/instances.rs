@@ -178,7 +178,7 @@ async fn sweep(
     };
     run_sweep(
         broker,
-        store,
+        store.clone(),
         env.http.clone(),
         api_base(env),
         Job::Refresh,

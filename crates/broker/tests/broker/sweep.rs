@@ -68,7 +68,7 @@ async fn refresh_sweep_refreshes_every_usable_grant_once() {
     let (_stop_tx, stop) = watch::channel(false);
     let summary = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::Refresh,
@@ -107,7 +107,7 @@ async fn refresh_sweep_refreshes_every_usable_grant_once() {
     let (_stop_tx, stop) = watch::channel(false);
     let again = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::Refresh,
@@ -157,7 +157,7 @@ async fn interrupted_then_resumed(page_size: u32) {
     };
     let first = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::Refresh,
@@ -180,7 +180,7 @@ async fn interrupted_then_resumed(page_size: u32) {
     let (_stop_tx, stop) = watch::channel(false);
     let second = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::Refresh,
@@ -248,7 +248,7 @@ async fn the_rate_limit_bounds_how_many_start() {
     let (_stop_tx, stop) = watch::channel(false);
     let summary = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::Refresh,
@@ -328,7 +328,7 @@ async fn drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token
     let (_stop_tx, stop) = watch::channel(false);
     let summary = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::DriveAppdata,
@@ -356,7 +356,7 @@ async fn drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token
     let (_stop_tx, stop) = watch::channel(false);
     let again = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::DriveAppdata,
@@ -378,7 +378,7 @@ async fn drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token
     let (_stop_tx, stop) = watch::channel(false);
     let failing = run_sweep(
         &broker,
-        &env.store,
+        env.store.clone(),
         env.http.clone(),
         api_base(&env),
         Job::DriveAppdata,
