@@ -5,16 +5,23 @@
 //! placeholders, in SQL that both SQLite and PostgreSQL read alike.
 
 use crate::admin::{self, AdminSessionRecord, AdminSessionStore, UserSearch, UserSearchStore};
-use crate::revocations::{self, PendingRevocation};
+use crate::revocations::{self, PendingRevocation, RevocationQueueStore};
 use crate::risc::{self, MAX_SUBJECT_MATCHES, RiscStore, SignInBlock, TokenLookup};
 use crate::rows;
-use crate::sql::{Arg, Engine, first};
+use crate::sql::{Arg, Engine, Units, first};
+use crate::statements::{
+    LEASE_REFRESH, RELEASE_LEASE, SELECT_GRANT, SELECT_USER_AND_GRANT, SELECT_USERS_AFTER,
+    SELECT_USERS_FIRST,
+};
 use crate::{
     ActivityPoint, ActivityStore, ApiKeyRecord, ApiKeyStore, AuditFilter, AuditRecord, AuditStore,
-    DataKeyRecord, KeyStore, OutboxStore, PendingEvent, Result, SessionRecord, SessionStore,
-    StoreError, SweepRun, SweepStore, UserPage, activity, page_limit, user_page,
+    DataKeyRecord, GrantEvent, GrantRecord, GrantStore, KeyStore, OutboxStore, PendingEvent,
+    RefreshLeaseStore, RefreshSuccess, Result, SessionRecord, SessionStore, SignIn, SignInOutcome,
+    StateUpdate, StoreError, SweepRun, SweepStore, UserPage, UserRecord, UserStore, activity,
+    page_limit, user_page,
 };
 use async_trait::async_trait;
+use grantkeeper_core::GrantState;
 use time::OffsetDateTime;
 
 /// Rows per INSERT of [`AuditStore::append_audit`]: 800 bound values, far below either
@@ -463,37 +470,42 @@ impl<E: Engine> SweepStore for E {
     }
 }
 
-/// The single statements of the revocation queue; each backend's `RevocationQueueStore` calls
-/// these, and keeps the unit that changes a grant with its queued revocation.
-pub(crate) mod queue {
-    use super::*;
+/// Queues a revocation (`queue_args`).
+pub(crate) const INSERT_REVOCATION: &str = "INSERT INTO pending_revocations
+         (id, sub, token, token_kind, created_at, attempts, next_attempt_at, last_error)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-    pub(crate) const INSERT: &str = "INSERT INTO pending_revocations
-             (id, sub, token, token_kind, created_at, attempts, next_attempt_at, last_error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) fn queue_args(r: &PendingRevocation) -> Vec<Arg> {
+    args![
+        r.id.as_str(),
+        r.sub.as_str(),
+        r.token.as_slice(),
+        r.token_kind.as_str(),
+        r.created_at,
+        r.attempts,
+        r.next_attempt_at,
+        r.last_error.as_deref()
+    ]
+}
 
-    pub(crate) fn insert_args(r: &PendingRevocation) -> Vec<Arg> {
-        args![
-            r.id.as_str(),
-            r.sub.as_str(),
-            r.token.as_slice(),
-            r.token_kind.as_str(),
-            r.created_at,
-            r.attempts,
-            r.next_attempt_at,
-            r.last_error.as_deref()
-        ]
-    }
-
-    pub(crate) async fn enqueue(engine: &impl Engine, r: &PendingRevocation) -> Result<()> {
-        engine
-            .execute(INSERT.into(), insert_args(r))
+#[async_trait]
+impl<E: Units> RevocationQueueStore for E {
+    async fn enqueue_revocation(&self, revocation: PendingRevocation) -> Result<()> {
+        self.execute(INSERT_REVOCATION.into(), queue_args(&revocation))
             .await
             .map(drop)
     }
 
-    pub(crate) async fn due(
-        engine: &impl Engine,
+    async fn enqueue_revocation_with_state(
+        &self,
+        revocation: PendingRevocation,
+        update: StateUpdate,
+    ) -> Result<(GrantRecord, Option<GrantEvent>)> {
+        self.queue_with_state(revocation, update).await
+    }
+
+    async fn due_revocations(
+        &self,
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<PendingRevocation>> {
@@ -503,13 +515,12 @@ pub(crate) mod queue {
                     WHERE next_attempt_at <= $1
                     ORDER BY next_attempt_at, id LIMIT $2";
         let args = args![now, page_limit(limit)];
-        engine
-            .read_rows(sql.into(), args, revocations::pending_revocation)
+        self.read_rows(sql.into(), args, revocations::pending_revocation)
             .await
     }
 
-    pub(crate) async fn mark_failed(
-        engine: &impl Engine,
+    async fn mark_revocation_failed(
+        &self,
         id: &str,
         next_attempt_at: OffsetDateTime,
         error: &str,
@@ -518,23 +529,150 @@ pub(crate) mod queue {
                       SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
                     WHERE id = $1";
         found(
-            engine
-                .execute(sql.into(), args![id, next_attempt_at, error])
+            self.execute(sql.into(), args![id, next_attempt_at, error])
                 .await?,
         )
     }
 
-    pub(crate) async fn delete(engine: &impl Engine, id: &str) -> Result<bool> {
+    async fn delete_revocation(&self, id: &str) -> Result<bool> {
         let sql = "DELETE FROM pending_revocations WHERE id = $1";
-        Ok(engine.execute(sql.into(), args![id]).await? > 0)
+        Ok(self.execute(sql.into(), args![id]).await? > 0)
     }
 
-    pub(crate) async fn count_all(engine: &impl Engine) -> Result<u64> {
+    async fn count_revocations(&self) -> Result<u64> {
         let sql = "SELECT COUNT(*) AS n FROM pending_revocations";
-        let found = engine
+        let found = self
             .read_rows(sql.into(), Vec::new(), |r| r.int("n"))
             .await?;
         count(first(found).unwrap_or(0), "revocation")
+    }
+}
+
+#[async_trait]
+impl<E: Units> UserStore for E {
+    async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome> {
+        self.sign_in(sign_in).await
+    }
+
+    async fn user(&self, sub: &str) -> Result<Option<(UserRecord, GrantRecord)>> {
+        let found = self
+            .read_rows(
+                SELECT_USER_AND_GRANT.into(),
+                args![sub],
+                rows::user_with_grant,
+            )
+            .await?;
+        Ok(first(found))
+    }
+
+    async fn grant_events(&self, sub: &str) -> Result<Vec<GrantEvent>> {
+        let sql = "SELECT id, sub, from_state, to_state, reason, at
+                     FROM grant_events WHERE sub = $1 ORDER BY id";
+        self.read_rows(sql.into(), args![sub], rows::grant_event)
+            .await
+    }
+}
+
+#[async_trait]
+impl<E: Units> GrantStore for E {
+    async fn grant(&self, sub: &str) -> Result<Option<GrantRecord>> {
+        let found = self
+            .read_rows(SELECT_GRANT.into(), args![sub], rows::grant_alone)
+            .await?;
+        Ok(first(found))
+    }
+
+    async fn record_refresh(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+    ) -> Result<GrantRecord> {
+        self.refresh(sub, expected_version, refresh, None).await
+    }
+
+    async fn update_grant_state(
+        &self,
+        sub: &str,
+        expected_version: Option<i64>,
+        update: StateUpdate,
+    ) -> Result<(GrantRecord, Option<GrantEvent>)> {
+        self.change_state(sub, expected_version, update).await
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<UserPage> {
+        let limit = page_limit(limit);
+        let fetch = i64::from(limit) + 1;
+        let (sql, args) = match after {
+            None => (SELECT_USERS_FIRST, args![fetch]),
+            Some(after) => (SELECT_USERS_AFTER, args![fetch, after]),
+        };
+        let users = self
+            .read_rows(sql.into(), args, rows::user_with_grant)
+            .await?;
+        Ok(user_page(users, limit))
+    }
+
+    async fn delete_user(&self, sub: &str) -> Result<bool> {
+        // The foreign keys cascade to the grant, its events (undelivered ones too) and the
+        // sessions, all in this statement's transaction. Audit rows name the user without a
+        // foreign key: they are history and stay.
+        let sql = "DELETE FROM users WHERE sub = $1";
+        Ok(self.execute(sql.into(), args![sub]).await? > 0)
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        crate::counts::users(self).await
+    }
+
+    async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, u64)>> {
+        crate::counts::grants_by_state(self).await
+    }
+}
+
+#[async_trait]
+impl<E: Units> RefreshLeaseStore for E {
+    async fn try_lease_refresh(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        // One statement, so one decision: instances racing for a grant nobody holds queue on
+        // the key; the first inserts, the others then see its lease, unexpired and not theirs.
+        // An unknown user fails the foreign key, which the error mapping calls NotFound. The
+        // grant's row is not written, so its version does not move.
+        let args = args![sub, owner, until, now];
+        Ok(self.lease_statement(LEASE_REFRESH, args).await? == 1)
+    }
+
+    async fn try_lease_refresh_reading(
+        &self,
+        sub: &str,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<GrantRecord>> {
+        self.lease_reading(args![sub, owner, until, now]).await
+    }
+
+    async fn release_refresh_lease(&self, sub: &str, owner: &str) -> Result<()> {
+        // Another owner's lease (this one's ran out and was taken) stays.
+        self.lease_statement(RELEASE_LEASE, args![sub, owner])
+            .await
+            .map(drop)
+    }
+
+    async fn record_refresh_releasing(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: RefreshSuccess,
+        owner: &str,
+    ) -> Result<GrantRecord> {
+        self.refresh(sub, expected_version, refresh, Some(owner))
+            .await
     }
 }
 

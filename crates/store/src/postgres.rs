@@ -19,11 +19,10 @@
 
 mod batches;
 mod grants;
-mod leases;
-mod revocations;
 mod rotation;
 mod statements;
 mod transfer;
+mod units;
 mod users;
 
 use crate::rows::Columns;

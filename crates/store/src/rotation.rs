@@ -187,6 +187,79 @@ pub trait KeyRotationStore: Send + Sync {
     ) -> Result<bool>;
 }
 
+/// The statements of rotation, the same on both backends.
+pub(crate) const SELECT_STATUSES: &str =
+    "SELECT id, created_at, active, retired_at, wrapped_by FROM data_keys ORDER BY id";
+
+/// Sealed values by their first five bytes (`substr` counts bytes in a BLOB or bytea).
+pub(crate) const COUNT_SEALED: &str = "SELECT head, COUNT(*) AS n FROM (
+        SELECT substr(refresh_token, 1, 5) AS head FROM grants WHERE refresh_token IS NOT NULL
+        UNION ALL
+        SELECT substr(access_token, 1, 5) FROM grants WHERE access_token IS NOT NULL
+        UNION ALL
+        SELECT substr(token, 1, 5) FROM pending_revocations
+    ) AS heads GROUP BY head";
+
+/// The values of one column not under the key whose header is $1, `$2` at most, in row
+/// order; the `_AFTER` forms start after the row $3.
+pub(crate) const REFRESH_OUTSIDE: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
+     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1
+     ORDER BY sub LIMIT $2";
+pub(crate) const REFRESH_OUTSIDE_AFTER: &str =
+    "SELECT sub AS row, refresh_token AS sealed FROM grants
+     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1 AND sub > $3
+     ORDER BY sub LIMIT $2";
+pub(crate) const ACCESS_OUTSIDE: &str = "SELECT sub AS row, access_token AS sealed FROM grants
+     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1
+     ORDER BY sub LIMIT $2";
+pub(crate) const ACCESS_OUTSIDE_AFTER: &str =
+    "SELECT sub AS row, access_token AS sealed FROM grants
+     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1 AND sub > $3
+     ORDER BY sub LIMIT $2";
+pub(crate) const PENDING_OUTSIDE: &str =
+    "SELECT id AS row, token AS sealed FROM pending_revocations
+     WHERE substr(token, 1, 5) <> $1
+     ORDER BY id LIMIT $2";
+pub(crate) const PENDING_OUTSIDE_AFTER: &str =
+    "SELECT id AS row, token AS sealed FROM pending_revocations
+     WHERE substr(token, 1, 5) <> $1 AND id > $3
+     ORDER BY id LIMIT $2";
+
+pub(crate) fn outside_statement(column: SealedColumn, after: bool) -> &'static str {
+    match (column, after) {
+        (SealedColumn::RefreshToken, false) => REFRESH_OUTSIDE,
+        (SealedColumn::RefreshToken, true) => REFRESH_OUTSIDE_AFTER,
+        (SealedColumn::AccessToken, false) => ACCESS_OUTSIDE,
+        (SealedColumn::AccessToken, true) => ACCESS_OUTSIDE_AFTER,
+        (SealedColumn::PendingRevocation, false) => PENDING_OUTSIDE,
+        (SealedColumn::PendingRevocation, true) => PENDING_OUTSIDE_AFTER,
+    }
+}
+
+/// Replaces the value of row $2 by $1 only if it is still $3. Neither `version` nor
+/// `updated_at` moves: the value opens to what it did.
+pub(crate) fn reseal_statement(column: SealedColumn) -> &'static str {
+    match column {
+        SealedColumn::RefreshToken => {
+            "UPDATE grants SET refresh_token = $1 WHERE sub = $2 AND refresh_token = $3"
+        }
+        SealedColumn::AccessToken => {
+            "UPDATE grants SET access_token = $1 WHERE sub = $2 AND access_token = $3"
+        }
+        SealedColumn::PendingRevocation => {
+            "UPDATE pending_revocations SET token = $1 WHERE id = $2 AND token = $3"
+        }
+    }
+}
+
+/// One statement, under the write lock (SQLite) or its rows' locks (PostgreSQL): nothing can
+/// seal a value under the key between the check and the mark.
+pub(crate) const RETIRE: &str = "UPDATE data_keys SET retired_at = $2
+     WHERE id = $1 AND NOT active AND retired_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(refresh_token, 1, 5) = $3)
+       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(access_token, 1, 5) = $3)
+       AND NOT EXISTS (SELECT 1 FROM pending_revocations WHERE substr(token, 1, 5) = $3)";
+
 /// A new wrapping of key $1, fenced by the bytes read ($4).
 pub(crate) const REWRAP: &str =
     "UPDATE data_keys SET wrapped = $2, wrapped_by = $3 WHERE id = $1 AND wrapped = $4";

@@ -214,3 +214,39 @@ pub(crate) fn event_args(
         at
     ]
 }
+
+/// The units of work of several statements, which each backend runs its own way (SQLite: one
+/// closure on its writer; PostgreSQL: one function call, or one transaction holding its row
+/// locks). The capabilities they belong to are implemented once over them (`crate::common`).
+#[async_trait]
+pub(crate) trait Units: Engine {
+    /// [`crate::UserStore::record_sign_in`].
+    async fn sign_in(&self, sign_in: crate::SignIn) -> Result<crate::SignInOutcome>;
+    /// [`crate::GrantStore::update_grant_state`].
+    async fn change_state(
+        &self,
+        sub: &str,
+        expected_version: Option<i64>,
+        update: crate::StateUpdate,
+    ) -> Result<(GrantRecord, Option<crate::GrantEvent>)>;
+    /// [`crate::GrantStore::record_refresh`], giving `owner`'s lease back in the same
+    /// transaction when given ([`crate::RefreshLeaseStore::record_refresh_releasing`]).
+    async fn refresh(
+        &self,
+        sub: &str,
+        expected_version: i64,
+        refresh: crate::RefreshSuccess,
+        owner: Option<&str>,
+    ) -> Result<GrantRecord>;
+    /// [`crate::RefreshLeaseStore::try_lease_refresh_reading`], as `(sub, owner, until, now)`.
+    async fn lease_reading(&self, lease: Vec<Arg>) -> Result<Option<GrantRecord>>;
+    /// A lease taken or given back: a single statement, which SQLite need not flush on its own
+    /// (a lease runs out by itself).
+    async fn lease_statement(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64>;
+    /// [`crate::RevocationQueueStore::enqueue_revocation_with_state`].
+    async fn queue_with_state(
+        &self,
+        revocation: crate::PendingRevocation,
+        update: crate::StateUpdate,
+    ) -> Result<(GrantRecord, Option<crate::GrantEvent>)>;
+}

@@ -18,11 +18,10 @@ mod batches;
 mod conn;
 mod engine;
 mod grants;
-mod leases;
 mod migrate;
-mod revocations;
 mod rotation;
 mod transfer;
+mod units;
 mod users;
 
 use crate::sql::{Arg, Engine, RowMap, Sql};

@@ -4,19 +4,14 @@
 use super::statements::SIGN_IN;
 use super::{PostgresStore, retrying};
 use crate::rows::{self, Columns};
-use crate::sql::{Arg, Engine, first, profile_args};
-use crate::statements::SELECT_USER_AND_GRANT;
-use crate::{
-    GrantEvent, GrantRecord, Result, SignIn, SignInOutcome, StoreError, UserRecord, UserStore,
-};
-use async_trait::async_trait;
+use crate::sql::{Arg, profile_args};
+use crate::{GrantEvent, Result, SignIn, SignInOutcome, StoreError};
 use time::OffsetDateTime;
 
-#[async_trait]
-impl UserStore for PostgresStore {
-    async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome> {
-        let args = sign_in_args(&sign_in);
-        let at = sign_in.at;
+impl PostgresStore {
+    /// A sign-in in one call of `grantkeeper_sign_in`: one round trip.
+    pub(super) async fn sign_in_call(&self, sign_in: &SignIn) -> Result<SignInOutcome> {
+        let args = sign_in_args(sign_in);
         let found = retrying(|| async {
             Ok(super::bound(&SIGN_IN.into(), &args)
                 .fetch_all(&self.pool)
@@ -26,25 +21,7 @@ impl UserStore for PostgresStore {
         let row = found
             .first()
             .ok_or_else(|| StoreError::Corrupt("a sign-in answered no row".into()))?;
-        outcome(row, at)
-    }
-
-    async fn user(&self, sub: &str) -> Result<Option<(UserRecord, GrantRecord)>> {
-        let found = self
-            .read_rows(
-                SELECT_USER_AND_GRANT.into(),
-                args![sub],
-                rows::user_with_grant,
-            )
-            .await?;
-        Ok(first(found))
-    }
-
-    async fn grant_events(&self, sub: &str) -> Result<Vec<GrantEvent>> {
-        let sql = "SELECT id, sub, from_state, to_state, reason, at
-                     FROM grant_events WHERE sub = $1 ORDER BY id";
-        self.read_rows(sql.into(), args![sub], rows::grant_event)
-            .await
+        outcome(row, sign_in.at)
     }
 }
 

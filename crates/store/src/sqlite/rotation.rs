@@ -6,78 +6,11 @@ use super::conn::{execute, rows, scalar};
 use crate::rotation::{
     self, DataKeyStatus, KeyRotationStore, Reseal, SealedColumn, SealedCounts, SealedValue,
 };
+use crate::rotation::{COUNT_SEALED, RETIRE, SELECT_STATUSES, outside_statement, reseal_statement};
 use crate::{DataKeyRecord, Result, StoreError, page_limit};
 use async_trait::async_trait;
 use rusqlite::Connection;
 use time::OffsetDateTime;
-
-const SELECT_STATUSES: &str =
-    "SELECT id, created_at, active, retired_at, wrapped_by FROM data_keys ORDER BY id";
-
-/// Sealed values by their first five bytes (SQLite's `substr` counts bytes in a BLOB).
-const COUNT_SEALED: &str = "SELECT head, COUNT(*) AS n FROM (
-        SELECT substr(refresh_token, 1, 5) AS head FROM grants WHERE refresh_token IS NOT NULL
-        UNION ALL
-        SELECT substr(access_token, 1, 5) FROM grants WHERE access_token IS NOT NULL
-        UNION ALL
-        SELECT substr(token, 1, 5) FROM pending_revocations
-    ) GROUP BY head";
-
-/// The values of one column not under the key whose header is $1, `$2` at most, in row
-/// order; the `_AFTER` forms start after the row $3.
-const REFRESH_OUTSIDE: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
-     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1
-     ORDER BY sub LIMIT $2";
-const REFRESH_OUTSIDE_AFTER: &str = "SELECT sub AS row, refresh_token AS sealed FROM grants
-     WHERE refresh_token IS NOT NULL AND substr(refresh_token, 1, 5) <> $1 AND sub > $3
-     ORDER BY sub LIMIT $2";
-const ACCESS_OUTSIDE: &str = "SELECT sub AS row, access_token AS sealed FROM grants
-     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1
-     ORDER BY sub LIMIT $2";
-const ACCESS_OUTSIDE_AFTER: &str = "SELECT sub AS row, access_token AS sealed FROM grants
-     WHERE access_token IS NOT NULL AND substr(access_token, 1, 5) <> $1 AND sub > $3
-     ORDER BY sub LIMIT $2";
-const PENDING_OUTSIDE: &str = "SELECT id AS row, token AS sealed FROM pending_revocations
-     WHERE substr(token, 1, 5) <> $1
-     ORDER BY id LIMIT $2";
-const PENDING_OUTSIDE_AFTER: &str = "SELECT id AS row, token AS sealed FROM pending_revocations
-     WHERE substr(token, 1, 5) <> $1 AND id > $3
-     ORDER BY id LIMIT $2";
-
-fn outside_statement(column: SealedColumn, after: bool) -> &'static str {
-    match (column, after) {
-        (SealedColumn::RefreshToken, false) => REFRESH_OUTSIDE,
-        (SealedColumn::RefreshToken, true) => REFRESH_OUTSIDE_AFTER,
-        (SealedColumn::AccessToken, false) => ACCESS_OUTSIDE,
-        (SealedColumn::AccessToken, true) => ACCESS_OUTSIDE_AFTER,
-        (SealedColumn::PendingRevocation, false) => PENDING_OUTSIDE,
-        (SealedColumn::PendingRevocation, true) => PENDING_OUTSIDE_AFTER,
-    }
-}
-
-/// Replaces the value of row $2 by $1 only if it is still $3. Neither `version` nor
-/// `updated_at` moves: the value opens to what it did.
-fn reseal_statement(column: SealedColumn) -> &'static str {
-    match column {
-        SealedColumn::RefreshToken => {
-            "UPDATE grants SET refresh_token = $1 WHERE sub = $2 AND refresh_token = $3"
-        }
-        SealedColumn::AccessToken => {
-            "UPDATE grants SET access_token = $1 WHERE sub = $2 AND access_token = $3"
-        }
-        SealedColumn::PendingRevocation => {
-            "UPDATE pending_revocations SET token = $1 WHERE id = $2 AND token = $3"
-        }
-    }
-}
-
-/// One statement under the write lock: nothing can seal a value under the key between the
-/// check and the mark.
-const RETIRE: &str = "UPDATE data_keys SET retired_at = $2
-     WHERE id = $1 AND NOT active AND retired_at IS NULL
-       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(refresh_token, 1, 5) = $3)
-       AND NOT EXISTS (SELECT 1 FROM grants WHERE substr(access_token, 1, 5) = $3)
-       AND NOT EXISTS (SELECT 1 FROM pending_revocations WHERE substr(token, 1, 5) = $3)";
 
 #[async_trait]
 impl KeyRotationStore for SqliteStore {

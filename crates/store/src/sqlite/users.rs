@@ -1,56 +1,17 @@
 //! Users, grants and the grant history: a sign-in is one unit of the writer.
 
-use super::SqliteStore;
-use super::conn::{one, rows};
+use super::conn::one;
 use crate::merge::{StateChange, merge_sign_in};
 use crate::sql::{event_args, grant_args, profile_args};
 use crate::statements::{
     INSERT_EVENT, INSERT_GRANT, SELECT_USER_AND_GRANT, UPDATE_GRANT, UPSERT_USER,
 };
 use crate::{
-    GrantEvent, GrantRecord, Result, SignIn, SignInOutcome, StoreError, UserRecord, UserStore,
-    common, rows as read,
+    GrantEvent, GrantRecord, Result, SignIn, SignInOutcome, StoreError, UserRecord, common,
+    rows as read,
 };
-use async_trait::async_trait;
 use rusqlite::Connection;
 use time::OffsetDateTime;
-
-#[async_trait]
-impl UserStore for SqliteStore {
-    async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome> {
-        // The write lock is held from the first read, so a concurrent sign-in of the same user
-        // (here or in another process) merges into what this one commits, not beside it. The
-        // session, when there is one, is written in the same unit.
-        self.write(move |conn| sign_in_in(conn, &sign_in)).await
-    }
-
-    async fn user(&self, sub: &str) -> Result<Option<(UserRecord, GrantRecord)>> {
-        let sub = sub.to_owned();
-        let found = self
-            .read(move |conn| read_user_and_grant(conn, &sub))
-            .await?;
-        match found {
-            None => Ok(None),
-            Some((user, Some(grant))) => Ok(Some((user, grant))),
-            // Sign-in writes both rows in one transaction; nothing else creates users.
-            Some((_, None)) => Err(StoreError::Corrupt("a user has no grant row".into())),
-        }
-    }
-
-    async fn grant_events(&self, sub: &str) -> Result<Vec<GrantEvent>> {
-        let args = args![sub];
-        self.read(move |conn| {
-            rows(
-                conn,
-                "SELECT id, sub, from_state, to_state, reason, at
-                   FROM grant_events WHERE sub = $1 ORDER BY id",
-                &args,
-                read::grant_event,
-            )
-        })
-        .await
-    }
-}
 
 fn read_user_and_grant(
     conn: &Connection,
@@ -101,7 +62,7 @@ pub(super) fn append_event(
 }
 
 /// A sign-in's unit: user, grant, event (the webhook's outbox) and session.
-fn sign_in_in(conn: &Connection, sign_in: &SignIn) -> Result<SignInOutcome> {
+pub(super) fn sign_in_in(conn: &Connection, sign_in: &SignIn) -> Result<SignInOutcome> {
     let sub = sign_in.profile.sub.as_str();
     let held = read_user_and_grant(conn, sub)?;
     let created = held.is_none();
