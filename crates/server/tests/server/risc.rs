@@ -895,6 +895,7 @@ async fn user_with_email(r: &Risc, sub: &str, email: &str, verified: bool) {
             refresh_token: None,
             access_token: None,
             at: now,
+            session: None,
         })
         .await
         .unwrap();

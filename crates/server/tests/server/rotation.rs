@@ -819,18 +819,14 @@ async fn a_server_that_cannot_read_its_keys_for_longer_than_an_interval_stops_se
     .await;
     let key = app.api_key(&[KeyScope::Token]).await;
     let sub = app.signed_in("stale@example.com").await;
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        app.db_dir().join("grantkeeper.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = rusqlite::Connection::open(app.db_dir().join("grantkeeper.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
     for statement in [
         "UPDATE data_keys SET active = 0 WHERE id = 1",
         "INSERT INTO data_keys (id, wrapped, created_at, active, wrapped_by)
          VALUES (2, x'0100000000', 0, 1, 'local')",
     ] {
-        sqlx::query(statement).execute(&db).await.unwrap();
+        db.execute_batch(statement).unwrap();
     }
     // The first failed read is tolerated; past a second interval, nothing is sealed.
     tokio::time::sleep(Duration::from_millis(3200)).await;
@@ -857,7 +853,7 @@ async fn a_server_that_cannot_read_its_keys_for_longer_than_an_interval_stops_se
         "DELETE FROM data_keys WHERE id = 2",
         "UPDATE data_keys SET active = 1 WHERE id = 1",
     ] {
-        sqlx::query(statement).execute(&db).await.unwrap();
+        db.execute_batch(statement).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let answer = app.authcode_web(&code).await;
