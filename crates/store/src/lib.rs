@@ -40,6 +40,7 @@ mod admin;
 mod common;
 mod counts;
 mod error;
+mod jobs;
 mod merge;
 mod postgres;
 mod revocations;
@@ -51,6 +52,10 @@ mod transfer;
 
 pub use admin::{AdminSessionRecord, AdminSessionStore, UserSearch, UserSearchStore};
 pub use error::StoreError;
+pub use jobs::{
+    ClaimedItem, ClaimedItems, ItemClaim, ItemState, JobCounts, JobRecord, JobState, JobStore,
+    NewJob, SKIP_REASONS, Selection, Settle, SettleCounts, SettledItem, Slots, slot_us,
+};
 pub use postgres::PostgresStore;
 pub use revocations::{PendingRevocation, RevocationQueueStore, RevocationTokenKind};
 pub use risc::{MAX_SUBJECT_MATCHES, RiscStore, SignInBlock, TokenLookup};
@@ -704,6 +709,10 @@ bundle!(
     SweepJobStore: BrokerStore, SweepStore, SweepBatchStore
 );
 bundle!(
+    /// What the job engine uses: the broker's capabilities, and jobs with their items.
+    JobsStore: BrokerStore, JobStore
+);
+bundle!(
     /// What signing in and sessions use: users, sessions, and Cross-Account Protection's
     /// sign-in blocks and records.
     SignInStore: UserStore, SessionStore, RiscStore
@@ -730,6 +739,8 @@ bundle!(
 pub trait Store:
     BrokerStore
     + SweepJobStore
+    + JobsStore
+    + JobStore
     + SignInStore
     + ConsoleStore
     + RotationStore

@@ -19,6 +19,7 @@
 
 mod batches;
 mod grants;
+mod jobs;
 mod rotation;
 mod statements;
 mod transfer;
@@ -113,6 +114,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         19,
         "master key sources",
         include_str!("../migrations/postgres/0019_wrapped_by.sql"),
+    ),
+    (
+        21,
+        "jobs",
+        include_str!("../migrations/postgres/0021_jobs.sql"),
     ),
 ];
 

@@ -233,7 +233,7 @@ pub(crate) fn grant_alone(row: &dyn Columns) -> Result<GrantRecord> {
     grant(row, row.text("sub")?)
 }
 
-fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
+pub(crate) fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
     let refresh_token = match (
         row.opt_bytes("refresh_token")?,
         row.opt_text("rt_hash")?,

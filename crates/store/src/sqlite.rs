@@ -18,6 +18,7 @@ mod batches;
 mod conn;
 mod engine;
 mod grants;
+mod jobs;
 mod migrate;
 mod rotation;
 mod transfer;

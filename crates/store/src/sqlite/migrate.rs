@@ -80,6 +80,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "master key sources",
         include_str!("../../migrations/sqlite/0019_wrapped_by.sql"),
     ),
+    (
+        21,
+        "jobs",
+        include_str!("../../migrations/sqlite/0021_jobs.sql"),
+    ),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod batches;
 pub mod grants;
+pub mod jobs;
 pub mod keys;
 pub mod leases;
 pub mod outbox;
@@ -59,6 +60,18 @@ macro_rules! conformance_suite {
             users::revoked_stays_revoked_without_refresh_token,
             users::failing_grant_stays_usable,
             users::ping_answers,
+            jobs::a_job_holds_the_users_whose_grant_holds_its_scopes,
+            jobs::an_item_goes_to_one_claim_and_again_when_its_lease_ends,
+            jobs::a_report_settles_only_what_its_lease_holds,
+            jobs::retries_end_in_failure_on_the_last_attempt,
+            jobs::a_lease_that_runs_out_on_the_last_attempt_fails,
+            jobs::a_lease_is_renewed_by_its_holder_only,
+            jobs::a_cancelled_job_offers_nothing,
+            jobs::a_keyed_job_is_joined_while_it_runs,
+            jobs::idle_grants_spread_over_time,
+            jobs::refresh_slots_are_taken_in_order_within_the_horizon,
+            jobs::concurrent_claims_never_share_an_item,
+            jobs::concurrent_slot_takers_share_the_rate,
             grants::grant_is_the_users_grant,
             grants::refresh_is_recorded,
             grants::refresh_replaces_refresh_token_and_scopes_when_given,
