@@ -22,6 +22,7 @@ mod budget;
 mod cache;
 mod fingerprint;
 mod flight;
+pub mod jobs;
 mod revocation;
 pub mod sweep;
 
@@ -280,6 +281,36 @@ impl Broker {
             )
             .await
             .map(Arc::new)
+    }
+
+    /// The token held for `grant` (the process's cache, then the one persisted in `grant`) when
+    /// it answers `req` without a refresh; None when a hand-out would have to refresh. Never
+    /// calls upstream: the job engine asks first, and spends its rate only on the users this
+    /// says None for. An explicit `min_ttl` is honoured exactly, as by [`Broker::access_token`].
+    pub async fn token_on_hand(
+        &self,
+        grant: &GrantRecord,
+        req: &TokenRequest,
+    ) -> Option<Arc<AccessToken>> {
+        let sub = grant.sub.as_str();
+        if unusable(grant).is_some() {
+            return None;
+        }
+        let scopes = req.scopes.clone().unwrap_or_default();
+        let need = self.inner.need(sub, req.min_ttl);
+        if let Some(t) = self.inner.cache.get(sub)
+            && t.scopes.contains_all(&scopes)
+            && self.inner.lasts(&t, need)
+        {
+            self.inner.settings.metrics.cache(true);
+            return Some(t);
+        }
+        let held = self.inner.persisted(sub, grant).await?;
+        if !(held.scopes.contains_all(&scopes) && self.inner.lasts(&held, need)) {
+            return None;
+        }
+        self.inner.cache.insert(sub, held.clone());
+        Some(Arc::new(held))
     }
 
     /// Always refreshes upstream (still single flight: joins a refresh already running). For

@@ -148,8 +148,9 @@ enum ApiKeysCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// token, proxy, users:read, users:write (repeatable; default: token proxy users:read)
-        #[arg(long = "scope", value_parser = ["token", "proxy", "users:read", "users:write"])]
+        /// token, proxy, users:read, users:write, jobs (repeatable; default: token proxy
+        /// users:read)
+        #[arg(long = "scope", value_parser = ["token", "proxy", "users:read", "users:write", "jobs"])]
         scopes: Vec<String>,
         #[command(flatten)]
         target: Target,

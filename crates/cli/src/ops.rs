@@ -75,6 +75,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     println!("listening on http://{bound}");
+    app.start_keepalive();
     let served = serve_until_signal(listener, grantkeeper_server::http::router(app.clone())).await;
     app.shutdown().await;
     served

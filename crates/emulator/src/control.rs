@@ -339,6 +339,7 @@ async fn stats(State(inner): State<Arc<Inner>>) -> Response {
             "refresh_tokens_issued": s.refresh_tokens_issued,
             "revocations": s.revocations,
             "refreshes_by_email": s.refreshes_by_email,
+            "refreshes_by_second": s.refreshes_by_second,
             "token_requests": inner.token_requests.load(Ordering::Relaxed),
             "drive_requests": inner.drive_requests.load(Ordering::Relaxed),
             "drive_requests_by_email": s.drive_requests_by_email,

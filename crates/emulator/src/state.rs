@@ -210,6 +210,9 @@ pub(crate) struct Stats {
     pub(crate) refresh_tokens_issued: u64,
     pub(crate) revocations: u64,
     pub(crate) refreshes_by_email: HashMap<String, u64>,
+    /// Refreshes by the Unix second (of the emulator's clock) they were answered in: what a
+    /// test of a rate budget counts.
+    pub(crate) refreshes_by_second: std::collections::BTreeMap<i64, u64>,
     pub(crate) drive_requests_by_email: HashMap<String, u64>,
 }
 
@@ -958,6 +961,7 @@ impl State {
             offline,
         });
         self.stats.refreshes += 1;
+        *self.stats.refreshes_by_second.entry(now).or_default() += 1;
         *self
             .stats
             .refreshes_by_email

@@ -86,14 +86,17 @@ pub enum KeyScope {
     UsersRead,
     /// `DELETE /v1/users/{sub}`
     UsersWrite,
+    /// `/v1/jobs...`: bulk work over every user, with their tokens
+    Jobs,
 }
 
 impl KeyScope {
-    pub const ALL: [KeyScope; 4] = [
+    pub const ALL: [KeyScope; 5] = [
         KeyScope::Token,
         KeyScope::Proxy,
         KeyScope::UsersRead,
         KeyScope::UsersWrite,
+        KeyScope::Jobs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +105,7 @@ impl KeyScope {
             KeyScope::Proxy => "proxy",
             KeyScope::UsersRead => "users:read",
             KeyScope::UsersWrite => "users:write",
+            KeyScope::Jobs => "jobs",
         }
     }
 }
@@ -119,7 +123,7 @@ impl FromStr for KeyScope {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown scope {s:?}: use token, proxy, users:read or users:write")
+                format!("unknown scope {s:?}: use token, proxy, users:read, users:write or jobs")
             })
     }
 }

@@ -9,6 +9,7 @@ use crate::keys::{KeyringError, StoreKeyring, load_vault, spawn_reloader};
 use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
 use crate::revocations::{RetryPass, RevocationRetrier, Which};
+use grantkeeper_broker::jobs::Jobs;
 use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{MasterKeySource, Metrics, SharedClock, Vault, VaultHandle};
 use grantkeeper_provider::{Provider, SecurityEventVerifier};
@@ -38,6 +39,10 @@ struct Inner {
     /// Verifies Cross-Account Protection's security event tokens (`POST /risc`).
     security_events: SecurityEventVerifier,
     broker: Broker,
+    /// The job engine of `/v1/jobs`, the sweeps and keep-alive.
+    jobs: Jobs,
+    /// This instance's keep-alive worker, once started ([`App::start_keepalive`]).
+    keepalive: std::sync::Mutex<Option<crate::keepalive::KeepAlive>>,
     audit: AuditLog,
     /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
     /// within that time on every instance.
@@ -134,6 +139,7 @@ impl App {
                 ..BrokerSettings::default()
             },
         );
+        let jobs = Jobs::new(broker.clone(), store.clone());
         let audit = AuditLog::start(store.clone(), clock.clone());
         let activity = ActivityFlusher::start(store.clone(), metrics.clone(), clock.clone());
         let revocations = RevocationRetrier::start(
@@ -161,6 +167,8 @@ impl App {
                 provider,
                 security_events,
                 broker,
+                jobs,
+                keepalive: std::sync::Mutex::new(None),
                 audit,
                 api_keys: KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL),
                 api_http: api_http_client()?,
@@ -203,6 +211,30 @@ impl App {
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
     }
+    /// The job engine: `/v1/jobs`, the sweeps, keep-alive and `jobs run` all go through it.
+    pub fn jobs(&self) -> &Jobs {
+        &self.inner.jobs
+    }
+    /// Starts keep-alive of idle grants in the background, as `serve` does, unless
+    /// `[jobs] keepalive_after` turned it off; stopped by [`App::shutdown`].
+    pub fn start_keepalive(&self) {
+        let Some(settings) = self.inner.settings.keepalive.clone() else {
+            tracing::info!("keep-alive is off ([jobs] keepalive_after = \"0s\")");
+            return;
+        };
+        let mut slot = self
+            .inner
+            .keepalive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(crate::keepalive::KeepAlive::start(
+                self.inner.jobs.clone(),
+                settings,
+                self.inner.clock.clone(),
+            ));
+        }
+    }
     pub fn audit(&self) -> &AuditLog {
         &self.inner.audit
     }
@@ -225,6 +257,15 @@ impl App {
     }
     /// Writes what is still held in memory (audit rows, activity) before a clean exit.
     pub async fn shutdown(&self) {
+        let keepalive = self
+            .inner
+            .keepalive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(k) = keepalive {
+            k.stop().await;
+        }
         self.audit().flush().await;
         if let Err(e) = self.flush_activity().await {
             tracing::warn!(error = %e, "could not write the last activity counts");

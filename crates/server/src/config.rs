@@ -50,6 +50,22 @@ pub struct FileConfig {
     pub events: EventsSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
+}
+
+/// `[jobs]`: the keep-alive job `serve` runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// Grants not refreshed for this long are refreshed; "0s" turns keep-alive off.
+    pub keepalive_after: Option<DurationValue>,
+    /// How often a keep-alive job is made, and the time its users are spread over.
+    pub keepalive_every: Option<DurationValue>,
+    /// Refreshes a second at most, across every instance.
+    pub keepalive_rate: Option<f64>,
+    /// How often each instance looks for keep-alive work.
+    pub keepalive_poll: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +234,32 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub webhook: Option<WebhookSettings>,
     pub limits: LimitSettings,
+    /// Keep-alive of idle grants; None when turned off.
+    pub keepalive: Option<KeepAliveSettings>,
+}
+
+/// How `serve` keeps idle grants alive (`[jobs]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepAliveSettings {
+    /// Grants not refreshed for this long are refreshed.
+    pub after: Duration,
+    /// A new keep-alive job at most this often; its users are spread over this time.
+    pub every: Duration,
+    /// Refreshes a second at most, across every instance.
+    pub rate: f64,
+    /// How often each instance looks for work.
+    pub poll: Duration,
+}
+
+impl Default for KeepAliveSettings {
+    fn default() -> Self {
+        KeepAliveSettings {
+            after: Duration::from_secs(30 * 86_400),
+            every: Duration::from_secs(86_400),
+            rate: 2.0,
+            poll: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How often a server reads the vault's data keys again unless `vault.reload_interval` says.
@@ -366,6 +408,54 @@ impl Default for BrokerSettings {
             upstream_rate: None,
         }
     }
+}
+
+/// `[jobs]`: keep-alive, or None when `keepalive_after` is zero.
+fn keepalive_settings(j: &JobsSection) -> Result<Option<KeepAliveSettings>, ConfigError> {
+    let d = KeepAliveSettings::default();
+    let after = match &j.keepalive_after {
+        Some(v) => v.resolve("jobs.keepalive_after")?,
+        None => d.after,
+    };
+    if after.is_zero() {
+        return Ok(None);
+    }
+    let every = match &j.keepalive_every {
+        Some(v) => v.resolve("jobs.keepalive_every")?,
+        None => d.every,
+    };
+    if every < Duration::from_secs(1) {
+        return Err(err(
+            "jobs.keepalive_every",
+            "a keep-alive job more than once a second cannot be",
+            "write e.g. 1d (the default)",
+        ));
+    }
+    let poll = match &j.keepalive_poll {
+        Some(v) => v.resolve("jobs.keepalive_poll")?,
+        None => d.poll,
+    };
+    if poll.is_zero() {
+        return Err(err(
+            "jobs.keepalive_poll",
+            "instances must wait between looks for work",
+            "write e.g. 60s (the default)",
+        ));
+    }
+    let rate = j.keepalive_rate.unwrap_or(d.rate);
+    if !(rate.is_finite() && (0.01..=1000.0).contains(&rate)) {
+        return Err(err(
+            "jobs.keepalive_rate",
+            format!("{rate} is not a rate from 0.01 to 1000"),
+            "write refreshes per second, e.g. 2 (the default)",
+        ));
+    }
+    Ok(Some(KeepAliveSettings {
+        after,
+        every,
+        rate,
+        poll,
+    }))
 }
 
 /// The environment variables that name a configuration key: `GRANTKEEPER_SECTION__KEY`. Other
@@ -779,6 +869,7 @@ impl Settings {
         };
 
         let limits = LimitSettings::from_section(&file.limits)?;
+        let keepalive = keepalive_settings(&file.jobs)?;
 
         Ok(Settings {
             addr,
@@ -787,6 +878,7 @@ impl Settings {
             session_ttl,
             demo_page: file.server.demo_page.unwrap_or(false),
             secure_cookies: true,
+            keepalive,
             provider,
             web_redirect_uri: p
                 .web_redirect_uri

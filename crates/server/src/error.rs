@@ -35,6 +35,9 @@ pub enum ApiError {
     GrantRevoked(String),
     #[error("{0}")]
     ScopeNotGranted(String),
+    /// A report of job items whose lease the caller no longer holds.
+    #[error("{0}")]
+    NotHeld(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -69,7 +72,7 @@ impl ApiError {
             ApiError::ScopeNotGranted(_) => StatusCode::FORBIDDEN,
             ApiError::IdTokenInvalid(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::GrantRevoked(_) => StatusCode::CONFLICT,
+            ApiError::GrantRevoked(_) | ApiError::NotHeld(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::GrantRevoked(_) => "grant_revoked",
             ApiError::ScopeNotGranted(_) => "scope_not_granted",
+            ApiError::NotHeld(_) => "not_held",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -259,6 +263,22 @@ impl From<grantkeeper_broker::BrokerError> for ApiError {
                 );
                 keys_unavailable()
             }
+        }
+    }
+}
+
+impl From<grantkeeper_broker::jobs::JobError> for ApiError {
+    fn from(e: grantkeeper_broker::jobs::JobError) -> Self {
+        use grantkeeper_broker::jobs::JobError as J;
+        match e {
+            J::NotFound => ApiError::NotFound("no job with this id".to_owned()),
+            J::Invalid(message) => ApiError::InvalidRequest(message),
+            J::NotHeld => ApiError::NotHeld(
+                "an item of this report is not held by this lease (its lease ran out, another \
+                 worker holds it, or it is settled already): nothing was changed"
+                    .to_owned(),
+            ),
+            J::Store(e) => e.into(),
         }
     }
 }

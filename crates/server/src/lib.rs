@@ -18,6 +18,7 @@ pub mod audit;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod keepalive;
 pub mod keys;
 pub mod limits;
 pub mod master_key;

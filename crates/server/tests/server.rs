@@ -7,6 +7,7 @@ mod server {
     pub mod bad_input;
     pub mod faults;
     pub mod harness;
+    pub mod jobs;
     pub mod limits;
     pub mod master_keys;
     pub mod metrics;

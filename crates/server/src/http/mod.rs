@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+pub mod jobs;
 mod metrics;
 mod ops;
 mod page;
@@ -33,6 +34,7 @@ pub fn router(app: App) -> Router {
     let mut routes = Router::new()
         .merge(signin::routes())
         .merge(v1::routes())
+        .merge(jobs::routes())
         .merge(ops::routes())
         .merge(metrics::routes())
         .merge(risc::routes())

@@ -208,6 +208,9 @@ pub struct Options {
     pub kms: bool,
     /// `store.url`; None: a SQLite file in the test's directory.
     pub store_url: Option<String>,
+    /// `[jobs]` keepalive_after, keepalive_every and keepalive_poll (default: keep-alive off,
+    /// so that no test refreshes more than it asks for).
+    pub keepalive: Option<(&'static str, &'static str, &'static str)>,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -232,6 +235,7 @@ impl Default for Options {
             keyring_reload: None,
             kms: false,
             store_url: None,
+            keepalive: None,
         }
     }
 }
@@ -286,6 +290,15 @@ impl TestApp {
         file.vault.reload_interval = options
             .keyring_reload
             .map(|d| grantkeeper_server::config::DurationValue::Text(d.to_owned()));
+        let text = |d: &str| Some(grantkeeper_server::config::DurationValue::Text(d.to_owned()));
+        match options.keepalive {
+            Some((after, every, poll)) => {
+                file.jobs.keepalive_after = text(after);
+                file.jobs.keepalive_every = text(every);
+                file.jobs.keepalive_poll = text(poll);
+            }
+            None => file.jobs.keepalive_after = text("0s"),
+        }
         file.store.url = Some(options.store_url.unwrap_or_else(|| {
             format!("sqlite://{}", dir.path().join("grantkeeper.db").display())
         }));
