@@ -50,7 +50,12 @@ impl KeepAlive {
     }
 }
 
-async fn run(jobs: Jobs, settings: KeepAliveSettings, clock: SharedClock, mut stop: watch::Receiver<bool>) {
+async fn run(
+    jobs: Jobs,
+    settings: KeepAliveSettings,
+    clock: SharedClock,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         if *stop.borrow() {
             return;

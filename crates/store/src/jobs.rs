@@ -231,7 +231,10 @@ pub enum Settle {
     Done,
     /// Offered again at `at_ms`, or failed with `reason` `attempts` when it was offered
     /// `max_attempts` times already.
-    Retry { at_ms: i64, detail: Option<String> },
+    Retry {
+        at_ms: i64,
+        detail: Option<String>,
+    },
     Failed {
         reason: String,
         detail: Option<String>,
@@ -242,7 +245,9 @@ pub enum Settle {
     },
     /// Given back unworked at `at_ms`, as if this claim had not offered it (its attempt is not
     /// counted): the claim had no rate left for it, or the worker stopped first.
-    Release { at_ms: i64 },
+    Release {
+        at_ms: i64,
+    },
 }
 
 /// How many items a report moved, by what became of them.
@@ -300,8 +305,13 @@ pub trait JobStore: Send + Sync {
         now_ms: i64,
     ) -> Result<SettleCounts>;
     /// Extends the lease of the claim's items still held to `until_ms`; how many.
-    async fn renew_items(&self, job_id: i64, lease: &str, until_ms: i64, now_ms: i64)
-    -> Result<u64>;
+    async fn renew_items(
+        &self,
+        job_id: i64,
+        lease: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64>;
     /// Takes up to `want` refresh slots of a job with a rate: the next free ones on its grid,
     /// none before `now_us`, none after `now_us + horizon_us`. Unknown job, or a job without a
     /// rate: NotFound.
@@ -421,7 +431,8 @@ pub(crate) fn insert_items(
             3 + args.len()
         ));
     }
-    let due = "$2 + CAST((ROW_NUMBER() OVER (ORDER BY s.sub) - 1) * $3 / COUNT(*) OVER () AS BIGINT)";
+    let due =
+        "$2 + CAST((ROW_NUMBER() OVER (ORDER BY s.sub) - 1) * $3 / COUNT(*) OVER () AS BIGINT)";
     let sql = match selection {
         Selection::Holding => {
             args.push(Arg::from(at));
@@ -468,7 +479,8 @@ pub(crate) fn insert_items(
 }
 
 /// A new job's row (`$1`..`$12`); its id comes back.
-pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (name, kind, job_key, state, scopes, rate_milli, slot_us, lease_secs,
+pub(crate) const INSERT_JOB: &str =
+    "INSERT INTO jobs (name, kind, job_key, state, scopes, rate_milli, slot_us, lease_secs,
                        min_ttl_secs, max_attempts, created_by, created_at)
      VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, $11)
      RETURNING id";
@@ -508,13 +520,15 @@ pub(crate) const SELECT_RUNNING_WITH_KEY: &str = "SELECT id, name, kind, job_key
      FROM jobs WHERE job_key = $1 AND state = 'running'";
 
 /// Items of job `$1` whose lease ended by `$2` on their last offer: failed (`$3`: now, seconds).
-pub(crate) const FAIL_EXHAUSTED: &str = "UPDATE job_items SET state = 'failed', reason = 'lease_expired', lease = NULL,
+pub(crate) const FAIL_EXHAUSTED: &str =
+    "UPDATE job_items SET state = 'failed', reason = 'lease_expired', lease = NULL,
             detail = 'its lease ran out on every offer', settled_at = $3
       WHERE job_id = $1 AND state = 'leased' AND available_ms <= $2
         AND attempts >= (SELECT max_attempts FROM jobs WHERE id = $1)";
 
 /// Leases up to `$3` due items of job `$1` (due by `$2`) as `$4` to `$5` until `$6`.
-pub(crate) const LEASE_ITEMS: &str = "UPDATE job_items SET state = 'leased', lease = $4, owner = $5, available_ms = $6,
+pub(crate) const LEASE_ITEMS: &str =
+    "UPDATE job_items SET state = 'leased', lease = $4, owner = $5, available_ms = $6,
             attempts = attempts + 1
       WHERE id IN (SELECT id FROM job_items
                     WHERE job_id = $1 AND state IN ('pending', 'leased') AND available_ms <= $2
@@ -739,7 +753,8 @@ impl<E: JobUnits> JobStore for E {
     }
 
     async fn latest_job_with_key(&self, key: &str) -> Result<Option<JobRecord>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_key = $1 ORDER BY id DESC LIMIT 1");
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_key = $1 ORDER BY id DESC LIMIT 1");
         Ok(first(self.read_rows(sql.into(), args![key], job).await?))
     }
 
@@ -797,8 +812,12 @@ impl<E: JobUnits> JobStore for E {
         let sql = "SELECT id, sub, state, reason, detail, settled_at FROM job_items
                     WHERE job_id = $1 AND state IN ('failed', 'skipped')
                     ORDER BY settled_at DESC, id DESC LIMIT $2";
-        self.read_rows(sql.into(), args![id, i64::from(page_limit(limit))], settled_item)
-            .await
+        self.read_rows(
+            sql.into(),
+            args![id, i64::from(page_limit(limit))],
+            settled_item,
+        )
+        .await
     }
 
     async fn claim_items(&self, claim: ItemClaim) -> Result<ClaimedItems> {
@@ -844,9 +863,8 @@ impl<E: JobUnits> JobStore for E {
         let grid = "((($2 + slot_us - 1) / slot_us) * slot_us)";
         let start = format!("(CASE WHEN next_slot_us > {grid} THEN next_slot_us ELSE {grid} END)");
         let fit = format!("((($2 + $3) - {start}) / slot_us + 1)");
-        let k = format!(
-            "(CASE WHEN {start} > $2 + $3 THEN 0 WHEN {fit} < $4 THEN {fit} ELSE $4 END)"
-        );
+        let k =
+            format!("(CASE WHEN {start} > $2 + $3 THEN 0 WHEN {fit} < $4 THEN {fit} ELSE $4 END)");
         let sql = format!(
             "UPDATE jobs SET slots_taken = {k}, next_slot_us = {start} + slot_us * {k}
               WHERE id = $1 AND slot_us > 0

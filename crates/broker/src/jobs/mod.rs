@@ -373,7 +373,10 @@ impl Jobs {
         by: &str,
     ) -> Result<(JobView, bool), JobError> {
         spec.check()?;
-        let (job, made) = self.store.create_or_join_job(self.new_job(spec, by)).await?;
+        let (job, made) = self
+            .store
+            .create_or_join_job(self.new_job(spec, by))
+            .await?;
         Ok((self.view(job).await?, made))
     }
 
@@ -574,13 +577,19 @@ impl Jobs {
             if grant.needs_consent() {
                 decided.push((
                     item,
-                    skip("needs_consent", "no refresh token is held: the user must consent again"),
+                    skip(
+                        "needs_consent",
+                        "no refresh token is held: the user must consent again",
+                    ),
                 ));
                 continue;
             }
             let missing = grant.scopes.missing(&job.scopes);
             if !missing.is_empty() {
-                decided.push((item, skip("scope_not_granted", &format!("not granted: {missing}"))));
+                decided.push((
+                    item,
+                    skip("scope_not_granted", &format!("not granted: {missing}")),
+                ));
                 continue;
             }
             if !kind.always_refreshes()
@@ -613,7 +622,8 @@ impl Jobs {
             }
             None => (us(now), 0, wanted),
         };
-        let later = from_us_to_ms(first_us.saturating_add(slot_us.saturating_mul(i64::from(granted))));
+        let later =
+            from_us_to_ms(first_us.saturating_add(slot_us.saturating_mul(i64::from(granted))));
         let mut tasks = tokio::task::JoinSet::new();
         for (n, item) in to_refresh.into_iter().enumerate() {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
@@ -623,7 +633,8 @@ impl Jobs {
                 continue;
             }
             let slot = first_us.saturating_add(slot_us.saturating_mul(i64::from(n)));
-            let (broker, clock, request) = (self.broker.clone(), self.clock.clone(), request.clone());
+            let (broker, clock, request) =
+                (self.broker.clone(), self.clock.clone(), request.clone());
             tasks.spawn(async move {
                 let wait = slot.saturating_sub(us(clock.now()));
                 if wait > 0 {
@@ -709,7 +720,11 @@ impl Jobs {
                 other => other.into(),
             })?;
         let job = self.store.job(id).await?.ok_or(JobError::NotFound)?;
-        if job.state == JobState::Finished && job.finished_at.is_some_and(|at| at >= now - time::Duration::SECOND) {
+        if job.state == JobState::Finished
+            && job
+                .finished_at
+                .is_some_and(|at| at >= now - time::Duration::SECOND)
+        {
             tracing::info!(job = id, name = %job.name, "job finished");
         }
         Ok(ReportSummary { counts, job })
@@ -772,21 +787,24 @@ fn refresh_failed(e: &BrokerError, clock: &SharedClock) -> Fate {
             DEFAULT_RETRY,
             format!("Google refused grantkeeper's client: {detail}"),
         ),
-        BrokerError::Store(_) | BrokerError::Vault(_) | BrokerError::KeysUnavailable => {
-            retry(Duration::from_secs(5), format!("grantkeeper could not refresh: {e}"))
-        }
+        BrokerError::Store(_) | BrokerError::Vault(_) | BrokerError::KeysUnavailable => retry(
+            Duration::from_secs(5),
+            format!("grantkeeper could not refresh: {e}"),
+        ),
     }
 }
 
 /// The item as a claim settles it, for in-process callers that report every user (sweeps).
-fn settled_at_claim(item: &ClaimedItem, settle: &Settle, max_attempts: u32) -> Option<SettledAtClaim> {
+fn settled_at_claim(
+    item: &ClaimedItem,
+    settle: &Settle,
+    max_attempts: u32,
+) -> Option<SettledAtClaim> {
     let (state, reason, detail) = match settle {
         Settle::Skipped { reason, detail } => (ItemState::Skipped, reason.clone(), detail.clone()),
-        Settle::Retry { detail, .. } if item.attempt >= max_attempts => (
-            ItemState::Failed,
-            "attempts".to_owned(),
-            detail.clone(),
-        ),
+        Settle::Retry { detail, .. } if item.attempt >= max_attempts => {
+            (ItemState::Failed, "attempts".to_owned(), detail.clone())
+        }
         Settle::Retry { detail, .. } => (ItemState::Pending, "retry".to_owned(), detail.clone()),
         Settle::Failed { reason, detail } => (ItemState::Failed, reason.clone(), detail.clone()),
         Settle::Done | Settle::Release { .. } => return None,

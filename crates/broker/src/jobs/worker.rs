@@ -285,7 +285,10 @@ where
     if !queue.is_empty() {
         let mut by_lease: HashMap<String, Vec<(i64, Report)>> = HashMap::new();
         for q in queue.drain(..) {
-            by_lease.entry(q.lease).or_default().push((q.item.id, Report::Release));
+            by_lease
+                .entry(q.lease)
+                .or_default()
+                .push((q.item.id, Report::Release));
         }
         for (lease, items) in by_lease {
             if let Err(e) = jobs.report(id, &lease, items).await {
@@ -296,17 +299,44 @@ where
     while let Some(done) = running.join_next().await {
         if let Ok((lease, item_id, sub, outcome)) = done {
             let (report, event) = match outcome {
-                WorkOutcome::Done(detail) => (Report::Done, ItemEvent { sub, state: ItemState::Done, reason: None, detail }),
+                WorkOutcome::Done(detail) => (
+                    Report::Done,
+                    ItemEvent {
+                        sub,
+                        state: ItemState::Done,
+                        reason: None,
+                        detail,
+                    },
+                ),
                 WorkOutcome::Retry(delay, detail) => (
-                    Report::Retry { delay: Some(delay), detail: Some(super::clip(&detail)) },
-                    ItemEvent { sub, state: ItemState::Pending, reason: Some("retry".to_owned()), detail },
+                    Report::Retry {
+                        delay: Some(delay),
+                        detail: Some(super::clip(&detail)),
+                    },
+                    ItemEvent {
+                        sub,
+                        state: ItemState::Pending,
+                        reason: Some("retry".to_owned()),
+                        detail,
+                    },
                 ),
                 WorkOutcome::Failed(detail) => (
-                    Report::Failed { detail: Some(super::clip(&detail)) },
-                    ItemEvent { sub, state: ItemState::Failed, reason: Some("worker".to_owned()), detail },
+                    Report::Failed {
+                        detail: Some(super::clip(&detail)),
+                    },
+                    ItemEvent {
+                        sub,
+                        state: ItemState::Failed,
+                        reason: Some("worker".to_owned()),
+                        detail,
+                    },
                 ),
             };
-            unreported.entry(lease).or_default().push(Unreported { id: item_id, report, event });
+            unreported.entry(lease).or_default().push(Unreported {
+                id: item_id,
+                report,
+                event,
+            });
         }
     }
     settled += flush(jobs, id, &mut unreported, on_event).await;
@@ -345,7 +375,10 @@ async fn flush(
             Err(JobError::NotHeld) => {
                 // Some may still be held: report them one by one.
                 for u in items {
-                    match jobs.report(id, &lease, vec![(u.id, u.report.clone())]).await {
+                    match jobs
+                        .report(id, &lease, vec![(u.id, u.report.clone())])
+                        .await
+                    {
                         Ok(_) => {
                             on_event(&u.event);
                             recorded += 1;

@@ -91,7 +91,10 @@ pub fn detail_answer(detail: &JobDetail) -> Value {
 }
 
 /// The body as `T`, refused with the contract's 400 when it is not.
-async fn body<T: DeserializeOwned + Default>(request: Request, example: &str) -> Result<T, ApiError> {
+async fn body<T: DeserializeOwned + Default>(
+    request: Request,
+    example: &str,
+) -> Result<T, ApiError> {
     let bytes = read_body(request.into_body(), BODY_LIMIT).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -372,7 +375,13 @@ async fn cancel(
     let result = app.jobs().cancel(id).await;
     let outcome = if result.is_ok() { "ok" } else { "not_found" };
     app.audit()
-        .record(caller.key_id(), None, "job_cancel", format!("job {id}"), outcome)
+        .record(
+            caller.key_id(),
+            None,
+            "job_cancel",
+            format!("job {id}"),
+            outcome,
+        )
         .await;
     Ok(Json(job_answer(&result?)).into_response())
 }

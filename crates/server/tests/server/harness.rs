@@ -290,7 +290,11 @@ impl TestApp {
         file.vault.reload_interval = options
             .keyring_reload
             .map(|d| grantkeeper_server::config::DurationValue::Text(d.to_owned()));
-        let text = |d: &str| Some(grantkeeper_server::config::DurationValue::Text(d.to_owned()));
+        let text = |d: &str| {
+            Some(grantkeeper_server::config::DurationValue::Text(
+                d.to_owned(),
+            ))
+        };
         match options.keepalive {
             Some((after, every, poll)) => {
                 file.jobs.keepalive_after = text(after);

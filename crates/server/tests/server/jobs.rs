@@ -28,8 +28,13 @@ async fn make(t: &TestApp, key: &str, body: Value) -> Value {
 }
 
 async fn claim(t: &TestApp, key: &str, id: i64, body: Value) -> Answer {
-    t.v1("POST", &format!("/v1/jobs/{id}/claim"), Some(key), Some(body))
-        .await
+    t.v1(
+        "POST",
+        &format!("/v1/jobs/{id}/claim"),
+        Some(key),
+        Some(body),
+    )
+    .await
 }
 
 async fn report(t: &TestApp, key: &str, id: i64, lease: &str, items: Value) -> Answer {
@@ -68,7 +73,12 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
         .await
         .expect_err("revoked at Google");
 
-    let job = make(&t, &key, json!({"name": "drive backup", "scopes": [DRIVE], "min_ttl": 600})).await;
+    let job = make(
+        &t,
+        &key,
+        json!({"name": "drive backup", "scopes": [DRIVE], "min_ttl": 600}),
+    )
+    .await;
     let id = job["id"].as_i64().unwrap();
     assert_eq!(job["state"], "running");
     assert_eq!(job["kind"], "api");
@@ -82,14 +92,17 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
     assert_eq!(first.headers["cache-control"], "no-store");
     let items = first.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
-    let now = OffsetDateTime::now_utc();
+    let now = t.app.clock().now();
     // Valid for at least the job's min_ttl, and the token the user's grant holds at Google.
     assert!(expires(&items[0]) >= now + time::Duration::seconds(590));
     let token = items[0]["access_token"].as_str().unwrap();
     let sub0 = items[0]["sub"].as_str().unwrap().to_owned();
     let drive = t
         .http
-        .get(format!("{}/drive/v3/files?spaces=appDataFolder", t.emulator_url))
+        .get(format!(
+            "{}/drive/v3/files?spaces=appDataFolder",
+            t.emulator_url
+        ))
         .bearer_auth(token)
         .send()
         .await
@@ -108,7 +121,14 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
 
     let lease1 = first.body["lease"].as_str().unwrap();
     let lease2 = second.body["lease"].as_str().unwrap();
-    let done = report(&t, &key, id, lease1, json!([{"id": items[0]["id"], "outcome": "done"}])).await;
+    let done = report(
+        &t,
+        &key,
+        id,
+        lease1,
+        json!([{"id": items[0]["id"], "outcome": "done"}]),
+    )
+    .await;
     assert_eq!(done.status, 200, "{}", done.text);
     assert_eq!(done.body["done"], 1);
     let failed = report(
@@ -122,15 +142,34 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
     assert_eq!(failed.body["failed"], 1);
     assert_eq!(failed.body["job"]["state"], "finished");
 
-    let shown = t.v1("GET", &format!("/v1/jobs/{id}"), Some(&key), None).await;
+    let shown = t
+        .v1("GET", &format!("/v1/jobs/{id}"), Some(&key), None)
+        .await;
     assert_eq!(shown.status, 200);
     let p = &shown.body["progress"];
-    assert_eq!((p["done"].as_u64(), p["failed"].as_u64(), p["skipped"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (
+            p["done"].as_u64(),
+            p["failed"].as_u64(),
+            p["skipped"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
     let failures = shown.body["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2);
-    assert!(failures.iter().any(|f| f["detail"] == "Drive quota" && f["reason"] == "worker"));
-    assert!(failures.iter().any(|f| f["sub"] == revoked.as_str() && f["state"] == "skipped"));
-    let listed = t.v1("GET", "/v1/jobs?state=finished", Some(&key), None).await;
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["detail"] == "Drive quota" && f["reason"] == "worker")
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["sub"] == revoked.as_str() && f["state"] == "skipped")
+    );
+    let listed = t
+        .v1("GET", "/v1/jobs?state=finished", Some(&key), None)
+        .await;
     assert_eq!(listed.body["jobs"][0]["id"], id);
     // Each hand-out is audited like a token's.
     t.app.audit().flush().await;
@@ -143,7 +182,10 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
         })
         .await
         .unwrap();
-    assert!(rows.iter().any(|r| r.action == "token" && r.detail == format!("job {id}")));
+    assert!(
+        rows.iter()
+            .any(|r| r.action == "token" && r.detail == format!("job {id}"))
+    );
     // No token in the logs.
     assert!(!super::harness::captured_logs().contains(token));
 }
@@ -167,7 +209,9 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
         json!({"max": "many"}),
         json!({"max": 5, "extra": true}),
     ] {
-        claim(&t, &key, id, body).await.assert_error(400, "invalid_request");
+        claim(&t, &key, id, body)
+            .await
+            .assert_error(400, "invalid_request");
     }
     let raw = t
         .http
@@ -177,7 +221,9 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
         .send()
         .await
         .unwrap();
-    Answer::from_response(raw).await.assert_error(400, "invalid_request");
+    Answer::from_response(raw)
+        .await
+        .assert_error(400, "invalid_request");
     for body in [
         json!({"name": ""}),
         json!({"name": "x", "rate": 0}),
@@ -189,22 +235,41 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
             .await
             .assert_error(400, "invalid_request");
     }
-    claim(&t, &key, 99_999, json!({"max": 1})).await.assert_error(404, "not_found");
-    t.v1("GET", "/v1/jobs/abc", Some(&key), None).await.assert_error(404, "not_found");
-    claim(&t, &other, id, json!({"max": 1})).await.assert_error(403, "forbidden");
-    t.v1("GET", "/v1/jobs", None, None).await.assert_error(401, "unauthorized");
+    claim(&t, &key, 99_999, json!({"max": 1}))
+        .await
+        .assert_error(404, "not_found");
+    t.v1("GET", "/v1/jobs/abc", Some(&key), None)
+        .await
+        .assert_error(404, "not_found");
+    claim(&t, &other, id, json!({"max": 1}))
+        .await
+        .assert_error(403, "forbidden");
+    t.v1("GET", "/v1/jobs", None, None)
+        .await
+        .assert_error(401, "unauthorized");
     // Nothing was leased by any of them.
-    let before = t.v1("GET", &format!("/v1/jobs/{id}"), Some(&key), None).await;
+    let before = t
+        .v1("GET", &format!("/v1/jobs/{id}"), Some(&key), None)
+        .await;
     assert_eq!(before.body["progress"]["pending"], 2);
 
     let a = claim(&t, &key, id, json!({"max": 1, "lease": 30})).await;
     let b = claim(&t, &key, id, json!({"max": 1, "lease": 1})).await;
     let (a_item, b_item) = (&a.body["items"][0]["id"], &b.body["items"][0]["id"]);
-    let (a_lease, b_lease) = (a.body["lease"].as_str().unwrap(), b.body["lease"].as_str().unwrap());
+    let (a_lease, b_lease) = (
+        a.body["lease"].as_str().unwrap(),
+        b.body["lease"].as_str().unwrap(),
+    );
     // Another worker's item, alone or beside one's own: 409, nothing changes.
-    report(&t, &key, id, a_lease, json!([{"id": b_item, "outcome": "done"}]))
-        .await
-        .assert_error(409, "not_held");
+    report(
+        &t,
+        &key,
+        id,
+        a_lease,
+        json!([{"id": b_item, "outcome": "done"}]),
+    )
+    .await
+    .assert_error(409, "not_held");
     report(
         &t,
         &key,
@@ -214,7 +279,9 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
     )
     .await
     .assert_error(409, "not_held");
-    let after = t.v1("GET", &format!("/v1/jobs/{id}"), Some(&key), None).await;
+    let after = t
+        .v1("GET", &format!("/v1/jobs/{id}"), Some(&key), None)
+        .await;
     assert_eq!(after.body["progress"]["done"], 0);
     assert_eq!(after.body["progress"]["in_flight"], 2);
     // Bad reports: 400.
@@ -224,21 +291,38 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
         json!([{"id": a_item, "outcome": "done"}, {"id": a_item, "outcome": "done"}]),
         json!([]),
     ] {
-        report(&t, &key, id, a_lease, items).await.assert_error(400, "invalid_request");
+        report(&t, &key, id, a_lease, items)
+            .await
+            .assert_error(400, "invalid_request");
     }
     // b's lease runs out: its report is refused, and the user is offered again.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    report(&t, &key, id, b_lease, json!([{"id": b_item, "outcome": "done"}]))
-        .await
-        .assert_error(409, "not_held");
+    report(
+        &t,
+        &key,
+        id,
+        b_lease,
+        json!([{"id": b_item, "outcome": "done"}]),
+    )
+    .await
+    .assert_error(409, "not_held");
     let again = claim(&t, &key, id, json!({"max": 5})).await;
     assert_eq!(&again.body["items"][0]["id"], b_item);
     assert_eq!(again.body["items"][0]["attempt"], 2);
     // a still holds its own.
-    let ok = report(&t, &key, id, a_lease, json!([{"id": a_item, "outcome": "retry", "delay": 0}])).await;
+    let ok = report(
+        &t,
+        &key,
+        id,
+        a_lease,
+        json!([{"id": a_item, "outcome": "retry", "delay": 0}]),
+    )
+    .await;
     assert_eq!(ok.body["retry"], 1, "{}", ok.text);
 
-    let cancelled = t.v1("POST", &format!("/v1/jobs/{id}/cancel"), Some(&key), None).await;
+    let cancelled = t
+        .v1("POST", &format!("/v1/jobs/{id}/cancel"), Some(&key), None)
+        .await;
     assert_eq!(cancelled.body["state"], "cancelled");
     let none = claim(&t, &key, id, json!({"max": 5})).await;
     assert!(none.body["items"].as_array().unwrap().is_empty());
@@ -250,13 +334,26 @@ async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_t
     let t = TestApp::start().await;
     let key = t.api_key(&[KeyScope::Jobs]).await;
     // Tokens held live 20 s, and the job needs 10 minutes: every hand-out refreshes.
-    t.emulator_call("PUT", "settings", Some(json!({"access_token_ttl_secs": 20})))
-        .await;
+    t.emulator_call(
+        "PUT",
+        "settings",
+        Some(json!({"access_token_ttl_secs": 20})),
+    )
+    .await;
     sign_in_many(&t, "job-down", 3).await;
     // Refreshed tokens live an hour again: a token handed out must be one of those.
-    t.emulator_call("PUT", "settings", Some(json!({"access_token_ttl_secs": 3600})))
-        .await;
-    let job = make(&t, &key, json!({"name": "down", "min_ttl": 600, "rate": 100})).await;
+    t.emulator_call(
+        "PUT",
+        "settings",
+        Some(json!({"access_token_ttl_secs": 3600})),
+    )
+    .await;
+    let job = make(
+        &t,
+        &key,
+        json!({"name": "down", "min_ttl": 600, "rate": 100}),
+    )
+    .await;
     let id = job["id"].as_i64().unwrap();
     t.emulator_call(
         "PUT",
@@ -266,10 +363,21 @@ async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_t
     .await;
     let down = claim(&t, &key, id, json!({"max": 10})).await;
     assert_eq!(down.status, 200, "{}", down.text);
-    assert!(down.body["items"].as_array().unwrap().is_empty(), "{}", down.text);
+    assert!(
+        down.body["items"].as_array().unwrap().is_empty(),
+        "{}",
+        down.text
+    );
     // Offered again later, not failed, not skipped.
     let p = &down.body["job"]["progress"];
-    assert_eq!((p["failed"].as_u64(), p["skipped"].as_u64(), p["pending"].as_u64()), (Some(0), Some(0), Some(3)));
+    assert_eq!(
+        (
+            p["failed"].as_u64(),
+            p["skipped"].as_u64(),
+            p["pending"].as_u64()
+        ),
+        (Some(0), Some(0), Some(3))
+    );
 
     t.emulator_call("PUT", "faults", Some(json!({}))).await;
     let mut handed = Vec::new();
@@ -277,7 +385,10 @@ async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_t
         let c = claim(&t, &key, id, json!({"max": 10})).await;
         for item in c.body["items"].as_array().unwrap() {
             // Fresh for the job's ten minutes: refreshed, never the 20-second one.
-            assert!(expires(item) > OffsetDateTime::now_utc() + time::Duration::seconds(590), "{item}");
+            assert!(
+                expires(item) > t.app.clock().now() + time::Duration::seconds(590),
+                "{item}"
+            );
             handed.push(item["sub"].as_str().unwrap().to_owned());
         }
         if handed.len() == 3 {
@@ -292,14 +403,27 @@ async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_t
 async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_google() {
     let t = TestApp::start().await;
     let key = t.api_key(&[KeyScope::Jobs]).await;
-    t.emulator_call("PUT", "settings", Some(json!({"access_token_ttl_secs": 30})))
-        .await;
+    t.emulator_call(
+        "PUT",
+        "settings",
+        Some(json!({"access_token_ttl_secs": 30})),
+    )
+    .await;
     let n = 16;
     sign_in_many(&t, "job-rate", n).await;
-    t.emulator_call("PUT", "settings", Some(json!({"access_token_ttl_secs": 3600})))
-        .await;
+    t.emulator_call(
+        "PUT",
+        "settings",
+        Some(json!({"access_token_ttl_secs": 3600})),
+    )
+    .await;
     let before = t.stats().await["refreshes"].as_u64().unwrap();
-    let job = make(&t, &key, json!({"name": "paced", "min_ttl": 600, "rate": 4})).await;
+    let job = make(
+        &t,
+        &key,
+        json!({"name": "paced", "min_ttl": 600, "rate": 4}),
+    )
+    .await;
     let id = job["id"].as_i64().unwrap();
     // Three workers claiming at once, as fast as they can.
     let mut workers = tokio::task::JoinSet::new();
@@ -321,7 +445,10 @@ async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_go
                 let items = c["items"].as_array().unwrap();
                 got += items.len();
                 if !items.is_empty() {
-                    let reports: Vec<Value> = items.iter().map(|i| json!({"id": i["id"], "outcome": "done"})).collect();
+                    let reports: Vec<Value> = items
+                        .iter()
+                        .map(|i| json!({"id": i["id"], "outcome": "done"}))
+                        .collect();
                     http.post(format!("{url}/v1/jobs/{id}/reports"))
                         .bearer_auth(&key)
                         .json(&json!({"lease": c["lease"], "items": reports}))
@@ -351,7 +478,10 @@ async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_go
     let counted: u64 = by_second.values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(counted, n as u64);
     for (second, count) in by_second {
-        assert!(count.as_u64().unwrap() <= 4, "{count} refreshes in second {second}: {by_second:?}");
+        assert!(
+            count.as_u64().unwrap() <= 4,
+            "{count} refreshes in second {second}: {by_second:?}"
+        );
     }
     // And so it took about n / rate seconds.
     assert!(by_second.len() >= 4, "{by_second:?}");
@@ -359,9 +489,11 @@ async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_go
 
 #[tokio::test]
 async fn keep_alive_refreshes_the_idle_grants_once_spread_over_its_period() {
-    let mut options = super::harness::Options::default();
-    options.keepalive = Some(("1s", "2s", "1s"));
-    let t = TestApp::start_with(options).await;
+    let t = TestApp::start_with(super::harness::Options {
+        keepalive: Some(("1s", "2s", "1s")),
+        ..Default::default()
+    })
+    .await;
     let subs = sign_in_many(&t, "job-idle", 3).await;
     let before = t.stats().await;
     // Two seconds pass: each grant's last use (whole seconds) is older than keepalive_after.
@@ -370,8 +502,8 @@ async fn keep_alive_refreshes_the_idle_grants_once_spread_over_its_period() {
     let mut refreshed = 0;
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        refreshed = t.stats().await["refreshes"].as_u64().unwrap()
-            - before["refreshes"].as_u64().unwrap();
+        refreshed =
+            t.stats().await["refreshes"].as_u64().unwrap() - before["refreshes"].as_u64().unwrap();
         if refreshed >= 3 {
             break;
         }
@@ -386,7 +518,10 @@ async fn keep_alive_refreshes_the_idle_grants_once_spread_over_its_period() {
         );
     }
     // Spread over the period (2 s): not all in one second.
-    assert!(stats["refreshes_by_second"].as_object().unwrap().len() >= 2, "{stats}");
+    assert!(
+        stats["refreshes_by_second"].as_object().unwrap().len() >= 2,
+        "{stats}"
+    );
     let jobs = t.app.jobs().list(None, 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].job.kind, "keepalive");

@@ -70,7 +70,9 @@ impl JobUnits for PostgresStore {
             let mut args = args![id, at_ms, spread_ms];
             args.extend(extra.iter().cloned());
             bound(&items_sql, &args).execute(&mut *tx).await?;
-            bound(&COUNT_TOTAL.into(), &args![id]).execute(&mut *tx).await?;
+            bound(&COUNT_TOTAL.into(), &args![id])
+                .execute(&mut *tx)
+                .await?;
             bound(&FINISH_IF_DONE.into(), &args![id, new.at])
                 .execute(&mut *tx)
                 .await?;
@@ -107,10 +109,9 @@ impl JobUnits for PostgresStore {
             claim.lease_until_ms,
             now_s
         ];
-        let found = retrying(|| async {
-            Ok(bound(&CLAIM.into(), &args).fetch_all(&self.pool).await?)
-        })
-        .await?;
+        let found =
+            retrying(|| async { Ok(bound(&CLAIM.into(), &args).fetch_all(&self.pool).await?) })
+                .await?;
         let mut items = Vec::with_capacity(found.len());
         for row in &found {
             items.push(claimed_item(row as &dyn Columns)?);
@@ -122,15 +123,17 @@ impl JobUnits for PostgresStore {
             });
         }
         // Nothing leased: an unknown job, one not running, or nothing due.
-        if self.read_rows(SELECT_JOB.into(), args![claim.job_id], job).await?.is_empty() {
+        if self
+            .read_rows(SELECT_JOB.into(), args![claim.job_id], job)
+            .await?
+            .is_empty()
+        {
             return Err(StoreError::NotFound);
         }
         self.execute(FINISH_IF_DONE.into(), args![claim.job_id, now_s])
             .await?;
         let next = self
-            .read_rows(NEXT_DUE.into(), args![claim.job_id], |r| {
-                r.opt_int("min")
-            })
+            .read_rows(NEXT_DUE.into(), args![claim.job_id], |r| r.opt_int("min"))
             .await?;
         Ok(ClaimedItems {
             items,

@@ -4,10 +4,10 @@
 use super::SqliteStore;
 use super::conn::{execute, one, rows, scalar};
 use crate::jobs::{
-    COUNT_TOTAL, ClaimedItems, FAIL_EXHAUSTED, FINISH_IF_DONE, INSERT_JOB, ItemClaim,
-    JobRecord, JobUnits, LEASE_ITEMS, NEXT_DUE, NewJob, SELECT_JOB, SELECT_LEASED,
-    SELECT_RUNNING_WITH_KEY, Settle, SettleCounts, claimed_item, count_retries, held_items,
-    insert_items, job, job_args, settle_plan,
+    COUNT_TOTAL, ClaimedItems, FAIL_EXHAUSTED, FINISH_IF_DONE, INSERT_JOB, ItemClaim, JobRecord,
+    JobUnits, LEASE_ITEMS, NEXT_DUE, NewJob, SELECT_JOB, SELECT_LEASED, SELECT_RUNNING_WITH_KEY,
+    Settle, SettleCounts, claimed_item, count_retries, held_items, insert_items, job, job_args,
+    settle_plan,
 };
 use crate::sql::Arg;
 use crate::{Result, StoreError};
@@ -30,8 +30,7 @@ impl JobUnits for SqliteStore {
             let id: i64 = scalar(conn, INSERT_JOB, &job_args(&new))?;
             let at_ms = new.at.unix_timestamp().saturating_mul(1000);
             let spread_ms = i64::try_from(new.spread_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-            let (sql, extra) =
-                insert_items(&new.selection, &new.scopes, Self::POSITION, new.at);
+            let (sql, extra) = insert_items(&new.selection, &new.scopes, Self::POSITION, new.at);
             let mut args = args![id, at_ms, spread_ms];
             args.extend(extra);
             execute(conn, &sql, &args)?;
@@ -94,7 +93,11 @@ fn claim_in(conn: &Connection, claim: &ItemClaim) -> Result<ClaimedItems> {
         });
     }
     let now_s = claim.now_ms.div_euclid(1000);
-    let exhausted = execute(conn, FAIL_EXHAUSTED, &args![claim.job_id, claim.now_ms, now_s])?;
+    let exhausted = execute(
+        conn,
+        FAIL_EXHAUSTED,
+        &args![claim.job_id, claim.now_ms, now_s],
+    )?;
     execute(
         conn,
         LEASE_ITEMS,
@@ -107,7 +110,12 @@ fn claim_in(conn: &Connection, claim: &ItemClaim) -> Result<ClaimedItems> {
             claim.lease_until_ms
         ],
     )?;
-    let items = rows(conn, SELECT_LEASED, &args![claim.lease.as_str()], crate::jobs::claimed_item)?;
+    let items = rows(
+        conn,
+        SELECT_LEASED,
+        &args![claim.lease.as_str()],
+        crate::jobs::claimed_item,
+    )?;
     let _ = claimed_item;
     let mut next_due_ms = None;
     if items.is_empty() {

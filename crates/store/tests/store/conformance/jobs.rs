@@ -53,19 +53,36 @@ async fn users(store: &SharedStore, n: usize) -> Vec<String> {
 
 pub async fn a_job_holds_the_users_whose_grant_holds_its_scopes(store: SharedStore) {
     store
-        .record_sign_in(sign_in("drive-a", &format!("{OPENID_EMAIL} {DRIVE}"), Some(refresh("a")), t(0)))
+        .record_sign_in(sign_in(
+            "drive-a",
+            &format!("{OPENID_EMAIL} {DRIVE}"),
+            Some(refresh("a")),
+            t(0),
+        ))
         .await
         .unwrap();
     signed_in(&store, "openid-b").await;
     store
-        .record_sign_in(sign_in("drive-c", &format!("{OPENID_EMAIL} {DRIVE}"), Some(refresh("c")), t(0)))
+        .record_sign_in(sign_in(
+            "drive-c",
+            &format!("{OPENID_EMAIL} {DRIVE}"),
+            Some(refresh("c")),
+            t(0),
+        ))
         .await
         .unwrap();
     store
-        .update_grant_state("drive-c", None, state_update(GrantState::Revoked, "gone", None, 1))
+        .update_grant_state(
+            "drive-c",
+            None,
+            state_update(GrantState::Revoked, "gone", None, 1),
+        )
         .await
         .unwrap();
-    let job = store.create_job(new_job(Selection::Holding, DRIVE)).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, DRIVE))
+        .await
+        .unwrap();
     assert_eq!(job.total, 2);
     assert_eq!(job.state, JobState::Running);
     assert_eq!(job.rate, Some(10.0));
@@ -86,7 +103,10 @@ pub async fn a_job_holds_the_users_whose_grant_holds_its_scopes(store: SharedSto
     assert!(grant.refresh_token.is_some());
 
     // Without scopes, every user; an unknown job is not found.
-    let all = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let all = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     assert_eq!(all.total, 3);
     assert!(matches!(
         store.claim_items(claim(9999, "l", 1, 1)).await,
@@ -97,7 +117,10 @@ pub async fn a_job_holds_the_users_whose_grant_holds_its_scopes(store: SharedSto
 
 pub async fn an_item_goes_to_one_claim_and_again_when_its_lease_ends(store: SharedStore) {
     users(&store, 5).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     let a = store.claim_items(claim(job.id, "a", 3, 1)).await.unwrap();
     let b = store.claim_items(claim(job.id, "b", 10, 2)).await.unwrap();
     assert_eq!(a.items.len(), 3);
@@ -129,7 +152,10 @@ pub async fn an_item_goes_to_one_claim_and_again_when_its_lease_ends(store: Shar
 
 pub async fn a_report_settles_only_what_its_lease_holds(store: SharedStore) {
     users(&store, 4).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     let a = store.claim_items(claim(job.id, "a", 2, 1)).await.unwrap();
     let b = store.claim_items(claim(job.id, "b", 2, 1)).await.unwrap();
     let before = store.job_counts(job.id, ms(2)).await.unwrap();
@@ -181,7 +207,10 @@ pub async fn a_report_settles_only_what_its_lease_holds(store: SharedStore) {
 
 pub async fn retries_end_in_failure_on_the_last_attempt(store: SharedStore) {
     users(&store, 2).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     let first = store.claim_items(claim(job.id, "a", 2, 1)).await.unwrap();
     let [x, y] = [first.items[0].id, first.items[1].id];
     let counts = store
@@ -189,7 +218,13 @@ pub async fn retries_end_in_failure_on_the_last_attempt(store: SharedStore) {
             job.id,
             "a",
             vec![
-                (x, Settle::Retry { at_ms: ms(100), detail: Some("busy".into()) }),
+                (
+                    x,
+                    Settle::Retry {
+                        at_ms: ms(100),
+                        detail: Some("busy".into()),
+                    },
+                ),
                 // Given back unworked: its attempt does not count.
                 (y, Settle::Release { at_ms: ms(1) }),
             ],
@@ -209,7 +244,18 @@ pub async fn retries_end_in_failure_on_the_last_attempt(store: SharedStore) {
     let third = store.claim_items(claim(job.id, "c", 5, 100)).await.unwrap();
     assert_eq!((third.items[0].id, third.items[0].attempt), (x, 2));
     let counts = store
-        .settle_items(job.id, "c", vec![(x, Settle::Retry { at_ms: ms(200), detail: None })], ms(101))
+        .settle_items(
+            job.id,
+            "c",
+            vec![(
+                x,
+                Settle::Retry {
+                    at_ms: ms(200),
+                    detail: None,
+                },
+            )],
+            ms(101),
+        )
         .await
         .unwrap();
     assert_eq!((counts.retry, counts.failed), (0, 1));
@@ -227,7 +273,10 @@ pub async fn retries_end_in_failure_on_the_last_attempt(store: SharedStore) {
 
 pub async fn a_lease_that_runs_out_on_the_last_attempt_fails(store: SharedStore) {
     users(&store, 1).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     store.claim_items(claim(job.id, "a", 1, 1)).await.unwrap();
     let second = store.claim_items(claim(job.id, "b", 1, 31)).await.unwrap();
     assert_eq!(second.items[0].attempt, 2);
@@ -237,36 +286,86 @@ pub async fn a_lease_that_runs_out_on_the_last_attempt_fails(store: SharedStore)
     assert_eq!(none.next_due_ms, None);
     let failures = store.job_failures(job.id, 10).await.unwrap();
     assert_eq!(failures[0].reason.as_deref(), Some("lease_expired"));
-    assert_eq!(store.job(job.id).await.unwrap().unwrap().state, JobState::Finished);
+    assert_eq!(
+        store.job(job.id).await.unwrap().unwrap().state,
+        JobState::Finished
+    );
 }
 
 pub async fn a_lease_is_renewed_by_its_holder_only(store: SharedStore) {
     users(&store, 2).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     store.claim_items(claim(job.id, "a", 2, 1)).await.unwrap();
-    assert_eq!(store.renew_items(job.id, "b", ms(100), ms(2)).await.unwrap(), 0);
-    assert_eq!(store.renew_items(job.id, "a", ms(100), ms(2)).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .renew_items(job.id, "b", ms(100), ms(2))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .renew_items(job.id, "a", ms(100), ms(2))
+            .await
+            .unwrap(),
+        2
+    );
     // Past its first end, still held.
-    assert!(store.claim_items(claim(job.id, "c", 2, 50)).await.unwrap().items.is_empty());
+    assert!(
+        store
+            .claim_items(claim(job.id, "c", 2, 50))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 pub async fn a_cancelled_job_offers_nothing(store: SharedStore) {
     users(&store, 2).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     let held = store.claim_items(claim(job.id, "a", 1, 1)).await.unwrap();
     let cancelled = store.cancel_job(job.id, t(2)).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
-    assert!(store.claim_items(claim(job.id, "b", 5, 3)).await.unwrap().items.is_empty());
+    assert!(
+        store
+            .claim_items(claim(job.id, "b", 5, 3))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     // What was held may still be reported.
     store
         .settle_items(job.id, "a", vec![(held.items[0].id, Settle::Done)], ms(4))
         .await
         .unwrap();
-    assert_eq!(store.job(job.id).await.unwrap().unwrap().state, JobState::Cancelled);
-    assert!(matches!(store.cancel_job(424242, t(5)).await, Err(StoreError::NotFound)));
-    let listed = store.list_jobs(Some(JobState::Cancelled), 10).await.unwrap();
+    assert_eq!(
+        store.job(job.id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(matches!(
+        store.cancel_job(424242, t(5)).await,
+        Err(StoreError::NotFound)
+    ));
+    let listed = store
+        .list_jobs(Some(JobState::Cancelled), 10)
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
-    assert!(store.list_jobs(Some(JobState::Running), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_jobs(Some(JobState::Running), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn a_keyed_job_is_joined_while_it_runs(store: SharedStore) {
@@ -281,13 +380,20 @@ pub async fn a_keyed_job_is_joined_while_it_runs(store: SharedStore) {
     let (again, made) = store.create_or_join_job(keyed.clone()).await.unwrap();
     assert!(!made);
     assert_eq!(again.id, first.id);
-    assert!(matches!(store.create_job(keyed.clone()).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        store.create_job(keyed.clone()).await,
+        Err(StoreError::AlreadyExists)
+    ));
     store.cancel_job(first.id, t(1)).await.unwrap();
     let (third, made) = store.create_or_join_job(keyed).await.unwrap();
     assert!(made);
     assert_ne!(third.id, first.id);
     assert_eq!(
-        store.latest_job_with_key("sweep:refresh").await.unwrap().map(|j| j.id),
+        store
+            .latest_job_with_key("sweep:refresh")
+            .await
+            .unwrap()
+            .map(|j| j.id),
         Some(third.id)
     );
     // A job of no users is finished at once.
@@ -324,7 +430,10 @@ pub async fn idle_grants_spread_over_time(store: SharedStore) {
     assert_eq!(job.total, 2);
     // The first is due at once, the second half the spread later.
     let now = store
-        .claim_items(ItemClaim { now_ms: ms(2000), ..claim(job.id, "a", 5, 2000) })
+        .claim_items(ItemClaim {
+            now_ms: ms(2000),
+            ..claim(job.id, "a", 5, 2000)
+        })
         .await
         .unwrap();
     assert_eq!(now.items.len(), 1);
@@ -333,24 +442,45 @@ pub async fn idle_grants_spread_over_time(store: SharedStore) {
         .settle_items(job.id, "a", vec![(now.items[0].id, Settle::Done)], ms(2001))
         .await
         .unwrap();
-    let later = store.claim_items(claim(job.id, "b", 5, 2049)).await.unwrap();
+    let later = store
+        .claim_items(claim(job.id, "b", 5, 2049))
+        .await
+        .unwrap();
     assert!(later.items.is_empty());
     assert_eq!(later.next_due_ms, Some(ms(2050)));
-    let later = store.claim_items(claim(job.id, "b", 5, 2050)).await.unwrap();
+    let later = store
+        .claim_items(claim(job.id, "b", 5, 2050))
+        .await
+        .unwrap();
     assert_eq!(later.items[0].sub, subs[3]);
 }
 
 pub async fn refresh_slots_are_taken_in_order_within_the_horizon(store: SharedStore) {
     users(&store, 1).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     // 10 a second: a slot every 100 ms on the grid.
     let now = 1_700_000_000_050_000; // µs, between two slots
-    let a = store.take_refresh_slots(job.id, 4, now, 1_000_000).await.unwrap();
-    assert_eq!((a.first_us, a.slot_us, a.granted), (1_700_000_000_100_000, 100_000, 4));
+    let a = store
+        .take_refresh_slots(job.id, 4, now, 1_000_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.first_us, a.slot_us, a.granted),
+        (1_700_000_000_100_000, 100_000, 4)
+    );
     // The next take starts after them and stops at the horizon.
-    let b = store.take_refresh_slots(job.id, 50, now, 1_000_000).await.unwrap();
+    let b = store
+        .take_refresh_slots(job.id, 50, now, 1_000_000)
+        .await
+        .unwrap();
     assert_eq!((b.first_us, b.granted), (1_700_000_000_500_000, 6));
-    let c = store.take_refresh_slots(job.id, 5, now, 1_000_000).await.unwrap();
+    let c = store
+        .take_refresh_slots(job.id, 5, now, 1_000_000)
+        .await
+        .unwrap();
     assert_eq!(c.granted, 0);
     // Later, slots start from then: none is taken in the past.
     let d = store
@@ -360,7 +490,10 @@ pub async fn refresh_slots_are_taken_in_order_within_the_horizon(store: SharedSt
     assert_eq!((d.first_us, d.granted), (1_700_000_010_100_000, 2));
     // A job without a rate has no slots.
     let free = store
-        .create_job(NewJob { rate: None, ..new_job(Selection::Holding, "") })
+        .create_job(NewJob {
+            rate: None,
+            ..new_job(Selection::Holding, "")
+        })
         .await
         .unwrap();
     assert!(matches!(
@@ -371,7 +504,10 @@ pub async fn refresh_slots_are_taken_in_order_within_the_horizon(store: SharedSt
 
 pub async fn concurrent_claims_never_share_an_item(store: SharedStore) {
     users(&store, 40).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {
         let store = store.clone();
@@ -397,12 +533,20 @@ pub async fn concurrent_claims_never_share_an_item(store: SharedStore) {
 
 pub async fn concurrent_slot_takers_share_the_rate(store: SharedStore) {
     users(&store, 1).await;
-    let job = store.create_job(new_job(Selection::Holding, "")).await.unwrap();
+    let job = store
+        .create_job(new_job(Selection::Holding, ""))
+        .await
+        .unwrap();
     let now = 1_700_000_000_000_000;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..6 {
         let store = store.clone();
-        tasks.spawn(async move { store.take_refresh_slots(job.id, 3, now, 1_000_000).await.unwrap() });
+        tasks.spawn(async move {
+            store
+                .take_refresh_slots(job.id, 3, now, 1_000_000)
+                .await
+                .unwrap()
+        });
     }
     let mut slots = Vec::new();
     while let Some(s) = tasks.join_next().await {
