@@ -5,6 +5,7 @@
 
 mod admin;
 mod dev;
+mod jobs;
 mod keys;
 mod ops;
 mod output;
@@ -84,6 +85,10 @@ enum Command {
     /// Users and their grants
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Bulk work over every user: run a command once per user with a fresh token, list,
+    /// show and cancel jobs
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// The audit log: token hand-outs, proxied calls, deletions
     Audit {
         /// Only this user's rows
@@ -229,6 +234,63 @@ fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Subcommand)]
+enum JobsCommand {
+    /// Runs `sh -c CMD` once per user whose grant holds every --scope, with GRANTKEEPER_SUB,
+    /// GRANTKEEPER_ACCESS_TOKEN and GRANTKEEPER_TOKEN_EXPIRES_AT in its environment. Exit
+    /// status 0: done; 75: run again later; else failed. Ctrl-C stops after the commands
+    /// running; running it again (same --name) resumes.
+    Run {
+        /// A scope every user's grant must hold (repeatable)
+        #[arg(long = "scope", value_name = "S", required = true)]
+        scopes: Vec<String>,
+        /// The shell command run for each user
+        #[arg(long, value_name = "CMD")]
+        exec: String,
+        /// The job's name, which a rerun resumes [default: CMD]
+        #[arg(long)]
+        name: Option<String>,
+        /// Commands running at once
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=500))]
+        concurrency: u32,
+        /// Commands started per second at most, e.g. 5/s (also the job's refreshes a second)
+        #[arg(long)]
+        rate: Option<String>,
+        /// How long a user is held before another run may take it, should this one die
+        #[arg(long, default_value = "5m", value_parser = parse_lease)]
+        lease: std::time::Duration,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Jobs newest first, with their progress
+    List {
+        #[arg(long, value_parser = ["running", "finished", "cancelled"])]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// One JSON object per line (the jobs of GET /v1/jobs) instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One job, its progress and its last failures
+    Show {
+        id: i64,
+        /// One JSON object (as GET /v1/jobs/{id} answers) instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancels a running job: nothing more is handed out
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
 enum UsersCommand {
     /// Users with their grant's state, in sub order, a page at a time
     List {
@@ -348,6 +410,35 @@ async fn main() -> std::process::ExitCode {
         Command::Users(UsersCommand::Revoke { sub, target }) => {
             admin::users_revoke(&target, &sub).await
         }
+        Command::Jobs(JobsCommand::Run {
+            scopes,
+            exec,
+            name,
+            concurrency,
+            rate,
+            lease,
+            target,
+        }) => {
+            let args = jobs::RunArgs {
+                scopes,
+                exec,
+                name,
+                concurrency: concurrency as usize,
+                rate,
+                lease,
+            };
+            jobs::run(&target, args).await
+        }
+        Command::Jobs(JobsCommand::List {
+            state,
+            limit,
+            json,
+            target,
+        }) => jobs::list(&target, state, limit, json).await,
+        Command::Jobs(JobsCommand::Show { id, json, target }) => {
+            jobs::show(&target, id, json).await
+        }
+        Command::Jobs(JobsCommand::Cancel { id, target }) => jobs::cancel(&target, id).await,
         Command::Audit {
             user,
             since,

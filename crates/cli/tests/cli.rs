@@ -13,6 +13,8 @@ use std::time::Duration;
 mod crash;
 #[path = "cli/instances.rs"]
 mod instances;
+#[path = "cli/jobs.rs"]
+mod jobs;
 #[path = "cli/keys.rs"]
 mod keys;
 #[path = "cli/listings.rs"]
