@@ -11,6 +11,8 @@ use std::time::Duration;
 
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/examples.rs"]
+mod examples;
 #[path = "cli/instances.rs"]
 mod instances;
 #[path = "cli/jobs.rs"]
