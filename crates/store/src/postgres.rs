@@ -197,6 +197,9 @@ impl PostgresStore {
                 options.statement_timeout.as_millis().to_string(),
             ),
             ("default_transaction_isolation", "read committed".to_owned()),
+            // The server's NOTICEs (`relation "_sqlx_migrations" already exists, skipping` on
+            // every start) are not for the operator: warnings and errors still come through.
+            ("client_min_messages", "warning".to_owned()),
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
