@@ -1207,3 +1207,130 @@ async fn refused_client_credentials_reach_the_logs_the_metrics_and_the_console()
     );
     assert!(!logs.contains("a-secret-reset-in-the-cloud-console"));
 }
+
+#[tokio::test]
+async fn the_jobs_page_shows_each_job_s_progress_and_failures() {
+    use grantkeeper_broker::jobs::{ClaimRequest, JobSpec, Report};
+    let t = TestApp::start().await;
+    let c = t.console_with(&[UsersRead]).await;
+    let empty = t.admin_get("/admin/jobs", Some(&c.cookie)).await;
+    assert_eq!(empty.status, 200, "{}", empty.text);
+    assert_console_headers(&empty);
+    assert!(empty.text.contains("No jobs yet"), "{}", empty.text);
+    assert!(
+        empty
+            .text
+            .contains(r#"<a id="nav-jobs" href="/admin/jobs" aria-current="page">"#)
+    );
+
+    let mut subs = Vec::new();
+    for i in 0..4 {
+        subs.push(t.signed_in(&format!("console-job{i}@example.com")).await);
+    }
+    t.app
+        .broker()
+        .revoke_grant(&subs[3], "revoked in a test")
+        .await
+        .unwrap();
+    let jobs = t.app.jobs();
+    let made = jobs
+        .create(JobSpec::api("<b>nightly</b> sync"), "test")
+        .await
+        .unwrap();
+    let id = made.job.id;
+    let other = jobs.create(JobSpec::api("older"), "test").await.unwrap();
+    jobs.cancel(other.job.id).await.unwrap();
+    let batch = jobs
+        .claim(
+            id,
+            ClaimRequest {
+                max: 2,
+                lease: None,
+                worker: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.items.len(), 2);
+    let failed_sub = batch.items[1].sub.clone();
+    jobs.report(
+        id,
+        &batch.lease,
+        vec![
+            (batch.items[0].id, Report::Done),
+            (
+                batch.items[1].id,
+                Report::Failed {
+                    detail: Some("<script>quota</script>".to_owned()),
+                },
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let page = t.admin_get("/admin/jobs", Some(&c.cookie)).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_console_headers(&page);
+    let text = &page.text;
+    // Newest first; each with its bar, in numbers and in words.
+    let older = text.find(&format!(r#"data-job="{id}""#)).unwrap();
+    let newer = text
+        .find(&format!(r#"data-job="{}""#, other.job.id))
+        .unwrap();
+    assert!(newer < older, "newest first");
+    assert!(text.contains("&lt;b&gt;nightly&lt;/b&gt; sync"), "{text}");
+    assert!(!text.contains("<b>nightly"), "names are escaped");
+    assert!(
+        text.contains(
+            r#"role="progressbar" aria-valuemin="0" aria-valuemax="4" aria-valuenow="3" aria-label="3 of 4 settled: 1 done, 1 failed, 1 skipped, 0 in flight""#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"<span class="done" style="width:25.00%"></span><span class="failed" style="width:25.00%"></span><span class="skipped" style="width:25.00%"></span>"#), "{text}");
+    assert!(text.contains(r#"<span class="badge job-running">running</span>"#));
+    assert!(text.contains(r#"<span class="badge job-cancelled">cancelled</span>"#));
+    assert_eq!(text.matches(r#"role="progressbar""#).count(), 2);
+
+    // One job: its settings and its failures, the worker's and the skipped grant.
+    let page = t
+        .admin_get(&format!("/admin/jobs/{id}"), Some(&c.cookie))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_console_headers(&page);
+    let text = &page.text;
+    assert!(
+        text.contains(&format!(
+            r#"<tr data-sub="{failed_sub}" data-outcome="failed">"#
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("&lt;script&gt;quota&lt;/script&gt;"),
+        "{text}"
+    );
+    assert!(!text.contains("<script>quota"), "details are escaped");
+    assert!(
+        text.contains(&format!(
+            r#"<tr data-sub="{}" data-outcome="skipped">"#,
+            subs[3]
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!(r#"href="/admin/users/{failed_sub}""#)));
+    assert!(text.contains("10 refreshes a second at most"), "{text}");
+
+    assert_eq!(
+        t.admin_get("/admin/jobs/999", Some(&c.cookie)).await.status,
+        404
+    );
+    assert_eq!(
+        t.admin_get("/admin/jobs/x", Some(&c.cookie)).await.status,
+        404
+    );
+    assert_eq!(t.admin_get("/admin/jobs", None).await.status, 303);
+    assert_eq!(
+        t.admin_get(&format!("/admin/jobs/{id}"), None).await.status,
+        303
+    );
+}

@@ -176,6 +176,7 @@ pub fn scope_list<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
 pub enum Section {
     Users,
     Activity,
+    Jobs,
 }
 
 /// The signed-in operator as the page shell shows them.
@@ -227,6 +228,17 @@ th.col-error{width:24%}
 .badge.failing{background:#fff4d6;color:#713f12;border-color:#e3b341}
 .badge.needs_consent{background:#e8eefc;color:#1e3a8a;border-color:#93a9e6}
 .badge.revoked{background:#fde7e7;color:#7f1d1d;border-color:#e69a9a}
+.badge.job-running{background:#e8eefc;color:#1e3a8a;border-color:#93a9e6}
+.badge.job-finished{background:#e3f5e8;color:#14532d;border-color:#7cc795}
+.badge.job-cancelled{background:#eef1f5;color:#3d4757;border-color:#aab3c0}
+.meter{display:flex;height:.7rem;min-width:8rem;border-radius:999px;overflow:hidden;background:#e6e9ee;border:1px solid #c5cbd4}
+.meter span{display:block;height:100%}
+.meter .done{background:#2f855a}
+.meter .failed{background:#b42318}
+.meter .skipped{background:#8a96a8}
+.meter .flight{background:#93a9e6}
+.meter-text{display:block;font-size:.8rem;color:#5b6677;margin-top:.15rem}
+th.col-progress{width:30%}
 form.search{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-end;margin:0 0 1rem}
 form.search div{display:flex;flex-direction:column;gap:.2rem;min-width:0;flex:1 1 10rem}
 label{font-size:.85rem;font-weight:600}
@@ -323,6 +335,7 @@ pub fn page(title: &str, shell: Option<&Shell<'_>>, body: &str) -> String {
             r#"<nav aria-label="Console">
 <a id="nav-users" href="/admin/users"{}>Users</a>
 <a id="nav-activity" href="/admin/activity"{}>Activity</a>
+<a id="nav-jobs" href="/admin/jobs"{}>Jobs</a>
 </nav>
 <span class="who" title="API key {}">Signed in with key <b>{}</b></span>
 <form method="post" action="/admin/logout">
@@ -332,6 +345,7 @@ pub fn page(title: &str, shell: Option<&Shell<'_>>, body: &str) -> String {
 "#,
             current(Section::Users),
             current(Section::Activity),
+            current(Section::Jobs),
             esc(shell.key_id),
             esc(shell.key_name),
             esc(shell.csrf),

@@ -2,8 +2,9 @@
 //!
 //! Operators sign in with an API key that has `users:read` ([`auth`]); the console then lists
 //! and searches users with their grant states ([`users`]), shows one user's grant, history and
-//! audit trail, revokes a grant when the key also has `users:write`, and charts what the
-//! instances did ([`activity`], drawn by [`charts`]). Every page is HTML built by [`html`],
+//! audit trail, revokes a grant when the key also has `users:write`, charts what the
+//! instances did ([`activity`], drawn by [`charts`]), and shows the jobs' progress and
+//! failures ([`jobs`]). Every page is HTML built by [`html`],
 //! which escapes every value it did not write itself.
 //!
 //! Owns: the console's session cookie and CSRF tokens, its pages and their security headers.
@@ -14,6 +15,7 @@ mod activity;
 mod auth;
 mod charts;
 mod html;
+mod jobs;
 mod users;
 
 use crate::app::App;
@@ -44,6 +46,8 @@ pub fn routes() -> Router<App> {
         .route("/admin/users/{sub}", get(users::user))
         .route("/admin/users/{sub}/revoke", post(users::revoke))
         .route("/admin/activity", get(activity::activity))
+        .route("/admin/jobs", get(jobs::jobs))
+        .route("/admin/jobs/{id}", get(jobs::job))
         .route("/admin/console.js", get(script))
         // The address bar may show these after a form; opening them again leads back in.
         .route("/admin/login", get(to_console).post(auth::login))
