@@ -33,6 +33,7 @@ async fn the_page_and_the_console_as_a_person_uses_them() {
         web::disconnecting_asks_once_and_the_next_person_sees_nothing_of_it => (375, 812),
         admin::the_console_fits_both_widths_and_says_what_happened => (1280, 900),
         admin::chart_labels_never_overlap => (1280, 900),
+        admin::the_jobs_page_draws_each_job_s_bar => (1280, 900),
         tour::the_page_and_the_console_at_both_widths => (1280, 900),
     ];
     harness::run_scenarios(&scenarios).await;

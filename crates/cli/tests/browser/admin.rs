@@ -245,3 +245,75 @@ pub async fn chart_labels_never_overlap(b: &Browser, dev: &Dev) {
         }
     }
 }
+
+/// The jobs page: each job's bar drawn (its segments' widths come from style attributes, which
+/// the console's policy must admit), at both widths, and one job's failures.
+pub async fn the_jobs_page_draws_each_job_s_bar(b: &Browser, dev: &Dev) {
+    for email in ["jack@example.com", "kim@example.com", "lou@example.com"] {
+        dev.sign_in(email).await;
+    }
+    let http = reqwest::Client::new();
+    let call = |path: &str, body: Value| {
+        http.post(format!("{}/v1/{path}", dev.url))
+            .bearer_auth(&dev.api_key)
+            .json(&body)
+            .send()
+    };
+    let job: Value = call("jobs", serde_json::json!({"name": "nightly backup"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_i64().unwrap();
+    let claim: Value = call(&format!("jobs/{id}/claim"), serde_json::json!({"max": 2}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = claim["items"].as_array().unwrap();
+    let reported = call(
+        &format!("jobs/{id}/reports"),
+        serde_json::json!({"lease": claim["lease"], "items": [
+            {"id": items[0]["id"], "outcome": "done"},
+            {"id": items[1]["id"], "outcome": "failed", "detail": "quota exceeded"},
+        ]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reported.status(), 200);
+
+    console_sign_in(b, dev).await;
+    // The sign-in's refused key logged its 401: read from here on.
+    b.console_errors().await;
+    b.click("#nav-jobs").await;
+    b.until("document.getElementById('jobs')", "the jobs").await;
+    // Each segment drawn as wide as its share of the job's users (the dev server holds the
+    // other scenarios' users too).
+    let bar = b
+        .js(r#"(() => { const m = document.querySelector('.meter'); const w = m.getBoundingClientRect().width; const share = (n) => Math.round(Number(m.dataset[n]) / Number(m.dataset.total) * 100); return [Array.from(m.children).map((s) => [s.className, Math.round(s.getBoundingClientRect().width / w * 100)]), ['done', 'failed'].map((n) => [n, share(n)])]; })()"#)
+        .await;
+    let drawn = bar[0].as_array().unwrap();
+    assert!(drawn.len() >= 2, "{bar}");
+    assert_eq!(
+        drawn[..2],
+        bar[1].as_array().unwrap()[..],
+        "the bar's segments: {bar}"
+    );
+    assert!(bar[1][0][1].as_i64().unwrap() > 0, "{bar}");
+    assert_eq!(
+        b.console_errors().await,
+        Vec::<String>::new(),
+        "no refusal by the page's policy"
+    );
+    b.assert_accessible("the jobs at 1280 px").await;
+    b.resize(375, 812).await;
+    assert_cells_fit(b, "the jobs at 375 px").await;
+    b.resize(1280, 900).await;
+    b.click("#jobs a.row-link").await;
+    b.until("document.getElementById('failures')", "the job's failures")
+        .await;
+    assert!(b.text("#failures").await.contains("quota exceeded"));
+    assert_cells_fit(b, "one job at 1280 px").await;
+}
