@@ -9,6 +9,7 @@ use crate::keys::{KeyringError, StoreKeyring, load_vault, spawn_reloader};
 use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
 use crate::revocations::{RetryPass, RevocationRetrier, Which};
+use crate::session::SessionPurger;
 use grantkeeper_broker::jobs::Jobs;
 use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{MasterKeySource, Metrics, SharedClock, Vault, VaultHandle};
@@ -60,6 +61,8 @@ struct Inner {
     revocations: Arc<RevocationRetrier>,
     /// Rate limits of sign-in attempts and `/v1` calls.
     limits: Limits,
+    /// Deletes expired sessions every `server.session_purge_interval`.
+    _session_purger: SessionPurger,
 }
 
 /// How long a looked-up API key is trusted without asking the store again.
@@ -93,8 +96,8 @@ pub fn api_http_client() -> Result<reqwest::Client, StartError> {
 
 impl App {
     /// Builds the server: opens the vault's data keys (creating the first on a new store) and
-    /// starts the audit writer, the retrier of queued revocations and, when configured, the
-    /// webhook deliverer.
+    /// starts the audit writer, the retrier of queued revocations, the purge of expired sessions
+    /// and, when configured, the webhook deliverer.
     pub async fn new(
         settings: Settings,
         store: SharedStore,
@@ -158,6 +161,8 @@ impl App {
             ));
         }
         let limits = Limits::new(&settings.limits);
+        let session_purger =
+            SessionPurger::start(store.clone(), clock.clone(), settings.session_purge);
         Ok(App {
             inner: Arc::new(Inner {
                 limits,
@@ -177,6 +182,7 @@ impl App {
                 metrics,
                 activity,
                 revocations,
+                _session_purger: session_purger,
             }),
         })
     }

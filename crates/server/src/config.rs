@@ -77,6 +77,8 @@ pub struct ServerSection {
     pub allowed_origins: Vec<String>,
     /// Seconds, or a number with a unit: `45s`, `30m`, `12h`, `30d`.
     pub session_ttl: Option<DurationValue>,
+    /// How often expired sessions are deleted (at least 1 s).
+    pub session_purge_interval: Option<DurationValue>,
     /// Serve the demo web page at `/` (always on in `dev`).
     pub demo_page: Option<bool>,
 }
@@ -211,6 +213,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     n.checked_mul(mult).map(Duration::from_secs)
 }
 
+/// How often expired sessions are deleted unless `server.session_purge_interval` says.
+pub const DEFAULT_SESSION_PURGE: Duration = Duration::from_secs(3600);
+
 /// The validated configuration the server runs with.
 #[derive(Debug)]
 pub struct Settings {
@@ -219,6 +224,9 @@ pub struct Settings {
     /// Origins (`scheme://host[:port]`) allowed to call the sign-in endpoints from a browser.
     pub allowed_origins: Vec<String>,
     pub session_ttl: Duration,
+    /// How often expired sessions (of users and of operators) are deleted
+    /// (`server.session_purge_interval`).
+    pub session_purge: Duration,
     /// Serve the demo web page at `/` and its `/demo/*` calls.
     pub demo_page: bool,
     /// Set the Secure attribute on cookies (off only in `dev`, which serves plain HTTP).
@@ -721,6 +729,17 @@ impl Settings {
             Some(d) => d.resolve("server.session_ttl")?,
             None => Duration::from_secs(30 * 86_400),
         };
+        let session_purge = match &file.server.session_purge_interval {
+            Some(d) => d.resolve("server.session_purge_interval")?,
+            None => DEFAULT_SESSION_PURGE,
+        };
+        if session_purge < Duration::from_secs(1) {
+            return Err(err(
+                "server.session_purge_interval",
+                "is shorter than 1 s",
+                "write 1s or more, e.g. 1h (the default)",
+            ));
+        }
 
         let p = &file.provider;
         let issuer_text = p.issuer.as_deref().unwrap_or(GOOGLE_ISSUER);
@@ -876,6 +895,7 @@ impl Settings {
             public_url,
             allowed_origins,
             session_ttl,
+            session_purge,
             demo_page: file.server.demo_page.unwrap_or(false),
             secure_cookies: true,
             keepalive,

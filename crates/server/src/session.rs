@@ -1,4 +1,7 @@
 //! Browser and app sessions: a random secret in an HttpOnly cookie, its SHA-256 in the store.
+//! The store keeps at most [`grantkeeper_store::MAX_SESSIONS_PER_USER`] live ones per user (the
+//! oldest go when a sign-in opens another); a [`SessionPurger`] deletes the expired ones, of
+//! users and of operators, every `server.session_purge_interval`.
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -7,11 +10,63 @@ use aws_lc_rs::digest;
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
 use grantkeeper_broker::RevocationOutcome;
-use grantkeeper_core::SecretString;
-use grantkeeper_store::SessionRecord;
+use grantkeeper_core::{SecretString, SharedClock};
+use grantkeeper_store::{SessionRecord, SharedStore, Store};
 use secrecy::ExposeSecret;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 pub const COOKIE_NAME: &str = "gk_session";
+
+/// The first purge comes this soon after start at the latest, so that a server restarted more
+/// often than its interval still purges.
+const FIRST_PURGE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Deletes expired sessions in the background, times read from the injected clock; stops when
+/// dropped (with the [`App`] that holds it).
+pub(crate) struct SessionPurger {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SessionPurger {
+    pub(crate) fn start(store: SharedStore, clock: SharedClock, every: Duration) -> SessionPurger {
+        let first = Instant::now() + every.min(FIRST_PURGE_WITHIN);
+        let task = tokio::spawn(async move {
+            let mut ticks = interval_at(first, every);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                purge_expired(store.as_ref(), clock.now()).await;
+            }
+        });
+        SessionPurger { task }
+    }
+}
+
+impl Drop for SessionPurger {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One pass: sessions of users and of operators expired at `now`. A failure is logged and the
+/// next pass tries again.
+async fn purge_expired(store: &dyn Store, now: time::OffsetDateTime) {
+    match store.purge_expired_sessions(now).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::debug!(purged, "deleted expired sessions"),
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting expired sessions failed; trying again later")
+        }
+    }
+    match store.purge_expired_admin_sessions(now).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::debug!(purged, "deleted expired console sessions"),
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting expired console sessions failed; trying again later")
+        }
+    }
+}
 
 fn hash(secret: &str) -> String {
     hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())

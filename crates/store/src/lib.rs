@@ -211,7 +211,8 @@ pub trait UserStore: Send + Sync {
     /// - a new refresh token also clears `last_error`, which belonged to the token it replaces;
     /// - an access token, when given, replaces the held one;
     /// - every change of state appends a [`GrantEvent`]; `version` is incremented;
-    /// - the session, when given, is created in the same transaction.
+    /// - the session, when given, is created in the same transaction, which also deletes the
+    ///   user's expired sessions and the oldest beyond [`MAX_SESSIONS_PER_USER`].
     async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome>;
 
     /// The user and their grant.
@@ -230,15 +231,23 @@ pub struct SessionRecord {
     pub expires_at: OffsetDateTime,
 }
 
+/// The most live sessions one user keeps. Writing a session (a sign-in's, or
+/// [`SessionStore::create_session`]) deletes, in the same statement, the user's sessions expired
+/// by the new one's `created_at` and the oldest others (by `created_at`, then by hash) beyond
+/// this many with the new one, which is always kept (migration 25 on both backends).
+pub const MAX_SESSIONS_PER_USER: usize = 20;
+
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Fails with [`StoreError::NotFound`] when the user does not exist.
+    /// Fails with [`StoreError::NotFound`] when the user does not exist. Bounds the user's
+    /// sessions as [`MAX_SESSIONS_PER_USER`] says.
     async fn create_session(&self, session: SessionRecord) -> Result<()>;
     /// The session, if it exists and has not expired at `now`.
     async fn session(&self, id_hash: &str, now: OffsetDateTime) -> Result<Option<SessionRecord>>;
     /// Returns true when a session was deleted.
     async fn delete_session(&self, id_hash: &str) -> Result<bool>;
     async fn delete_user_sessions(&self, sub: &str) -> Result<u64>;
+    /// Deletes every session expired at `now` (`expires_at <= now`); returns how many.
     async fn purge_expired_sessions(&self, now: OffsetDateTime) -> Result<u64>;
 }
 

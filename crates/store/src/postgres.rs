@@ -120,6 +120,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs",
         include_str!("../migrations/postgres/0021_jobs.sql"),
     ),
+    (
+        25,
+        "session bound",
+        include_str!("../migrations/postgres/0025_session_bound.sql"),
+    ),
 ];
 
 /// The key of the advisory lock that instances starting together take to migrate one at a

@@ -211,6 +211,8 @@ pub struct Options {
     /// `[jobs]` keepalive_after, keepalive_every and keepalive_poll (default: keep-alive off,
     /// so that no test refreshes more than it asks for).
     pub keepalive: Option<(&'static str, &'static str, &'static str)>,
+    /// `server.session_ttl` and `server.session_purge_interval` (default: the server's).
+    pub sessions: Option<(&'static str, &'static str)>,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -236,6 +238,7 @@ impl Default for Options {
             kms: false,
             store_url: None,
             keepalive: None,
+            sessions: None,
         }
     }
 }
@@ -295,6 +298,10 @@ impl TestApp {
                 d.to_owned(),
             ))
         };
+        if let Some((ttl, purge)) = options.sessions {
+            file.server.session_ttl = text(ttl);
+            file.server.session_purge_interval = text(purge);
+        }
         match options.keepalive {
             Some((after, every, poll)) => {
                 file.jobs.keepalive_after = text(after);

@@ -282,6 +282,68 @@ async fn sessions_end_on_logout() {
         .assert_error(401, "unauthorized");
 }
 
+/// Every sign-in opens a session; a user keeps the newest `MAX_SESSIONS_PER_USER`, so the
+/// cookie of the oldest stops working when one more is opened, and the others go on.
+#[tokio::test]
+async fn a_user_keeps_a_bounded_number_of_sessions() {
+    let t = TestApp::start().await;
+    let mut cookies = Vec::new();
+    for i in 0..=grantkeeper_store::MAX_SESSIONS_PER_USER {
+        let a = t
+            .authcode_web(&t.web_code("bounded@example.com").await)
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        cookies.push(a.session_cookie().unwrap());
+        if i == 0 {
+            // Sessions are timed in whole seconds: the first is older than the others.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+    }
+    t.get("/me", Some(&cookies[0]))
+        .await
+        .assert_error(401, "unauthorized");
+    for cookie in &cookies[1..] {
+        assert_eq!(t.get("/me", Some(cookie)).await.status, 200);
+    }
+}
+
+/// Expired sessions do not stay in the store: the server deletes them every
+/// `server.session_purge_interval`, whether or not their user comes back.
+#[tokio::test]
+async fn expired_sessions_are_purged_in_the_background() {
+    let t = TestApp::start_with(super::harness::Options {
+        sessions: Some(("2s", "1s")),
+        ..Default::default()
+    })
+    .await;
+    let a = t
+        .authcode_web(&t.web_code("purged@example.com").await)
+        .await;
+    let cookie = a.session_cookie().unwrap();
+    assert_eq!(t.get("/me", Some(&cookie)).await.status, 200);
+    let store = t.app.store();
+    // Nothing has expired yet, so there is nothing to purge.
+    assert_eq!(
+        store
+            .purge_expired_sessions(t.app.clock().now())
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    t.get("/me", Some(&cookie))
+        .await
+        .assert_error(401, "unauthorized");
+    // The server's own purge got there first: nothing expired is left.
+    assert_eq!(
+        store
+            .purge_expired_sessions(t.app.clock().now())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 #[tokio::test]
 async fn health_readiness_and_unknown_routes() {
     let t = TestApp::start().await;

@@ -85,6 +85,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs",
         include_str!("../../migrations/sqlite/0021_jobs.sql"),
     ),
+    (
+        25,
+        "session bound",
+        include_str!("../../migrations/sqlite/0025_session_bound.sql"),
+    ),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

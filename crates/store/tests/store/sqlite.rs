@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
-/// Migrations a new SQLite database has applied (1 to 11, 13 and 19).
-const MIGRATIONS_APPLIED: i64 = 13;
+/// Migrations a new SQLite database has applied (1 to 11, 13, 19, 21 and 25).
+const MIGRATIONS_APPLIED: i64 = 15;
 
 fn url_of(path: &Path) -> String {
     format!("sqlite://{}", path.display())
@@ -111,6 +111,8 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "grant_events",
             "grants",
             "imports_under_way",
+            "job_items",
+            "jobs",
             "pending_revocations",
             "refresh_leases",
             "risc_events",
@@ -137,6 +139,11 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "grant_events_sub",
             "grants_rt_hash",
             "grants_rt_prefix_hash",
+            "job_items_due",
+            "job_items_lease",
+            "job_items_settled",
+            "job_items_state",
+            "jobs_running_key",
             "pending_revocations_due",
             "risc_events_received_at",
             "sessions_expires_at",
@@ -526,7 +533,7 @@ async fn a_database_of_the_sqlx_era_opens_and_migrates() {
     assert_eq!(
         versions,
         [
-            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19"
+            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19", "21", "25"
         ]
     );
     // Opened again: nothing left to apply, nothing refused.
