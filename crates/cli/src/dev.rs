@@ -141,7 +141,27 @@ fn write_config(
     Ok(path)
 }
 
-pub async fn run(addr: SocketAddr, data_dir: PathBuf, kms: bool) -> anyhow::Result<()> {
+/// `dev` listens on loopback unless the operator accepts, by name, that whoever reaches the
+/// address can drive the emulator's control API (client secrets, issued tokens, codes).
+fn check_dev_addr(addr: SocketAddr, expose_emulator_control: bool) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() || expose_emulator_control {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "dev refuses --addr {addr}: it is not a loopback address, and whoever reaches it could \
+         drive the Google emulator's control API (it hands out client secrets and issued tokens, \
+         mints codes and revokes users). Use --addr 127.0.0.1:PORT, or pass \
+         --expose-emulator-control to accept that risk"
+    )
+}
+
+pub async fn run(
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    kms: bool,
+    expose_emulator_control: bool,
+) -> anyhow::Result<()> {
+    check_dev_addr(addr, expose_emulator_control)?;
     create_data_dir(&data_dir)?;
     let api_key = read_or_create_secret(&data_dir.join(API_KEY_FILE), || {
         SecretString::from(format!(
@@ -164,6 +184,16 @@ pub async fn run(addr: SocketAddr, data_dir: PathBuf, kms: bool) -> anyhow::Resu
     })
     .await
     .context("starting the Google emulator")?;
+    // Security events go to this deployment's own receiver only.
+    emulator.deliver_security_events_only_to(Url::parse(&format!("{base}/risc"))?);
+    if expose_emulator_control {
+        emulator.expose_control_api();
+        tracing::warn!(
+            %bound,
+            "the emulator's control API answers on every address of {bound} \
+             (--expose-emulator-control): whoever reaches it can read client secrets and tokens"
+        );
+    }
     let key = if kms {
         let key = format!(
             "projects/{}/locations/global/keyRings/grantkeeper/cryptoKeys/dev-master",

@@ -44,6 +44,7 @@ pub struct Target {
 enum Command {
     /// Server and Google emulator on one port, with a sign-in page; data under --data-dir
     Dev {
+        /// A loopback address unless --expose-emulator-control is given
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
         #[arg(long, default_value = ".grantkeeper")]
@@ -51,6 +52,10 @@ enum Command {
         /// Keep the master key in the emulated Cloud KMS instead of master.key
         #[arg(long)]
         kms: bool,
+        /// Allow a non-loopback --addr: whoever reaches it can drive the emulator's control
+        /// API, which hands out client secrets and issued tokens, mints codes and revokes users
+        #[arg(long)]
+        expose_emulator_control: bool,
     },
     /// The server against the configured provider (Google by default)
     Serve {
@@ -350,7 +355,8 @@ async fn main() -> std::process::ExitCode {
             addr,
             data_dir,
             kms,
-        } => dev::run(addr, data_dir, kms).await,
+            expose_emulator_control,
+        } => dev::run(addr, data_dir, kms, expose_emulator_control).await,
         Command::Serve { config } => ops::serve(config).await,
         Command::Emulator { addr, data_dir } => dev::emulator(addr, data_dir).await,
         Command::Migrate { target } => ops::migrate(target).await,

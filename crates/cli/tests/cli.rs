@@ -309,6 +309,76 @@ async fn dev_serves_the_page_signs_in_and_survives_a_restart() {
     );
 }
 
+/// `dev` refuses an address others can reach unless the operator names the risk; exposed, its
+/// emulator still takes control calls from its own origin only, and delivers security events
+/// to the deployment's own receiver only.
+#[tokio::test]
+async fn dev_listens_on_loopback_unless_the_emulator_control_is_exposed_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let (ok, text) = run(&["dev", "--addr", "0.0.0.0:0", "--data-dir", data_arg]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("--expose-emulator-control") && text.contains("0.0.0.0:0"),
+        "{text}"
+    );
+    assert!(!data.exists(), "nothing is made before the refusal");
+    let (ok, help) = run(&["dev", "--help"]);
+    assert!(ok && help.contains("--expose-emulator-control"), "{help}");
+
+    let dev = start(&[
+        "dev",
+        "--addr",
+        "0.0.0.0:0",
+        "--data-dir",
+        data_arg,
+        "--expose-emulator-control",
+    ]);
+    let http = client();
+    let control = format!("{}/_google/_emulator", dev.url);
+    let minted = http
+        .post(format!("{control}/codes"))
+        .header("origin", "https://evil.example")
+        .json(&json!({"email": "victim@example.com", "scope": "openid email"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 403);
+    let minted = http
+        .post(format!("{control}/codes"))
+        .header("content-type", "text/plain")
+        .body(r#"{"email": "victim@example.com", "scope": "openid email"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 415);
+    let event = |receiver: Option<&str>| {
+        let mut body = json!({"email": "victim@example.com", "event": "sessions-revoked"});
+        if let Some(r) = receiver {
+            body["receiver"] = json!(r);
+        }
+        body
+    };
+    let foreign = http
+        .post(format!("{control}/risc"))
+        .json(&event(Some("http://192.0.2.1/risc")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let own: Value = http
+        .post(format!("{control}/risc"))
+        .json(&event(None))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["receiver_status"], 202, "{own}");
+}
+
 #[test]
 fn serve_refuses_to_start_without_credentials_or_master_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ mod discovery;
 mod drive;
 mod error;
 mod gsi;
+mod guard;
 mod iam;
 mod jwt;
 mod keys;
@@ -51,8 +52,8 @@ use axum::routing::{get, post};
 use grantkeeper_core::{SecretString, SharedClock};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use url::Url;
 
 /// How an [`Emulator`] is set up.
@@ -130,6 +131,12 @@ pub(crate) struct Inner {
     pub(crate) drive_requests: AtomicU64,
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: Url,
+    /// The one receiver security events are delivered to, when the deployment beside the
+    /// emulator named it ([`Emulator::deliver_security_events_only_to`]); else loopback ones.
+    pub(crate) risc_receiver: OnceLock<Url>,
+    /// The control API answers requests addressed to any host, not only loopback ones
+    /// ([`Emulator::expose_control_api`]).
+    pub(crate) control_any_host: AtomicBool,
 }
 
 impl Emulator {
@@ -195,6 +202,8 @@ impl Emulator {
             drive_requests: AtomicU64::new(0),
             http,
             base_url,
+            risc_receiver: OnceLock::new(),
+            control_any_host: AtomicBool::new(false),
         };
         let emulator = Emulator {
             inner: Arc::new(inner),
@@ -251,13 +260,30 @@ impl Emulator {
             )
             .merge(drive::router());
         if self.inner.control_api {
-            router = router.nest("/_emulator", control::router());
+            let gate =
+                axum::middleware::from_fn_with_state(self.inner.clone(), guard::control_gate);
+            router = router.nest("/_emulator", control::router().layer(gate));
         }
         router.with_state(self.inner.clone())
     }
 
     pub fn base_url(&self) -> &Url {
         &self.inner.base_url
+    }
+
+    /// Security events (`POST /_emulator/risc`) go to `receiver` only, the deployment's own
+    /// `/risc`, as Google delivers only to the receiver an app registered; a call naming another
+    /// is refused. Without it, only receivers on a loopback host are accepted. Set once; a
+    /// second call changes nothing and answers false.
+    pub fn deliver_security_events_only_to(&self, receiver: Url) -> bool {
+        self.inner.risc_receiver.set(receiver).is_ok()
+    }
+
+    /// Lets the control API answer requests addressed to any host name, not only loopback ones
+    /// (`grantkeeper dev --expose-emulator-control`). Requests from pages of another origin
+    /// and bodies that are not JSON are still refused.
+    pub fn expose_control_api(&self) {
+        self.inner.control_any_host.store(true, Ordering::Relaxed);
     }
 
     /// The project's web client: the one grantkeeper's server authenticates as.

@@ -23,7 +23,8 @@ const OAUTH_EVENTS: &str = "https://schemas.openid.net/secevent/oauth/event-type
 struct EmitRequest {
     email: Option<String>,
     event: String,
-    receiver: String,
+    /// Optional when the deployment named its receiver.
+    receiver: Option<String>,
     reason: Option<String>,
     state: Option<String>,
 }
@@ -42,6 +43,41 @@ fn event_uri(name: &str) -> Option<String> {
     }
 }
 
+/// Where an event may go: the deployment's own receiver when it named one (the default when the
+/// call names none), else a receiver on a loopback host. Never elsewhere: the control API must
+/// not make the emulator post signed tokens to hosts of a caller's choosing.
+fn receiver(inner: &Inner, asked: Option<&str>) -> Result<url::Url, ControlError> {
+    let asked = match asked {
+        None => None,
+        Some(text) => Some(
+            url::Url::parse(text)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| ControlError::bad("receiver must be an http(s) URL"))?,
+        ),
+    };
+    let refused = || ControlError {
+        status: StatusCode::FORBIDDEN,
+        error: "forbidden",
+        message: "security events are delivered only to this deployment's own receiver".into(),
+    };
+    match (inner.risc_receiver.get(), asked) {
+        (Some(own), None) => Ok(own.clone()),
+        (Some(own), Some(asked)) if asked == *own => Ok(asked),
+        (Some(_), Some(_)) => Err(refused()),
+        (None, None) => Err(ControlError::bad("receiver is required")),
+        (None, Some(asked)) => {
+            let loopback = match asked.host() {
+                Some(url::Host::Domain(name)) => crate::guard::is_loopback_name(name),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback { Ok(asked) } else { Err(refused()) }
+        }
+    }
+}
+
 /// `POST /_emulator/risc`: builds, signs and delivers one security event token.
 pub(crate) async fn emit(
     State(inner): State<Arc<Inner>>,
@@ -54,10 +90,7 @@ pub(crate) async fn emit(
              account-purged, account-credential-change-required or verification",
         )
     })?;
-    let receiver = url::Url::parse(&req.receiver)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| ControlError::bad("receiver must be an http(s) URL"))?;
+    let receiver = receiver(&inner, req.receiver.as_deref())?;
     let issuer = format!("{}/", inner.base);
     let mut event = serde_json::Map::new();
     let email = match (&req.email, req.event.as_str()) {

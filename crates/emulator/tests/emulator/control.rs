@@ -1,4 +1,4 @@
-//! The control API: clients, settings, stats and issued tokens.
+//! The control API: clients, settings, stats and issued tokens; and who may call it.
 
 use super::helpers::*;
 use serde_json::json;
@@ -134,4 +134,174 @@ async fn client_secret_json_is_the_consoles_format() {
     );
     assert_eq!(web["redirect_uris"], json!([t.url("/oauth2/callback")]));
     assert_eq!(web["javascript_origins"], json!([t.base]));
+}
+
+/// A request sent as a web page of another site could send it: `body` as `content_type` (None:
+/// no Content-Type), with `headers` added.
+async fn raw(
+    t: &TestEmu,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut req = t
+        .http
+        .request(method.parse().unwrap(), t.url(path))
+        .body(body.to_owned());
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    Answer::from(req.send().await.unwrap()).await
+}
+
+/// A cross-site page may send `text/plain` (or no Content-Type) without asking: the control API
+/// takes only JSON bodies, so such a request changes nothing.
+#[tokio::test]
+async fn control_bodies_that_are_not_json_are_refused() {
+    let t = TestEmu::start().await;
+    let before = t.get("/_emulator/settings").await.body;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let a = raw(
+            &t,
+            "PUT",
+            "/_emulator/settings",
+            content_type,
+            &[],
+            r#"{"access_token_ttl_secs": 10}"#,
+        )
+        .await;
+        assert_eq!(a.status, 415, "{content_type:?}: {}", a.text);
+        assert_eq!(a.body["error"], "unsupported_media_type", "{}", a.text);
+        let minted = raw(
+            &t,
+            "POST",
+            "/_emulator/codes",
+            content_type,
+            &[],
+            r#"{"email": "victim@example.com", "scope": "openid email"}"#,
+        )
+        .await;
+        assert_eq!(minted.status, 415, "{content_type:?}: {}", minted.text);
+        assert!(minted.body.get("code").is_none(), "{}", minted.text);
+    }
+    assert_eq!(t.get("/_emulator/settings").await.body, before);
+    // JSON (with a charset) is what the control API takes; a call without a body needs none.
+    let a = raw(
+        &t,
+        "PUT",
+        "/_emulator/settings",
+        Some("application/json; charset=utf-8"),
+        &[],
+        r#"{"access_token_ttl_secs": 10}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let rotated = raw(&t, "POST", "/_emulator/keys/rotate", None, &[], "").await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+}
+
+/// A page of another origin is refused whatever it sends, JSON included; the emulator's own
+/// origin (and a same-origin page of the host it was reached at) is served.
+#[tokio::test]
+async fn control_requests_from_a_foreign_origin_are_refused() {
+    let t = TestEmu::start().await;
+    let jwks_before = t.get("/oauth2/v3/certs").await.body;
+    for origin in [
+        "https://evil.example",
+        "http://127.0.0.1:1",
+        "null",
+        "http://localhost.evil.example",
+    ] {
+        for (method, path, body) in [
+            ("POST", "/_emulator/keys/rotate", ""),
+            ("POST", "/_emulator/users/victim@example.com/revoke", ""),
+            (
+                "POST",
+                "/_emulator/codes",
+                r#"{"email": "victim@example.com", "scope": "openid email"}"#,
+            ),
+            ("GET", "/_emulator/clients", ""),
+            ("GET", "/_emulator/tokens?email=victim@example.com", ""),
+        ] {
+            let content_type = (!body.is_empty()).then_some("application/json");
+            let a = raw(&t, method, path, content_type, &[("origin", origin)], body).await;
+            assert_eq!(a.status, 403, "{origin} {method} {path}: {}", a.text);
+            assert_eq!(a.body["error"], "forbidden", "{}", a.text);
+            assert!(
+                !a.text.contains(&t.web_secret),
+                "a refusal carries no secret"
+            );
+        }
+    }
+    assert_eq!(t.get("/oauth2/v3/certs").await.body, jwks_before);
+    let own = t.base.clone();
+    let a = raw(
+        &t,
+        "GET",
+        "/_emulator/clients",
+        None,
+        &[("origin", &own)],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// A request addressed to a host name that is not loopback (a DNS rebinding page's own name)
+/// is refused, even from "its own" origin.
+#[tokio::test]
+async fn control_requests_for_a_non_loopback_host_are_refused() {
+    let t = TestEmu::start().await;
+    for host in [
+        "evil.example",
+        "evil.example:80",
+        "10.0.0.1:8080",
+        "0.0.0.0",
+    ] {
+        let origin = format!("http://{host}");
+        for headers in [
+            vec![("host", host)],
+            vec![("host", host), ("origin", &origin)],
+        ] {
+            let a = raw(&t, "GET", "/_emulator/clients", None, &headers, "").await;
+            assert_eq!(a.status, 403, "{headers:?}: {}", a.text);
+            assert_eq!(a.body["error"], "forbidden", "{}", a.text);
+            assert!(!a.text.contains(&t.web_secret), "{}", a.text);
+        }
+    }
+    for host in ["localhost", "127.0.0.1", "[::1]:1234"] {
+        let a = raw(&t, "GET", "/_emulator/stats", None, &[("host", host)], "").await;
+        assert_eq!(a.status, 200, "{host}: {}", a.text);
+    }
+    // Exposed on purpose (`dev --expose-emulator-control`): any host, still no foreign origin.
+    t.emu.expose_control_api();
+    let a = raw(
+        &t,
+        "GET",
+        "/_emulator/stats",
+        None,
+        &[("host", "dev.lan:8080")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = raw(
+        &t,
+        "GET",
+        "/_emulator/stats",
+        None,
+        &[("host", "dev.lan:8080"), ("origin", "https://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.text);
 }

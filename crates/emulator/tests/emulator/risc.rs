@@ -162,3 +162,43 @@ async fn security_events_are_signed_and_delivered() {
         .await;
     assert_eq!(r.status, 400);
 }
+
+/// The control API never makes the emulator post signed events to a host of the caller's
+/// choosing: alone, only to receivers on loopback; beside a deployment, only to its receiver.
+#[tokio::test]
+async fn security_events_go_only_to_the_deployments_receiver() {
+    let t = TestEmu::start().await;
+    let (own, inbox) = receiver().await;
+    let (other, other_inbox) = receiver().await;
+    let event = |receiver: Option<&str>| {
+        let mut body = json!({"email": "alice@example.com", "event": "sessions-revoked"});
+        if let Some(r) = receiver {
+            body["receiver"] = json!(r);
+        }
+        body
+    };
+    for foreign in [
+        "http://192.0.2.1/risc",
+        "https://evil.example/risc",
+        "http://localhost.evil.example/risc",
+    ] {
+        let r = t.post_json("/_emulator/risc", event(Some(foreign))).await;
+        assert_eq!(r.status, 403, "{foreign}: {}", r.text);
+        assert_eq!(r.body["error"], "forbidden", "{}", r.text);
+    }
+    let r = t.post_json("/_emulator/risc", event(None)).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    // Beside a deployment, its receiver is the only one, and the default.
+    assert!(t.emu.deliver_security_events_only_to(own.parse().unwrap()));
+    let r = t.post_json("/_emulator/risc", event(Some(&other))).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(other_inbox.lock().unwrap().is_empty());
+    let r = t.post_json("/_emulator/risc", event(None)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["receiver_status"], 202);
+    let r = t.post_json("/_emulator/risc", event(Some(&own))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(inbox.lock().unwrap().len(), 2);
+    assert!(other_inbox.lock().unwrap().is_empty());
+}
