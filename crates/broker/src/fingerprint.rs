@@ -6,7 +6,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use grantkeeper_core::{ExposeSecret, SecretString};
 use grantkeeper_store::TokenFingerprint;
-use std::fmt::Write;
 
 /// `hash`: base64 of SHA-512(SHA-512(token)), the form Google's RISC events carry;
 /// `prefix_hash`: hex SHA-256 of the token's first 16 characters (the `token_identifier_alg`
@@ -18,17 +17,8 @@ pub fn fingerprint(token: &SecretString) -> TokenFingerprint {
     let prefix: String = text.chars().take(16).collect();
     TokenFingerprint {
         hash: STANDARD.encode(twice.as_ref()),
-        prefix_hash: hex(digest::digest(&digest::SHA256, prefix.as_bytes()).as_ref()),
+        prefix_hash: hex::encode(digest::digest(&digest::SHA256, prefix.as_bytes()).as_ref()),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

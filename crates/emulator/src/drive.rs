@@ -415,7 +415,7 @@ fn search_fingerprint(p: &HashMap<String, String>) -> String {
         param(p, "spaces").unwrap_or_default(),
         param(p, "orderBy").unwrap_or_default()
     );
-    util::hex(util::sha256(key.as_bytes()).get(..8).unwrap_or_default())
+    hex::encode(util::sha256(key.as_bytes()).get(..8).unwrap_or_default())
 }
 
 fn page_token(offset: usize, fingerprint: &str) -> String {
@@ -810,8 +810,8 @@ async fn new_content(inner: &Inner, bytes: Bytes) -> Result<NewContent, DriveErr
     fn digests(data: &[u8]) -> (String, String) {
         use md5::{Digest, Md5};
         (
-            util::hex(Md5::digest(data).as_slice()),
-            util::hex(&util::sha256(data)),
+            hex::encode(Md5::digest(data).as_slice()),
+            hex::encode(util::sha256(data)),
         )
     }
     let (md5, sha256) = if bytes.len() <= INLINE_DIGEST_BYTES {

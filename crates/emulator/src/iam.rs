@@ -350,7 +350,7 @@ async fn new_account(inner: &Inner, name: &str) -> anyhow::Result<Value> {
     let key = tokio::task::spawn_blocking(SigningKey::generate).await??;
     let project_id = util::read(&inner.clients).project_id.clone();
     let email = format!("{name}@{project_id}.iam.gserviceaccount.com");
-    let key_id = util::hex(&grantkeeper_core::random::bytes::<20>());
+    let key_id = hex::encode(grantkeeper_core::random::bytes::<20>());
     {
         let mut accounts = lock(&inner.accounts);
         accounts.saved.accounts.insert(

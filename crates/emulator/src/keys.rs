@@ -54,7 +54,7 @@ impl SigningKey {
         let n = b64url(public.modulus().big_endian_without_leading_zero());
         let e = b64url(public.exponent().big_endian_without_leading_zero());
         // Google's kids are 40 hex characters; a digest of the public key keeps ours stable.
-        let kid = util::hex(util::sha256(&public_der).get(..20).unwrap_or_default());
+        let kid = hex::encode(util::sha256(&public_der).get(..20).unwrap_or_default());
         let der = pair
             .as_der()
             .map_err(|_| anyhow::anyhow!("cannot export the RSA key"))?;

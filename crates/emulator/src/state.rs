@@ -37,14 +37,15 @@ pub(crate) struct HexHash(pub(crate) Hash);
 
 impl Serialize for HexHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&util::hex(&self.0))
+        s.serialize_str(&hex::encode(self.0))
     }
 }
 
 impl<'de> Deserialize<'de> for HexHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        util::unhex32(&s)
+        <[u8; 32] as hex::FromHex>::from_hex(&s)
+            .ok()
             .map(HexHash)
             .ok_or_else(|| serde::de::Error::custom("not a hex SHA-256"))
     }

@@ -17,30 +17,6 @@ pub(crate) fn sha256(data: &[u8]) -> Hash {
     out
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-pub(crate) fn unhex32(s: &str) -> Option<Hash> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let hi = char::from(*pair.first()?).to_digit(16)?;
-        let lo = char::from(*pair.get(1)?).to_digit(16)?;
-        *out.get_mut(i)? = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(out)
-}
-
 pub(crate) fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -153,13 +129,6 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trip() {
-        let h = sha256(b"abc");
-        assert_eq!(unhex32(&hex(&h)), Some(h));
-        assert_eq!(unhex32("zz"), None);
-    }
 
     #[test]
     fn random_alphabets() {

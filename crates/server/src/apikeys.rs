@@ -3,7 +3,6 @@
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::signin::hex;
 use aws_lc_rs::digest;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -143,7 +142,7 @@ impl Caller {
 
 /// The SHA-256 of a key's secret, as the store keeps it (hex).
 pub fn hash_key(secret: &str) -> String {
-    hex(&key_digest(secret))
+    hex::encode(key_digest(secret))
 }
 
 /// The SHA-256 of a key's secret: what the key cache is keyed by, so that a request whose key
@@ -163,7 +162,10 @@ pub async fn create_api_key(
 ) -> Result<(ApiKeyRecord, SecretString), StoreError> {
     let secret = SecretString::from(format!("gk_{}", grantkeeper_core::random::token::<32>()));
     let record = ApiKeyRecord {
-        id: format!("key_{}", &hex(&grantkeeper_core::random::bytes::<6>())),
+        id: format!(
+            "key_{}",
+            &hex::encode(grantkeeper_core::random::bytes::<6>())
+        ),
         name: name.to_owned(),
         hash: hash_key(secret.expose_secret()),
         scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
@@ -231,7 +233,7 @@ impl App {
             None => {
                 let k = self
                     .store()
-                    .api_key_by_hash(&hex(&digest))
+                    .api_key_by_hash(&hex::encode(digest))
                     .await?
                     .map(Arc::new);
                 self.api_key_cache().insert(digest, k.clone());

@@ -24,7 +24,6 @@
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::signin::hex;
 use aws_lc_rs::digest;
 use grantkeeper_core::{ExposeSecret, GrantState, SecretString};
 use grantkeeper_provider::risc::{
@@ -87,7 +86,7 @@ pub fn prefix_hash(prefix: &SecretString) -> String {
         .chars()
         .take(TOKEN_PREFIX_CHARS)
         .collect();
-    hex(digest::digest(&digest::SHA256, head.as_bytes()).as_ref())
+    hex::encode(digest::digest(&digest::SHA256, head.as_bytes()).as_ref())
 }
 
 impl App {

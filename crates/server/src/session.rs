@@ -5,7 +5,6 @@
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::signin::hex;
 use aws_lc_rs::digest;
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
@@ -69,7 +68,7 @@ async fn purge_expired(store: &dyn Store, now: time::OffsetDateTime) {
 }
 
 fn hash(secret: &str) -> String {
-    hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+    hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// The value of the request's cookie `name`, if any.

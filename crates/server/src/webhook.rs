@@ -7,7 +7,6 @@
 //! again with exponential backoff (1 s doubling to 1 h, with jitter).
 
 use crate::config::WebhookSettings;
-use crate::signin::hex;
 use aws_lc_rs::hmac;
 use grantkeeper_core::{ExposeSecret, SharedClock};
 use grantkeeper_store::{GrantEvent, OutboxStore};
@@ -34,7 +33,7 @@ pub fn event_body(event: &GrantEvent) -> String {
 pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     let tag = hmac::sign(&key, format!("{timestamp}.{body}").as_bytes());
-    format!("t={timestamp},v1={}", hex(tag.as_ref()))
+    format!("t={timestamp},v1={}", hex::encode(tag.as_ref()))
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -127,7 +126,7 @@ mod tests {
         assert!(sig.starts_with("t=0,v1="));
         assert_ne!(sig, signature("Jefe", 1, "what do ya want for nothing?"));
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"Jefe");
-        let expected = hex(hmac::sign(&key, b"0.what do ya want for nothing?").as_ref());
+        let expected = hex::encode(hmac::sign(&key, b"0.what do ya want for nothing?").as_ref());
         assert_eq!(sig, format!("t=0,v1={expected}"));
     }
 

@@ -476,8 +476,5 @@ pub fn assert_drive_error(a: &Answer, status: u16, reason: &str, message: &str) 
 /// Hex MD5 of a byte string, computed the way the test expects Google to.
 pub fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Md5::digest(data))
 }

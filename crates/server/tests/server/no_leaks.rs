@@ -21,10 +21,6 @@ use url::Url;
 
 const XRW: (&str, &str) = ("x-requested-with", "XmlHttpRequest");
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The server beside an emulator, as the harness starts it, on the store at `store_url` (the
 /// test directory's SQLite file when `None`), with a master key whose text the test keeps.
 async fn start(store_url: Option<String>) -> (TestApp, String) {
@@ -257,13 +253,13 @@ async fn run(t: &TestApp, master_text: &str, tag: &str) -> Run {
     // Keys: the master key as configured and as raw bytes, and every data key the store holds.
     secret("the master key (base64)", master_text.as_bytes());
     let raw = STANDARD.decode(master_text).unwrap();
-    secret("the master key (hex)", hex(&raw).as_bytes());
+    secret("the master key (hex)", hex::encode(&raw).as_bytes());
     secret("the master key (raw)", &raw);
     let data_keys = t.app.store().data_keys().await.unwrap();
     assert!(!data_keys.is_empty());
     for k in data_keys {
         let key = t.master.unwrap_key(KeyId(k.id), &k.wrapped).unwrap();
-        secret("a data key (hex)", hex(key.as_slice()).as_bytes());
+        secret("a data key (hex)", hex::encode(key.as_slice()).as_bytes());
         secret(
             "a data key (base64)",
             STANDARD.encode(key.as_slice()).as_bytes(),
@@ -343,7 +339,7 @@ fn assert_no_leak(run: &Run, stored_name: &str, stored: &[u8], also_hex: bool) {
         let mut needles = vec![value.clone()];
         // A bytea column is text as `\x` and hex.
         if also_hex {
-            needles.push(hex(&value).into_bytes());
+            needles.push(hex::encode(&value).into_bytes());
         }
         for needle in &needles {
             assert!(

@@ -18,7 +18,6 @@ use crate::app::App;
 use crate::config::normalise_origin;
 use crate::error::ApiError;
 use crate::http::signin::read_body;
-use crate::signin::hex;
 use aws_lc_rs::{constant_time, hmac};
 use axum::body::Body;
 use axum::extract::State;
@@ -67,7 +66,9 @@ impl Operator {
 
     /// Checks a form's `csrf` field against this session.
     pub fn check_csrf(&self, token: Option<&str>) -> Result<(), PageError> {
-        let tag = token.and_then(unhex).ok_or_else(PageError::csrf)?;
+        let tag = token
+            .and_then(|t| hex::decode(t).ok())
+            .ok_or_else(PageError::csrf)?;
         hmac::verify(&csrf_key(&self.secret), CSRF_CONTEXT, &tag).map_err(|_| PageError::csrf())
     }
 }
@@ -85,20 +86,7 @@ fn csrf_key(secret: &SecretString) -> hmac::Key {
 
 /// The CSRF token of the session whose secret this is.
 pub fn csrf_token(secret: &SecretString) -> String {
-    hex(hmac::sign(&csrf_key(secret), CSRF_CONTEXT).as_ref())
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect()
+    hex::encode(hmac::sign(&csrf_key(secret), CSRF_CONTEXT).as_ref())
 }
 
 pub use crate::session::cookie;
@@ -410,7 +398,7 @@ mod tests {
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"s3cret");
         assert_eq!(
             token,
-            hex(hmac::sign(&key, b"grantkeeper/admin-csrf").as_ref())
+            hex::encode(hmac::sign(&key, b"grantkeeper/admin-csrf").as_ref())
         );
         assert_eq!(token.len(), 64);
         let operator = Operator {
