@@ -67,6 +67,10 @@ impl TokenCache {
     pub(crate) fn invalidate(&self, sub: &str) {
         self.cache.invalidate(sub);
     }
+
+    pub(crate) fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
 }
 
 /// One `Arc` per distinct scope set, for the tokens to share: users mostly grant the same

@@ -359,6 +359,12 @@ impl Broker {
         self.inner.backoff.clear(sub);
     }
 
+    /// Drops every access token the process holds (drops decided elsewhere may have been
+    /// missed); the next hand-out of each grant reads the store again.
+    pub fn forget_everything(&self) {
+        self.inner.cache.invalidate_all();
+    }
+
     /// The validity a hand-out without an explicit `min_ttl` asks for: `settings.min_ttl`
     /// plus a jitter in `[0, settings.jitter)` that is stable per grant (and the same in every
     /// instance), capped at half the provider's last observed token lifetime so that

@@ -95,10 +95,14 @@ pub async fn api_keys_revoke(target: &Target, id: &str) -> anyhow::Result<()> {
     if !app.store().revoke_api_key(id, app.clock().now()).await? {
         bail!("no active API key has the id {id}");
     }
-    println!(
-        "revoked {id}; running servers stop accepting it within {} s",
-        grantkeeper_server::app::API_KEY_CACHE_TTL.as_secs()
-    );
+    if app.store().backend() == "postgres" {
+        println!("revoked {id}; running servers stop accepting it at once");
+    } else {
+        println!(
+            "revoked {id}; running servers stop accepting it within {} s",
+            grantkeeper_server::app::API_KEY_CACHE_TTL.as_secs()
+        );
+    }
     Ok(())
 }
 

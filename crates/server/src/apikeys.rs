@@ -49,6 +49,20 @@ impl KeyCache {
             .map(|e| e.key.clone())
     }
 
+    /// Forgets the key whose hex SHA-256 is `hash` (it was revoked or deleted elsewhere).
+    pub(crate) fn forget(&self, hash: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|digest, _| hex(digest) != hash);
+    }
+
+    /// Forgets every key.
+    pub(crate) fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     pub(crate) fn insert(&self, digest: [u8; 32], key: Option<Arc<ApiKeyRecord>>) {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= self.capacity && !entries.contains_key(&digest) {

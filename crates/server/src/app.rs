@@ -5,6 +5,7 @@
 use crate::apikeys::KeyCache;
 use crate::audit::AuditLog;
 use crate::config::Settings;
+use crate::drops::DropWatcher;
 use crate::keys::{KeyringError, StoreKeyring, load_vault, spawn_reloader};
 use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
@@ -46,8 +47,9 @@ struct Inner {
     keepalive: std::sync::Mutex<Option<crate::keepalive::KeepAlive>>,
     audit: AuditLog,
     /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
-    /// within that time on every instance.
-    api_keys: KeyCache,
+    /// within that time on every instance, at once where the store tells of drops
+    /// ([`crate::drops`]).
+    api_keys: Arc<KeyCache>,
     /// For calls to Google APIs on users' behalf: longer timeout than the token endpoint's.
     api_http: reqwest::Client,
     clock: SharedClock,
@@ -63,6 +65,8 @@ struct Inner {
     limits: Limits,
     /// Deletes expired sessions every `server.session_purge_interval`.
     _session_purger: SessionPurger,
+    /// Forgets what other instances drop (PostgreSQL).
+    _drop_watcher: Option<DropWatcher>,
 }
 
 /// How long a looked-up API key is trusted without asking the store again.
@@ -163,6 +167,8 @@ impl App {
         let limits = Limits::new(&settings.limits);
         let session_purger =
             SessionPurger::start(store.clone(), clock.clone(), settings.session_purge);
+        let api_keys = Arc::new(KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL));
+        let drop_watcher = DropWatcher::start(&store, broker.clone(), api_keys.clone());
         Ok(App {
             inner: Arc::new(Inner {
                 limits,
@@ -175,7 +181,7 @@ impl App {
                 jobs,
                 keepalive: std::sync::Mutex::new(None),
                 audit,
-                api_keys: KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL),
+                api_keys,
                 api_http: api_http_client()?,
                 clock,
                 dev: false,
@@ -183,6 +189,7 @@ impl App {
                 activity,
                 revocations,
                 _session_purger: session_purger,
+                _drop_watcher: drop_watcher,
             }),
         })
     }

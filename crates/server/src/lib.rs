@@ -16,6 +16,7 @@ pub mod apikeys;
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod drops;
 pub mod error;
 pub mod http;
 pub mod keepalive;

@@ -779,6 +779,56 @@ pub trait Store:
     fn backend(&self) -> &'static str;
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> Result<()>;
+    /// What other processes on this database drop, as they drop it, for an instance to forget
+    /// what it holds in memory: on PostgreSQL, heard at once (`LISTEN`) and re-read every
+    /// `recheck` in case a notification was missed; None on SQLite, where one process serves
+    /// and forgets what it drops itself. Needs a Tokio runtime; stops when dropped.
+    fn drop_feed(&self, recheck: Duration) -> Option<DropFeed> {
+        let _ = recheck;
+        None
+    }
+}
+
+/// Something a process sharing the database dropped, which the others must forget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// An API key revoked or deleted: its `hash` (hex SHA-256 of the secret).
+    ApiKey(String),
+    /// A grant whose tokens were dropped, that can no longer hand one out, or that was deleted:
+    /// its `sub`.
+    Grant(String),
+    /// Drops may have been missed (the database could not be read for a while): forget
+    /// everything.
+    Everything,
+}
+
+/// The drops of other processes, in the order heard ([`Store::drop_feed`]). Its background
+/// tasks end when it is dropped.
+pub struct DropFeed {
+    feed: tokio::sync::mpsc::Receiver<Dropped>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DropFeed {
+    pub(crate) fn new(
+        feed: tokio::sync::mpsc::Receiver<Dropped>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> DropFeed {
+        DropFeed { feed, tasks }
+    }
+
+    /// The next drop; None once the feed has stopped.
+    pub async fn next(&mut self) -> Option<Dropped> {
+        self.feed.recv().await
+    }
+}
+
+impl Drop for DropFeed {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

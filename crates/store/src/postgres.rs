@@ -18,6 +18,7 @@
 //! no wait for a row lock, holds a caller longer than that.
 
 mod batches;
+mod drops;
 mod grants;
 mod jobs;
 mod rotation;
@@ -124,6 +125,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         25,
         "session bound",
         include_str!("../migrations/postgres/0025_session_bound.sql"),
+    ),
+    (
+        26,
+        "drop notices",
+        include_str!("../migrations/postgres/0026_drop_notices.sql"),
     ),
 ];
 
@@ -346,6 +352,10 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(map_pg)?;
         conn.ping().await.map_err(map_pg)
+    }
+
+    fn drop_feed(&self, recheck: Duration) -> Option<crate::DropFeed> {
+        Some(self.start_drop_feed(recheck))
     }
 }
 

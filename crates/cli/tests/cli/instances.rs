@@ -605,3 +605,152 @@ async fn a_rotation_that_outpaces_two_servers_loses_nothing() {
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
 }
+
+/// Asks `server` for `sub`'s token with `key` every 50 ms until the answer's status is not
+/// 200; that status and how long it took. Gives up after 5 s.
+async fn until_refused(
+    http: &reqwest::Client,
+    server: &str,
+    key: &str,
+    sub: &str,
+) -> (u16, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = http
+            .post(format!("{server}/v1/users/{sub}/token"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status != 200 || started.elapsed() > Duration::from_secs(5) {
+            return (status, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A key revoked, a user disconnected or deleted, or a grant revoked by a security event
+/// through one instance is honoured by the other within 2 s: it refuses the key and stops
+/// handing out the token it had cached.
+#[tokio::test]
+async fn drops_reach_every_instance_within_two_seconds() {
+    let Some(db) = TestDatabase::empty().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let config = deployment(dir.path(), &emulator.url, &db.url);
+    let a = start(&["serve", "--config", &config]);
+    let b = start(&["serve", "--config", &config]);
+    let http = client();
+    let create = |name: &str, scopes: &[&str]| {
+        let mut args = vec!["api-keys", "create", "--name", name, "--config", &config];
+        for scope in scopes {
+            args.extend(["--scope", scope]);
+        }
+        let (ok, text) = run(&args);
+        assert!(ok, "{text}");
+        text.lines().last().unwrap().trim().to_owned()
+    };
+    let key = create("svc", &["token", "users:write"]);
+    let doomed = create("doomed", &["token"]);
+    let client_id = client_id(dir.path());
+    let mut subs = Vec::new();
+    let mut cookies = Vec::new();
+    for who in ["leaves", "deleted", "hijacked"] {
+        let email = format!("{who}@example.com");
+        let r = authcode(&http, &emulator.url, &client_id, &a.url, &email).await;
+        assert_eq!(r.status(), 200);
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let body: Value = r.json().await.unwrap();
+        subs.push(body["user"]["sub"].as_str().unwrap().to_owned());
+        cookies.push(cookie);
+    }
+    // B holds each token and both keys in memory.
+    for sub in &subs {
+        for k in [&key, &doomed] {
+            let r = http
+                .post(format!("{}/v1/users/{sub}/token", b.url))
+                .bearer_auth(k)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+
+    // A key revoked by an operator.
+    let (ok, text) = run(&["api-keys", "list", "--json", "--config", &config]);
+    assert!(ok, "{text}");
+    let id = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|k| k["name"] == "doomed")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, text) = run(&["api-keys", "revoke", &id, "--config", &config]);
+    assert!(ok, "{text}");
+    let (status, took) = until_refused(&http, &b.url, &doomed, &subs[0]).await;
+    println!("a revoked key refused by the other instance after {took:?}");
+    assert_eq!(status, 401, "after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // The user disconnects through A.
+    let r = http
+        .post(format!("{}/disconnect", a.url))
+        .header("cookie", &cookies[0])
+        .header("x-requested-with", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, took) = until_refused(&http, &b.url, &key, &subs[0]).await;
+    println!("a disconnect honoured by the other instance after {took:?}");
+    assert_eq!(status, 409, "after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // A service deletes a user through A.
+    let r = http
+        .delete(format!("{}/v1/users/{}", a.url, subs[1]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, took) = until_refused(&http, &b.url, &key, &subs[1]).await;
+    println!("a deletion honoured by the other instance after {took:?}");
+    assert_eq!(status, 404, "after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Google says the account's tokens were revoked; A receives the event.
+    let event = emulator_json(
+        &http,
+        &emulator.url,
+        "POST",
+        "risc",
+        json!({"email": "hijacked@example.com", "event": "tokens-revoked",
+                "receiver": format!("{}/risc", a.url)}),
+    )
+    .await;
+    assert_eq!(event["receiver_status"], 202, "{event}");
+    let (status, took) = until_refused(&http, &b.url, &key, &subs[2]).await;
+    println!("a security event honoured by the other instance after {took:?}");
+    assert_eq!(status, 409, "after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
