@@ -52,7 +52,7 @@ impl KeyCache {
     /// Forgets the key whose hex SHA-256 is `hash` (it was revoked or deleted elsewhere).
     pub(crate) fn forget(&self, hash: &str) {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|digest, _| hex(digest) != hash);
+        entries.retain(|digest, _| hex::encode(digest) != hash);
     }
 
     /// Forgets every key.
