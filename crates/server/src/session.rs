@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use aws_lc_rs::digest;
 use axum::http::HeaderMap;
-use axum::http::header::COOKIE;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use grantkeeper_broker::RevocationOutcome;
 use grantkeeper_core::{SecretString, SharedClock};
 use grantkeeper_store::{SessionRecord, SharedStore, Store};
@@ -73,14 +73,31 @@ fn hash(secret: &str) -> String {
 
 /// The value of the request's cookie `name`, if any.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, value)| value.trim().to_owned())
+    CookieJar::from_headers(headers)
+        .get(name)
+        .map(|c| c.value().to_owned())
+}
+
+/// A `Set-Cookie` value: HttpOnly, on `path`, with `same_site`, for `max_age` seconds (0 removes
+/// the cookie), and Secure unless the server runs without TLS (`dev`).
+pub(crate) fn set_cookie(
+    name: &'static str,
+    value: &str,
+    path: &'static str,
+    same_site: SameSite,
+    max_age: u64,
+    secure: bool,
+) -> String {
+    Cookie::build((name, value.to_owned()))
+        .path(path)
+        .http_only(true)
+        .same_site(same_site)
+        .max_age(time::Duration::seconds(
+            i64::try_from(max_age).unwrap_or(i64::MAX),
+        ))
+        .secure(secure)
+        .build()
+        .to_string()
 }
 
 /// The session secret named by the request's cookie, if any.
@@ -117,12 +134,14 @@ impl App {
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> String {
-        let secure = if self.settings().secure_cookies {
-            "; Secure"
-        } else {
-            ""
-        };
-        format!("{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+        set_cookie(
+            COOKIE_NAME,
+            value,
+            "/",
+            SameSite::Lax,
+            max_age,
+            self.settings().secure_cookies,
+        )
     }
 
     /// A `Set-Cookie` value that removes the session cookie.
@@ -193,6 +212,7 @@ impl App {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use axum::http::header::COOKIE;
 
     #[test]
     fn finds_the_session_cookie_among_others() {
@@ -205,5 +225,27 @@ mod tests {
         let mut none = HeaderMap::new();
         none.append(COOKIE, HeaderValue::from_static("gk_sessionx=1"));
         assert!(cookie_secret(&none).is_none());
+    }
+
+    #[test]
+    fn set_cookie_values_carry_their_attributes() {
+        let dev = set_cookie(COOKIE_NAME, "abc", "/", SameSite::Lax, 60, false);
+        let parsed = Cookie::parse(dev.clone()).unwrap();
+        assert_eq!((parsed.name(), parsed.value()), (COOKIE_NAME, "abc"));
+        assert_eq!(parsed.path(), Some("/"));
+        assert_eq!(parsed.http_only(), Some(true));
+        assert_eq!(parsed.same_site(), Some(SameSite::Lax));
+        assert_eq!(parsed.max_age(), Some(time::Duration::seconds(60)));
+        assert!(!dev.contains("Secure"), "{dev}");
+        let served = set_cookie("gk_admin", "", "/admin", SameSite::Strict, 0, true);
+        for attribute in [
+            "gk_admin=;",
+            "Path=/admin",
+            "SameSite=Strict",
+            "Max-Age=0",
+            "Secure",
+        ] {
+            assert!(served.contains(attribute), "{served}");
+        }
     }
 }

@@ -24,6 +24,7 @@ use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum_extra::extract::cookie::SameSite;
 use grantkeeper_core::{ExposeSecret, SecretString};
 use grantkeeper_store::AdminSessionRecord;
 use serde::Deserialize;
@@ -93,14 +94,14 @@ pub use crate::session::cookie;
 
 /// A `Set-Cookie` value for the console: HttpOnly, SameSite=Strict, Path=/admin, and Secure
 /// unless the server runs without TLS (`dev`).
-fn set_cookie(app: &App, name: &str, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if app.settings().secure_cookies {
-        "; Secure"
-    } else {
-        ""
-    };
-    let text = format!(
-        "{name}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+fn set_cookie(app: &App, name: &'static str, value: &str, max_age: u64) -> HeaderValue {
+    let text = crate::session::set_cookie(
+        name,
+        value,
+        "/admin",
+        SameSite::Strict,
+        max_age,
+        app.settings().secure_cookies,
     );
     // Names and values are ours: base64url, hex or empty.
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
