@@ -43,16 +43,15 @@ impl fmt::Display for Esc<'_> {
 /// One path segment, percent-encoded (everything but RFC 3986's unreserved characters), so
 /// that any `sub` makes a link that routes back to it.
 pub fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
+
+/// Every byte but RFC 3986's unreserved characters (letters, digits, `-`, `.`, `_`, `~`).
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A query string (`?a=1&b=2`) of the pairs whose value is not empty; empty when none.
 pub fn query(pairs: &[(&str, &str)]) -> String {
