@@ -124,7 +124,7 @@ v1_per_second = 50
 v1_burst = 200
 request_timeout = "30s"
 proxy_body_limit = 33554432
-trust_forwarded_for = false
+trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]
 EOF
 cat >corpus/config_toml/minimal.toml <<'EOF'
 [provider]

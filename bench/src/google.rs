@@ -155,9 +155,9 @@ pub async fn in_process_app(
     file.provider.client_secret = Some(client.client_secret.clone());
     file.provider.api_base = Some(google.base.clone());
     file.broker.refresh_concurrency = Some(refresh_concurrency);
-    file.store.url = Some(format!("sqlite://{}", dir.join("bench.db").display()));
+    file.store.url = Some(format!("sqlite://{}", dir.join("bench.db").display()).into());
     let settings = Settings::from_file(&file, dir)?;
-    let store = grantkeeper_store::open(&settings.store_url).await?;
+    let store = grantkeeper_store::open(settings.store_url.expose_secret()).await?;
     let master = MasterKey::from_base64(&MasterKey::generate_base64())?;
     Ok(grantkeeper_server::App::new(
         settings,

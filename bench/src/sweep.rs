@@ -48,12 +48,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     file.provider.api_base = Some(base.clone());
     // The sweep's concurrency is the figure's denominator: let the broker run as many.
     file.broker.refresh_concurrency = Some(most);
-    file.store.url = Some(format!(
-        "sqlite://{}",
-        dir.path().join("bench.db").display()
-    ));
+    file.store.url = Some(format!("sqlite://{}", dir.path().join("bench.db").display()).into());
     let settings = Settings::from_file(&file, dir.path())?;
-    let store = grantkeeper_store::open(&settings.store_url).await?;
+    let store = grantkeeper_store::open(settings.store_url.expose_secret()).await?;
     let master = MasterKey::from_base64(&MasterKey::generate_base64())?;
     let app = App::new(settings, store, std::sync::Arc::new(master), clock).await?;
     let http = reqwest::Client::new();

@@ -22,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 /// Opens the deployment named by `target` as the server would.
 pub async fn open_app(target: &Target) -> anyhow::Result<App> {
     let (settings, master) = load(&config_path(target)?)?;
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("opening the store")?;
     let master = crate::ops::open_master(&master).await?;

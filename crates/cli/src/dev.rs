@@ -243,7 +243,7 @@ pub async fn run(
 
     let (mut settings, master) = crate::ops::load(&config_path)?;
     settings.secure_cookies = false; // dev serves plain HTTP
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("opening the store")?;
     grantkeeper_server::apikeys::ensure_api_key(

@@ -6,7 +6,7 @@ use crate::Target;
 use crate::ops::{config_path, load};
 use crate::output::{listing, when, when_json};
 use anyhow::{Context, anyhow, bail};
-use grantkeeper_core::SystemClock;
+use grantkeeper_core::{ExposeSecret, SystemClock};
 use grantkeeper_server::master_key::{MasterKeySettings, SpecOptions};
 use grantkeeper_server::rewrap::{RewrapEvent, rewrap as rewrap_keys};
 use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions, RotationSummary};
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, MasterKeySettings)> {
     let (settings, master) = load(&config_path(target)?)?;
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("opening the store")?;
     Ok((store, master))
@@ -93,7 +93,7 @@ pub async fn rotate(
             options.min_grace().as_secs()
         );
     }
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("opening the store")?;
     let master = crate::ops::open_master(&master).await?;

@@ -2,7 +2,7 @@
 
 use crate::{Target, serve_until_signal};
 use anyhow::{Context, anyhow, bail};
-use grantkeeper_core::{MasterKeySource, SystemClock};
+use grantkeeper_core::{ExposeSecret, MasterKeySource, SystemClock};
 use grantkeeper_server::config::{self, Settings};
 use grantkeeper_server::master_key::{MasterKeySettings, process_env};
 use grantkeeper_server::{App, keys};
@@ -59,8 +59,11 @@ pub fn config_path(target: &Target) -> anyhow::Result<PathBuf> {
 
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let (settings, master) = load(&config_path)?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let addr = settings.addr;
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("opening the store")?;
     let app = App::new(
@@ -84,7 +87,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 pub async fn migrate(target: Target) -> anyhow::Result<()> {
     let (settings, _) = load(&config_path(&target)?)?;
     // Opening applies pending migrations.
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("migrating the store")?;
     println!("{} store is up to date", store.backend());
@@ -110,7 +113,10 @@ pub async fn check(target: Target) -> anyhow::Result<()> {
         }
     };
     report("configuration", Ok(path.display().to_string()));
-    match grantkeeper_store::open_with(&settings.store_url, &settings.store).await {
+    for warning in &settings.warnings {
+        println!("warn  configuration: {warning}");
+    }
+    match grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store).await {
         Ok(store) => {
             report(
                 "store",

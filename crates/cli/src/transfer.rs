@@ -8,7 +8,7 @@ use crate::ops::{config_path, load};
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use grantkeeper_core::{KeyId, MasterKeySource};
+use grantkeeper_core::{ExposeSecret, KeyId, MasterKeySource};
 use grantkeeper_server::master_key::MasterKeySettings;
 use grantkeeper_store::{ExportKind, ExportRecord, ImportCounts, SharedStore};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,7 +36,7 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 /// key in an empty store, where an import must bring the exporter's).
 async fn open_store(target: &Target) -> anyhow::Result<(SharedStore, MasterKeySettings)> {
     let (settings, master) = load(&config_path(target)?)?;
-    let store = grantkeeper_store::open_with(&settings.store_url, &settings.store)
+    let store = grantkeeper_store::open_with(settings.store_url.expose_secret(), &settings.store)
         .await
         .context("opening the store")?;
     Ok((store, master))

@@ -417,6 +417,72 @@ fn serve_refuses_to_start_without_credentials_or_master_key() {
     assert!(text.contains("does not exist"), "{text}");
 }
 
+/// `check` warns of a PostgreSQL database on another host reached without certificate
+/// verification, naming the host and the fix, never the URL's password; `verify-full` and a
+/// loopback database are not warned of.
+#[test]
+fn check_warns_of_a_database_reached_without_certificate_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    write_private(
+        &dir.path().join("master.key"),
+        "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n",
+    );
+    let config = dir.path().join("grantkeeper.toml");
+    let config_arg = config.to_str().unwrap();
+    let password = "pg-s3cr3t-passw0rd";
+    // Nothing listens on port 1: every check fails at once, and the warning comes first.
+    let write = |url: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[provider]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"x\"\n\
+                 client_secret = \"GOCSPX-s\"\n[store]\nurl = {url:?}\n\
+                 [vault]\nmaster_key_file = \"master.key\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(&format!("postgres://gk:{password}@0.0.0.0:1/gk"));
+    let (ok, text) = run(&["check", "--config", config_arg]);
+    assert!(!ok, "{text}");
+    let warning = text
+        .lines()
+        .find(|l| l.starts_with("warn  configuration: store.url"))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
+    assert!(warning.contains("on 0.0.0.0"), "{warning}");
+    assert!(warning.contains("sslmode=verify-full"), "{warning}");
+    assert!(!text.contains(password), "the password was printed: {text}");
+
+    for quiet in [
+        format!("postgres://gk:{password}@0.0.0.0:1/gk?sslmode=verify-full"),
+        format!("postgres://gk:{password}@127.0.0.1:1/gk"),
+    ] {
+        write(&quiet);
+        let (ok, text) = run(&["check", "--config", config_arg]);
+        assert!(!ok, "{text}");
+        assert!(!text.contains("warn  configuration"), "{quiet}: {text}");
+        assert!(!text.contains(password), "the password was printed: {text}");
+    }
+}
+
+/// `limits.trust_forwarded_for = true` took the client's address from the left-most
+/// X-Forwarded-For entry: `serve` refuses it, naming `trusted_proxies`.
+#[test]
+fn serve_refuses_the_old_trust_forwarded_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grantkeeper.toml");
+    std::fs::write(
+        &config,
+        "[provider]\nclient_id = \"x\"\nclient_secret = \"GOCSPX-s\"\n\
+         [limits]\ntrust_forwarded_for = true\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(text.contains("limits.trust_forwarded_for"), "{text}");
+    assert!(text.contains("trusted_proxies = ["), "{text}");
+}
+
 #[tokio::test]
 async fn serve_runs_from_a_config_file_and_never_mounts_the_emulator() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
 
 use grantkeeper_core::{MasterKey, SecretString};
 use grantkeeper_provider::ProviderSettings;
+use ipnet::IpNet;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -101,7 +102,8 @@ pub struct ProviderSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    pub url: Option<String>,
+    /// A PostgreSQL URL may carry a password: kept secret, like every credential here.
+    pub url: Option<SecretString>,
     /// PostgreSQL: connections per instance.
     pub max_connections: Option<u32>,
     /// PostgreSQL: longest a statement may run.
@@ -167,8 +169,14 @@ pub struct LimitsSection {
     pub request_timeout: Option<DurationValue>,
     /// Largest request body, in bytes, passed to a Google API by the proxy.
     pub proxy_body_limit: Option<u64>,
-    /// Take the client IP of the sign-in limit from the left-most `X-Forwarded-For` address
-    /// instead of the connection's peer: only behind a proxy that sets that header itself.
+    /// The load balancers and proxies in front (addresses and CIDR ranges): when the peer is one
+    /// of them, the sign-in limit's client IP is the right-most `X-Forwarded-For` address that
+    /// is not one of them.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Replaced by `trusted_proxies`: `false` (what leaving it out meant) is accepted with a
+    /// warning, `true` refused with the way to `trusted_proxies`: it took the left-most address,
+    /// which the client writes.
     pub trust_forwarded_for: Option<bool>,
 }
 
@@ -235,7 +243,8 @@ pub struct Settings {
     pub web_redirect_uri: String,
     pub mobile_redirect_uri: String,
     pub api_base: Url,
-    pub store_url: String,
+    /// `store.url`, which may carry the database's password: never printed.
+    pub store_url: SecretString,
     pub store: grantkeeper_store::StoreOptions,
     /// How often the vault's data keys are read again (`vault.reload_interval`).
     pub keyring_reload: Duration,
@@ -244,6 +253,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Keep-alive of idle grants; None when turned off.
     pub keepalive: Option<KeepAliveSettings>,
+    /// What the configuration should change without being wrong (a deprecated key, a database
+    /// reached without TLS verification): `check` prints them, `serve` logs them.
+    pub warnings: Vec<String>,
 }
 
 /// How `serve` keeps idle grants alive (`[jobs]`).
@@ -290,7 +302,8 @@ pub struct LimitSettings {
     pub v1: Option<RateSettings>,
     pub request_timeout: Duration,
     pub proxy_body_limit: u64,
-    pub trust_forwarded_for: bool,
+    /// Peers whose `X-Forwarded-For` is read (`limits.trusted_proxies`); empty: none.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Sign-in attempts per IP: 10 a minute, 20 at once.
@@ -313,7 +326,7 @@ impl Default for LimitSettings {
             v1: Some(DEFAULT_V1_RATE),
             request_timeout: Duration::from_secs(30),
             proxy_body_limit: 32 * 1024 * 1024,
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -382,16 +395,58 @@ impl LimitSettings {
                 "write the largest body in bytes, e.g. 33554432 (32 MiB, the default)",
             ));
         }
+        if l.trust_forwarded_for == Some(true) {
+            return Err(err(
+                "limits.trust_forwarded_for",
+                "this key was replaced by limits.trusted_proxies: it took the client's address \
+                 from the left-most X-Forwarded-For entry, which the client itself writes",
+                "remove it and list the addresses or CIDR ranges of your load balancers, e.g. \
+                 trusted_proxies = [\"10.0.0.0/8\"]: the client is then the right-most address \
+                 that is not one of them",
+            ));
+        }
+        let mut trusted_proxies = Vec::new();
+        for text in &l.trusted_proxies {
+            trusted_proxies.push(parse_proxy(text).ok_or_else(|| {
+                err(
+                    "limits.trusted_proxies",
+                    format!("{text:?} is not an address or a CIDR range"),
+                    "write e.g. \"10.0.0.7\", \"10.0.0.0/8\" or \"2001:db8::/32\"",
+                )
+            })?);
+        }
         Ok(LimitSettings {
             sign_in,
             v1,
             request_timeout,
             proxy_body_limit,
-            trust_forwarded_for: l
-                .trust_forwarded_for
-                .unwrap_or(defaults.trust_forwarded_for),
+            trusted_proxies,
         })
     }
+
+    /// What an operator should change in `[limits]`, without it being wrong.
+    fn warnings(l: &LimitsSection) -> Vec<String> {
+        match l.trust_forwarded_for {
+            Some(false) => vec![
+                "limits.trust_forwarded_for is deprecated and will be refused in a later \
+                 release: remove it (behind load balancers, list them in \
+                 limits.trusted_proxies)"
+                    .to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An address (a network of one) or a CIDR range; the bits a range leaves free must be zero
+/// (`10.0.0.1/8` is a mistake more likely than a wish for `10.0.0.0/8`).
+fn parse_proxy(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some(IpNet::from(ip.to_canonical()));
+    }
+    let net = text.parse::<IpNet>().ok()?;
+    (net.trunc() == net).then_some(net)
 }
 
 /// Where grant state changes are delivered.
@@ -501,7 +556,11 @@ fn read_config(
     file: impl config::Source + Send + Sync + 'static,
     vars: impl Iterator<Item = (String, String)>,
 ) -> Result<FileConfig, ConfigError> {
-    let list_keys = ["server.allowed_origins", "provider.authorized_parties"];
+    let list_keys = [
+        "server.allowed_origins",
+        "provider.authorized_parties",
+        "limits.trusted_proxies",
+    ];
     let mut env = config::Environment::with_prefix("GRANTKEEPER")
         .prefix_separator("_")
         .separator("__")
@@ -793,12 +852,16 @@ impl Settings {
             )
         })?;
 
-        let store_url = file
-            .store
-            .url
-            .clone()
-            .unwrap_or_else(|| "sqlite://grantkeeper.db".to_owned());
-        let store_url = resolve_sqlite_path(&store_url, base);
+        let store_url = resolve_sqlite_path(
+            file.store
+                .url
+                .as_ref()
+                .map_or("sqlite://grantkeeper.db", |u| u.expose_secret()),
+            base,
+        );
+        let mut warnings = LimitSettings::warnings(&file.limits);
+        warnings.extend(store_tls_warning(&store_url));
+        let store_url = SecretString::from(store_url);
         let mut store = grantkeeper_store::StoreOptions::default();
         if let Some(n) = file.store.max_connections {
             if n == 0 {
@@ -912,8 +975,51 @@ impl Settings {
             broker,
             webhook,
             limits,
+            warnings,
         })
     }
+}
+
+/// A warning for a PostgreSQL URL that reaches a database on another host without verifying
+/// its certificate: without `sslmode=verify-full` (or `verify-ca`), the driver's default
+/// (`prefer`) neither checks whom it speaks to nor refuses plaintext, so whoever sits on the
+/// network path reads the sealed tokens and the password. Names the host, never the URL.
+pub fn store_tls_warning(url: &str) -> Option<String> {
+    let parsed = Url::parse(url).ok()?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return None;
+    }
+    let mode = parsed
+        .query_pairs()
+        .filter(|(k, _)| k == "sslmode")
+        .last()
+        .map(|(_, v)| v.into_owned());
+    if matches!(mode.as_deref(), Some("verify-full" | "verify-ca")) {
+        return None;
+    }
+    // A Unix socket (`?host=/run/postgresql`) does not cross a network.
+    let socket = parsed
+        .query_pairs()
+        .any(|(k, v)| k == "host" && v.starts_with('/'));
+    // postgres: is not a special scheme to the URL parser: an IPv4 host stays text.
+    let host = parsed.host_str().filter(|h| !h.is_empty() && !socket)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    };
+    if loopback {
+        return None;
+    }
+    let now = match mode.as_deref() {
+        Some(m) => format!("sslmode={m}"),
+        None => "no sslmode (the driver's default, prefer)".to_owned(),
+    };
+    Some(format!(
+        "store.url reaches PostgreSQL on {host} with {now}: the server's certificate is not \
+         verified, so a machine on the network path can read or change what is stored; add \
+         sslmode=verify-full (with sslrootcert=FILE when its CA is not a public one)"
+    ))
 }
 
 /// A relative SQLite path in the config file is relative to the file, not to the working
@@ -992,7 +1098,7 @@ mod tests {
         assert_eq!(l.v1, Some(DEFAULT_V1_RATE));
         assert_eq!(l.request_timeout, Duration::from_secs(30));
         assert_eq!(l.proxy_body_limit, 32 * 1024 * 1024);
-        assert!(!l.trust_forwarded_for);
+        assert!(l.trusted_proxies.is_empty());
     }
 
     #[test]
@@ -1000,7 +1106,7 @@ mod tests {
         let l = limits(
             "[limits]\nauthcode_per_minute = 5\nauthcode_burst = 7\nv1_per_second = 100\n\
              v1_burst = 300\nrequest_timeout = \"2m\"\nproxy_body_limit = 1048576\n\
-             trust_forwarded_for = true\n",
+             trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\", \"::1\"]\n",
         )
         .unwrap();
         assert_eq!(
@@ -1021,7 +1127,11 @@ mod tests {
         );
         assert_eq!(l.request_timeout, Duration::from_secs(120));
         assert_eq!(l.proxy_body_limit, 1_048_576);
-        assert!(l.trust_forwarded_for);
+        assert_eq!(
+            l.trusted_proxies,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "::1/128"]
+                .map(|n| n.parse::<IpNet>().unwrap())
+        );
         // Seconds as a plain number too.
         let l = limits("[limits]\nrequest_timeout = 5\n").unwrap();
         assert_eq!(l.request_timeout, Duration::from_secs(5));
@@ -1062,6 +1172,50 @@ mod tests {
             "[limits]\nproxy_body_limit = 0\n",
             "limits.proxy_body_limit",
         );
+        for bad in ["\"10.0.0.0/33\"", "\"10.0.0.1/8\"", "\"proxy.example\"", "\"\""] {
+            refused(
+                &format!("[limits]\ntrusted_proxies = [{bad}]\n"),
+                "limits.trusted_proxies",
+            );
+        }
+    }
+
+    #[test]
+    fn trust_forwarded_for_true_is_refused_naming_its_replacement() {
+        let e = limits("[limits]\ntrust_forwarded_for = true\n").unwrap_err();
+        assert_eq!(e.key, "limits.trust_forwarded_for", "{e}");
+        assert!(e.to_string().contains("trusted_proxies = ["), "{e}");
+        assert!(e.problem.contains("left-most"), "{e}");
+    }
+
+    #[test]
+    fn trust_forwarded_for_false_is_accepted_with_a_warning() {
+        let file = load("[limits]\ntrust_forwarded_for = false\n").unwrap();
+        let s = Settings::from_file(&file, Path::new("/tmp")).unwrap();
+        assert!(s.limits.trusted_proxies.is_empty());
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("limits.trust_forwarded_for is deprecated"));
+        assert!(s.warnings[0].contains("limits.trusted_proxies"));
+        let s = Settings::from_file(&load("").unwrap(), Path::new("/tmp")).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn trusted_proxies_from_the_environment_are_a_list() {
+        let file = read_config(
+            config::File::from_str(
+                "[provider]\nclient_id = \"id\"\nclient_secret = \"secret\"\n",
+                config::FileFormat::Toml,
+            ),
+            [(
+                "GRANTKEEPER_LIMITS__TRUSTED_PROXIES".to_owned(),
+                "10.0.0.0/8,192.0.2.7".to_owned(),
+            )]
+            .into_iter(),
+        )
+        .unwrap();
+        let s = Settings::from_file(&file, Path::new("/tmp")).unwrap();
+        assert_eq!(s.limits.trusted_proxies.len(), 2, "{:?}", s.limits);
     }
 
     #[test]
@@ -1099,6 +1253,58 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             assert!(master_key(&section, dir.path()).is_ok(), "{mode:o}");
         }
+    }
+
+    #[test]
+    fn a_postgres_url_off_this_host_without_certificate_checks_is_warned_of() {
+        for url in [
+            "postgres://gk:pw@db.example.com/gk",
+            "postgresql://gk@10.0.0.5:5432/gk?sslmode=require",
+            "postgres://gk@[2001:db8::5]/gk?sslmode=prefer",
+            "postgres://gk@db.example.com/gk?sslmode=disable",
+        ] {
+            let w = store_tls_warning(url).unwrap_or_else(|| panic!("{url}"));
+            assert!(w.contains("sslmode=verify-full"), "{w}");
+            assert!(!w.contains("pw"), "{w}");
+        }
+        assert!(
+            store_tls_warning("postgres://gk:pw@db.example.com/gk")
+                .unwrap()
+                .contains("on db.example.com with no sslmode")
+        );
+        for url in [
+            "postgres://gk:pw@db.example.com/gk?sslmode=verify-full",
+            "postgres://gk@db.example.com/gk?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+            "postgres://postgres@127.0.0.1:5432/gk",
+            "postgres://postgres@localhost/gk",
+            "postgres://postgres@[::1]/gk",
+            "postgres:///gk?host=/run/postgresql",
+            "sqlite:///var/lib/gk.db",
+            "sqlite::memory:",
+        ] {
+            assert_eq!(store_tls_warning(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_database_password_is_never_printed_with_the_configuration() {
+        let password = "s3cr3t-db-passw0rd";
+        let file = load(&format!(
+            "[store]\nurl = \"postgres://gk:{password}@db.example.com/gk\"\n"
+        ))
+        .unwrap();
+        assert!(!format!("{file:?}").contains(password));
+        let settings = Settings::from_file(&file, Path::new("/tmp")).unwrap();
+        assert_eq!(
+            settings.store_url.expose_secret(),
+            format!("postgres://gk:{password}@db.example.com/gk")
+        );
+        assert!(!format!("{settings:?}").contains(password));
+        assert!(!format!("{settings:#?}").contains(password));
+        for w in &settings.warnings {
+            assert!(!w.contains(password), "{w}");
+        }
+        assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
     }
 
     #[test]

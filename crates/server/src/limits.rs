@@ -8,10 +8,13 @@
 //! times the rate; the limits are a guard against floods and guessing, not a quota.
 //!
 //! The client IP is the connection's peer (the server must be run with
-//! `into_make_service_with_connect_info::<SocketAddr>()`), or, with
-//! `limits.trust_forwarded_for`, the left-most `X-Forwarded-For` address. IPv6 clients are
-//! counted per /64, the block one host usually holds. Without a known address the sign-in
-//! limit cannot tell clients apart and lets the request through (logged once).
+//! `into_make_service_with_connect_info::<SocketAddr>()`). When that peer is one of
+//! `limits.trusted_proxies`, `X-Forwarded-For` is read from the right: proxies append the
+//! address they were reached from and keep what came before, so the right-most address that is
+//! not a trusted proxy is the first one no trusted party vouches for, the client's; everything
+//! left of it is the client's to write. IPv6 clients are counted per /64, the block one host
+//! usually holds. Without a known address the sign-in limit cannot tell clients apart and lets
+//! the request through (logged once).
 //!
 //! Leaves to others: the answer (`rate_limited`, 429, `Retry-After`) is [`ApiError`]'s.
 
@@ -19,6 +22,7 @@ use crate::config::{LimitSettings, RateSettings};
 use crate::error::ApiError;
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap};
+use ipnet::IpNet;
 use moka::sync::Cache;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -89,7 +93,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> RateLimiter<K> {
 pub struct Limits {
     sign_in: Option<RateLimiter<IpAddr>>,
     v1: Option<RateLimiter<String>>,
-    trust_forwarded_for: bool,
+    trusted_proxies: Vec<IpNet>,
     warned_no_address: AtomicBool,
 }
 
@@ -98,7 +102,7 @@ impl Limits {
         Limits {
             sign_in: settings.sign_in.map(|r| RateLimiter::new(r, IP_CAPACITY)),
             v1: settings.v1.map(|r| RateLimiter::new(r, KEY_CAPACITY)),
-            trust_forwarded_for: settings.trust_forwarded_for,
+            trusted_proxies: settings.trusted_proxies.clone(),
             warned_no_address: AtomicBool::new(false),
         }
     }
@@ -115,7 +119,7 @@ impl Limits {
         let peer = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let Some(ip) = client_ip(headers, peer, self.trust_forwarded_for) else {
+        let Some(ip) = client_ip(headers, peer, &self.trusted_proxies) else {
             if !self.warned_no_address.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "the sign-in rate limit cannot see client addresses: serve the router \
@@ -141,24 +145,44 @@ impl Limits {
     }
 }
 
-/// The client's address: the left-most `X-Forwarded-For` entry when trusted (and valid),
-/// else the peer's.
-pub fn client_ip(
-    headers: &HeaderMap,
-    peer: Option<IpAddr>,
-    trust_forwarded_for: bool,
-) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse::<IpAddr>().ok());
-        if forwarded.is_some() {
-            return forwarded;
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the right-most
+/// `X-Forwarded-For` address (all the header's lines, in order) that is not a trusted proxy.
+/// When every listed address is trusted, the left-most; when an entry is not an address, the
+/// last trusted hop before it (what a trusted proxy vouched for ends there).
+pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let entries: Vec<Option<IpAddr>> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|line| match line.to_str() {
+            Ok(text) => text.split(',').map(forwarded_address).collect::<Vec<_>>(),
+            Err(_) => vec![None],
+        })
+        .collect();
+    let mut client = peer;
+    for entry in entries.into_iter().rev() {
+        match entry {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => break,
         }
     }
-    peer
+    Some(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, also with a port (`192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`), as some load balancers write it.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// The address a bucket is kept for: IPv4 as is (also when mapped into IPv6), IPv6 by /64.
@@ -203,19 +227,62 @@ mod tests {
         assert!(l.check("b").is_ok());
     }
 
-    #[test]
-    fn forwarded_for_only_when_trusted() {
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    fn forwarded(lines: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
-        let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(client_ip(&h, Some(peer), false), Some(peer));
+        for line in lines {
+            h.append("x-forwarded-for", line.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_only_from_a_trusted_peer() {
+        let h = forwarded(&["203.0.113.7, 10.0.0.1"]);
+        let peer = ip("10.0.0.2");
+        assert_eq!(client_ip(&h, peer, &[]), peer);
+        assert_eq!(client_ip(&h, peer, &nets(&["192.168.0.0/16"])), peer);
+        assert_eq!(client_ip(&HeaderMap::new(), None, &nets(&["0.0.0.0/0"])), None);
+    }
+
+    #[test]
+    fn the_right_most_untrusted_address_is_the_client() {
+        let trusted = nets(&["10.0.0.0/8", "127.0.0.1/32"]);
+        let peer = ip("127.0.0.1");
+        // The client wrote the left-most entry itself; the proxy appended what it saw.
+        let h = forwarded(&["192.0.2.1, 203.0.113.7"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("203.0.113.7"));
+        // Through two proxies of ours.
+        let h = forwarded(&["192.0.2.1, 203.0.113.7, 10.1.2.3"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("203.0.113.7"));
+        // Several header lines are one list, in order.
+        let h = forwarded(&["192.0.2.1", "203.0.113.7", "10.1.2.3"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("203.0.113.7"));
+        // Ports and IPv4 mapped into IPv6 are read as the address.
+        let h = forwarded(&["203.0.113.8:4711"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("203.0.113.8"));
+        let h = forwarded(&["[2001:db8::1]:443"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("2001:db8::1"));
         assert_eq!(
-            client_ip(&h, Some(peer), true),
-            Some("203.0.113.7".parse().unwrap())
+            client_ip(&forwarded(&["203.0.113.9"]), ip("::ffff:127.0.0.1"), &trusted),
+            ip("203.0.113.9")
         );
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(client_ip(&h, Some(peer), true), Some(peer));
-        assert_eq!(client_ip(&HeaderMap::new(), None, true), None);
+        // No header, or only trusted hops: the nearest that is known.
+        assert_eq!(client_ip(&HeaderMap::new(), peer, &trusted), peer);
+        let h = forwarded(&["10.9.9.9, 10.1.2.3"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("10.9.9.9"));
+        // Garbage ends what the trusted hops vouch for.
+        let h = forwarded(&["192.0.2.1, garbage, 10.1.2.3"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("10.1.2.3"));
+        let h = forwarded(&["garbage"]);
+        assert_eq!(client_ip(&h, peer, &trusted), peer);
     }
 
     #[test]

@@ -310,12 +310,17 @@ impl TestApp {
             }
             None => file.jobs.keepalive_after = text("0s"),
         }
-        file.store.url = Some(options.store_url.unwrap_or_else(|| {
-            format!("sqlite://{}", dir.path().join("grantkeeper.db").display())
-        }));
+        file.store.url = Some(
+            options
+                .store_url
+                .unwrap_or_else(|| {
+                    format!("sqlite://{}", dir.path().join("grantkeeper.db").display())
+                })
+                .into(),
+        );
         let settings = Settings::from_file(&file, dir.path()).unwrap();
         let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
-        let store = grantkeeper_store::open(&settings.store_url).await.unwrap();
+        let store = grantkeeper_store::open(settings.store_url.expose_secret()).await.unwrap();
         // A short timeout so that an upstream that hangs is tested in seconds.
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(2))

@@ -3,7 +3,7 @@
 
 use super::harness::{Answer, Options, TestApp, no_rate_limits};
 use grantkeeper_server::apikeys::KeyScope::{Proxy, UsersRead};
-use grantkeeper_server::config::LimitsSection;
+use grantkeeper_server::config::{LimitsSection, Settings};
 use std::time::Duration;
 
 async fn with_limits(limits: LimitsSection) -> TestApp {
@@ -90,39 +90,94 @@ async fn sign_ins_beyond_the_burst_are_refused_until_the_bucket_refills() {
     assert_eq!(emails(&t).await, ["limited@example.com"]);
 }
 
-#[tokio::test]
-async fn the_sign_in_limit_counts_forwarded_addresses_only_when_trusted() {
-    let limits = |trust: bool| LimitsSection {
+/// A sign-in attempt (refused for its missing X-Requested-With, but counted) whose request
+/// carries `X-Forwarded-For: {forwarded}`; its status.
+async fn forwarded_attempt(t: &TestApp, forwarded: &str) -> u16 {
+    t.http
+        .post(format!("{}/authcode", t.url))
+        .header("x-forwarded-for", forwarded)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn one_attempt_behind(trusted_proxies: &[&str]) -> LimitsSection {
+    LimitsSection {
         authcode_per_minute: Some(1),
         authcode_burst: Some(1),
-        trust_forwarded_for: Some(trust),
+        trusted_proxies: trusted_proxies.iter().map(|p| (*p).to_owned()).collect(),
         ..no_rate_limits()
-    };
-    let from = |t: &TestApp, ip: &'static str| {
-        let url = t.url.clone();
-        let http = t.http.clone();
-        async move {
-            let r = http
-                .post(format!("{url}/authcode"))
-                .header("x-forwarded-for", format!("{ip}, 10.0.0.1"))
-                .header("content-type", "text/plain")
-                .body("x")
-                .send()
-                .await
-                .unwrap();
-            r.status().as_u16()
-        }
-    };
+    }
+}
 
-    let trusted = with_limits(limits(true)).await;
-    assert_eq!(from(&trusted, "203.0.113.1").await, 403);
-    assert_eq!(from(&trusted, "203.0.113.1").await, 429);
-    assert_eq!(from(&trusted, "203.0.113.2").await, 403, "another client");
+/// Behind a load balancer that appends the address it was reached from (nginx's
+/// `$proxy_add_x_forwarded_for`), what the client wrote on the left changes nothing: the
+/// right-most address that is not a trusted proxy is the one counted.
+#[tokio::test]
+async fn a_spoofed_forwarded_address_does_not_escape_the_sign_in_limit() {
+    // The test's requests come from 127.0.0.1: the load balancer, as the server sees it.
+    let t = with_limits(one_attempt_behind(&["127.0.0.1", "10.0.0.0/8"])).await;
+    assert_eq!(forwarded_attempt(&t, "192.0.2.1, 203.0.113.7").await, 403);
+    for n in 2..=8 {
+        assert_eq!(
+            forwarded_attempt(&t, &format!("192.0.2.{n}, 203.0.113.7")).await,
+            429,
+            "a client that picks its left-most address was let through"
+        );
+    }
+    // Through a second proxy of ours, the same client is still the same.
+    assert_eq!(
+        forwarded_attempt(&t, "192.0.2.9, 203.0.113.7, 10.1.2.3").await,
+        429
+    );
+    // Another client behind the same load balancer has its own budget.
+    assert_eq!(forwarded_attempt(&t, "192.0.2.1, 203.0.113.8").await, 403);
+    assert_eq!(forwarded_attempt(&t, "203.0.113.8").await, 429);
+}
 
-    // Not trusted: the header is the client's to write, and all come from one peer.
-    let untrusted = with_limits(limits(false)).await;
-    assert_eq!(from(&untrusted, "203.0.113.1").await, 403);
-    assert_eq!(from(&untrusted, "203.0.113.2").await, 429);
+#[tokio::test]
+async fn forwarded_addresses_are_read_only_from_a_trusted_peer() {
+    // The peer (127.0.0.1) is not a proxy of ours: the header is the client's to write, and
+    // every attempt comes from that one peer.
+    let t = with_limits(one_attempt_behind(&["10.0.0.0/8"])).await;
+    assert_eq!(forwarded_attempt(&t, "203.0.113.1").await, 403);
+    assert_eq!(forwarded_attempt(&t, "203.0.113.2").await, 429);
+    // None listed (the default): the same.
+    let t = with_limits(one_attempt_behind(&[])).await;
+    assert_eq!(forwarded_attempt(&t, "203.0.113.1").await, 403);
+    assert_eq!(forwarded_attempt(&t, "203.0.113.2").await, 429);
+}
+
+/// `trust_forwarded_for`, replaced by `trusted_proxies`: `true` trusted the left-most address,
+/// so it is refused with the way to the new key; `false` changed nothing and still starts,
+/// with a warning, and the header stays unread.
+#[tokio::test]
+async fn the_old_trust_forwarded_for_key() {
+    let mut file = grantkeeper_server::config::parse_config(
+        "[provider]\nclient_id = \"id\"\nclient_secret = \"secret\"\n",
+    )
+    .unwrap();
+    file.limits.trust_forwarded_for = Some(true);
+    let e = Settings::from_file(&file, std::path::Path::new("/tmp")).unwrap_err();
+    assert_eq!(e.key, "limits.trust_forwarded_for", "{e}");
+    assert!(e.to_string().contains("limits.trusted_proxies"), "{e}");
+
+    let t = with_limits(LimitsSection {
+        trust_forwarded_for: Some(false),
+        ..one_attempt_behind(&[])
+    })
+    .await;
+    assert!(
+        t.app.settings().warnings[0].contains("trust_forwarded_for is deprecated"),
+        "{:?}",
+        t.app.settings().warnings
+    );
+    assert_eq!(forwarded_attempt(&t, "203.0.113.1").await, 403);
+    assert_eq!(forwarded_attempt(&t, "203.0.113.2").await, 429);
 }
 
 #[tokio::test]

@@ -53,14 +53,15 @@ async fn start(store_url: Option<String>) -> (TestApp, String) {
     file.provider.google_quirks = Some(true);
     file.provider.authorized_parties = vec![emulator.android_client_id(), emulator.ios_client_id()];
     file.provider.api_base = Some(emulator_url.clone());
-    file.store.url =
-        Some(store_url.unwrap_or_else(|| {
-            format!("sqlite://{}", dir.path().join("grantkeeper.db").display())
-        }));
+    file.store.url = Some(
+        store_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("grantkeeper.db").display()))
+            .into(),
+    );
     let settings = Settings::from_file(&file, dir.path()).unwrap();
     let master_text = MasterKey::generate_base64();
     let master = MasterKey::from_base64(&master_text).unwrap();
-    let store = grantkeeper_store::open(&settings.store_url).await.unwrap();
+    let store = grantkeeper_store::open(settings.store_url.expose_secret()).await.unwrap();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .redirect(reqwest::redirect::Policy::none())
