@@ -20,6 +20,7 @@
 mod backoff;
 mod budget;
 mod cache;
+mod cooldown;
 mod fingerprint;
 mod flight;
 pub mod jobs;
@@ -34,6 +35,7 @@ pub use revocation::{
 use crate::backoff::Backoffs;
 use crate::budget::Budget;
 use crate::cache::{ScopeSets, TokenCache};
+use crate::cooldown::Cooldowns;
 use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
 use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{
@@ -93,6 +95,9 @@ pub struct BrokerSettings {
     pub refresh_concurrency: usize,
     /// Most upstream refreshes started per second, across all grants (None: no pace).
     pub upstream_rate: Option<f64>,
+    /// After a refresh caused by an API's 401, further 401s for the grant within this time
+    /// cost no refresh ([`Broker::refresh_after_rejection`] answers None). Zero: none.
+    pub rejection_cooldown: Duration,
     /// Where refreshes (outcome, time) and the cache's hits and misses are counted; disabled
     /// by default.
     pub metrics: Metrics,
@@ -108,6 +113,7 @@ impl Default for BrokerSettings {
             cache_capacity: 200_000,
             refresh_concurrency: 64,
             upstream_rate: None,
+            rejection_cooldown: Duration::from_secs(30),
             metrics: Metrics::disabled(),
         }
     }
@@ -188,6 +194,7 @@ struct Inner {
     flights: Flights,
     instances: InstanceLock,
     backoff: Backoffs,
+    cooldowns: Cooldowns,
     /// `expires_in` of the provider's last refresh answer, in seconds; 0 until one is seen.
     observed_lifetime: AtomicU64,
     budget: Budget,
@@ -228,6 +235,7 @@ impl Broker {
         let cache = TokenCache::new(settings.cache_capacity, clock.clone());
         let instances = InstanceLock::new(store.clone(), clock.clone());
         let budget = Budget::new(settings.refresh_concurrency, settings.upstream_rate);
+        let cooldowns = Cooldowns::new(settings.rejection_cooldown);
         Broker {
             inner: Arc::new(Inner {
                 store,
@@ -239,6 +247,7 @@ impl Broker {
                 flights: Flights::default(),
                 instances,
                 backoff: Backoffs::default(),
+                cooldowns,
                 observed_lifetime: AtomicU64::new(0),
                 budget,
                 scope_sets: ScopeSets::new(),
@@ -319,13 +328,15 @@ impl Broker {
         self.inner.clone().fly(sub, Demand::Refresh).await
     }
 
-    /// The API answered 401 to `rejected`: refresh once, unless a newer token than `rejected`
-    /// is already held (then answer that one).
+    /// The API answered 401 to `rejected`: a token other than `rejected` when one is held, else
+    /// a new one from the provider; but within `rejection_cooldown` of the grant's last refresh
+    /// for a 401, None when no other token is held: the caller passes the API's 401 on. An
+    /// API path that keeps answering 401 costs one refresh per cooldown, not one per call.
     pub async fn refresh_after_rejection(
         &self,
         sub: &str,
         rejected: &SecretString,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Option<AccessToken>, BrokerError> {
         if self
             .inner
             .cache
@@ -334,10 +345,23 @@ impl Broker {
         {
             self.inner.cache.invalidate(sub);
         }
+        if self.inner.cooldowns.cooling(sub, self.inner.clock.now()) {
+            let held = self.inner.held_besides(sub, rejected).await?;
+            if held.is_none() {
+                tracing::info!(
+                    sub,
+                    outcome = "cooling_down",
+                    "the API refused a token of a grant refreshed for a 401 moments ago; \
+                     passing its answer on without refreshing again"
+                );
+            }
+            return Ok(held);
+        }
         self.inner
             .clone()
             .fly(sub, Demand::Rejected(rejected.clone()))
             .await
+            .map(Some)
     }
 
     /// Revokes the grant at the provider (refresh token, or access token when none), then
@@ -558,6 +582,9 @@ impl Inner {
             Ok(Leased::Taken(grant, mut lease)) => {
                 let answer = self.refresh(sub, *grant, &mut lease).await;
                 lease.release().await;
+                if matches!(demand, Demand::Rejected(_)) {
+                    self.cooldowns.start(sub, self.clock.now());
+                }
                 answer
             }
             Ok(Leased::Written(t)) => Ok(t),
@@ -720,6 +747,38 @@ impl Inner {
     fn forget(&self, sub: &str) {
         self.cache.invalidate(sub);
         self.backoff.clear(sub);
+    }
+
+    /// An unexpired token of the grant other than `rejected`, from this process or the store,
+    /// without asking the provider.
+    async fn held_besides(
+        &self,
+        sub: &str,
+        rejected: &SecretString,
+    ) -> Result<Option<AccessToken>, BrokerError> {
+        if let Some(t) = self.cache.get(sub)
+            && !same(&t.token, rejected)
+            && self.unexpired(&t)
+        {
+            return Ok(Some((*t).clone()));
+        }
+        let grant = self
+            .store
+            .grant(sub)
+            .await?
+            .ok_or(BrokerError::UnknownUser)?;
+        if let Some(e) = unusable(&grant) {
+            self.forget(sub);
+            return Err(e);
+        }
+        let held = self
+            .persisted(sub, &grant)
+            .await
+            .filter(|t| !same(&t.token, rejected) && self.unexpired(t));
+        if let Some(t) = &held {
+            self.cache.insert(sub, t.clone());
+        }
+        Ok(held)
     }
 
     /// One refresh of `grant` (plus, after an `invalid_grant` caused by a newer refresh token,

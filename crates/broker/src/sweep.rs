@@ -955,12 +955,15 @@ impl Work {
             let status = response.status();
             if status == reqwest::StatusCode::UNAUTHORIZED && !retried {
                 retried = true;
-                token = self
+                // None: refreshed for a 401 moments ago; the 401 stands.
+                if let Some(fresh) = self
                     .broker
                     .refresh_after_rejection(&self.sub, &token.token)
                     .await?
-                    .into();
-                continue;
+                {
+                    token = fresh.into();
+                    continue;
+                }
             }
             if !status.is_success() {
                 return Ok((

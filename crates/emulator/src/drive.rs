@@ -20,7 +20,7 @@ mod query;
 use crate::Inner;
 use crate::error::{ControlError, DriveError, json};
 use crate::settings::Endpoint;
-use crate::state::{FOLDER_MIME, FileMeta, Space};
+use crate::state::{AccessView, FOLDER_MIME, FileMeta, Space};
 use crate::users::normalise_email;
 use crate::util::{self, lock, read};
 use axum::Router;
@@ -202,7 +202,9 @@ async fn begin(
     authenticate(inner, headers).map_err(|e| e.for_method(method).into_response())
 }
 
-fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<Caller, DriveError> {
+/// The live access token of the request's `Authorization: Bearer`, as every Google API reads
+/// it; Google's 401 otherwise.
+pub(crate) fn bearer(inner: &Inner, headers: &HeaderMap) -> Result<AccessView, DriveError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(DriveError::login_required());
     };
@@ -217,15 +219,14 @@ fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<Caller, DriveError
         .ok_or_else(|| DriveError::invalid_credentials(false))?;
     let settings = inner.settings();
     let now = inner.now(&settings);
-    let view = {
-        let mut state = lock(&inner.state);
-        let view = state.access_or_expired(&util::sha256(token.as_bytes()), now);
-        if let Ok(v) = &view {
-            state.count_drive_request(&v.email);
-        }
-        view
-    }
-    .map_err(DriveError::invalid_credentials)?;
+    lock(&inner.state)
+        .access_or_expired(&util::sha256(token.as_bytes()), now)
+        .map_err(DriveError::invalid_credentials)
+}
+
+fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<Caller, DriveError> {
+    let view = bearer(inner, headers)?;
+    lock(&inner.state).count_drive_request(&view.email);
     let project = read(&inner.clients).project_id.clone();
     let caller = Caller {
         app_data_id: folder_id(&project, &view.email, Space::AppData),

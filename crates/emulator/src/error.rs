@@ -278,6 +278,10 @@ impl DriveError {
 
     /// The answer of an injected fault, chosen by status as Drive's documentation lists them.
     pub(crate) fn fault(status: StatusCode, retry_after_secs: Option<u64>) -> Self {
+        if status == StatusCode::UNAUTHORIZED {
+            // What Google answers a token it no longer takes.
+            return Self::invalid_credentials(false);
+        }
         let (reason, domain, message, grpc) = match status.as_u16() {
             429 => (
                 "rateLimitExceeded",

@@ -24,6 +24,7 @@ mod consent;
 mod control;
 mod discovery;
 mod drive;
+mod echo;
 mod error;
 mod gsi;
 mod guard;
@@ -48,7 +49,7 @@ use crate::util::{lock, read};
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use grantkeeper_core::{SecretString, SharedClock};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -262,7 +263,11 @@ impl Emulator {
         if self.inner.control_api {
             let gate =
                 axum::middleware::from_fn_with_state(self.inner.clone(), guard::control_gate);
-            router = router.nest("/_emulator", control::router().layer(gate));
+            // The echo is an API like Google's (a live access token, any method, any body),
+            // not a control call: outside the gate.
+            router = router
+                .nest("/_emulator", control::router().layer(gate))
+                .route("/_emulator/echo/{*path}", any(echo::echo));
         }
         router.with_state(self.inner.clone())
     }

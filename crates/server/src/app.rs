@@ -142,6 +142,7 @@ impl App {
                 min_ttl: settings.broker.min_ttl,
                 refresh_concurrency: settings.broker.refresh_concurrency,
                 upstream_rate: settings.broker.upstream_rate,
+                rejection_cooldown: settings.broker.rejection_cooldown,
                 metrics: metrics.clone(),
                 ..BrokerSettings::default()
             },

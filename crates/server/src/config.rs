@@ -140,6 +140,9 @@ pub struct BrokerSection {
     pub refresh_concurrency: Option<usize>,
     /// Upstream requests per second across all grants.
     pub upstream_rate: Option<f64>,
+    /// After a refresh caused by a Google API's 401, further 401s for that grant within this
+    /// time are passed back without refreshing; "0s": every 401 is worth a refresh.
+    pub rejection_cooldown: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +464,8 @@ pub struct BrokerSettings {
     pub min_ttl: Duration,
     pub refresh_concurrency: usize,
     pub upstream_rate: Option<f64>,
+    /// `broker.rejection_cooldown`.
+    pub rejection_cooldown: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -469,6 +474,7 @@ impl Default for BrokerSettings {
             min_ttl: Duration::from_secs(300),
             refresh_concurrency: 64,
             upstream_rate: None,
+            rejection_cooldown: Duration::from_secs(30),
         }
     }
 }
@@ -910,6 +916,10 @@ impl Settings {
                 }
                 r => r,
             },
+            rejection_cooldown: match &b.rejection_cooldown {
+                Some(d) => d.resolve("broker.rejection_cooldown")?,
+                None => defaults.rejection_cooldown,
+            },
         };
 
         let webhook = match (&file.events.webhook_url, &file.events.webhook_secret) {
@@ -1138,6 +1148,23 @@ mod tests {
     }
 
     #[test]
+    fn the_rejection_cooldown_is_thirty_seconds_unless_set() {
+        let broker = |extra: &str| {
+            Settings::from_file(&load(extra).unwrap(), Path::new("/tmp")).map(|s| s.broker)
+        };
+        assert_eq!(
+            broker("").unwrap().rejection_cooldown,
+            Duration::from_secs(30)
+        );
+        let b = broker("[broker]\nrejection_cooldown = \"2m\"\n").unwrap();
+        assert_eq!(b.rejection_cooldown, Duration::from_secs(120));
+        let b = broker("[broker]\nrejection_cooldown = \"0s\"\n").unwrap();
+        assert_eq!(b.rejection_cooldown, Duration::ZERO);
+        let e = broker("[broker]\nrejection_cooldown = \"soon\"\n").unwrap_err();
+        assert_eq!(e.key, "broker.rejection_cooldown");
+    }
+
+    #[test]
     fn a_rate_of_zero_turns_a_limit_off() {
         let l =
             limits("[limits]\nauthcode_per_minute = 0\nv1_per_second = 0\nv1_burst = 0\n").unwrap();
@@ -1172,7 +1199,12 @@ mod tests {
             "[limits]\nproxy_body_limit = 0\n",
             "limits.proxy_body_limit",
         );
-        for bad in ["\"10.0.0.0/33\"", "\"10.0.0.1/8\"", "\"proxy.example\"", "\"\""] {
+        for bad in [
+            "\"10.0.0.0/33\"",
+            "\"10.0.0.1/8\"",
+            "\"proxy.example\"",
+            "\"\"",
+        ] {
             refused(
                 &format!("[limits]\ntrusted_proxies = [{bad}]\n"),
                 "limits.trusted_proxies",

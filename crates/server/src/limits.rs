@@ -249,7 +249,10 @@ mod tests {
         let peer = ip("10.0.0.2");
         assert_eq!(client_ip(&h, peer, &[]), peer);
         assert_eq!(client_ip(&h, peer, &nets(&["192.168.0.0/16"])), peer);
-        assert_eq!(client_ip(&HeaderMap::new(), None, &nets(&["0.0.0.0/0"])), None);
+        assert_eq!(
+            client_ip(&HeaderMap::new(), None, &nets(&["0.0.0.0/0"])),
+            None
+        );
     }
 
     #[test]
@@ -271,7 +274,11 @@ mod tests {
         let h = forwarded(&["[2001:db8::1]:443"]);
         assert_eq!(client_ip(&h, peer, &trusted), ip("2001:db8::1"));
         assert_eq!(
-            client_ip(&forwarded(&["203.0.113.9"]), ip("::ffff:127.0.0.1"), &trusted),
+            client_ip(
+                &forwarded(&["203.0.113.9"]),
+                ip("::ffff:127.0.0.1"),
+                &trusted
+            ),
             ip("203.0.113.9")
         );
         // No header, or only trusted hops: the nearest that is known.

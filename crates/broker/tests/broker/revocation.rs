@@ -229,6 +229,7 @@ async fn a_rejected_token_is_replaced_once() {
     let newer = broker
         .refresh_after_rejection(&sub, &held.token)
         .await
+        .unwrap()
         .unwrap();
     assert_ne!(newer.token.expose_secret(), held.token.expose_secret());
     assert_eq!(env.refreshes().await, 1);
@@ -236,6 +237,7 @@ async fn a_rejected_token_is_replaced_once() {
     let again = broker
         .refresh_after_rejection(&sub, &held.token)
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(again.token.expose_secret(), newer.token.expose_secret());
     // So does another instance, from the store.
@@ -243,6 +245,7 @@ async fn a_rejected_token_is_replaced_once() {
         .broker()
         .refresh_after_rejection(&sub, &held.token)
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(other.token.expose_secret(), newer.token.expose_secret());
     assert_eq!(env.refreshes().await, 1);
@@ -252,6 +255,33 @@ async fn a_rejected_token_is_replaced_once() {
         .await
         .unwrap();
     assert_eq!(t.token.expose_secret(), newer.token.expose_secret());
+
+    // The API refuses the newer token too, within the cooldown of the refresh its 401 caused:
+    // no refresh, and the caller passes the API's answer on.
+    let cooling = broker
+        .refresh_after_rejection(&sub, &newer.token)
+        .await
+        .unwrap();
+    assert!(cooling.is_none());
+    assert_eq!(env.refreshes().await, 1);
+    env.advance(29);
+    assert!(
+        broker
+            .refresh_after_rejection(&sub, &newer.token)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(env.refreshes().await, 1);
+    // Once it is over, a 401 is worth one refresh again.
+    env.advance(2);
+    let third = broker
+        .refresh_after_rejection(&sub, &newer.token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(third.token.expose_secret(), newer.token.expose_secret());
+    assert_eq!(env.refreshes().await, 2);
 }
 
 #[tokio::test]

@@ -4,9 +4,10 @@
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::http::extract::Path;
 use crate::http::signin::{gate, read_body};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -68,11 +69,12 @@ async fn call(
         }
     };
     let mut response = send(&token.token).await?;
-    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-        let fresh = app
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && let Some(fresh) = app
             .broker()
             .refresh_after_rejection(sub, &token.token)
-            .await?;
+            .await?
+    {
         response = send(&fresh.token).await?;
     }
     let status = response.status().as_u16();

@@ -6,8 +6,9 @@
 use crate::apikeys::KeyScope;
 use crate::app::App;
 use crate::error::ApiError;
+use crate::http::extract::Path;
 use crate::http::signin::read_body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CACHE_CONTROL;
 use axum::response::{IntoResponse, Response};

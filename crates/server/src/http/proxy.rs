@@ -1,12 +1,18 @@
 //! Google API calls made as a user: `ANY /v1/users/{sub}/google/{path}` -> `{api_base}/{path}`.
 //!
-//! The query string, the headers (minus hop-by-hop ones and the caller's credentials) and the
-//! body go upstream as they came; the answer comes back as Google gave it, streamed, error
-//! JSON included. A 401 from the API means the access token died early (revoked, or rotated
-//! out): the broker refreshes once and the call is retried once, which needs the body again,
-//! so bodies up to 1 MiB are buffered; larger ones stream and are not retried. A body larger
-//! than `limits.proxy_body_limit` is refused with 413, before the call when its length is
-//! declared, else as soon as it is read past the limit.
+//! Only the methods Google's APIs use are routed here ([`METHODS`]; others answer 405 before
+//! anything else). The query string and the body go upstream as they came, and of the headers
+//! only those an API call needs ([`FORWARDED`]: content negotiation, the body's type and
+//! encoding, conditional requests, ranges, Google's upload protocols); everything else, the
+//! caller's credentials and address, its browser's Origin and cookies, any API key of its own,
+//! stays here, so that a key with only `proxy` scope cannot make the call say more than the
+//! user's token says. The answer comes back as Google gave it, streamed, error JSON included. A
+//! 401 from the API means the access token died early (revoked, or rotated out): the broker
+//! refreshes once and the call is retried once, which needs the body again, so bodies up to
+//! 1 MiB are buffered; larger ones stream and are not retried. A grant refreshed after a 401
+//! within `broker.rejection_cooldown` is not refreshed again for another 401: the API's 401 is
+//! passed back. A body larger than `limits.proxy_body_limit` is refused with 413, before the
+//! call when its length is declared, else as soon as it is read past the limit.
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -26,9 +32,44 @@ use url::Url;
 /// Bodies up to this size are kept so that the call can be retried after a refresh.
 pub const REPLAYABLE: usize = 1024 * 1024;
 
-/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), plus the
-/// caller's own credentials.
-fn is_stripped(name: &HeaderName) -> bool {
+/// The methods of Google's APIs; others are refused (405) before the call.
+pub const METHODS: [Method; 6] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// Request headers passed upstream, all others dropped. Content-Length is not among them: the
+/// HTTP client writes it for the body it sends.
+pub const FORWARDED: [&str; 15] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-encoding",
+    "content-range",
+    "content-type",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "range",
+    // Resumable and multipart uploads (Drive, YouTube, Cloud Storage's JSON API).
+    "x-upload-content-type",
+    "x-upload-content-length",
+];
+
+/// Request headers passed upstream by prefix: the upload protocol of Google's newer APIs
+/// (`X-Goog-Upload-Protocol`, `-Command`, `-Offset`, `-Header-Content-Type`...).
+const FORWARDED_PREFIXES: [&str; 1] = ["x-goog-upload-"];
+
+/// Response headers that belong to the upstream connection (RFC 9110 §7.6.1), or that would
+/// set a cookie of Google's on grantkeeper's origin.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -40,26 +81,20 @@ fn is_stripped(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
-            | "host"
-            | "authorization"
-            | "cookie"
             | "set-cookie"
-            | "content-length"
     )
 }
 
+fn is_forwarded(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    FORWARDED.contains(&name) || FORWARDED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The caller's headers that go upstream.
 fn forwarded_headers(from: &HeaderMap) -> HeaderMap {
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
     let mut out = HeaderMap::new();
     for (name, value) in from {
-        if !is_stripped(name) && !named.iter().any(|n| n == name.as_str()) {
+        if is_forwarded(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -233,7 +268,7 @@ pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response,
     let status = response.status();
     let mut out = Response::builder().status(status.as_u16());
     for (name, value) in response.headers() {
-        if !is_stripped(name) || name == header::CONTENT_LENGTH {
+        if !is_hop_by_hop(name) {
             out = out.header(name, value);
         }
     }
@@ -267,15 +302,18 @@ async fn call(
                 bytes.clone().into(),
             )
             .await?;
-            if first.status() == StatusCode::UNAUTHORIZED {
-                tracing::info!(%sub, "the API refused the access token; refreshing once");
-                let fresh = app
-                    .broker()
-                    .refresh_after_rejection(sub, &token.token)
-                    .await?;
-                send(app, &parts.method, url, headers, &fresh, bytes.into()).await?
-            } else {
-                first
+            if first.status() != StatusCode::UNAUTHORIZED {
+                return Ok(first);
+            }
+            tracing::info!(%sub, "the API refused the access token");
+            match app
+                .broker()
+                .refresh_after_rejection(sub, &token.token)
+                .await?
+            {
+                Some(fresh) => send(app, &parts.method, url, headers, &fresh, bytes.into()).await?,
+                // Refreshed for a 401 moments ago: the API's answer stands.
+                None => first,
             }
         }
         Outgoing::Streaming(body, exceeded) => {
@@ -337,18 +375,43 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_and_credentials_are_not_forwarded() {
+    fn only_the_headers_of_an_api_call_are_forwarded() {
         let mut h = HeaderMap::new();
-        h.insert("authorization", "Bearer gk_key".parse().unwrap());
-        h.insert("cookie", "gk_session=x".parse().unwrap());
-        h.insert("connection", "keep-alive, x-private".parse().unwrap());
-        h.insert("x-private", "1".parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        h.insert("x-goog-upload-protocol", "multipart".parse().unwrap());
+        for (name, value) in [
+            ("authorization", "Bearer gk_key"),
+            ("cookie", "gk_session=x"),
+            ("connection", "keep-alive"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("forwarded", "for=192.0.2.1"),
+            ("origin", "https://evil.example"),
+            ("x-api-key", "k"),
+            ("x-goog-api-key", "k"),
+            ("x-goog-user-project", "someone-elses"),
+            ("x-http-method-override", "DELETE"),
+            ("user-agent", "curl/8"),
+            ("host", "evil.example"),
+            ("content-length", "2"),
+            ("content-type", "application/json"),
+            ("if-none-match", "\"etag\""),
+            ("range", "bytes=0-9"),
+            ("x-upload-content-type", "text/plain"),
+            ("x-goog-upload-protocol", "resumable"),
+        ] {
+            h.append(name, value.parse().unwrap());
+        }
         let out = forwarded_headers(&h);
-        assert_eq!(out.len(), 2, "{out:?}");
-        assert!(out.contains_key("content-type"));
-        assert!(out.contains_key("x-goog-upload-protocol"));
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "if-none-match",
+                "range",
+                "x-goog-upload-protocol",
+                "x-upload-content-type"
+            ]
+        );
     }
 
     #[test]

@@ -5,13 +5,14 @@
 use crate::apikeys::{Caller, KeyScope};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::http::extract::Path;
 use crate::http::proxy;
 use crate::http::signin::{GrantJson, UserJson, read_body};
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,7 +28,18 @@ pub fn routes() -> Router<App> {
         .route("/v1/users", get(list_users))
         .route("/v1/users/{sub}", get(get_user).delete(delete_user))
         .route("/v1/users/{sub}/token", post(token))
-        .route("/v1/users/{sub}/google/{*path}", any(proxy_call))
+        .route("/v1/users/{sub}/google/{*path}", proxy_methods())
+}
+
+/// The proxy's route: the methods of Google's APIs ([`proxy::METHODS`]); any other answers 405
+/// with `Allow` (the router's method fallback), before the caller's key is looked at.
+fn proxy_methods() -> MethodRouter<App> {
+    proxy::METHODS
+        .iter()
+        .filter_map(|m| MethodFilter::try_from(m.clone()).ok())
+        .fold(MethodRouter::new(), |route, filter| {
+            route.on(filter, proxy_call)
+        })
 }
 
 #[derive(Serialize)]

@@ -326,3 +326,94 @@ async fn invalid_client_credentials_are_an_upstream_error() {
     assert_eq!(api.code(), "upstream_error");
     assert_eq!(api.status().as_u16(), 502);
 }
+
+/// A path parameter that is not UTF-8 once percent-decoded is bad input like any other: 400
+/// with the contract's JSON body on the API, the console's HTML page on the console.
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_answers_the_error_body() {
+    use grantkeeper_server::apikeys::KeyScope::{Jobs, Proxy, Token, UsersRead, UsersWrite};
+    let t = TestApp::start().await;
+    let key = t
+        .api_key(&[Token, Proxy, UsersRead, UsersWrite, Jobs])
+        .await;
+    for (method, path) in [
+        ("GET", "/v1/users/%ff"),
+        ("DELETE", "/v1/users/%ff"),
+        ("POST", "/v1/users/%ff/token"),
+        ("GET", "/v1/users/%ff/google/drive/v3/files"),
+        ("GET", "/v1/users/123/google/drive/v3/files/%c3%28"),
+        ("GET", "/v1/jobs/%ff"),
+    ] {
+        let a = t.v1(method, path, Some(&key), None).await;
+        a.assert_error(400, "invalid_request");
+        assert_eq!(
+            a.headers["content-type"], "application/json",
+            "{method} {path}: {}",
+            a.text
+        );
+    }
+    let a = t.get("/admin/users/%ff", None).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        a.headers
+    );
+    assert!(
+        a.text.contains(r#"data-code="invalid_request""#),
+        "{}",
+        a.text
+    );
+}
+
+/// A request not answered within `limits.request_timeout` gets the contract's 503, with
+/// Retry-After, not an empty answer.
+#[tokio::test]
+async fn a_request_over_its_time_answers_the_error_body() {
+    use grantkeeper_server::apikeys::KeyScope::Proxy;
+    use grantkeeper_server::config::{DurationValue, LimitsSection};
+    let t = TestApp::start_with(super::harness::Options {
+        limits: LimitsSection {
+            request_timeout: Some(DurationValue::Seconds(1)),
+            ..super::harness::no_rate_limits()
+        },
+        ..super::harness::Options::default()
+    })
+    .await;
+    let sub = t.signed_in("slow@example.com").await;
+    let key = t.api_key(&[Proxy]).await;
+    // Drive takes 1.5 s (less than the server's HTTP client waits), the server 1 s at most.
+    t.emulator_call(
+        "PUT",
+        "faults",
+        Some(json!({"drive": {"latency_ms": 1500, "error_rate": 0.0}})),
+    )
+    .await;
+    let a = t
+        .v1(
+            "GET",
+            &format!("/v1/users/{sub}/google/drive/v3/files?spaces=appDataFolder"),
+            Some(&key),
+            None,
+        )
+        .await;
+    a.assert_error(503, "upstream_unavailable");
+    assert_eq!(
+        a.headers["content-type"], "application/json",
+        "{:?}",
+        a.headers
+    );
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.request_timeout"),
+        "{}",
+        a.text
+    );
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+}

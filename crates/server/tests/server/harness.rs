@@ -1,7 +1,7 @@
 //! `TestApp`: the real server on port 0 beside a real emulator on port 0, typed request
 //! helpers, and log capture at trace level (set GRANTKEEPER_TEST_LOG=1 to also print logs).
 
-use grantkeeper_core::{ExposeSecret, MasterKey, SystemClock};
+use grantkeeper_core::{ExposeSecret, ManualClock, MasterKey, SystemClock};
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::App;
 use grantkeeper_server::config::{FileConfig, LimitsSection, Settings};
@@ -213,6 +213,8 @@ pub struct Options {
     pub keepalive: Option<(&'static str, &'static str, &'static str)>,
     /// `server.session_ttl` and `server.session_purge_interval` (default: the server's).
     pub sessions: Option<(&'static str, &'static str)>,
+    /// The clock of the server and the emulator (default: the system's).
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 /// `[limits]` with both rate limits off, everything else at its default.
@@ -239,6 +241,7 @@ impl Default for Options {
             store_url: None,
             keepalive: None,
             sessions: None,
+            clock: None,
         }
     }
 }
@@ -251,7 +254,10 @@ impl TestApp {
     pub async fn start_with(options: Options) -> TestApp {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let clock = SystemClock::shared();
+        let clock: grantkeeper_core::SharedClock = match &options.clock {
+            Some(manual) => manual.clone(),
+            None => SystemClock::shared(),
+        };
 
         let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator_url = format!("http://{}", emulator_listener.local_addr().unwrap());
@@ -320,7 +326,9 @@ impl TestApp {
         );
         let settings = Settings::from_file(&file, dir.path()).unwrap();
         let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
-        let store = grantkeeper_store::open(settings.store_url.expose_secret()).await.unwrap();
+        let store = grantkeeper_store::open(settings.store_url.expose_secret())
+            .await
+            .unwrap();
         // A short timeout so that an upstream that hangs is tested in seconds.
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(2))

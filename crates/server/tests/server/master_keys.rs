@@ -65,16 +65,17 @@ fn settings_of(t: &TestApp) -> Settings {
     file.provider.client_id = Some(client.client_id.clone());
     file.provider.client_secret = Some(client.client_secret.clone());
     file.provider.api_base = Some(t.emulator_url.clone());
-    file.store.url = Some(
-        format!("sqlite://{}", t.dir.path().join("grantkeeper.db").display()).into(),
-    );
+    file.store.url =
+        Some(format!("sqlite://{}", t.dir.path().join("grantkeeper.db").display()).into());
     Settings::from_file(&file, t.dir.path()).unwrap()
 }
 
 /// Starts another server on `t`'s store with `source`; its start error, if any, as text.
 async fn restart(t: &TestApp, source: Arc<dyn MasterKeySource>) -> Result<App, String> {
     let settings = settings_of(t);
-    let store = grantkeeper_store::open(settings.store_url.expose_secret()).await.unwrap();
+    let store = grantkeeper_store::open(settings.store_url.expose_secret())
+        .await
+        .unwrap();
     App::new(settings, store, source, SystemClock::shared())
         .await
         .map_err(|e| e.to_string())
@@ -281,7 +282,9 @@ async fn a_server_refuses_to_start_naming_the_setting_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_of(&t);
     settings.store_url = format!("sqlite://{}", dir.path().join("new.db").display()).into();
-    let store = grantkeeper_store::open(settings.store_url.expose_secret()).await.unwrap();
+    let store = grantkeeper_store::open(settings.store_url.expose_secret())
+        .await
+        .unwrap();
     let e = App::new(
         settings,
         store,

@@ -61,7 +61,9 @@ async fn start(store_url: Option<String>) -> (TestApp, String) {
     let settings = Settings::from_file(&file, dir.path()).unwrap();
     let master_text = MasterKey::generate_base64();
     let master = MasterKey::from_base64(&master_text).unwrap();
-    let store = grantkeeper_store::open(settings.store_url.expose_secret()).await.unwrap();
+    let store = grantkeeper_store::open(settings.store_url.expose_secret())
+        .await
+        .unwrap();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .redirect(reqwest::redirect::Policy::none())

@@ -2,6 +2,7 @@
 
 use super::harness::{Options, TestApp};
 use axum::routing::post;
+use grantkeeper_core::ManualClock;
 use grantkeeper_core::scopes::DRIVE_APPDATA;
 use grantkeeper_server::apikeys::KeyScope::{self, Proxy, Token, UsersRead, UsersWrite};
 use grantkeeper_store::AuditFilter;
@@ -536,14 +537,207 @@ async fn the_proxy_refreshes_once_after_a_401_and_never_more() {
     let stats = t.stats().await;
     assert_eq!(stats["refreshes"], 1);
     assert_eq!(stats["drive_requests"], 2);
-    // An API that always answers 401: one refresh, one retry, then its answer.
+    // An API that now always answers 401, within the cooldown of the refresh a 401 caused: its
+    // answer is passed back, with no refresh and no retry.
     t.emulator_call("PUT", "faults", Some(json!({"drive": {"status": 401}})))
         .await;
     let r = t.http.get(&url).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["errors"][0]["reason"], "authError", "{body}");
     let stats = t.stats().await;
-    assert_eq!(stats["drive_requests"], 4);
-    assert_eq!(stats["refreshes"], 2);
+    assert_eq!(stats["drive_requests"], 3);
+    assert_eq!(stats["refreshes"], 1);
+}
+
+/// A path that keeps answering 401 costs one refresh per `broker.rejection_cooldown` (30 s),
+/// not one per call: a `proxy` key cannot spend the client's token-endpoint quota.
+#[tokio::test]
+async fn a_path_that_keeps_answering_401_costs_one_refresh_per_cooldown() {
+    let clock = ManualClock::new();
+    let t = TestApp::start_with(Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    let sub = t.signed_in("cooldown@example.com").await;
+    let key = t.api_key(&[Proxy]).await;
+    let url = format!(
+        "{}/v1/users/{sub}/google/drive/v3/files?spaces=appDataFolder",
+        t.url
+    );
+    t.emulator_call("PUT", "faults", Some(json!({"drive": {"status": 401}})))
+        .await;
+    for _ in 0..3 {
+        let r = t.http.get(&url).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let stats = t.stats().await;
+    assert_eq!(stats["refreshes"], 1, "{stats}");
+    // The first call was retried once with the new token; the others were passed back.
+    assert_eq!(stats["drive_requests"], 4, "{stats}");
+
+    clock.advance(time::Duration::seconds(29));
+    let r = t.http.get(&url).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(t.stats().await["refreshes"], 1);
+
+    clock.advance(time::Duration::seconds(2));
+    let r = t.http.get(&url).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let stats = t.stats().await;
+    assert_eq!(stats["refreshes"], 2, "{stats}");
+    assert_eq!(stats["drive_requests"], 7, "{stats}");
+}
+
+/// The proxy's upstream is the emulator's echo, which answers the headers it received.
+#[tokio::test]
+async fn the_proxy_passes_on_only_the_headers_of_an_api_call() {
+    let t = TestApp::start().await;
+    let sub = t.signed_in("echo@example.com").await;
+    let key = t.api_key(&[Proxy]).await;
+    let url = format!(
+        "{}/v1/users/{sub}/google/_emulator/echo/upload/drive/v3/files?uploadType=resumable",
+        t.url
+    );
+    let dropped = [
+        ("x-forwarded-for", "192.0.2.1"),
+        ("forwarded", "for=192.0.2.1"),
+        ("origin", "https://evil.example"),
+        ("referer", "https://evil.example/page"),
+        ("x-api-key", "the-caller-s-key"),
+        ("x-goog-api-key", "the-caller-s-google-key"),
+        ("user-agent", "evil-agent/1"),
+        ("cookie", "gk_session=the-caller-s"),
+        ("x-goog-user-project", "someone-elses-project"),
+        ("x-http-method-override", "DELETE"),
+        ("x-requested-with", "XMLHttpRequest"),
+    ];
+    let kept = [
+        ("accept", "application/json"),
+        ("accept-language", "de"),
+        ("content-type", "application/json; charset=UTF-8"),
+        ("if-none-match", "\"v1\""),
+        ("range", "bytes=0-9"),
+        ("x-upload-content-type", "text/plain"),
+        ("x-upload-content-length", "5"),
+        ("x-goog-upload-protocol", "resumable"),
+    ];
+    let mut request = t.http.post(&url).bearer_auth(&key).body("{}");
+    for (name, value) in dropped.iter().chain(&kept) {
+        request = request.header(*name, *value);
+    }
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["method"], "POST", "{echo}");
+    assert_eq!(echo["query"], "uploadType=resumable", "{echo}");
+    let received = echo["headers"].as_object().unwrap();
+    for (name, value) in dropped {
+        let passed = received
+            .get(name)
+            .is_some_and(|v| v.as_array().unwrap().iter().any(|v| v == value));
+        assert!(!passed, "{name} reached the API: {echo}");
+    }
+    for name in [
+        "x-forwarded-for",
+        "forwarded",
+        "origin",
+        "x-api-key",
+        "x-goog-api-key",
+        "cookie",
+    ] {
+        assert!(
+            !received.contains_key(name),
+            "{name} reached the API: {echo}"
+        );
+    }
+    for (name, value) in kept {
+        assert_eq!(received.get(name), Some(&json!([value])), "{name}: {echo}");
+    }
+    // The body's own length, as sent.
+    assert_eq!(received["content-length"], json!(["2"]), "{echo}");
+}
+
+/// A request written by hand on a fresh connection (reqwest does not send TRACE or CONNECT to
+/// an origin-form path): the status, the `Allow` header and the body.
+async fn raw_call(t: &TestApp, method: &str, path: &str, key: &str) -> (u16, String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = t.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let allow = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("allow")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (
+        status,
+        allow,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_proxy_takes_only_the_methods_of_google_s_apis() {
+    let t = TestApp::start().await;
+    let sub = t.signed_in("methods@example.com").await;
+    let key = t.api_key(&[Proxy]).await;
+    let path = format!("/v1/users/{sub}/google/_emulator/echo/drive/v3/files");
+    for method in ["TRACE", "CONNECT", "OPTIONS", "PROPFIND"] {
+        let (status, allow, body) = raw_call(&t, method, &path, &key).await;
+        assert_eq!(status, 405, "{method}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{method}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let mut allowed: Vec<&str> = allow.split(',').map(str::trim).collect();
+        allowed.sort_unstable();
+        assert_eq!(
+            allowed,
+            ["DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"],
+            "{method}: {allow:?}"
+        );
+    }
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        let r = t
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", t.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method}");
+        let echo: Value = r.json().await.unwrap();
+        assert_eq!(echo["method"], method);
+    }
+    let head = t
+        .http
+        .head(format!("{}{path}", t.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let rows = audit_rows(&t, &sub).await;
+    assert!(
+        rows.iter()
+            .all(|r| !r.detail.starts_with("TRACE") && !r.detail.starts_with("CONNECT")),
+        "{rows:?}"
+    );
 }
 
 #[tokio::test]

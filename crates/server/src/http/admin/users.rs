@@ -11,8 +11,9 @@ use super::html::{
 use super::{PageError, html_response, see_other};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::http::extract::PagePath;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use grantkeeper_broker::RevocationOutcome;
@@ -266,7 +267,7 @@ pub const QUEUED_FLASH: &str =
 pub async fn user(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(sub): Path<String>,
+    PagePath(sub): PagePath<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let operator = match signed(&app, &headers).await? {
@@ -523,7 +524,7 @@ fn audit_table(out: &mut String, audit: &[grantkeeper_store::AuditRecord], now: 
 pub async fn revoke(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(sub): Path<String>,
+    PagePath(sub): PagePath<String>,
     body: Body,
 ) -> Result<Response, PageError> {
     check_origin(&app, &headers)?;
