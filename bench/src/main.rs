@@ -4,7 +4,7 @@
 //!
 //!     bench/run.sh                     # release build, wrk if missing, then `all`
 //!     cargo run --release -p grantkeeper-bench -- all [options]
-//!     cargo run --release -p grantkeeper-bench -- verify|handout|signin|stampede|sweep|memory|growth
+//!     cargo run --release -p grantkeeper-bench -- verify|handout|signin|stampede|sweep|jobs|memory|growth
 //!
 //! HTTP scenarios run `grantkeeper serve` (the release binary next to this one, or
 //! `--grantkeeper PATH`) as a separate process on 127.0.0.1 and load it with wrk; the Google
@@ -14,6 +14,7 @@
 mod google;
 mod growth;
 mod handout;
+mod jobs;
 mod load;
 mod population;
 mod report;
@@ -53,6 +54,9 @@ enum Scenario {
     /// `sweep --job refresh` over N users with injected upstream latency, against the ideal
     /// N x latency / concurrency
     Sweep,
+    /// Users worked on by several workers over /v1/jobs with a latency per user, against the
+    /// ideal N x latency / (workers x batch); then one worker killed halfway
+    Jobs,
     /// Peak RSS of a serve process with many stored users and cached tokens
     Memory,
     /// Sign-in and hand-out figures as the store grows
@@ -119,6 +123,21 @@ pub struct Opts {
         default_values_t = [32, 100]
     )]
     pub sweep_concurrency: Vec<usize>,
+    /// Users of `jobs`
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub jobs_users: usize,
+    /// Each user's work in `jobs` (an upstream call), in ms
+    #[arg(long, global = true, default_value_t = 50)]
+    pub jobs_latency_ms: u64,
+    /// Workers of `jobs`
+    #[arg(long, global = true, default_value_t = 4)]
+    pub jobs_workers: usize,
+    /// Users per claim, and users in work at once, of each worker of `jobs`
+    #[arg(long, global = true, default_value_t = 50)]
+    pub jobs_batch: usize,
+    /// The item lease of `jobs`, in seconds: how soon a killed worker's users are offered again
+    #[arg(long, global = true, default_value_t = 5)]
+    pub jobs_lease_secs: u64,
     /// Stored users at which `growth` measures
     #[arg(long, global = true, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
     pub sizes: Vec<u64>,
@@ -193,7 +212,10 @@ impl Ctx {
 /// Whether wrk can run, and how many files a process may open (1,024 connections need more
 /// than the usual soft limit of 1,024 on both ends).
 fn preflight(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<()> {
-    let http = !matches!(scenario, Scenario::Verify | Scenario::Sweep);
+    let http = !matches!(
+        scenario,
+        Scenario::Verify | Scenario::Sweep | Scenario::Jobs
+    );
     if http {
         let wrk = std::process::Command::new("wrk").arg("--version").output();
         anyhow::ensure!(
@@ -228,6 +250,7 @@ async fn run(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Signin => signin::run(ctx).await,
         Scenario::Stampede => stampede::run(ctx).await,
         Scenario::Sweep => sweep::run(ctx).await,
+        Scenario::Jobs => jobs::run(ctx).await,
         Scenario::Memory => growth::run(ctx, false, true).await,
         Scenario::Growth => growth::run(ctx, true, false).await,
     }
@@ -241,6 +264,7 @@ fn name(scenario: Scenario) -> &'static str {
         Scenario::Signin => "signin",
         Scenario::Stampede => "stampede",
         Scenario::Sweep => "sweep",
+        Scenario::Jobs => "jobs",
         Scenario::Memory => "memory",
         Scenario::Growth => "growth",
     }
@@ -260,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Signin,
             Scenario::Stampede,
             Scenario::Sweep,
+            Scenario::Jobs,
         ] {
             run_reported(&ctx, scenario, run(&ctx, scenario)).await;
         }

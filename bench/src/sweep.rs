@@ -18,15 +18,22 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use url::Url;
 
-pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let (users, latency_ms) = (ctx.opts.sweep_users, ctx.opts.sweep_latency_ms);
-    let most = ctx
-        .opts
-        .sweep_concurrency
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1);
+/// An app on a fresh SQLite file with the emulator in this process, and `users` users signed
+/// in (`user000000@example.com`...), each holding a refresh token and a fresh access token.
+pub struct Population {
+    /// Holds the SQLite file.
+    pub _dir: tempfile::TempDir,
+    pub app: App,
+    /// The emulator's base URL.
+    pub base: String,
+    pub client: grantkeeper_emulator::OAuthClient,
+    pub http: reqwest::Client,
+    /// How long signing everyone in took.
+    pub signed_in: Duration,
+}
+
+/// Signs `users` users in; the broker may run `refresh_concurrency` refreshes at once.
+pub async fn population(users: usize, refresh_concurrency: usize) -> anyhow::Result<Population> {
     let dir = tempfile::tempdir()?;
     let clock = SystemClock::shared();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -46,8 +53,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     file.provider.client_id = Some(client.client_id.clone());
     file.provider.client_secret = Some(client.client_secret.clone());
     file.provider.api_base = Some(base.clone());
-    // The sweep's concurrency is the figure's denominator: let the broker run as many.
-    file.broker.refresh_concurrency = Some(most);
+    file.broker.refresh_concurrency = Some(refresh_concurrency);
+    // The load comes from one key: the `/v1` limit per key is off, as in the other scenarios.
+    file.limits.v1_per_second = Some(0);
     file.store.url = Some(format!("sqlite://{}", dir.path().join("bench.db").display()).into());
     let settings = Settings::from_file(&file, dir.path())?;
     let store = grantkeeper_store::open(settings.store_url.expose_secret()).await?;
@@ -97,6 +105,34 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "signed in {users} users in {:.1} s",
         signed_in.as_secs_f64()
     );
+    Ok(Population {
+        _dir: dir,
+        app,
+        base,
+        client,
+        http,
+        signed_in,
+    })
+}
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let (users, latency_ms) = (ctx.opts.sweep_users, ctx.opts.sweep_latency_ms);
+    let most = ctx
+        .opts
+        .sweep_concurrency
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1);
+    // The sweep's concurrency is the figure's denominator: let the broker run as many.
+    let Population {
+        _dir,
+        app,
+        base,
+        client,
+        http,
+        signed_in,
+    } = population(users, most).await?;
 
     http.put(format!("{base}/_emulator/faults"))
         .json(&json!({"token": {"latency_ms": latency_ms}}))
