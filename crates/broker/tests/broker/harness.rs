@@ -18,8 +18,7 @@ use grantkeeper_store::{
     GrantEvent, GrantRecord, SealedAccessToken, SealedRefreshToken, SharedStore, SignIn,
 };
 use serde_json::{Value, json};
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use url::Url;
@@ -27,42 +26,7 @@ use url::Url;
 pub const ALL_SCOPES: &str = "openid email profile https://www.googleapis.com/auth/drive.appdata";
 pub const DRIVE_APPDATA: &str = "https://www.googleapis.com/auth/drive.appdata";
 
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        if std::env::var_os("GRANTKEEPER_TEST_LOG").is_some() {
-            std::io::stderr().write_all(buf)?;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn init_logs() -> Arc<Mutex<Vec<u8>>> {
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = Capture(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-/// Every log line written so far by any test of this binary.
-pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&init_logs().lock().unwrap()).into_owned()
-}
+pub use grantkeeper_testkit::logs::captured_logs;
 
 pub struct Env {
     pub emulator_url: String,
@@ -119,7 +83,7 @@ impl Env {
         dir: tempfile::TempDir,
         database: Option<super::postgres::TestDatabase>,
     ) -> Env {
-        init_logs();
+        grantkeeper_testkit::logs::capture();
         let clock = ManualClock::new();
         let shared: SharedClock = clock.clone();
 

@@ -7,49 +7,12 @@ use grantkeeper_server::App;
 use grantkeeper_server::config::{FileConfig, LimitsSection, Settings};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use url::Url;
 
-/// Everything every test logs, at trace level.
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        if std::env::var_os("GRANTKEEPER_TEST_LOG").is_some() {
-            std::io::stderr().write_all(buf)?;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn init_logs() -> Arc<Mutex<Vec<u8>>> {
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = Capture(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-/// The text of every log line written so far by any test of this binary.
-pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&init_logs().lock().unwrap()).into_owned()
-}
+pub use grantkeeper_testkit::logs::captured_logs;
 
 /// Makes [`KMS_KEY`] and a service account in the emulator at `emulator_url`; the Cloud KMS
 /// source of that key, with the account's key file written in `dir`.
@@ -252,7 +215,7 @@ impl TestApp {
     }
 
     pub async fn start_with(options: Options) -> TestApp {
-        init_logs();
+        grantkeeper_testkit::logs::capture();
         let dir = tempfile::tempdir().unwrap();
         let clock: grantkeeper_core::SharedClock = match &options.clock {
             Some(manual) => manual.clone(),
