@@ -145,21 +145,22 @@ pub fn upstream_url(api_base: &Url, path: &str, query: Option<&str>) -> Result<U
     Ok(url)
 }
 
+/// A path segment percent-decoded, or `None` when it holds an escape that is not `%` and two
+/// hex digits (decoders pass those through as text; the proxy refuses them) or does not decode
+/// to UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = s.split('%').skip(1).all(|rest| {
+        rest.as_bytes()
+            .get(..2)
+            .is_some_and(|pair| pair.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 enum Outgoing {
@@ -363,6 +364,8 @@ mod tests {
             "drive/%2fetc",
             "x/.",
             "%zz",
+            "drive/%2",
+            "drive/%ff",
         ] {
             assert!(
                 upstream_url(&base(), bad, None).is_err(),
