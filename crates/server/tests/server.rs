@@ -17,6 +17,7 @@ mod server {
     pub mod risc;
     pub mod rotation;
     pub mod secrets;
+    pub mod seen;
     pub mod signin;
     pub mod store_faults;
     pub mod v1;

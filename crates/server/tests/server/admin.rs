@@ -1334,3 +1334,159 @@ async fn the_jobs_page_shows_each_job_s_progress_and_failures() {
         303
     );
 }
+
+/// A console page as a person reads it: the text of its HTML without scripts, styles and
+/// charts, one block a line, a table's row on one line with its cells parted by ` | `.
+fn visible_text(html: &str) -> String {
+    // Markup within a run of text; any other tag parts words (links and spans are laid out
+    // as blocks by the console's style).
+    const WITHIN: &[&str] = &["abbr", "b", "code", "em", "i", "kbd", "strong", "time"];
+    const SPACED: &[&str] = &["a", "button", "label", "small", "span", "option"];
+    let mut out = String::new();
+    let mut in_cell = false;
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('>').map_or(after.len(), |i| i + 1);
+        let tag = &after[..close.saturating_sub(1)];
+        let closing = tag.starts_with('/');
+        let name = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        rest = after.get(close..).unwrap_or("");
+        if !closing && matches!(name.as_str(), "script" | "style" | "svg") {
+            let end = format!("</{name}>");
+            rest = rest.find(&end).map_or("", |i| &rest[i + end.len()..]);
+            // The charts' numbers are in the tables beside them.
+            if name == "svg" {
+                out.push_str("\n[chart]\n");
+            }
+            continue;
+        }
+        match name.as_str() {
+            "td" | "th" => {
+                in_cell = !closing;
+                if !closing {
+                    out.push_str(" | ");
+                }
+            }
+            n if WITHIN.contains(&n) => {}
+            n if SPACED.contains(&n) || in_cell => out.push(' '),
+            _ => out.push('\n'),
+        }
+    }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&");
+    decoded
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|l| l.trim_start_matches("| ").to_owned())
+        .filter(|l| !l.is_empty() && l != "|")
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(" ,", ",")
+}
+
+#[tokio::test]
+async fn the_console_pages_as_text() {
+    let t = TestApp::start().await;
+    let login = t.admin_get("/admin", None).await;
+    assert_eq!(login.status, 200, "{}", login.text);
+
+    // Four users: active, revoked, needing consent, and one with a job that failed.
+    let ann = t.signed_in("ann@example.com").await;
+    let ben = t.signed_in("ben@example.com").await;
+    t.app
+        .broker()
+        .revoke_grant(&ben, "revoked by the operator")
+        .await
+        .unwrap();
+    let online = t
+        .mint(Code {
+            access_type: "online",
+            scope: "openid email",
+            redirect_uri: "",
+            azp: Some(t.emulator.android_client_id()),
+            ..Code::web("cat@example.com")
+        })
+        .await;
+    assert_eq!(t.authcode_android(&online).await.status, 200);
+    let key = t.api_key(&[Token]).await;
+    let token = t
+        .v1("POST", &format!("/v1/users/{ann}/token"), Some(&key), None)
+        .await;
+    assert_eq!(token.status, 200, "{}", token.text);
+    let jobs = t.api_key(&[KeyScope::Jobs]).await;
+    let job = t
+        .v1(
+            "POST",
+            "/v1/jobs",
+            Some(&jobs),
+            Some(json!({"name": "drive backup", "scopes": ["https://www.googleapis.com/auth/drive.appdata"]})),
+        )
+        .await;
+    assert_eq!(job.status, 201, "{}", job.text);
+    let id = job.body["id"].as_i64().unwrap();
+    // The audit writer flushes within a second: wait for ann's token row.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = t
+            .app
+            .store()
+            .audit(AuditFilter {
+                sub: Some(ann.clone()),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        if rows.iter().any(|r| r.action.contains("token")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never audited");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let c = t.console_with(&[UsersRead]).await;
+    let mut pages = Vec::new();
+    for (name, path) in [
+        ("users", "/admin".to_owned()),
+        ("user", format!("/admin/users/{ann}")),
+        ("user-revoked", format!("/admin/users/{ben}")),
+        ("activity", "/admin/activity".to_owned()),
+        ("jobs", "/admin/jobs".to_owned()),
+        ("job", format!("/admin/jobs/{id}")),
+    ] {
+        let page = t.admin_get(&path, Some(&c.cookie)).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.text);
+        pages.push((name, visible_text(&page.text)));
+    }
+    let filters = vec![
+        (
+            r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}| UTC)?",
+            "[time]",
+        ),
+        (r"\d{4}-\d{2}-\d{2}", "[date]"),
+        (r"\b\d{2}:\d{2}(:\d{2})?\b", "[hh:mm]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[port]"),
+        (r"key_[0-9a-f]{12}", "key_[id]"),
+        // A job's speed is its users over the time it has run so far.
+        (r"\d+(\.\d+)? users/s", "[n] users/s"),
+    ];
+    insta::with_settings!({filters => filters}, {
+        insta::assert_snapshot!("console-login", visible_text(&login.text));
+        for (name, text) in &pages {
+            insta::assert_snapshot!(format!("console-{name}"), text);
+        }
+    });
+}
