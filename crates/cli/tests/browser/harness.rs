@@ -215,12 +215,9 @@ impl Browser {
             &["chromium", "chromium-browser", "google-chrome"],
         );
         let (Some(driver), Some(chromium)) = (driver, chromium) else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
-                );
-            }
-            eprintln!("skipped: chromium or chromedriver not found");
+            grantkeeper_testkit::cannot_run(
+                "chromium or chromedriver not found (apt-get install chromium chromium-driver)",
+            );
             return None;
         };
         let port = free_port();

@@ -48,12 +48,12 @@ fn node_available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "node is needed on CI to run the /gsi/client script"
+        // The rule of grantkeeper-testkit's `cannot_run` (the emulator's tests do not link it).
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "node not found; it runs the /gsi/client script: CI must run this check"
         );
-        println!("skipped: node not found");
+        eprintln!("skipped: node not found; it runs the /gsi/client script");
     }
     found
 }

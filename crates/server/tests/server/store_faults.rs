@@ -4,6 +4,7 @@
 //! sign-in after the fault clears succeeds, with no restart.
 
 use super::harness::{Answer, Options, TestApp};
+use grantkeeper_testkit::cannot_run;
 use grantkeeper_testkit::postgres::{TestDatabase, must_test};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,14 +28,6 @@ fn rows(path: &Path, table: &str) -> i64 {
         row.get(0)
     })
     .unwrap()
-}
-
-/// Says why a check cannot run here: skipped outside CI, a failure in CI.
-fn cannot_run(why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}: CI must run this check");
-    }
-    eprintln!("skipped: {why}");
 }
 
 #[tokio::test]
