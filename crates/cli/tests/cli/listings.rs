@@ -1,6 +1,6 @@
 //! What the operator's listings print, in both forms: the table for people and `--json` (one
 //! object a line) for scripts, snapshotted with times and random key ids masked. Subs are
-//! stable per email in the emulator, so they stay as they are.
+//! stable per email in the emulator, so they stay as they are. And `check`, passing and failing.
 
 use super::{BIN, client, sign_in, start};
 use serde_json::Value;
@@ -255,4 +255,15 @@ async fn listings_print_tables_and_json_lines() {
         !check.contains("Some(") && !check.contains("None"),
         "{check}"
     );
+    // With the dev server (and its provider) stopped: the failing check says what to do.
+    drop(dev);
+    let (ok, failed, err) = run3(&["check", "--data-dir", data_arg]);
+    assert!(!ok, "{failed}{err}");
+    assert!(failed.contains("FAIL  provider"), "{failed}");
+    assert!(failed.contains("ok    store"), "{failed}");
+    let filters = vec![(r"127\.0\.0\.1:\d+", "127.0.0.1:[port]")];
+    insta::with_settings!({filters => filters}, {
+        insta::assert_snapshot!("check", check.replace(data_arg, "[data dir]"));
+        insta::assert_snapshot!("check-failed", failed.replace(data_arg, "[data dir]"));
+    });
 }
