@@ -502,9 +502,31 @@ pub(crate) fn job_args(job: &NewJob) -> Vec<Arg> {
     ]
 }
 
-/// A new job's total, once its items are in (`$1` the job).
+/// A new job's total and open items, once its items are in (`$1` the job): the only time its
+/// items are counted; from then on its counts change with them ([`tally`]).
 pub(crate) const COUNT_TOTAL: &str =
-    "UPDATE jobs SET total = (SELECT COUNT(*) FROM job_items WHERE job_id = $1) WHERE id = $1";
+    "UPDATE jobs SET total = (SELECT COUNT(*) FROM job_items WHERE job_id = $1),
+                     open_items = (SELECT COUNT(*) FROM job_items
+                                    WHERE job_id = $1 AND state IN ('pending', 'leased'))
+      WHERE id = $1";
+
+/// Moves the counts of job `$1` as items left the open ones: `$2` done, `$3` failed, `$4`
+/// skipped. Run in the unit of work that settled them.
+const TALLY: &str = "UPDATE jobs SET open_items = open_items - $2 - $3 - $4,
+                         done_items = done_items + $2, failed_items = failed_items + $3
+      WHERE id = $1";
+
+/// The statement that keeps job `job_id`'s counts after items of it were settled as `counts`
+/// say (retries that stayed open and releases change nothing); None when nothing moved.
+pub(crate) fn tally(job_id: i64, counts: &SettleCounts) -> Option<(Sql, Vec<Arg>)> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    (counts.done + counts.failed + counts.skipped > 0).then(|| {
+        (
+            TALLY.into(),
+            args![job_id, n(counts.done), n(counts.failed), n(counts.skipped)],
+        )
+    })
+}
 
 /// Finishes job `$1` at `$2` (seconds) when it runs and no item of it is open.
 pub(crate) const FINISH_IF_DONE: &str = "UPDATE jobs SET state = 'finished', finished_at = $2
@@ -759,52 +781,63 @@ impl<E: JobUnits> JobStore for E {
     }
 
     async fn job_counts(&self, id: i64, now_ms: i64) -> Result<JobCounts> {
-        let sql = "SELECT state, reason,
-                          CAST(CASE WHEN state = 'leased' AND available_ms > $2 THEN 1 ELSE 0 END
-                               AS BIGINT) AS live,
-                          CAST(COUNT(*) AS BIGINT) AS n
-                     FROM job_items WHERE job_id = $1
-                    GROUP BY state, reason,
-                          CAST(CASE WHEN state = 'leased' AND available_ms > $2 THEN 1 ELSE 0 END
-                               AS BIGINT)";
-        let groups = self
-            .read_rows(sql.into(), args![id, now_ms], |row| {
+        // The job's row keeps its open, done and failed items; what is counted here is small
+        // and read through indexes: the leases running (of the leased items), the skipped
+        // items by reason, the items settled in the last minute.
+        let since = now_ms.div_euclid(1000) - 60;
+        let sql = "SELECT open_items, done_items, failed_items,
+                          (SELECT CAST(COUNT(*) AS BIGINT) FROM job_items
+                            WHERE job_id = $1 AND state = 'leased' AND available_ms > $2)
+                              AS in_flight,
+                          (SELECT CAST(COUNT(*) AS BIGINT) FROM job_items
+                            WHERE job_id = $1 AND settled_at >= $3) AS recent
+                     FROM jobs WHERE id = $1";
+        let found = self
+            .read_rows(sql.into(), args![id, now_ms, since], |row| {
+                let count = |column: &'static str| {
+                    u64::try_from(row.int(column)?)
+                        .map_err(|_| StoreError::Corrupt(format!("jobs.{column} is negative")))
+                };
                 Ok((
-                    row.text("state")?,
-                    row.opt_text("reason")?,
-                    row.int("live")? == 1,
-                    u64::try_from(row.int("n")?).unwrap_or(0),
+                    count("open_items")?,
+                    count("done_items")?,
+                    count("failed_items")?,
+                    count("in_flight")?,
+                    count("recent")?,
                 ))
             })
             .await?;
-        let mut counts = JobCounts::default();
-        for (state, reason, live, n) in groups {
-            match state.as_str() {
-                "pending" => counts.pending += n,
-                "leased" if live => counts.in_flight += n,
-                "leased" => counts.pending += n,
-                "done" => counts.done += n,
-                "failed" => counts.failed += n,
-                "skipped" => {
-                    *counts
-                        .skipped
-                        .entry(reason.unwrap_or_else(|| "skipped".to_owned()))
-                        .or_default() += n
-                }
-                _ => return Err(StoreError::Corrupt("job_items.state is unknown".into())),
-            }
-        }
-        let since = now_ms.div_euclid(1000) - 60;
-        let recent = self
+        let Some((open, done, failed, in_flight, recent)) = first(found) else {
+            return Ok(JobCounts::default());
+        };
+        let skips = self
             .read_rows(
-                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM job_items
-                  WHERE job_id = $1 AND settled_at >= $2"
+                "SELECT reason, CAST(COUNT(*) AS BIGINT) AS n FROM job_items
+                  WHERE job_id = $1 AND state = 'skipped' GROUP BY reason"
                     .into(),
-                args![id, since],
-                |row| row.int("n"),
+                args![id],
+                |row| {
+                    Ok((
+                        row.opt_text("reason")?,
+                        u64::try_from(row.int("n")?).unwrap_or(0),
+                    ))
+                },
             )
             .await?;
-        counts.settled_last_minute = u64::try_from(first(recent).unwrap_or(0)).unwrap_or(0);
+        let mut counts = JobCounts {
+            pending: open.saturating_sub(in_flight),
+            in_flight: in_flight.min(open),
+            done,
+            failed,
+            settled_last_minute: recent,
+            ..JobCounts::default()
+        };
+        for (reason, n) in skips {
+            *counts
+                .skipped
+                .entry(reason.unwrap_or_else(|| "skipped".to_owned()))
+                .or_default() += n;
+        }
         Ok(counts)
     }
 

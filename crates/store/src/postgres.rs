@@ -122,6 +122,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/postgres/0021_jobs.sql"),
     ),
     (
+        23,
+        "job counts",
+        include_str!("../migrations/postgres/0023_job_counts.sql"),
+    ),
+    (
         25,
         "session bound",
         include_str!("../migrations/postgres/0025_session_bound.sql"),

@@ -8,7 +8,7 @@ use super::{PgResult, PostgresStore, bound, retrying};
 use crate::jobs::{
     COUNT_TOTAL, ClaimedItems, FINISH_IF_DONE, INSERT_JOB, ItemClaim, JobRecord, JobUnits,
     NEXT_DUE, NewJob, SELECT_JOB, SELECT_RUNNING_WITH_KEY, Settle, SettleCounts, claimed_item,
-    count_retries, held_items, insert_items, job, job_args, settle_plan,
+    count_retries, held_items, insert_items, job, job_args, settle_plan, tally,
 };
 use crate::rows::Columns;
 use crate::sql::{Arg, Engine, first};
@@ -16,9 +16,10 @@ use crate::{Result, StoreError};
 use async_trait::async_trait;
 use sqlx::Row;
 
-/// Fails the items whose lease ended on their last offer, leases up to `$3` due items of
-/// running job `$1` (due by `$2`) as `$4` to `$5` until `$6` (`$7`: now in seconds), and
-/// answers them with their users' grants: one round trip.
+/// Fails the items whose lease ended on their last offer (counted on the job's row, which is
+/// written only then), leases up to `$3` due items of running job `$1` (due by `$2`) as `$4` to
+/// `$5` until `$6` (`$7`: now in seconds), and answers them with their users' grants: one round
+/// trip.
 const CLAIM: &str = concat!(
     "WITH job AS (SELECT id, max_attempts FROM jobs WHERE id = $1 AND state = 'running'),
      exhausted AS (
@@ -28,6 +29,10 @@ const CLAIM: &str = concat!(
          WHERE i.job_id = job.id AND i.state = 'leased' AND i.available_ms <= $2
            AND i.attempts >= job.max_attempts
         RETURNING i.id),
+     tally AS (
+        UPDATE jobs SET open_items = open_items - e.n, failed_items = failed_items + e.n
+          FROM (SELECT COUNT(*) AS n FROM exhausted) e
+         WHERE jobs.id = $1 AND e.n > 0),
      picked AS (
         SELECT i.id FROM job_items i, job
          WHERE i.job_id = job.id AND i.state IN ('pending', 'leased') AND i.available_ms <= $2
@@ -169,8 +174,12 @@ impl JobUnits for PostgresStore {
             for (sql, args) in &plan.statements {
                 changed.push(bound(sql, args).execute(&mut *tx).await?.rows_affected());
             }
+            let counts = count_retries(&plan, &changed);
+            if let Some((sql, args)) = tally(job_id, &counts) {
+                bound(&sql, &args).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            Ok(count_retries(&plan, &changed))
+            Ok(counts)
         })
         .await
     }

@@ -7,7 +7,7 @@ use crate::jobs::{
     COUNT_TOTAL, ClaimedItems, FAIL_EXHAUSTED, FINISH_IF_DONE, INSERT_JOB, ItemClaim, JobRecord,
     JobUnits, LEASE_ITEMS, NEXT_DUE, NewJob, SELECT_JOB, SELECT_LEASED, SELECT_RUNNING_WITH_KEY,
     Settle, SettleCounts, claimed_item, count_retries, held_items, insert_items, job, job_args,
-    settle_plan,
+    settle_plan, tally,
 };
 use crate::sql::Arg;
 use crate::{Result, StoreError};
@@ -72,7 +72,11 @@ impl JobUnits for SqliteStore {
             for (sql, args) in &plan.statements {
                 changed.push(execute(conn, sql, args)?);
             }
-            Ok(count_retries(&plan, &changed))
+            let counts = count_retries(&plan, &changed);
+            if let Some((sql, args)) = tally(job_id, &counts) {
+                execute(conn, &sql, &args)?;
+            }
+            Ok(counts)
         })
         .await
     }
@@ -98,6 +102,13 @@ fn claim_in(conn: &Connection, claim: &ItemClaim) -> Result<ClaimedItems> {
         FAIL_EXHAUSTED,
         &args![claim.job_id, claim.now_ms, now_s],
     )?;
+    let failed = SettleCounts {
+        failed: exhausted,
+        ..SettleCounts::default()
+    };
+    if let Some((sql, args)) = tally(claim.job_id, &failed) {
+        execute(conn, &sql, &args)?;
+    }
     execute(
         conn,
         LEASE_ITEMS,

@@ -86,6 +86,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0021_jobs.sql"),
     ),
     (
+        23,
+        "job counts",
+        include_str!("../../migrations/sqlite/0023_job_counts.sql"),
+    ),
+    (
         25,
         "session bound",
         include_str!("../../migrations/sqlite/0025_session_bound.sql"),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 /// Migrations a new SQLite database has applied (1 to 11, 13, 19, 21 and 25).
-const MIGRATIONS_APPLIED: i64 = 15;
+const MIGRATIONS_APPLIED: i64 = 16;
 
 fn url_of(path: &Path) -> String {
     format!("sqlite://{}", path.display())
@@ -533,7 +533,7 @@ async fn a_database_of_the_sqlx_era_opens_and_migrates() {
     assert_eq!(
         versions,
         [
-            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19", "21", "25"
+            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19", "21", "23", "25"
         ]
     );
     // Opened again: nothing left to apply, nothing refused.

@@ -134,6 +134,9 @@ pub async fn an_item_goes_to_one_claim_and_again_when_its_lease_ends(store: Shar
     assert_eq!(none.next_due_ms, Some(ms(31)));
     let counts = store.job_counts(job.id, ms(10)).await.unwrap();
     assert_eq!((counts.pending, counts.in_flight), (0, 5));
+    // a's lease ended at 31 s, b's runs until 32 s: a's items count as pending again.
+    let counts = store.job_counts(job.id, ms(31)).await.unwrap();
+    assert_eq!((counts.pending, counts.in_flight), (3, 2));
     // a's lease ended: its items are offered again, to c, a second time.
     let again = store.claim_items(claim(job.id, "c", 10, 31)).await.unwrap();
     let mut again_ids: Vec<i64> = again.items.iter().map(|i| i.id).collect();
@@ -199,6 +202,13 @@ pub async fn a_report_settles_only_what_its_lease_holds(store: SharedStore) {
             .await,
         Err(StoreError::Conflict)
     ));
+    // The job's counts moved with its items: b's two still leased, one done, one failed.
+    let counts = store.job_counts(job.id, ms(4)).await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.in_flight, counts.done, counts.failed),
+        (0, 2, 1, 1)
+    );
+    assert_eq!(counts.settled_last_minute, 2);
     let failures = store.job_failures(job.id, 10).await.unwrap();
     assert_eq!(failures[0].detail.as_deref(), Some("Drive said 500"));
     assert_eq!(failures[0].reason.as_deref(), Some("worker"));
@@ -286,6 +296,8 @@ pub async fn a_lease_that_runs_out_on_the_last_attempt_fails(store: SharedStore)
     assert_eq!(none.next_due_ms, None);
     let failures = store.job_failures(job.id, 10).await.unwrap();
     assert_eq!(failures[0].reason.as_deref(), Some("lease_expired"));
+    let counts = store.job_counts(job.id, ms(61)).await.unwrap();
+    assert_eq!((counts.pending, counts.in_flight, counts.failed), (0, 0, 1));
     assert_eq!(
         store.job(job.id).await.unwrap().unwrap().state,
         JobState::Finished
