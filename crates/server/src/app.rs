@@ -6,11 +6,12 @@ use crate::apikeys::KeyCache;
 use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::drops::DropWatcher;
-use crate::keys::{KeyringError, StoreKeyring, load_vault, spawn_reloader};
+use crate::keys::{KeyringError, StoreKeyring, load_vault};
 use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
 use crate::revocations::{RetryPass, RevocationRetrier, Which};
-use crate::session::SessionPurger;
+use crate::webhook::Deliverer;
+use crate::workers::{Stopped, Work, Workers};
 use grantkeeper_broker::jobs::Jobs;
 use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{MasterKeySource, Metrics, SharedClock, Vault, VaultHandle};
@@ -43,8 +44,6 @@ struct Inner {
     broker: Broker,
     /// The job engine of `/v1/jobs`, the sweeps and keep-alive.
     jobs: Jobs,
-    /// This instance's keep-alive worker, once started ([`App::start_keepalive`]).
-    keepalive: std::sync::Mutex<Option<crate::keepalive::KeepAlive>>,
     audit: AuditLog,
     /// API key hash -> key (or its absence), for a few seconds: a revocation takes effect
     /// within that time on every instance, at once where the store tells of drops
@@ -63,10 +62,9 @@ struct Inner {
     revocations: Arc<RevocationRetrier>,
     /// Rate limits of sign-in attempts and `/v1` calls.
     limits: Limits,
-    /// Deletes expired sessions every `server.session_purge_interval`.
-    _session_purger: SessionPurger,
-    /// Forgets what other instances drop (PostgreSQL).
-    _drop_watcher: Option<DropWatcher>,
+    /// The background tasks: audit writer, activity, revocations, webhook, keyring reload,
+    /// session purge, drops and keep-alive.
+    workers: Workers,
 }
 
 /// How long a looked-up API key is trusted without asking the store again.
@@ -100,8 +98,10 @@ pub fn api_http_client() -> Result<reqwest::Client, StartError> {
 
 impl App {
     /// Builds the server: opens the vault's data keys (creating the first on a new store) and
-    /// starts the audit writer, the retrier of queued revocations, the purge of expired sessions
-    /// and, when configured, the webhook deliverer.
+    /// starts its background tasks ([`crate::workers`]): the audit writer, the writing of
+    /// activity, the retrier of queued revocations, the reading of the data keys, the purge of
+    /// expired sessions and, when configured, the webhook deliverer. [`App::shutdown`] stops
+    /// them.
     pub async fn new(
         settings: Settings,
         store: SharedStore,
@@ -127,7 +127,6 @@ impl App {
         let loaded = load_vault(store.as_ref(), master_key.as_ref(), clock.as_ref()).await?;
         let keyring = StoreKeyring::new(store.clone(), master_key, &loaded);
         let vault = VaultHandle::with_source(loaded, Arc::new(keyring));
-        spawn_reloader(&vault, settings.keyring_reload);
         let metrics = Metrics::new(clock.clone());
         let security_events =
             SecurityEventVerifier::new(settings.provider.clone(), http.clone(), clock.clone());
@@ -148,28 +147,34 @@ impl App {
             },
         );
         let jobs = Jobs::new(broker.clone(), store.clone());
-        let audit = AuditLog::start(store.clone(), clock.clone());
-        let activity = ActivityFlusher::start(store.clone(), metrics.clone(), clock.clone());
-        let revocations = RevocationRetrier::start(
+        let (audit, audit_writer) = AuditLog::new(store.clone(), clock.clone());
+        let activity = ActivityFlusher::new(store.clone(), metrics.clone(), clock.clone());
+        let revocations = RevocationRetrier::new(
             store.clone(),
             provider.clone(),
             vault.clone(),
             clock.clone(),
             metrics.clone(),
         );
-        if let Some(webhook) = settings.webhook.clone() {
-            tokio::spawn(crate::webhook::deliver(
-                store.clone(),
-                webhook,
-                http,
-                clock.clone(),
-            ));
-        }
         let limits = Limits::new(&settings.limits);
-        let session_purger =
-            SessionPurger::start(store.clone(), clock.clone(), settings.session_purge);
         let api_keys = Arc::new(KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL));
-        let drop_watcher = DropWatcher::start(&store, broker.clone(), api_keys.clone());
+        let workers = Workers::start(Work {
+            audit: audit_writer,
+            activity: Arc::downgrade(&activity),
+            revocations: Arc::downgrade(&revocations),
+            webhook: settings.webhook.clone().map(|webhook| Deliverer {
+                store: store.clone(),
+                settings: webhook,
+                http,
+                clock: clock.clone(),
+            }),
+            vault: vault.clone(),
+            keyring_reload: settings.keyring_reload,
+            store: store.clone(),
+            clock: clock.clone(),
+            session_purge: settings.session_purge,
+            drops: DropWatcher::new(&store, broker.clone(), api_keys.clone()),
+        });
         Ok(App {
             inner: Arc::new(Inner {
                 limits,
@@ -180,7 +185,6 @@ impl App {
                 security_events,
                 broker,
                 jobs,
-                keepalive: std::sync::Mutex::new(None),
                 audit,
                 api_keys,
                 api_http: api_http_client()?,
@@ -189,8 +193,7 @@ impl App {
                 metrics,
                 activity,
                 revocations,
-                _session_purger: session_purger,
-                _drop_watcher: drop_watcher,
+                workers,
             }),
         })
     }
@@ -236,17 +239,17 @@ impl App {
             tracing::info!("keep-alive is off ([jobs] keepalive_after = \"0s\")");
             return;
         };
-        let mut slot = self
-            .inner
-            .keepalive
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = Some(crate::keepalive::KeepAlive::start(
-                self.inner.jobs.clone(),
-                settings,
-                self.inner.clock.clone(),
-            ));
+        let workers = &self.inner.workers;
+        if !workers.has(crate::keepalive::TASK) {
+            workers.spawn(
+                crate::keepalive::TASK,
+                crate::keepalive::run(
+                    self.inner.jobs.clone(),
+                    settings,
+                    self.inner.clock.clone(),
+                    workers.signal(),
+                ),
+            );
         }
     }
     pub fn audit(&self) -> &AuditLog {
@@ -269,21 +272,13 @@ impl App {
     pub async fn retry_revocations_now(&self) -> Result<RetryPass, StoreError> {
         self.inner.revocations.retry(Which::All).await
     }
-    /// Writes what is still held in memory (audit rows, activity) before a clean exit.
-    pub async fn shutdown(&self) {
-        let keepalive = self
-            .inner
-            .keepalive
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(k) = keepalive {
-            k.stop().await;
-        }
-        self.audit().flush().await;
-        if let Err(e) = self.flush_activity().await {
-            tracing::warn!(error = %e, "could not write the last activity counts");
-        }
+    /// Stops the background tasks before a clean exit: what is still held in memory is
+    /// written (audit rows, activity), the webhook events and queued revocations due are
+    /// tried once more, and keep-alive finishes its refreshes under way; waits at most
+    /// [`crate::workers::STOP_WAIT`] for them, logging those that did not finish. Call it once,
+    /// after the last request (the audit rows of later ones are not written).
+    pub async fn shutdown(&self) -> Stopped {
+        self.inner.workers.stop().await
     }
     /// Whether this is `grantkeeper dev` (the emulator beside the server, its control API open).
     pub fn dev_mode(&self) -> bool {

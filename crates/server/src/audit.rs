@@ -7,6 +7,7 @@
 //! happened, so that a hot hand-out path costs a counter increment rather than a database row
 //! per call. Nothing is dropped: when the pending set is full, handlers wait for the writer.
 
+use crate::workers::{StopSignal, stopped};
 use foldhash::fast::RandomState;
 use grantkeeper_core::SharedClock;
 use grantkeeper_store::{AuditRecord, AuditStore};
@@ -114,13 +115,24 @@ impl Act<'_> {
     }
 }
 
+/// The writer of an [`AuditLog`]'s rows, to be run in the background ([`crate::workers`]).
+pub struct AuditWriter {
+    store: Arc<dyn AuditStore>,
+    shared: Arc<Shared>,
+    flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+}
+
 impl AuditLog {
-    /// Starts the writer task.
-    pub fn start(store: Arc<dyn AuditStore>, clock: SharedClock) -> AuditLog {
+    /// The log and its writer, which writes nothing until it runs.
+    pub fn new(store: Arc<dyn AuditStore>, clock: SharedClock) -> (AuditLog, AuditWriter) {
         AuditLog::with_limits(store, clock, LIMITS)
     }
 
-    fn with_limits(store: Arc<dyn AuditStore>, clock: SharedClock, limits: Limits) -> AuditLog {
+    fn with_limits(
+        store: Arc<dyn AuditStore>,
+        clock: SharedClock,
+        limits: Limits,
+    ) -> (AuditLog, AuditWriter) {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             limits,
@@ -128,12 +140,17 @@ impl AuditLog {
             taken: Notify::new(),
         });
         let (flush, flushes) = mpsc::unbounded_channel();
-        tokio::spawn(writer(store, shared.clone(), flushes));
-        AuditLog {
+        let writer = AuditWriter {
+            store,
+            shared: shared.clone(),
+            flushes,
+        };
+        let log = AuditLog {
             shared,
             flush,
             clock,
-        }
+        };
+        (log, writer)
     }
 
     /// Appends an act (`id` is assigned by the store, `at` is now): counted in the window's
@@ -199,31 +216,39 @@ impl AuditLog {
     }
 }
 
-async fn writer(
-    store: Arc<dyn AuditStore>,
-    shared: Arc<Shared>,
-    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
-) {
-    let mut acks = Vec::new();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(shared.limits.window) => {}
-            () = shared.full.notified() => {}
-            ack = flushes.recv() => match ack {
-                Some(ack) => acks.push(ack),
-                // Every handle is gone (the app is shutting down): write what is left.
-                None => {
-                    write(&store, &shared).await;
-                    return;
-                }
-            },
-        }
-        while let Ok(ack) = flushes.try_recv() {
-            acks.push(ack);
-        }
-        write(&store, &shared).await;
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
+impl AuditWriter {
+    /// Writes the pending rows every window (or batch, or flush) until told to stop, or until
+    /// every handle of the log is gone; then writes what is left.
+    pub async fn run(self, mut stop: StopSignal) {
+        let AuditWriter {
+            store,
+            shared,
+            mut flushes,
+        } = self;
+        let mut acks = Vec::new();
+        loop {
+            let last = tokio::select! {
+                () = tokio::time::sleep(shared.limits.window) => false,
+                () = shared.full.notified() => false,
+                () = stopped(&mut stop) => true,
+                ack = flushes.recv() => match ack {
+                    Some(ack) => {
+                        acks.push(ack);
+                        false
+                    }
+                    None => true,
+                },
+            };
+            while let Ok(ack) = flushes.try_recv() {
+                acks.push(ack);
+            }
+            write(&store, &shared).await;
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+            if last {
+                return;
+            }
         }
     }
 }
@@ -276,7 +301,9 @@ mod tests {
             batch: usize::MAX,
             max_pending: 64,
         };
-        let log = AuditLog::with_limits(store.clone(), SystemClock::shared(), limits);
+        let (log, writer) = AuditLog::with_limits(store.clone(), SystemClock::shared(), limits);
+        let (_stop, signal) = tokio::sync::watch::channel(false);
+        tokio::spawn(writer.run(signal));
         let users = 3_000;
         let mut tasks = tokio::task::JoinSet::new();
         for task in 0..8 {

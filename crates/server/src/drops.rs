@@ -6,55 +6,64 @@
 //! missed); on SQLite one process serves, and its own paths forget what they drop.
 
 use crate::apikeys::KeyCache;
+use crate::workers::{StopSignal, stopped};
 use grantkeeper_broker::Broker;
-use grantkeeper_store::{Dropped, SharedStore};
+use grantkeeper_store::{DropFeed, Dropped, SharedStore};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the store re-reads the recent drops in case a notification was missed.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
-/// Forgets what the store says was dropped; stops when dropped (with the app).
+/// Forgets what the store says was dropped, in the background ([`crate::workers`]).
 pub(crate) struct DropWatcher {
-    task: tokio::task::JoinHandle<()>,
+    feed: DropFeed,
+    broker: Broker,
+    keys: Arc<KeyCache>,
 }
 
 impl DropWatcher {
     /// None when the store serves one process (SQLite).
-    pub(crate) fn start(
+    pub(crate) fn new(
         store: &SharedStore,
         broker: Broker,
         keys: Arc<KeyCache>,
     ) -> Option<DropWatcher> {
-        let mut feed = store.drop_feed(RECHECK)?;
-        let task = tokio::spawn(async move {
-            while let Some(dropped) = feed.next().await {
-                match dropped {
-                    Dropped::ApiKey(hash) => {
-                        tracing::debug!("an API key was dropped elsewhere; forgotten");
-                        keys.forget(&hash);
-                    }
-                    Dropped::Grant(sub) => {
-                        tracing::debug!(%sub, "a grant's tokens were dropped elsewhere; forgotten");
-                        broker.forget(&sub);
-                    }
-                    Dropped::Everything => {
-                        tracing::info!(
-                            "drops may have been missed while the store was unreachable; \
+        let feed = store.drop_feed(RECHECK)?;
+        Some(DropWatcher { feed, broker, keys })
+    }
+
+    /// Forgets what is dropped until told to stop or the feed ends.
+    pub(crate) async fn run(self, mut stop: StopSignal) {
+        let DropWatcher {
+            mut feed,
+            broker,
+            keys,
+        } = self;
+        loop {
+            let dropped = tokio::select! {
+                dropped = feed.next() => dropped,
+                () = stopped(&mut stop) => return,
+            };
+            let Some(dropped) = dropped else { return };
+            match dropped {
+                Dropped::ApiKey(hash) => {
+                    tracing::debug!("an API key was dropped elsewhere; forgotten");
+                    keys.forget(&hash);
+                }
+                Dropped::Grant(sub) => {
+                    tracing::debug!(%sub, "a grant's tokens were dropped elsewhere; forgotten");
+                    broker.forget(&sub);
+                }
+                Dropped::Everything => {
+                    tracing::info!(
+                        "drops may have been missed while the store was unreachable; \
                              forgetting every cached key and token"
-                        );
-                        keys.clear();
-                        broker.forget_everything();
-                    }
+                    );
+                    keys.clear();
+                    broker.forget_everything();
                 }
             }
-        });
-        Some(DropWatcher { task })
-    }
-}
-
-impl Drop for DropWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
+        }
     }
 }

@@ -5,57 +5,36 @@
 //! join the same), its users due one after another spread over that time, and every instance
 //! works on it: each user is leased to one instance, so each grant is refreshed once.
 //!
-//! A background worker with a handle: [`KeepAlive::stop`] ends it, waiting a bounded time for
-//! the users it is refreshing.
+//! A background task ([`crate::workers`], started by
+//! [`App::start_keepalive`](crate::App::start_keepalive)); told to stop, it finishes the
+//! refreshes under way.
 
 use crate::config::KeepAliveSettings;
+use crate::workers::StopSignal;
 use grantkeeper_broker::jobs::worker::{self, WorkOutcome, WorkerOptions};
 use grantkeeper_broker::jobs::{JobSpec, Jobs, Kind};
 use grantkeeper_core::{Scopes, SharedClock};
 use grantkeeper_store::{JobState, Selection};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// The key (and name) of keep-alive jobs.
 pub const KEY: &str = "keepalive";
-/// Longest wait for the refreshes under way when stopping.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+/// The name of its background task ([`crate::workers`]).
+pub(crate) const TASK: &str = "keep-alive";
 
-/// The running keep-alive worker of this instance.
-pub struct KeepAlive {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl KeepAlive {
-    /// Starts looking for keep-alive work every `settings.poll`.
-    pub fn start(jobs: Jobs, settings: KeepAliveSettings, clock: SharedClock) -> KeepAlive {
-        let (stop, stopped) = watch::channel(false);
-        tracing::info!(
-            after_days = settings.after.as_secs() / 86_400,
-            "keep-alive: grants not refreshed for this long are refreshed ([jobs] keepalive_after = \"0s\" turns it off)"
-        );
-        let task = tokio::spawn(run(jobs, settings, clock, stopped));
-        KeepAlive { stop, task }
-    }
-
-    /// Stops looking for work; the refreshes under way finish (at most [`STOP_WAIT`]).
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
-            task.abort();
-        }
-    }
-}
-
-async fn run(
+/// Logs what keep-alive does, then looks for keep-alive work every `settings.poll` until told
+/// to stop.
+pub(crate) async fn run(
     jobs: Jobs,
     settings: KeepAliveSettings,
     clock: SharedClock,
-    mut stop: watch::Receiver<bool>,
+    mut stop: StopSignal,
 ) {
+    tracing::info!(
+        after_days = settings.after.as_secs() / 86_400,
+        "keep-alive: grants not refreshed for this long are refreshed ([jobs] keepalive_after = \"0s\" turns it off)"
+    );
     loop {
         if *stop.borrow() {
             return;

@@ -2,11 +2,11 @@
 //! first data key on a deployment's first start; and keeps a running server's keyring current
 //! while `grantkeeper keys rotate` (see [`crate::rotation`]) adds and retires keys: the
 //! [`StoreKeyring`] is the source a [`VaultHandle`] reads again when it meets a value under a key
-//! it does not know, and [`spawn_reloader`] reads it every `vault.reload_interval` besides.
+//! it does not know, and [`keep_reloading`] reads it every `vault.reload_interval` besides.
 //!
 //! The store refuses a value sealed under a key that is not its active one; the writer then
 //! reads the keyring again here and seals anew. A server whose reads keep failing stops sealing
-//! once they have failed for longer than one interval ([`spawn_reloader`]).
+//! once they have failed for longer than one interval ([`keep_reloading`]).
 //!
 //! The data keys are wrapped by the master key source the deployment names
 //! ([`crate::master_key`]); the source is asked only for keys this process has not unwrapped
@@ -14,6 +14,7 @@
 //! server whose Cloud KMS or HSM is down keeps the keys it holds.
 
 use crate::rewrap::wrapped_by;
+use crate::workers::{StopSignal, stopped};
 use grantkeeper_core::master::MasterKeyError;
 use grantkeeper_core::{Clock, KeyId, KeyringSource, MasterKeySource, Vault, VaultHandle};
 use grantkeeper_store::{DataKeyRecord, KeyStore, SharedStore};
@@ -180,19 +181,27 @@ impl KeyringSource for StoreKeyring {
     }
 }
 
-/// Reads the keyring of `handle` again every `every`, for as long as the handle (a clone of
-/// it) lives elsewhere; after a rotation makes a new key active, the server seals under it
+/// Reads the keyring of `handle` again every `every`, until told to stop or for as long as the
+/// handle (a clone of it) lives elsewhere, once the returned task runs ([`crate::workers`]);
+/// after a rotation makes a new key active, the server seals under it
 /// within this time, even one that meets no value under it. Once the reads have failed for
 /// longer than `every`, the handle stops sealing until one succeeds: the server no longer knows
 /// which key is active, and answers work that would seal with 503.
-pub fn spawn_reloader(handle: &VaultHandle, every: Duration) {
+pub fn keep_reloading(
+    handle: &VaultHandle,
+    every: Duration,
+    mut stop: StopSignal,
+) -> impl Future<Output = ()> + Send + 'static {
     handle.stop_sealing_after(every);
     let weak = handle.downgrade();
-    tokio::spawn(async move {
+    async move {
         let mut ticks = interval_at(Instant::now() + every, every);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stopped(&mut stop) => return,
+            }
             let Some(handle) = weak.upgrade() else {
                 return;
             };
@@ -215,5 +224,5 @@ pub fn spawn_reloader(handle: &VaultHandle, every: Duration) {
                 Err(_) => {}
             }
         }
-    });
+    }
 }

@@ -5,8 +5,37 @@
 //! ([`http`]), the writing of counted activity to the store ([`metrics`]), and the data keys:
 //! loading them and keeping them current in a running server ([`keys`]), and rotating them
 //! ([`rotation`]); and retrying the revocations at the provider that did not get through
-//! ([`revocations`]). Another Rust service can embed it: build [`App::new`] and mount
-//! [`http::router`], or call [`App::sign_in`] directly.
+//! ([`revocations`]); and the background tasks, started and stopped in one place
+//! ([`workers`]).
+//!
+//! Another Rust service can embed it: build [`App::new`] (inside a Tokio runtime) and mount
+//! [`http::router`], or call [`App::sign_in`] directly. Building the app starts the same
+//! background work as `grantkeeper serve` (audit writer, activity, queued revocations, webhook
+//! delivery, keyring reload, session purge, and on PostgreSQL the drops listener);
+//! [`App::start_keepalive`] adds keep-alive. Before exiting, once the last request is served,
+//! call [`App::shutdown`]: it writes what is held in memory and waits a bounded time
+//! ([`workers::STOP_WAIT`]) for every task, returning which did not finish:
+//!
+//! ```no_run
+//! # async fn embed(
+//! #     settings: grantkeeper_server::Settings,
+//! #     store: grantkeeper_store::SharedStore,
+//! #     master_key: std::sync::Arc<dyn grantkeeper_core::MasterKeySource>,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use grantkeeper_server::App;
+//! let app = App::new(settings, store, master_key, grantkeeper_core::SystemClock::shared()).await?;
+//! app.start_keepalive();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! // The peer address feeds the per-IP sign-in limit.
+//! let router = grantkeeper_server::http::router(app.clone());
+//! axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//!     .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! let stopped = app.shutdown().await;
+//! assert!(stopped.unfinished.is_empty(), "{:?} did not finish", stopped.unfinished);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Leaves to others: the provider protocol and ID-token checks (grantkeeper-provider),
 //! persistence (grantkeeper-store), sealing (grantkeeper-core's vault), and the Google emulator,
@@ -31,6 +60,7 @@ pub mod rotation;
 pub mod session;
 pub mod signin;
 pub mod webhook;
+pub mod workers;
 
 #[doc(hidden)]
 pub mod fuzzing {

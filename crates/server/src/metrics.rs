@@ -1,13 +1,15 @@
 //! Moves the activity that [`Metrics`] counts in memory into the store, where every
 //! instance's counts add up for the admin console's charts, and prunes what is too old.
 //!
-//! A background task flushes every [`FLUSH_EVERY`] and prunes every [`PRUNE_EVERY`]; it ends
-//! once the [`App`](crate::App) that started it is gone, and a last flush is attempted then.
+//! A background task ([`crate::workers`]) flushes every [`FLUSH_EVERY`] and prunes every
+//! [`PRUNE_EVERY`]; told to stop, it flushes a last time and ends. It ends too once the
+//! [`App`](crate::App) that holds the flusher is gone, and a last flush is attempted then.
 //! A write the store refuses gives the points back to the metrics for the next round (memory
 //! stays bounded by [`grantkeeper_core::metrics::MAX_ACTIVITY_ENTRIES`]). Flushes run one at
 //! a time, so that a caller of [`ActivityFlusher::flush`] finds everything counted before its
 //! call in the store once it returns.
 
+use crate::workers::{StopSignal, stopped};
 use grantkeeper_core::{Metrics, SharedClock};
 use grantkeeper_store::{ActivityPoint, ActivityStore, StoreError};
 use std::sync::{Arc, Weak};
@@ -31,21 +33,18 @@ pub struct ActivityFlusher {
 }
 
 impl ActivityFlusher {
-    /// Starts the background task, which holds the flusher weakly: it stops when the last
-    /// strong handle (the app's) is dropped.
-    pub fn start(
+    /// A flusher; [`run`] writes through it in the background.
+    pub fn new(
         store: Arc<dyn ActivityStore>,
         metrics: Metrics,
         clock: SharedClock,
     ) -> Arc<ActivityFlusher> {
-        let flusher = Arc::new(ActivityFlusher {
+        Arc::new(ActivityFlusher {
             store,
             metrics,
             clock,
             flushing: tokio::sync::Mutex::new(()),
-        });
-        tokio::spawn(run(Arc::downgrade(&flusher)));
-        flusher
+        })
     }
 
     /// Writes the activity counted so far; returns how many points were written. On failure
@@ -99,20 +98,29 @@ impl Drop for ActivityFlusher {
     }
 }
 
-async fn run(flusher: Weak<ActivityFlusher>) {
+/// Flushes and prunes on time until told to stop (then flushes a last time) or until the
+/// flusher is gone. Holds the flusher weakly.
+pub async fn run(flusher: Weak<ActivityFlusher>, mut stop: StopSignal) {
     let mut flushes = interval_at(Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
     flushes.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The first prune comes soon after start, then hourly.
     let mut prunes = interval_at(Instant::now() + FLUSH_EVERY, PRUNE_EVERY);
     prunes.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let prune = tokio::select! {
-            _ = flushes.tick() => false,
-            _ = prunes.tick() => true,
+        let (prune, last) = tokio::select! {
+            _ = flushes.tick() => (false, false),
+            _ = prunes.tick() => (true, false),
+            () = stopped(&mut stop) => (false, true),
         };
         let Some(flusher) = flusher.upgrade() else {
             return;
         };
+        if last {
+            if let Err(e) = flusher.flush().await {
+                tracing::warn!(error = %e, "could not write the last activity counts");
+            }
+            return;
+        }
         if prune {
             match flusher.prune().await {
                 Ok(0) => {}

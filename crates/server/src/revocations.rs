@@ -3,7 +3,8 @@
 //! When a user disconnects, is deleted, or has their grant revoked by an operator while the
 //! provider cannot be reached (or refuses), the broker revokes the grant here at once and
 //! queues its token in the store's revocation queue ([`grantkeeper_broker::Broker::revoke_or_queue`]).
-//! Every [`App`](crate::App) starts a task that looks at the queue every [`POLL_EVERY`]: each
+//! Every [`App`](crate::App) runs a task ([`crate::workers`]) that looks at the queue every
+//! [`POLL_EVERY`] (and once more when told to stop): each
 //! due entry's token is opened and revoked at the provider; success, or the provider's "already
 //! dead", removes the entry; any failure counts the attempt and schedules the next one after
 //! [`grantkeeper_broker::revocation_retry_delay`] (10 s doubling to an hour, with jitter). It
@@ -18,8 +19,9 @@
 //! the entry gone and leaves it at that. A short-lived process that queues entries (the
 //! `grantkeeper users revoke` command) leaves them to the running servers.
 //!
-//! The task holds the retrier weakly, and ends once the app that started it is gone.
+//! The task holds the retrier weakly, and ends once told to stop or once the app is gone.
 
+use crate::workers::{StopSignal, stopped};
 use futures_util::StreamExt;
 use grantkeeper_broker::revocation_retry_delay;
 use grantkeeper_core::{Aad, Metrics, SharedClock, VaultHandle};
@@ -79,25 +81,22 @@ enum Retried {
 }
 
 impl RevocationRetrier {
-    /// Starts the background task, which holds the retrier weakly: it stops when the last
-    /// strong handle (the app's) is dropped.
-    pub fn start(
+    /// A retrier; [`run`] retries through it in the background.
+    pub fn new(
         store: Arc<dyn RevocationQueueStore>,
         provider: Provider,
         vault: VaultHandle,
         clock: SharedClock,
         metrics: Metrics,
     ) -> Arc<RevocationRetrier> {
-        let retrier = Arc::new(RevocationRetrier {
+        Arc::new(RevocationRetrier {
             store,
             provider,
             vault,
             clock,
             metrics,
             retrying: tokio::sync::Mutex::new(()),
-        });
-        tokio::spawn(run(Arc::downgrade(&retrier)));
-        retrier
+        })
     }
 
     /// Retries the entries `which` names (at most [`BATCH`] of them, the longest due first),
@@ -227,16 +226,24 @@ impl RevocationRetrier {
     }
 }
 
-async fn run(retrier: Weak<RevocationRetrier>) {
+/// Retries the due entries every [`POLL_EVERY`] until told to stop (then makes a last pass) or
+/// until the retrier is gone. Holds the retrier weakly.
+pub async fn run(retrier: Weak<RevocationRetrier>, mut stop: StopSignal) {
     let mut ticks = interval_at(Instant::now() + POLL_EVERY, POLL_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        let last = tokio::select! {
+            _ = ticks.tick() => false,
+            () = stopped(&mut stop) => true,
+        };
         let Some(retrier) = retrier.upgrade() else {
             return;
         };
         if let Err(e) = retrier.retry(Which::Due).await {
             tracing::warn!(error = %e, "could not read the revocation queue; trying again later");
+        }
+        if last {
+            return;
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Browser and app sessions: a random secret in an HttpOnly cookie, its SHA-256 in the store.
 //! The store keeps at most [`grantkeeper_store::MAX_SESSIONS_PER_USER`] live ones per user (the
-//! oldest go when a sign-in opens another); a [`SessionPurger`] deletes the expired ones, of
-//! users and of operators, every `server.session_purge_interval`.
+//! oldest go when a sign-in opens another); [`purge_every`] deletes the expired ones, of users
+//! and of operators, every `server.session_purge_interval`.
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::workers::{StopSignal, stopped};
 use aws_lc_rs::digest;
 use axum::http::HeaderMap;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
@@ -21,30 +22,22 @@ pub const COOKIE_NAME: &str = "gk_session";
 /// often than its interval still purges.
 const FIRST_PURGE_WITHIN: Duration = Duration::from_secs(60);
 
-/// Deletes expired sessions in the background, times read from the injected clock; stops when
-/// dropped (with the [`App`] that holds it).
-pub(crate) struct SessionPurger {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SessionPurger {
-    pub(crate) fn start(store: SharedStore, clock: SharedClock, every: Duration) -> SessionPurger {
-        let first = Instant::now() + every.min(FIRST_PURGE_WITHIN);
-        let task = tokio::spawn(async move {
-            let mut ticks = interval_at(first, every);
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                purge_expired(store.as_ref(), clock.now()).await;
-            }
-        });
-        SessionPurger { task }
-    }
-}
-
-impl Drop for SessionPurger {
-    fn drop(&mut self) {
-        self.task.abort();
+/// Deletes expired sessions every `every` (times read from the injected clock), in the
+/// background ([`crate::workers`]), until told to stop.
+pub(crate) async fn purge_every(
+    store: SharedStore,
+    clock: SharedClock,
+    every: Duration,
+    mut stop: StopSignal,
+) {
+    let mut ticks = interval_at(Instant::now() + every.min(FIRST_PURGE_WITHIN), every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stopped(&mut stop) => return,
+        }
+        purge_expired(store.as_ref(), clock.now()).await;
     }
 }
 

@@ -7,6 +7,7 @@
 //! again with exponential backoff (1 s doubling to 1 h, with jitter).
 
 use crate::config::WebhookSettings;
+use crate::workers::{StopSignal, stopped, stopping};
 use aws_lc_rs::hmac;
 use grantkeeper_core::{ExposeSecret, SharedClock};
 use grantkeeper_store::{GrantEvent, OutboxStore};
@@ -43,17 +44,44 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(secs + jitter)
 }
 
-/// Runs forever, delivering due events.
-pub async fn deliver(
-    store: Arc<dyn OutboxStore>,
-    settings: WebhookSettings,
-    http: reqwest::Client,
-    clock: SharedClock,
-) {
-    loop {
-        let delivered = deliver_due(&store, &settings, &http, &clock).await;
-        if delivered == 0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+/// Most passes over the due events when stopping (a store that cannot record a delivery would
+/// otherwise keep the events due).
+const LAST_PASSES: usize = 10;
+
+/// Delivers the events of the outbox to the configured webhook, in the background
+/// ([`crate::workers`]).
+pub struct Deliverer {
+    pub store: Arc<dyn OutboxStore>,
+    pub settings: WebhookSettings,
+    pub http: reqwest::Client,
+    pub clock: SharedClock,
+}
+
+impl Deliverer {
+    /// Delivers due events until told to stop; then delivers those due at that time and ends.
+    pub async fn run(self, mut stop: StopSignal) {
+        let Deliverer {
+            store,
+            settings,
+            http,
+            clock,
+        } = self;
+        loop {
+            if deliver_due(&store, &settings, &http, &clock).await > 0 {
+                if stopping(&stop) {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = stopped(&mut stop) => break,
+            }
+        }
+        for _ in 0..LAST_PASSES {
+            if deliver_due(&store, &settings, &http, &clock).await == 0 {
+                return;
+            }
         }
     }
 }

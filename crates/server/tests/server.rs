@@ -21,4 +21,5 @@ mod server {
     pub mod signin;
     pub mod store_faults;
     pub mod v1;
+    pub mod workers;
 }

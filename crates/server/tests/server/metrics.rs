@@ -243,7 +243,7 @@ async fn activity_a_store_refused_is_written_by_a_later_flush_and_old_activity_i
     let store = grantkeeper_store::open(&url).await.unwrap();
     let clock = SystemClock::shared();
     let metrics = Metrics::new(clock.clone());
-    let flusher = ActivityFlusher::start(store.clone(), metrics.clone(), clock.clone());
+    let flusher = ActivityFlusher::new(store.clone(), metrics.clone(), clock.clone());
 
     metrics.token_handout();
     metrics.refresh("ok", Duration::from_millis(40));

@@ -15,7 +15,7 @@ use grantkeeper_core::{
     VaultHandle, vault::key_id_of,
 };
 use grantkeeper_server::apikeys::KeyScope;
-use grantkeeper_server::keys::{StoreKeyring, load_vault, spawn_reloader, vault_from};
+use grantkeeper_server::keys::{StoreKeyring, keep_reloading, load_vault, vault_from};
 use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions};
 use grantkeeper_store::{
     PendingRevocation, RefreshSuccess, RevocationTokenKind, SealedAccessToken, SealedRefreshToken,
@@ -353,7 +353,8 @@ async fn a_refresh_during_rotation_is_never_overwritten(fixture: Fixture) {
         &loaded,
     );
     let vault = VaultHandle::with_source(loaded, Arc::new(keyring));
-    spawn_reloader(&vault, Duration::from_millis(50));
+    let (_reloading, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(keep_reloading(&vault, Duration::from_millis(50), stop));
     let writer = Arc::new(Writer {
         store: store.clone(),
         vault: vault.clone(),
