@@ -42,6 +42,28 @@ impl Drop for Running {
     }
 }
 
+/// Sends SIGTERM and asserts the process exits cleanly in time: it stops serving, then waits
+/// at most `grantkeeper_server::workers::STOP_WAIT` (5 s) for its background tasks.
+fn terminate(mut running: Running) {
+    let status = Command::new("kill")
+        .args(["-TERM", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = running.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+}
+
 /// Starts the binary and waits for its `listening on` line.
 fn start(args: &[&str]) -> Running {
     start_with_env(args, &[])
@@ -291,8 +313,9 @@ async fn dev_serves_the_page_signs_in_and_survives_a_restart() {
     let (ok, text) = run(&["migrate", "--data-dir", data_arg]);
     assert!(ok, "{text}");
 
-    // A restart keeps the users, the session and the emulator's grants.
-    drop(dev);
+    // SIGTERM stops it cleanly, its background work finished within the bound; a restart
+    // keeps the users, the session and the emulator's grants.
+    terminate(dev);
     let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
     let me = http
         .get(format!("{}/me", dev.url))
