@@ -15,7 +15,9 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use grantkeeper_core::{ExposeSecret, MasterKey, MasterKeySource, SecretString, SystemClock};
+use grantkeeper_core::{
+    ExposeSecret, MasterKey, MasterKeySource, SecretString, SharedClock, SystemClock,
+};
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::App;
 use grantkeeper_server::master_key::{MasterKeySettings, SpecOptions};
@@ -176,69 +178,22 @@ pub async fn run(
     let bound = listener.local_addr()?;
     let base = local_url(bound);
     let clock = SystemClock::shared();
-    let emulator = Emulator::open(EmulatorOptions {
-        base_url: Url::parse(&format!("{base}/_google"))?,
-        data_dir: Some(data_dir.clone()),
-        clock: clock.clone(),
-        control_api: true,
-    })
-    .await
-    .context("starting the Google emulator")?;
-    // Security events go to this deployment's own receiver only.
-    emulator.deliver_security_events_only_to(Url::parse(&format!("{base}/risc"))?);
-    if expose_emulator_control {
-        emulator.expose_control_api();
-        tracing::warn!(
-            %bound,
-            "the emulator's control API answers on every address of {bound} \
-             (--expose-emulator-control): whoever reaches it can read client secrets and tokens"
-        );
-    }
-    let key = if kms {
-        let key = format!(
-            "projects/{}/locations/global/keyRings/grantkeeper/cryptoKeys/dev-master",
-            emulator.project_id()
-        );
-        emulator.ensure_kms_key(&key)?;
-        if !data_dir.join(KMS_CREDENTIALS_FILE).exists() {
-            let file = emulator.create_service_account("grantkeeper-dev").await?;
-            write_private(
-                &data_dir.join(KMS_CREDENTIALS_FILE),
-                &serde_json::to_vec_pretty(&file)?,
-            )?;
-        }
-        DevKey::Kms {
-            key,
-            endpoint: format!("{base}/_google"),
-        }
-    } else {
-        let text =
-            read_or_create_secret(&data_dir.join(MASTER_KEY_FILE), MasterKey::generate_base64)?;
-        MasterKey::from_base64(&text).context("master.key does not hold base64 of 32 bytes")?;
-        DevKey::File
-    };
+    let emulator = start_emulator(
+        &base,
+        bound,
+        &data_dir,
+        clock.clone(),
+        expose_emulator_control,
+    )
+    .await?;
+    let key = dev_master_key(kms, &emulator, &data_dir, &base).await?;
     point_credentials_at(&data_dir, &base)?;
     let config_path = write_config(&data_dir, &base, &emulator, &key)?;
 
     // The emulator answers from now on (the server's master key may be in its Cloud KMS); the
     // server's own paths wait for it to be built.
     let app_router: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
-    let pending = app_router.clone();
-    let router =
-        Router::new()
-            .nest("/_google", emulator.router())
-            .fallback(move |request: Request| {
-                let pending = pending.clone();
-                async move {
-                    match pending.get() {
-                        Some(app) => match app.clone().oneshot(request).await {
-                            Ok(response) => response,
-                            Err(never) => match never {},
-                        },
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response(),
-                    }
-                }
-            });
+    let router = dev_router(&emulator, app_router.clone());
     let served = tokio::spawn(serve_until_signal(listener, router));
 
     let (mut settings, master) = crate::ops::load(&config_path)?;
@@ -274,6 +229,87 @@ pub async fn run(
     let served = served.await.context("serving HTTP")?;
     app.shutdown().await;
     served
+}
+
+/// The emulator under `{base}/_google`, its state in the data dir, its security events sent
+/// to this deployment only.
+async fn start_emulator(
+    base: &str,
+    bound: SocketAddr,
+    data_dir: &Path,
+    clock: SharedClock,
+    expose_emulator_control: bool,
+) -> anyhow::Result<Emulator> {
+    let emulator = Emulator::open(EmulatorOptions {
+        base_url: Url::parse(&format!("{base}/_google"))?,
+        data_dir: Some(data_dir.to_owned()),
+        clock,
+        control_api: true,
+    })
+    .await
+    .context("starting the Google emulator")?;
+    // Security events go to this deployment's own receiver only.
+    emulator.deliver_security_events_only_to(Url::parse(&format!("{base}/risc"))?);
+    if expose_emulator_control {
+        emulator.expose_control_api();
+        tracing::warn!(
+            %bound,
+            "the emulator's control API answers on every address of {bound} \
+             (--expose-emulator-control): whoever reaches it can read client secrets and tokens"
+        );
+    }
+    Ok(emulator)
+}
+
+/// The master key of this run: a key of the emulated Cloud KMS with a service account's key
+/// file (`--kms`), or `master.key`, each made on first use.
+async fn dev_master_key(
+    kms: bool,
+    emulator: &Emulator,
+    data_dir: &Path,
+    base: &str,
+) -> anyhow::Result<DevKey> {
+    if !kms {
+        let text =
+            read_or_create_secret(&data_dir.join(MASTER_KEY_FILE), MasterKey::generate_base64)?;
+        MasterKey::from_base64(&text).context("master.key does not hold base64 of 32 bytes")?;
+        return Ok(DevKey::File);
+    }
+    let key = format!(
+        "projects/{}/locations/global/keyRings/grantkeeper/cryptoKeys/dev-master",
+        emulator.project_id()
+    );
+    emulator.ensure_kms_key(&key)?;
+    if !data_dir.join(KMS_CREDENTIALS_FILE).exists() {
+        let file = emulator.create_service_account("grantkeeper-dev").await?;
+        write_private(
+            &data_dir.join(KMS_CREDENTIALS_FILE),
+            &serde_json::to_vec_pretty(&file)?,
+        )?;
+    }
+    Ok(DevKey::Kms {
+        key,
+        endpoint: format!("{base}/_google"),
+    })
+}
+
+/// The emulator at `/_google`; every other path goes to the server's router once it is set,
+/// and is answered 503 "starting" until then.
+fn dev_router(emulator: &Emulator, app_router: Arc<OnceLock<Router>>) -> Router {
+    Router::new()
+        .nest("/_google", emulator.router())
+        .fallback(move |request: Request| {
+            let pending = app_router.clone();
+            async move {
+                match pending.get() {
+                    Some(app) => match app.clone().oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                    None => (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response(),
+                }
+            }
+        })
 }
 
 /// The service account key file of a data dir names the token endpoint of the emulator that

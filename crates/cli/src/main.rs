@@ -350,7 +350,18 @@ fn init_logging() {
 async fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let result = match cli.command {
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; the groups of subcommands have a function each.
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dev {
             addr,
             data_dir,
@@ -361,90 +372,10 @@ async fn main() -> std::process::ExitCode {
         Command::Emulator { addr, data_dir } => dev::emulator(addr, data_dir).await,
         Command::Migrate { target } => ops::migrate(target).await,
         Command::Check { target } => ops::check(target).await,
-        Command::ApiKeys(ApiKeysCommand::Create {
-            name,
-            scopes,
-            target,
-        }) => admin::api_keys_create(&target, &name, &scopes).await,
-        Command::ApiKeys(ApiKeysCommand::List { json, target }) => {
-            admin::api_keys_list(&target, json).await
-        }
-        Command::ApiKeys(ApiKeysCommand::Revoke { id, target }) => {
-            admin::api_keys_revoke(&target, &id).await
-        }
-        Command::Keys(KeysCommand::Rotate {
-            batch_size,
-            grace,
-            target,
-        }) => keys::rotate(&target, batch_size, grace).await,
-        Command::Keys(KeysCommand::List { json, target }) => keys::list(&target, json).await,
-        Command::Keys(KeysCommand::Rewrap {
-            to,
-            kms_endpoint,
-            kms_credentials_file,
-            pkcs11_module,
-            pkcs11_pin_file,
-            target,
-        }) => {
-            let options = grantkeeper_server::master_key::SpecOptions {
-                kms_endpoint,
-                kms_credentials_file,
-                pkcs11_module,
-                pkcs11_pin_file,
-            };
-            keys::rewrap(&target, &to, &options).await
-        }
-        Command::Users(UsersCommand::List {
-            email,
-            state,
-            limit,
-            cursor,
-            json,
-            target,
-        }) => {
-            let filter = admin::UserFilter {
-                email,
-                state,
-                limit,
-                cursor,
-            };
-            admin::users_list(&target, &filter, json).await
-        }
-        Command::Users(UsersCommand::Show { sub, json, target }) => {
-            admin::users_show(&target, &sub, json).await
-        }
-        Command::Users(UsersCommand::Revoke { sub, target }) => {
-            admin::users_revoke(&target, &sub).await
-        }
-        Command::Jobs(JobsCommand::Run {
-            scopes,
-            exec,
-            name,
-            concurrency,
-            rate,
-            lease,
-            target,
-        }) => {
-            let args = jobs::RunArgs {
-                scopes,
-                exec,
-                name,
-                concurrency: concurrency as usize,
-                rate,
-                lease,
-            };
-            jobs::run(&target, args).await
-        }
-        Command::Jobs(JobsCommand::List {
-            state,
-            limit,
-            json,
-            target,
-        }) => jobs::list(&target, state, limit, json).await,
-        Command::Jobs(JobsCommand::Show { id, json, target }) => {
-            jobs::show(&target, id, json).await
-        }
-        Command::Jobs(JobsCommand::Cancel { id, target }) => jobs::cancel(&target, id).await,
+        Command::ApiKeys(command) => run_api_keys(command).await,
+        Command::Keys(command) => run_keys(command).await,
+        Command::Users(command) => run_users(command).await,
+        Command::Jobs(command) => run_jobs(command).await,
         Command::Audit {
             user,
             since,
@@ -461,13 +392,104 @@ async fn main() -> std::process::ExitCode {
             batch_lease,
             target,
         } => admin::sweep(&target, &job, concurrency, rate, batch_lease).await,
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+    }
+}
+
+/// `grantkeeper api-keys ...`.
+async fn run_api_keys(command: ApiKeysCommand) -> anyhow::Result<()> {
+    match command {
+        ApiKeysCommand::Create {
+            name,
+            scopes,
+            target,
+        } => admin::api_keys_create(&target, &name, &scopes).await,
+        ApiKeysCommand::List { json, target } => admin::api_keys_list(&target, json).await,
+        ApiKeysCommand::Revoke { id, target } => admin::api_keys_revoke(&target, &id).await,
+    }
+}
+
+/// `grantkeeper keys ...`.
+async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Rotate {
+            batch_size,
+            grace,
+            target,
+        } => keys::rotate(&target, batch_size, grace).await,
+        KeysCommand::List { json, target } => keys::list(&target, json).await,
+        KeysCommand::Rewrap {
+            to,
+            kms_endpoint,
+            kms_credentials_file,
+            pkcs11_module,
+            pkcs11_pin_file,
+            target,
+        } => {
+            let options = grantkeeper_server::master_key::SpecOptions {
+                kms_endpoint,
+                kms_credentials_file,
+                pkcs11_module,
+                pkcs11_pin_file,
+            };
+            keys::rewrap(&target, &to, &options).await
         }
+    }
+}
+
+/// `grantkeeper users ...`.
+async fn run_users(command: UsersCommand) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::List {
+            email,
+            state,
+            limit,
+            cursor,
+            json,
+            target,
+        } => {
+            let filter = admin::UserFilter {
+                email,
+                state,
+                limit,
+                cursor,
+            };
+            admin::users_list(&target, &filter, json).await
+        }
+        UsersCommand::Show { sub, json, target } => admin::users_show(&target, &sub, json).await,
+        UsersCommand::Revoke { sub, target } => admin::users_revoke(&target, &sub).await,
+    }
+}
+
+/// `grantkeeper jobs ...`.
+async fn run_jobs(command: JobsCommand) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::Run {
+            scopes,
+            exec,
+            name,
+            concurrency,
+            rate,
+            lease,
+            target,
+        } => {
+            let args = jobs::RunArgs {
+                scopes,
+                exec,
+                name,
+                concurrency: concurrency as usize,
+                rate,
+                lease,
+            };
+            jobs::run(&target, args).await
+        }
+        JobsCommand::List {
+            state,
+            limit,
+            json,
+            target,
+        } => jobs::list(&target, state, limit, json).await,
+        JobsCommand::Show { id, json, target } => jobs::show(&target, id, json).await,
+        JobsCommand::Cancel { id, target } => jobs::cancel(&target, id).await,
     }
 }
 

@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -319,132 +319,127 @@ fn minute_of(at: OffsetDateTime) -> i64 {
     secs - secs.rem_euclid(60)
 }
 
+impl Inner {
+    /// Every family, registered in the order the exposition lists them.
+    fn register(clock: SharedClock, mut registry: Registry) -> Inner {
+        let r = &mut registry;
+        Inner {
+            clock,
+            sign_ins: register(
+                r,
+                "sign_ins",
+                "Sign-ins by outcome (ok or the error code answered) and platform",
+            ),
+            exchanges: register(
+                r,
+                "code_exchanges",
+                "Authorization codes exchanged at the token endpoint, by outcome",
+            ),
+            refreshes: register(
+                r,
+                "refreshes",
+                "Refreshes at the token endpoint, by outcome",
+            ),
+            verifications: register(
+                r,
+                "id_token_verifications",
+                "ID tokens verified, by outcome",
+            ),
+            exchange_duration: register_seconds(
+                r,
+                "exchange_duration",
+                "Time of a code exchange at the token endpoint",
+                histogram(),
+            ),
+            refresh_duration: register_seconds(
+                r,
+                "refresh_duration",
+                "Time of a refresh at the token endpoint",
+                histogram(),
+            ),
+            verify_duration: register_seconds(
+                r,
+                "id_token_verify_duration",
+                "Time of an ID-token verification, a JWKS fetch it waited for included",
+                histogram(),
+            ),
+            proxy_duration: register_seconds(
+                r,
+                "proxy_duration",
+                "Time of a proxied Google API call until its answer's headers, by status class",
+                Family::new_with_constructor(histogram as fn() -> Histogram),
+            ),
+            handouts: register(
+                r,
+                "token_handouts",
+                "Access tokens handed out to app services",
+            ),
+            cache_hits: register(
+                r,
+                "token_cache_hits",
+                "Access-token demands answered from the in-memory cache",
+            ),
+            cache_misses: register(
+                r,
+                "token_cache_misses",
+                "Access-token demands the in-memory cache could not answer",
+            ),
+            jwks_fetches: register(
+                r,
+                "jwks_fetches",
+                "Fetches of the provider's signing keys, by outcome",
+            ),
+            warnings: register(
+                r,
+                "warnings",
+                "Problems an operator must act on, inferred from the provider's answers, by kind \
+                 (testing_expiry, token_died_early, invalid_client)",
+            ),
+            activity_dropped: register(
+                r,
+                "activity_dropped",
+                "Activity points dropped because the store refused them for too long",
+            ),
+            pending_revocations: register(
+                r,
+                "pending_revocations",
+                "Revocations at the provider queued for a retry (the store's queue, as last read)",
+            ),
+            registry,
+            activity: Mutex::new(Activity::default()),
+        }
+    }
+}
+
+/// Registers a metric that starts empty (a counter, a gauge, a family) and returns it.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Registers a metric measured in seconds and returns it.
+fn register_seconds<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// A registry with every family, recording activity by `clock`'s minutes.
     pub fn new(clock: SharedClock) -> Metrics {
-        let mut registry = Registry::with_prefix(PREFIX);
-        let sign_ins = Family::<TwoLabels, Counter>::default();
-        registry.register(
-            "sign_ins",
-            "Sign-ins by outcome (ok or the error code answered) and platform",
-            sign_ins.clone(),
-        );
-        let exchanges = Family::<OneLabel, Counter>::default();
-        registry.register(
-            "code_exchanges",
-            "Authorization codes exchanged at the token endpoint, by outcome",
-            exchanges.clone(),
-        );
-        let refreshes = Family::<OneLabel, Counter>::default();
-        registry.register(
-            "refreshes",
-            "Refreshes at the token endpoint, by outcome",
-            refreshes.clone(),
-        );
-        let verifications = Family::<OneLabel, Counter>::default();
-        registry.register(
-            "id_token_verifications",
-            "ID tokens verified, by outcome",
-            verifications.clone(),
-        );
-        let exchange_duration = histogram();
-        registry.register_with_unit(
-            "exchange_duration",
-            "Time of a code exchange at the token endpoint",
-            Unit::Seconds,
-            exchange_duration.clone(),
-        );
-        let refresh_duration = histogram();
-        registry.register_with_unit(
-            "refresh_duration",
-            "Time of a refresh at the token endpoint",
-            Unit::Seconds,
-            refresh_duration.clone(),
-        );
-        let verify_duration = histogram();
-        registry.register_with_unit(
-            "id_token_verify_duration",
-            "Time of an ID-token verification, a JWKS fetch it waited for included",
-            Unit::Seconds,
-            verify_duration.clone(),
-        );
-        let proxy_duration: HistogramFamily =
-            Family::new_with_constructor(histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            "proxy_duration",
-            "Time of a proxied Google API call until its answer's headers, by status class",
-            Unit::Seconds,
-            proxy_duration.clone(),
-        );
-        let handouts = Counter::default();
-        registry.register(
-            "token_handouts",
-            "Access tokens handed out to app services",
-            handouts.clone(),
-        );
-        let cache_hits = Counter::default();
-        registry.register(
-            "token_cache_hits",
-            "Access-token demands answered from the in-memory cache",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::default();
-        registry.register(
-            "token_cache_misses",
-            "Access-token demands the in-memory cache could not answer",
-            cache_misses.clone(),
-        );
-        let jwks_fetches = Family::<OneLabel, Counter>::default();
-        registry.register(
-            "jwks_fetches",
-            "Fetches of the provider's signing keys, by outcome",
-            jwks_fetches.clone(),
-        );
-        let warnings = Family::<OneLabel, Counter>::default();
-        registry.register(
-            "warnings",
-            "Problems an operator must act on, inferred from the provider's answers, by kind \
-             (testing_expiry, token_died_early, invalid_client)",
-            warnings.clone(),
-        );
+        let inner = Inner::register(clock, Registry::with_prefix(PREFIX));
         // Every kind is exported from the start, at 0, so that an alert on its increase needs
         // no first occurrence.
         for kind in WARNING_KINDS {
-            drop(warnings.get_or_create(&[("kind", *kind)]));
+            drop(inner.warnings.get_or_create(&[("kind", *kind)]));
         }
-        let activity_dropped = Counter::default();
-        registry.register(
-            "activity_dropped",
-            "Activity points dropped because the store refused them for too long",
-            activity_dropped.clone(),
-        );
-        let pending_revocations = Gauge::default();
-        registry.register(
-            "pending_revocations",
-            "Revocations at the provider queued for a retry (the store's queue, as last read)",
-            pending_revocations.clone(),
-        );
         Metrics {
-            inner: Some(Arc::new(Inner {
-                clock,
-                registry,
-                sign_ins,
-                exchanges,
-                refreshes,
-                verifications,
-                exchange_duration,
-                refresh_duration,
-                verify_duration,
-                proxy_duration,
-                handouts,
-                cache_hits,
-                cache_misses,
-                jwks_fetches,
-                warnings,
-                activity_dropped,
-                pending_revocations,
-                activity: Mutex::new(Activity::default()),
-            })),
+            inner: Some(Arc::new(inner)),
         }
     }
 

@@ -116,14 +116,55 @@ impl IntoResponse for Blocked {
     }
 }
 
+fn bad(error: &'static str, detail: &'static str) -> Blocked {
+    Blocked { error, detail }
+}
+
 fn validate(inner: &Inner, p: &AuthParams) -> Result<Valid, Blocked> {
-    let bad = |error: &'static str, detail: &'static str| Blocked { error, detail };
     let Some(client_id) = p.client_id.as_deref().filter(|c| !c.is_empty()) else {
         return Err(bad(
             "invalid_request",
             "Missing required parameter: client_id",
         ));
     };
+    let mode = answer_mode(inner, client_id, p)?;
+    if p.response_type.as_deref() != Some("code") {
+        return Err(bad(
+            "unsupported_response_type",
+            "The emulator answers response_type=code only.",
+        ));
+    }
+    let requested = requested_scopes(p)?;
+    let prompts = prompt_values(p)?;
+    let offline = match p.access_type.as_deref() {
+        None | Some("online") => false,
+        Some("offline") => true,
+        Some(_) => {
+            return Err(bad(
+                "invalid_request",
+                "Invalid parameter value for access_type.",
+            ));
+        }
+    };
+    Ok(Valid {
+        client_id: client_id.to_owned(),
+        // GIS popup codes always yield refresh tokens: the code client asks for offline access.
+        offline: offline || matches!(mode, Mode::Popup { .. }),
+        mode,
+        requested,
+        consent: prompts.contains(&"consent"),
+        none: prompts.contains(&"none"),
+        include_granted: p.include_granted_scopes.as_deref() == Some("true"),
+        pkce: pkce_challenge(p)?,
+        nonce: p.nonce.clone(),
+        state: p.state.clone(),
+        login_hint: p.login_hint.clone(),
+    })
+}
+
+/// How the answer reaches the app: a redirect to a URI registered for the web client, or a
+/// popup's message to an origin registered for it (or on loopback).
+fn answer_mode(inner: &Inner, client_id: &str, p: &AuthParams) -> Result<Mode, Blocked> {
     let clients = read(&inner.clients);
     let Some(client) = clients
         .get(client_id)
@@ -137,6 +178,21 @@ fn validate(inner: &Inner, p: &AuthParams) -> Result<Valid, Blocked> {
             "Missing required parameter: redirect_uri",
         ));
     };
+    if redirect_uri != "postmessage" && !redirect_uri.starts_with("storagerelay://") {
+        return if client.accepts_redirect(&inner.base_origin, redirect_uri) {
+            Ok(Mode::Redirect(redirect_uri.to_owned()))
+        } else {
+            Err(bad(
+                "redirect_uri_mismatch",
+                "The redirect URI in the request does not match the ones authorized for the OAuth client.",
+            ))
+        };
+    }
+    let origin = if redirect_uri == "postmessage" {
+        p.origin.clone()
+    } else {
+        storagerelay_origin(redirect_uri)
+    };
     let origin_allowed = |origin: &str| {
         url::Url::parse(origin).is_ok_and(|u| {
             let o = util::origin_of(&u);
@@ -146,46 +202,25 @@ fn validate(inner: &Inner, p: &AuthParams) -> Result<Valid, Blocked> {
                     .contains(&o)
         })
     };
-    let mode = if redirect_uri == "postmessage" || redirect_uri.starts_with("storagerelay://") {
-        let origin = if redirect_uri == "postmessage" {
-            p.origin.clone()
-        } else {
-            storagerelay_origin(redirect_uri)
-        };
-        match origin {
-            Some(o) if origin_allowed(&o) => Mode::Popup {
-                origin: url::Url::parse(&o)
-                    .map(|u| util::origin_of(&u))
-                    .unwrap_or(o),
-            },
-            Some(_) => {
-                return Err(bad(
-                    "origin_mismatch",
-                    "The JavaScript origin of the request is not registered for this client.",
-                ));
-            }
-            None => {
-                return Err(bad(
-                    "invalid_request",
-                    "The popup's origin could not be determined.",
-                ));
-            }
-        }
-    } else if client.accepts_redirect(&inner.base_origin, redirect_uri) {
-        Mode::Redirect(redirect_uri.to_owned())
-    } else {
-        return Err(bad(
-            "redirect_uri_mismatch",
-            "The redirect URI in the request does not match the ones authorized for the OAuth client.",
-        ));
-    };
-    drop(clients);
-    if p.response_type.as_deref() != Some("code") {
-        return Err(bad(
-            "unsupported_response_type",
-            "The emulator answers response_type=code only.",
-        ));
+    match origin {
+        Some(o) if origin_allowed(&o) => Ok(Mode::Popup {
+            origin: url::Url::parse(&o)
+                .map(|u| util::origin_of(&u))
+                .unwrap_or(o),
+        }),
+        Some(_) => Err(bad(
+            "origin_mismatch",
+            "The JavaScript origin of the request is not registered for this client.",
+        )),
+        None => Err(bad(
+            "invalid_request",
+            "The popup's origin could not be determined.",
+        )),
     }
+}
+
+/// The scopes asked for, normalised, in the order requested, without duplicates; one at least.
+fn requested_scopes(p: &AuthParams) -> Result<Vec<String>, Blocked> {
     let mut requested: Vec<String> = Vec::new();
     for s in p
         .scope
@@ -201,6 +236,11 @@ fn validate(inner: &Inner, p: &AuthParams) -> Result<Valid, Blocked> {
     if requested.is_empty() {
         return Err(bad("invalid_request", "Missing required parameter: scope"));
     }
+    Ok(requested)
+}
+
+/// The `prompt` values: `none` alone, or any of `consent` and `select_account`.
+fn prompt_values(p: &AuthParams) -> Result<Vec<&str>, Blocked> {
     let prompts: Vec<&str> = p
         .prompt
         .as_deref()
@@ -217,45 +257,24 @@ fn validate(inner: &Inner, p: &AuthParams) -> Result<Valid, Blocked> {
             "Invalid parameter value for prompt.",
         ));
     }
-    let offline = match p.access_type.as_deref() {
-        None | Some("online") => false,
-        Some("offline") => true,
-        Some(_) => {
-            return Err(bad(
-                "invalid_request",
-                "Invalid parameter value for access_type.",
-            ));
-        }
+    Ok(prompts)
+}
+
+/// The PKCE challenge the code will be bound to, if any.
+fn pkce_challenge(p: &AuthParams) -> Result<Option<Pkce>, Blocked> {
+    let Some(challenge) = p.code_challenge.as_deref().filter(|c| !c.is_empty()) else {
+        return Ok(None);
     };
-    let pkce = match p.code_challenge.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(challenge) => {
-            let Some(method) = PkceMethod::parse(p.code_challenge_method.as_deref()) else {
-                return Err(bad(
-                    "invalid_request",
-                    "Invalid code_challenge_method: use S256 or plain.",
-                ));
-            };
-            Some(Pkce {
-                challenge: challenge.to_owned(),
-                method,
-            })
-        }
+    let Some(method) = PkceMethod::parse(p.code_challenge_method.as_deref()) else {
+        return Err(bad(
+            "invalid_request",
+            "Invalid code_challenge_method: use S256 or plain.",
+        ));
     };
-    Ok(Valid {
-        client_id: client_id.to_owned(),
-        // GIS popup codes always yield refresh tokens: the code client asks for offline access.
-        offline: offline || matches!(mode, Mode::Popup { .. }),
-        mode,
-        requested,
-        consent: prompts.contains(&"consent"),
-        none: prompts.contains(&"none"),
-        include_granted: p.include_granted_scopes.as_deref() == Some("true"),
-        pkce,
-        nonce: p.nonce.clone(),
-        state: p.state.clone(),
-        login_hint: p.login_hint.clone(),
-    })
+    Ok(Some(Pkce {
+        challenge: challenge.to_owned(),
+        method,
+    }))
 }
 
 /// `GET /o/oauth2/v2/auth`.

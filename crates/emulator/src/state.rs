@@ -177,6 +177,18 @@ pub(crate) struct Exchange<'a> {
     pub(crate) verifier: Option<&'a str>,
 }
 
+/// What a code redeemed grants: the parts of its record an exchange goes on with.
+struct Redeemed {
+    email: Arc<str>,
+    client: Arc<str>,
+    azp: Arc<str>,
+    scopes: Scopes,
+    offline: bool,
+    consent: bool,
+    include_granted: bool,
+    nonce: Option<String>,
+}
+
 /// Hashes of the tokens the caller minted for this operation.
 pub(crate) struct Fresh {
     pub(crate) access: Hash,
@@ -519,23 +531,21 @@ impl State {
                 exp,
             } => {
                 let email = self.intern_email(&email);
-                self.codes.insert(
-                    h.0,
-                    CodeRec {
-                        client: Arc::from(client),
-                        azp: azp.map(Arc::from),
-                        email,
-                        scopes: Scopes::parse(&scope),
-                        redirect,
-                        offline,
-                        consent,
-                        include_granted: incl,
-                        pkce,
-                        nonce,
-                        exp,
-                        used: false,
-                    },
-                );
+                let code = CodeRec {
+                    client: Arc::from(client),
+                    azp: azp.map(Arc::from),
+                    email,
+                    scopes: Scopes::parse(&scope),
+                    redirect,
+                    offline,
+                    consent,
+                    include_granted: incl,
+                    pkce,
+                    nonce,
+                    exp,
+                    used: false,
+                };
+                self.codes.insert(h.0, code);
                 self.code_expiry.push_back((exp, h.0));
             }
             Event::CodeUsed { h } => {
@@ -549,45 +559,8 @@ impl State {
                 client,
                 scope,
                 offline,
-            } => {
-                self.next_grant = self.next_grant.max(id + 1);
-                let scopes = Arc::new(Scopes::parse(&scope));
-                let user = self.user_mut(&email);
-                let stale = match user.grants.get_mut(client.as_str()) {
-                    Some(g) if g.id == id => {
-                        g.scopes = scopes;
-                        g.offline = offline;
-                        None
-                    }
-                    _ => {
-                        let old = user.grants.insert(
-                            Arc::from(client),
-                            Grant {
-                                id,
-                                scopes,
-                                offline,
-                                refresh: VecDeque::new(),
-                            },
-                        );
-                        old.map(|g| g.refresh)
-                    }
-                };
-                for h in stale.into_iter().flatten() {
-                    self.refresh.remove(&h);
-                }
-            }
-            Event::Revoke { id, email, client } => {
-                let removed = self.users.get_mut(email.as_str()).and_then(|u| {
-                    if u.grants.get(client.as_str()).is_some_and(|g| g.id == id) {
-                        u.grants.remove(client.as_str())
-                    } else {
-                        None
-                    }
-                });
-                for h in removed.into_iter().flat_map(|g| g.refresh) {
-                    self.refresh.remove(&h);
-                }
-            }
+            } => self.apply_grant(id, &email, client, &scope, offline),
+            Event::Revoke { id, email, client } => self.apply_revoke(id, &email, &client),
             Event::Rt {
                 h,
                 id,
@@ -595,50 +568,14 @@ impl State {
                 client,
                 iat,
                 exp,
-            } => {
-                let user = self.user_mut(&email);
-                let email = user.email.clone();
-                let Some((client, grant)) = user
-                    .grants
-                    .get_key_value(client.as_str())
-                    .map(|(k, _)| k.clone())
-                    .and_then(|k| user.grants.get_mut(&k).map(|g| (k, g)))
-                else {
-                    return;
-                };
-                if grant.id != id {
-                    return;
-                }
-                grant.refresh.push_back(h.0);
-                self.refresh.insert(
-                    h.0,
-                    RefreshRec {
-                        grant: id,
-                        email,
-                        client,
-                        iat,
-                        last_used: iat,
-                        used_journaled: iat,
-                        exp,
-                    },
-                );
-            }
+            } => self.apply_refresh_token(h.0, id, &email, &client, iat, exp),
             Event::RtUsed { h, at } => {
                 if let Some(r) = self.refresh.get_mut(&h.0) {
                     r.last_used = r.last_used.max(at);
                     r.used_journaled = r.last_used;
                 }
             }
-            Event::RtDead { h } => {
-                if let Some(r) = self.refresh.remove(&h.0)
-                    && let Some(g) = self
-                        .users
-                        .get_mut(&*r.email)
-                        .and_then(|u| u.grants.get_mut(&*r.client))
-                {
-                    g.refresh.retain(|x| *x != h.0);
-                }
-            }
+            Event::RtDead { h } => self.apply_refresh_token_dead(&h.0),
             Event::At {
                 h,
                 id,
@@ -649,23 +586,113 @@ impl State {
                 exp,
                 offline,
             } => {
-                let email = self.intern_email(&email);
-                let scopes = Arc::new(Scopes::parse(&scope));
-                self.insert_access(
-                    h.0,
-                    AccessRec {
-                        grant: id,
-                        email,
-                        client: Arc::from(client),
-                        azp: Arc::from(azp),
-                        scopes,
-                        exp,
-                        offline,
-                    },
-                );
+                let access = AccessRec {
+                    grant: id,
+                    email: self.intern_email(&email),
+                    client: Arc::from(client),
+                    azp: Arc::from(azp),
+                    scopes: Arc::new(Scopes::parse(&scope)),
+                    exp,
+                    offline,
+                };
+                self.insert_access(h.0, access);
             }
             Event::DriveFile { email, file } => self.drive.apply_file(&email, file),
             Event::DriveDel { email, id } => self.drive.apply_delete(&email, &id),
+        }
+    }
+
+    /// A grant made or widened: the same id updates it in place; another id replaces it, and
+    /// the refresh tokens of the one replaced are forgotten.
+    fn apply_grant(&mut self, id: u64, email: &str, client: String, scope: &str, offline: bool) {
+        self.next_grant = self.next_grant.max(id + 1);
+        let scopes = Arc::new(Scopes::parse(scope));
+        let user = self.user_mut(email);
+        let stale = match user.grants.get_mut(client.as_str()) {
+            Some(g) if g.id == id => {
+                g.scopes = scopes;
+                g.offline = offline;
+                None
+            }
+            _ => {
+                let old = user.grants.insert(
+                    Arc::from(client),
+                    Grant {
+                        id,
+                        scopes,
+                        offline,
+                        refresh: VecDeque::new(),
+                    },
+                );
+                old.map(|g| g.refresh)
+            }
+        };
+        for h in stale.into_iter().flatten() {
+            self.refresh.remove(&h);
+        }
+    }
+
+    /// The grant `id` of (user, client) removed with its refresh tokens; a newer grant stays.
+    fn apply_revoke(&mut self, id: u64, email: &str, client: &str) {
+        let removed = self.users.get_mut(email).and_then(|u| {
+            if u.grants.get(client).is_some_and(|g| g.id == id) {
+                u.grants.remove(client)
+            } else {
+                None
+            }
+        });
+        for h in removed.into_iter().flat_map(|g| g.refresh) {
+            self.refresh.remove(&h);
+        }
+    }
+
+    /// A refresh token of grant `id`; ignored when that grant is gone.
+    fn apply_refresh_token(
+        &mut self,
+        h: Hash,
+        id: u64,
+        email: &str,
+        client: &str,
+        iat: i64,
+        exp: Option<i64>,
+    ) {
+        let user = self.user_mut(email);
+        let email = user.email.clone();
+        let Some((client, grant)) = user
+            .grants
+            .get_key_value(client)
+            .map(|(k, _)| k.clone())
+            .and_then(|k| user.grants.get_mut(&k).map(|g| (k, g)))
+        else {
+            return;
+        };
+        if grant.id != id {
+            return;
+        }
+        grant.refresh.push_back(h);
+        self.refresh.insert(
+            h,
+            RefreshRec {
+                grant: id,
+                email,
+                client,
+                iat,
+                last_used: iat,
+                used_journaled: iat,
+                exp,
+            },
+        );
+    }
+
+    /// A refresh token gone, from the tokens and from its grant's queue.
+    fn apply_refresh_token_dead(&mut self, h: &Hash) {
+        if let Some(r) = self.refresh.remove(h)
+            && let Some(g) = self
+                .users
+                .get_mut(&*r.email)
+                .and_then(|u| u.grants.get_mut(&*r.client))
+        {
+            g.refresh.retain(|x| x != h);
         }
     }
 
@@ -723,6 +750,61 @@ impl State {
         now: i64,
         settings: &Settings,
     ) -> Result<Issued, OAuthError> {
+        let code = self.redeem_code(req, now)?;
+        self.commit(Event::CodeUsed {
+            h: HexHash(*req.code),
+        });
+        let (grant_id, grant_scopes) = self.absorb_consent(&code);
+        let scopes = if code.include_granted {
+            grant_scopes.clone()
+        } else {
+            Arc::new(code.scopes)
+        };
+
+        // A refresh token only on the first offline consent (none held alive), or whenever
+        // the user was made to consent again.
+        let (email, client) = (code.email, code.client);
+        let refresh_issued =
+            code.offline && (code.consent || !self.has_live_refresh(&email, &client, now));
+        if refresh_issued {
+            self.issue_refresh(
+                fresh.refresh,
+                grant_id,
+                &email,
+                &client,
+                &grant_scopes,
+                now,
+                settings,
+            );
+        }
+        self.prune(now);
+        self.commit(Event::At {
+            h: HexHash(fresh.access),
+            id: grant_id,
+            email: email.to_string(),
+            client: client.to_string(),
+            azp: code.azp.to_string(),
+            scope: scopes.to_string(),
+            exp: now + settings.access_token_ttl_secs,
+            offline: code.offline,
+        });
+        self.stats.code_exchanges += 1;
+        if refresh_issued {
+            self.stats.refresh_tokens_issued += 1;
+        }
+        Ok(Issued {
+            scopes,
+            refresh_issued,
+            email,
+            client,
+            azp: code.azp,
+            nonce: code.nonce,
+        })
+    }
+
+    /// What an unused, unexpired code grants, once the request matches what it is bound to:
+    /// the client, the redirect URI and the PKCE challenge. Google's errors otherwise.
+    fn redeem_code(&self, req: &Exchange<'_>, now: i64) -> Result<Redeemed, OAuthError> {
         let code = self
             .codes
             .get(req.code)
@@ -749,34 +831,35 @@ impl State {
                 Some(_) => {}
             }
         }
-        let email = code.email.clone();
-        let client = code.client.clone();
-        let azp = code.azp.clone().unwrap_or_else(|| client.clone());
-        let code_scopes = code.scopes.clone();
-        let (offline, consent, include_granted) =
-            (code.offline, code.consent, code.include_granted);
-        let nonce = code.nonce.clone();
+        Ok(Redeemed {
+            email: code.email.clone(),
+            client: code.client.clone(),
+            azp: code.azp.clone().unwrap_or_else(|| code.client.clone()),
+            scopes: code.scopes.clone(),
+            offline: code.offline,
+            consent: code.consent,
+            include_granted: code.include_granted,
+            nonce: code.nonce.clone(),
+        })
+    }
 
-        self.commit(Event::CodeUsed {
-            h: HexHash(*req.code),
-        });
-
-        // The grant of (user, client) absorbs what this consent granted.
+    /// The grant of (user, client) absorbs what this consent granted: its id and scopes after.
+    fn absorb_consent(&mut self, code: &Redeemed) -> (u64, Arc<Scopes>) {
         let existing = self
             .users
-            .get(&*email)
-            .and_then(|u| u.grants.get(&*client))
+            .get(&*code.email)
+            .and_then(|u| u.grants.get(&*code.client))
             .map(|g| (g.id, g.scopes.clone(), g.offline));
-        let (grant_id, grant_scopes) = match existing {
+        match existing {
             Some((id, scopes, was_offline)) => {
-                let merged = scopes.union(&code_scopes);
-                if merged != *scopes || (offline && !was_offline) {
+                let merged = scopes.union(&code.scopes);
+                if merged != *scopes || (code.offline && !was_offline) {
                     self.commit(Event::Grant {
                         id,
-                        email: email.to_string(),
-                        client: client.to_string(),
+                        email: code.email.to_string(),
+                        client: code.client.to_string(),
                         scope: merged.to_string(),
-                        offline: was_offline || offline,
+                        offline: was_offline || code.offline,
                     });
                 }
                 (id, Arc::new(merged))
@@ -785,57 +868,14 @@ impl State {
                 let id = self.next_grant;
                 self.commit(Event::Grant {
                     id,
-                    email: email.to_string(),
-                    client: client.to_string(),
-                    scope: code_scopes.to_string(),
-                    offline,
+                    email: code.email.to_string(),
+                    client: code.client.to_string(),
+                    scope: code.scopes.to_string(),
+                    offline: code.offline,
                 });
-                (id, Arc::new(code_scopes.clone()))
+                (id, Arc::new(code.scopes.clone()))
             }
-        };
-        let scopes = if include_granted {
-            grant_scopes.clone()
-        } else {
-            Arc::new(code_scopes)
-        };
-
-        // A refresh token only on the first offline consent (none held alive), or whenever
-        // the user was made to consent again.
-        let refresh_issued = offline && (consent || !self.has_live_refresh(&email, &client, now));
-        if refresh_issued {
-            self.issue_refresh(
-                fresh.refresh,
-                grant_id,
-                &email,
-                &client,
-                &grant_scopes,
-                now,
-                settings,
-            );
         }
-        self.prune(now);
-        self.commit(Event::At {
-            h: HexHash(fresh.access),
-            id: grant_id,
-            email: email.to_string(),
-            client: client.to_string(),
-            azp: azp.to_string(),
-            scope: scopes.to_string(),
-            exp: now + settings.access_token_ttl_secs,
-            offline,
-        });
-        self.stats.code_exchanges += 1;
-        if refresh_issued {
-            self.stats.refresh_tokens_issued += 1;
-        }
-        Ok(Issued {
-            scopes,
-            refresh_issued,
-            email,
-            client,
-            azp,
-            nonce,
-        })
     }
 
     fn has_live_refresh(&self, email: &str, client: &str, now: i64) -> bool {

@@ -756,108 +756,21 @@ pub fn normalise_origin(text: &str) -> Option<String> {
 impl Settings {
     /// Validates a file configuration; `base` resolves relative paths (the file's folder).
     pub fn from_file(file: &FileConfig, base: &Path) -> Result<Settings, ConfigError> {
-        let addr_text = file.server.addr.as_deref().unwrap_or("127.0.0.1:8080");
-        let addr: SocketAddr = addr_text.parse().map_err(|_| {
-            err(
-                "server.addr",
-                format!("{addr_text:?} is not an address"),
-                "write e.g. 0.0.0.0:8080",
-            )
-        })?;
-        let public_url = match &file.server.public_url {
-            Some(u) => Some(Url::parse(u).map_err(|_| {
-                err(
-                    "server.public_url",
-                    format!("{u:?} is not a URL"),
-                    "write e.g. https://app.example.com",
-                )
-            })?),
-            None => None,
-        };
-        let mut allowed_origins = Vec::new();
-        for o in &file.server.allowed_origins {
-            allowed_origins.push(normalise_origin(o).ok_or_else(|| {
-                err(
-                    "server.allowed_origins",
-                    format!("{o:?} is not an origin"),
-                    "write scheme://host[:port], e.g. https://app.example.com",
-                )
-            })?);
-        }
-        if let Some(u) = &public_url {
-            let o = u.origin().ascii_serialization();
-            if !allowed_origins.contains(&o) {
-                allowed_origins.push(o);
-            }
-        }
-        let session_ttl = match &file.server.session_ttl {
-            Some(d) => d.resolve("server.session_ttl")?,
-            None => Duration::from_secs(30 * 86_400),
-        };
-        let session_purge = match &file.server.session_purge_interval {
-            Some(d) => d.resolve("server.session_purge_interval")?,
-            None => DEFAULT_SESSION_PURGE,
-        };
-        if session_purge < Duration::from_secs(1) {
-            return Err(err(
-                "server.session_purge_interval",
-                "is shorter than 1 s",
-                "write 1s or more, e.g. 1h (the default)",
-            ));
-        }
-
+        let addr = server_addr(&file.server)?;
+        let (public_url, allowed_origins) = public_url_and_origins(&file.server)?;
+        let session_ttl = duration_or(
+            file.server.session_ttl.as_ref(),
+            "server.session_ttl",
+            Duration::from_secs(30 * 86_400),
+        )?;
+        let session_purge = session_purge_interval(&file.server)?;
         let p = &file.provider;
-        let issuer_text = p.issuer.as_deref().unwrap_or(GOOGLE_ISSUER);
-        let issuer = Url::parse(issuer_text).map_err(|_| {
-            err(
-                "provider.issuer",
-                format!("{issuer_text:?} is not a URL"),
-                format!("leave it out for Google ({GOOGLE_ISSUER})"),
-            )
-        })?;
-        let (client_id, client_secret) = match (
-            &p.client_secret_file,
-            &p.client_id,
-            &p.client_secret,
-        ) {
-            (_, Some(id), Some(secret)) => (id.clone(), secret.clone()),
-            (Some(file), _, _) => read_client_secret_file(&base.join(file))?,
-            (None, Some(_), None) => {
-                return Err(err(
-                    "provider.client_secret",
-                    "client_id is set but client_secret is not",
-                    "set provider.client_secret (or GRANTKEEPER_PROVIDER__CLIENT_SECRET), or use provider.client_secret_file",
-                ));
-            }
-            (None, None, _) => {
-                return Err(err(
-                    "provider.client_secret_file",
-                    "no OAuth client credentials",
-                    "download the Web application client's JSON from Google Cloud console (APIs & Services > Credentials) and set provider.client_secret_file to its path, or set provider.client_id and provider.client_secret",
-                ));
-            }
-        };
-        if client_secret.expose_secret().is_empty() {
-            return Err(err(
-                "provider.client_secret",
-                "the client secret is empty",
-                "use the Web application client's secret",
-            ));
-        }
-        let mut provider = ProviderSettings::new(issuer, client_id, client_secret);
-        provider.authorized_parties = p.authorized_parties.clone();
-        if let Some(q) = p.google_quirks {
-            provider.google_quirks = q;
-        }
-        let api_base_text = p.api_base.as_deref().unwrap_or(GOOGLE_API_BASE);
-        let api_base = Url::parse(api_base_text).map_err(|_| {
-            err(
-                "provider.api_base",
-                format!("{api_base_text:?} is not a URL"),
-                format!("leave it out for Google ({GOOGLE_API_BASE})"),
-            )
-        })?;
-
+        let provider = provider_settings(p, base)?;
+        let api_base = parse_url(
+            p.api_base.as_deref().unwrap_or(GOOGLE_API_BASE),
+            "provider.api_base",
+            format!("leave it out for Google ({GOOGLE_API_BASE})"),
+        )?;
         let store_url = resolve_sqlite_path(
             file.store
                 .url
@@ -867,102 +780,7 @@ impl Settings {
         );
         let mut warnings = LimitSettings::warnings(&file.limits);
         warnings.extend(store_tls_warning(&store_url));
-        let store_url = SecretString::from(store_url);
-        let mut store = grantkeeper_store::StoreOptions::default();
-        if let Some(n) = file.store.max_connections {
-            if n == 0 {
-                return Err(err(
-                    "store.max_connections",
-                    "0 connections",
-                    "write 1 or more (default 16)",
-                ));
-            }
-            store.max_connections = n;
-        }
-        if let Some(t) = &file.store.statement_timeout {
-            store.statement_timeout = t.resolve("store.statement_timeout")?;
-        }
-
-        let keyring_reload = match &file.vault.reload_interval {
-            Some(d) => d.resolve("vault.reload_interval")?,
-            None => DEFAULT_KEYRING_RELOAD,
-        };
-        if keyring_reload < Duration::from_secs(1) {
-            return Err(err(
-                "vault.reload_interval",
-                "an interval under a second reads the data keys without pause",
-                "write e.g. 30s (the default)",
-            ));
-        }
-
-        let b = &file.broker;
-        let defaults = BrokerSettings::default();
-        let broker = BrokerSettings {
-            min_ttl: match &b.min_ttl {
-                Some(d) => d.resolve("broker.min_ttl")?,
-                None => defaults.min_ttl,
-            },
-            refresh_concurrency: b
-                .refresh_concurrency
-                .unwrap_or(defaults.refresh_concurrency)
-                .max(1),
-            upstream_rate: match b.upstream_rate {
-                Some(r) if !(r.is_finite() && r > 0.0) => {
-                    return Err(err(
-                        "broker.upstream_rate",
-                        format!("{r} is not a rate"),
-                        "write refreshes per second above 0, e.g. 50, or leave it out",
-                    ));
-                }
-                r => r,
-            },
-            rejection_cooldown: match &b.rejection_cooldown {
-                Some(d) => d.resolve("broker.rejection_cooldown")?,
-                None => defaults.rejection_cooldown,
-            },
-        };
-
-        let webhook = match (&file.events.webhook_url, &file.events.webhook_secret) {
-            (None, None) => None,
-            (Some(u), Some(secret)) => {
-                let url = Url::parse(u).map_err(|_| {
-                    err(
-                        "events.webhook_url",
-                        format!("{u:?} is not a URL"),
-                        "write e.g. https://hooks.example.com/grantkeeper",
-                    )
-                })?;
-                if secret.expose_secret().len() < 16 {
-                    return Err(err(
-                        "events.webhook_secret",
-                        "the secret is shorter than 16 characters",
-                        "use a long random secret, e.g. `head -c24 /dev/urandom | base64`",
-                    ));
-                }
-                Some(WebhookSettings {
-                    url,
-                    secret: secret.clone(),
-                })
-            }
-            (Some(_), None) => {
-                return Err(err(
-                    "events.webhook_secret",
-                    "a webhook URL is set without a secret",
-                    "set events.webhook_secret (GRANTKEEPER_EVENTS__WEBHOOK_SECRET)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "events.webhook_url",
-                    "a webhook secret is set without a URL",
-                    "set events.webhook_url or remove the secret",
-                ));
-            }
-        };
-
-        let limits = LimitSettings::from_section(&file.limits)?;
-        let keepalive = keepalive_settings(&file.jobs)?;
-
+        let store = store_options(&file.store)?;
         Ok(Settings {
             addr,
             public_url,
@@ -971,7 +789,6 @@ impl Settings {
             session_purge,
             demo_page: file.server.demo_page.unwrap_or(false),
             secure_cookies: true,
-            keepalive,
             provider,
             web_redirect_uri: p
                 .web_redirect_uri
@@ -979,14 +796,232 @@ impl Settings {
                 .unwrap_or_else(|| "postmessage".to_owned()),
             mobile_redirect_uri: p.mobile_redirect_uri.clone().unwrap_or_default(),
             api_base,
-            store_url,
+            store_url: SecretString::from(store_url),
             store,
-            keyring_reload,
-            broker,
-            webhook,
-            limits,
+            keyring_reload: keyring_reload(&file.vault)?,
+            broker: broker_settings(&file.broker)?,
+            webhook: webhook_settings(&file.events)?,
+            limits: LimitSettings::from_section(&file.limits)?,
+            keepalive: keepalive_settings(&file.jobs)?,
             warnings,
         })
+    }
+}
+
+/// A duration key's value, or `default` when the key is absent.
+fn duration_or(
+    value: Option<&DurationValue>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    value.map_or(Ok(default), |d| d.resolve(key))
+}
+
+/// `text` as a URL, or an error naming `key` with `fix`.
+fn parse_url(text: &str, key: &str, fix: impl Into<String>) -> Result<Url, ConfigError> {
+    Url::parse(text).map_err(|_| err(key, format!("{text:?} is not a URL"), fix))
+}
+
+/// `server.addr`, 127.0.0.1:8080 unless set.
+fn server_addr(s: &ServerSection) -> Result<SocketAddr, ConfigError> {
+    let text = s.addr.as_deref().unwrap_or("127.0.0.1:8080");
+    text.parse().map_err(|_| {
+        err(
+            "server.addr",
+            format!("{text:?} is not an address"),
+            "write e.g. 0.0.0.0:8080",
+        )
+    })
+}
+
+/// `server.public_url`, and the allowed origins normalised, the public URL's own included.
+fn public_url_and_origins(s: &ServerSection) -> Result<(Option<Url>, Vec<String>), ConfigError> {
+    let public_url = s
+        .public_url
+        .as_deref()
+        .map(|u| parse_url(u, "server.public_url", "write e.g. https://app.example.com"))
+        .transpose()?;
+    let mut allowed_origins = Vec::new();
+    for o in &s.allowed_origins {
+        allowed_origins.push(normalise_origin(o).ok_or_else(|| {
+            err(
+                "server.allowed_origins",
+                format!("{o:?} is not an origin"),
+                "write scheme://host[:port], e.g. https://app.example.com",
+            )
+        })?);
+    }
+    if let Some(u) = &public_url {
+        let o = u.origin().ascii_serialization();
+        if !allowed_origins.contains(&o) {
+            allowed_origins.push(o);
+        }
+    }
+    Ok((public_url, allowed_origins))
+}
+
+/// `server.session_purge_interval`: at least a second.
+fn session_purge_interval(s: &ServerSection) -> Result<Duration, ConfigError> {
+    let purge = duration_or(
+        s.session_purge_interval.as_ref(),
+        "server.session_purge_interval",
+        DEFAULT_SESSION_PURGE,
+    )?;
+    if purge < Duration::from_secs(1) {
+        return Err(err(
+            "server.session_purge_interval",
+            "is shorter than 1 s",
+            "write 1s or more, e.g. 1h (the default)",
+        ));
+    }
+    Ok(purge)
+}
+
+/// `[provider]`: the issuer, the OAuth client and what ID tokens may say.
+fn provider_settings(p: &ProviderSection, base: &Path) -> Result<ProviderSettings, ConfigError> {
+    let issuer = parse_url(
+        p.issuer.as_deref().unwrap_or(GOOGLE_ISSUER),
+        "provider.issuer",
+        format!("leave it out for Google ({GOOGLE_ISSUER})"),
+    )?;
+    let (client_id, client_secret) = client_credentials(p, base)?;
+    let mut provider = ProviderSettings::new(issuer, client_id, client_secret);
+    provider.authorized_parties = p.authorized_parties.clone();
+    if let Some(q) = p.google_quirks {
+        provider.google_quirks = q;
+    }
+    Ok(provider)
+}
+
+/// The OAuth client's id and secret: set as keys (both), or read from `client_secret.json`.
+fn client_credentials(
+    p: &ProviderSection,
+    base: &Path,
+) -> Result<(String, SecretString), ConfigError> {
+    let (client_id, client_secret) = match (&p.client_secret_file, &p.client_id, &p.client_secret) {
+        (_, Some(id), Some(secret)) => (id.clone(), secret.clone()),
+        (Some(file), _, _) => read_client_secret_file(&base.join(file))?,
+        (None, Some(_), None) => {
+            return Err(err(
+                "provider.client_secret",
+                "client_id is set but client_secret is not",
+                "set provider.client_secret (or GRANTKEEPER_PROVIDER__CLIENT_SECRET), or use provider.client_secret_file",
+            ));
+        }
+        (None, None, _) => {
+            return Err(err(
+                "provider.client_secret_file",
+                "no OAuth client credentials",
+                "download the Web application client's JSON from Google Cloud console (APIs & Services > Credentials) and set provider.client_secret_file to its path, or set provider.client_id and provider.client_secret",
+            ));
+        }
+    };
+    if client_secret.expose_secret().is_empty() {
+        return Err(err(
+            "provider.client_secret",
+            "the client secret is empty",
+            "use the Web application client's secret",
+        ));
+    }
+    Ok((client_id, client_secret))
+}
+
+/// `[store]`'s pool options (PostgreSQL).
+fn store_options(s: &StoreSection) -> Result<grantkeeper_store::StoreOptions, ConfigError> {
+    let mut store = grantkeeper_store::StoreOptions::default();
+    if let Some(n) = s.max_connections {
+        if n == 0 {
+            return Err(err(
+                "store.max_connections",
+                "0 connections",
+                "write 1 or more (default 16)",
+            ));
+        }
+        store.max_connections = n;
+    }
+    if let Some(t) = &s.statement_timeout {
+        store.statement_timeout = t.resolve("store.statement_timeout")?;
+    }
+    Ok(store)
+}
+
+/// `vault.reload_interval`: at least a second.
+fn keyring_reload(v: &VaultSection) -> Result<Duration, ConfigError> {
+    let reload = duration_or(
+        v.reload_interval.as_ref(),
+        "vault.reload_interval",
+        DEFAULT_KEYRING_RELOAD,
+    )?;
+    if reload < Duration::from_secs(1) {
+        return Err(err(
+            "vault.reload_interval",
+            "an interval under a second reads the data keys without pause",
+            "write e.g. 30s (the default)",
+        ));
+    }
+    Ok(reload)
+}
+
+/// `[broker]`, with the defaults of [`BrokerSettings`] for keys left out.
+fn broker_settings(b: &BrokerSection) -> Result<BrokerSettings, ConfigError> {
+    let defaults = BrokerSettings::default();
+    let min_ttl = duration_or(b.min_ttl.as_ref(), "broker.min_ttl", defaults.min_ttl)?;
+    let refresh_concurrency = b
+        .refresh_concurrency
+        .unwrap_or(defaults.refresh_concurrency)
+        .max(1);
+    if let Some(r) = b.upstream_rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(err(
+            "broker.upstream_rate",
+            format!("{r} is not a rate"),
+            "write refreshes per second above 0, e.g. 50, or leave it out",
+        ));
+    }
+    let rejection_cooldown = duration_or(
+        b.rejection_cooldown.as_ref(),
+        "broker.rejection_cooldown",
+        defaults.rejection_cooldown,
+    )?;
+    Ok(BrokerSettings {
+        min_ttl,
+        refresh_concurrency,
+        upstream_rate: b.upstream_rate,
+        rejection_cooldown,
+    })
+}
+
+/// `[events]`: a webhook needs both its URL and a secret of 16 characters or more.
+fn webhook_settings(e: &EventsSection) -> Result<Option<WebhookSettings>, ConfigError> {
+    match (&e.webhook_url, &e.webhook_secret) {
+        (None, None) => Ok(None),
+        (Some(u), Some(secret)) => {
+            let url = parse_url(
+                u,
+                "events.webhook_url",
+                "write e.g. https://hooks.example.com/grantkeeper",
+            )?;
+            if secret.expose_secret().len() < 16 {
+                return Err(err(
+                    "events.webhook_secret",
+                    "the secret is shorter than 16 characters",
+                    "use a long random secret, e.g. `head -c24 /dev/urandom | base64`",
+                ));
+            }
+            Ok(Some(WebhookSettings {
+                url,
+                secret: secret.clone(),
+            }))
+        }
+        (Some(_), None) => Err(err(
+            "events.webhook_secret",
+            "a webhook URL is set without a secret",
+            "set events.webhook_secret (GRANTKEEPER_EVENTS__WEBHOOK_SECRET)",
+        )),
+        (None, Some(_)) => Err(err(
+            "events.webhook_url",
+            "a webhook secret is set without a URL",
+            "set events.webhook_url or remove the secret",
+        )),
     }
 }
 

@@ -98,141 +98,170 @@ fn read_secret(path: &Path, key: &str, what: &str) -> Result<SecretString, Confi
     Ok(secret)
 }
 
+/// Refuses more than one master key, and the settings of a kind of key not chosen.
+fn refuse_mixed(vault: &VaultSection) -> Result<(), ConfigError> {
+    let local = vault.master_key.is_some() || vault.master_key_file.is_some();
+    let chosen = [local, vault.kms_key.is_some(), vault.pkcs11.is_some()]
+        .iter()
+        .filter(|c| **c)
+        .count();
+    if chosen > 1 {
+        return Err(err(
+            "vault",
+            "more than one master key is named (master_key_file or \
+             GRANTKEEPER_VAULT__MASTER_KEY, kms_key, pkcs11)",
+            "keep one: the master key that wraps the store's data keys (moving them to \
+             another is `grantkeeper keys rewrap --to`)",
+        ));
+    }
+    let stray = |set: bool, key: &str, needs: &str| {
+        if set {
+            Err(err(
+                key,
+                format!("it applies to {needs} only, which is not set"),
+                format!("set {needs}, or remove {key}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if vault.kms_key.is_none() {
+        stray(
+            vault.kms_endpoint.is_some(),
+            "vault.kms_endpoint",
+            "vault.kms_key",
+        )?;
+        stray(
+            vault.kms_credentials_file.is_some(),
+            "vault.kms_credentials_file",
+            "vault.kms_key",
+        )?;
+    }
+    if vault.pkcs11.is_none() {
+        stray(
+            vault.pkcs11_module.is_some(),
+            "vault.pkcs11_module",
+            "vault.pkcs11",
+        )?;
+        stray(
+            vault.pkcs11_pin_file.is_some(),
+            "vault.pkcs11_pin_file",
+            "vault.pkcs11",
+        )?;
+        stray(
+            vault.pkcs11_pin.is_some(),
+            "vault.pkcs11_pin",
+            "vault.pkcs11",
+        )?;
+    }
+    Ok(())
+}
+
+/// `vault.kms_key` with its endpoint and credentials.
+fn kms_settings(
+    key: &str,
+    vault: &VaultSection,
+    base: &Path,
+) -> Result<MasterKeySettings, ConfigError> {
+    let key = grantkeeper_keysource::parse_key_name(key).map_err(from_problem)?;
+    let endpoint = vault
+        .kms_endpoint
+        .clone()
+        .unwrap_or_else(|| GOOGLE_ENDPOINT.to_owned());
+    match url::Url::parse(&endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            return Err(err(
+                "vault.kms_endpoint",
+                "not an http(s) URL",
+                format!("leave it out for {GOOGLE_ENDPOINT}"),
+            ));
+        }
+    }
+    let credentials_file = vault.kms_credentials_file.as_ref().map(|f| base.join(f));
+    if let Some(file) = &credentials_file {
+        refuse_shared(file, "vault.kms_credentials_file")?;
+    }
+    Ok(MasterKeySettings::Kms {
+        key,
+        endpoint,
+        credentials_file,
+    })
+}
+
+/// `vault.pkcs11` with its module and PIN.
+fn pkcs11_settings(
+    uri: &str,
+    vault: &VaultSection,
+    base: &Path,
+) -> Result<MasterKeySettings, ConfigError> {
+    let parsed = grantkeeper_keysource::Pkcs11Uri::parse(uri).map_err(|problem| {
+        err(
+            "vault.pkcs11",
+            problem,
+            "write it as pkcs11:token=TOKEN;object=KEY_LABEL (RFC 7512)",
+        )
+    })?;
+    if vault.pkcs11_module.is_none() && parsed.module_path.is_none() {
+        return Err(err(
+            "vault.pkcs11_module",
+            "no PKCS#11 module",
+            "set it to the HSM's PKCS#11 library (SoftHSM2: \
+             /usr/lib/softhsm/libsofthsm2.so)",
+        ));
+    }
+    let (pin, pin_setting) = pkcs11_pin(vault, parsed.pin_source.is_some(), base)?;
+    Ok(MasterKeySettings::Pkcs11 {
+        uri: uri.to_owned(),
+        module: vault.pkcs11_module.as_ref().map(|m| base.join(m)),
+        pin,
+        pin_setting,
+    })
+}
+
+/// The token's PIN and the setting it came from; None when the URI names its source.
+fn pkcs11_pin(
+    vault: &VaultSection,
+    uri_has_pin_source: bool,
+    base: &Path,
+) -> Result<(Option<SecretString>, &'static str), ConfigError> {
+    match (&vault.pkcs11_pin, &vault.pkcs11_pin_file) {
+        (Some(_), Some(_)) => Err(err(
+            "vault.pkcs11_pin_file",
+            "the PIN is given twice (pkcs11_pin_file and GRANTKEEPER_VAULT__PKCS11_PIN)",
+            "keep one",
+        )),
+        (Some(pin), None) => Ok((Some(pin.clone()), "GRANTKEEPER_VAULT__PKCS11_PIN")),
+        (None, Some(file)) => Ok((
+            Some(read_secret(
+                &base.join(file),
+                "vault.pkcs11_pin_file",
+                "token's user PIN",
+            )?),
+            "vault.pkcs11_pin_file",
+        )),
+        (None, None) if uri_has_pin_source => Ok((None, "vault.pkcs11")),
+        (None, None) => Err(err(
+            "vault.pkcs11_pin_file",
+            "no PIN for the token",
+            "set vault.pkcs11_pin_file to a file holding the user PIN (mode 0600), \
+             or GRANTKEEPER_VAULT__PKCS11_PIN",
+        )),
+    }
+}
+
 impl MasterKeySettings {
     /// Validates `[vault]`; `base` is the directory relative paths start from.
     pub fn from_section(
         vault: &VaultSection,
         base: &Path,
     ) -> Result<MasterKeySettings, ConfigError> {
-        let local = vault.master_key.is_some() || vault.master_key_file.is_some();
-        let chosen = [local, vault.kms_key.is_some(), vault.pkcs11.is_some()]
-            .iter()
-            .filter(|c| **c)
-            .count();
-        if chosen > 1 {
-            return Err(err(
-                "vault",
-                "more than one master key is named (master_key_file or \
-                 GRANTKEEPER_VAULT__MASTER_KEY, kms_key, pkcs11)",
-                "keep one: the master key that wraps the store's data keys (moving them to \
-                 another is `grantkeeper keys rewrap --to`)",
-            ));
-        }
-        let stray = |set: bool, key: &str, needs: &str| {
-            if set {
-                Err(err(
-                    key,
-                    format!("it applies to {needs} only, which is not set"),
-                    format!("set {needs}, or remove {key}"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        if vault.kms_key.is_none() {
-            stray(
-                vault.kms_endpoint.is_some(),
-                "vault.kms_endpoint",
-                "vault.kms_key",
-            )?;
-            stray(
-                vault.kms_credentials_file.is_some(),
-                "vault.kms_credentials_file",
-                "vault.kms_key",
-            )?;
-        }
-        if vault.pkcs11.is_none() {
-            stray(
-                vault.pkcs11_module.is_some(),
-                "vault.pkcs11_module",
-                "vault.pkcs11",
-            )?;
-            stray(
-                vault.pkcs11_pin_file.is_some(),
-                "vault.pkcs11_pin_file",
-                "vault.pkcs11",
-            )?;
-            stray(
-                vault.pkcs11_pin.is_some(),
-                "vault.pkcs11_pin",
-                "vault.pkcs11",
-            )?;
-        }
+        refuse_mixed(vault)?;
         if let Some(key) = &vault.kms_key {
-            let key = grantkeeper_keysource::parse_key_name(key).map_err(from_problem)?;
-            let endpoint = vault
-                .kms_endpoint
-                .clone()
-                .unwrap_or_else(|| GOOGLE_ENDPOINT.to_owned());
-            match url::Url::parse(&endpoint) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => {
-                    return Err(err(
-                        "vault.kms_endpoint",
-                        "not an http(s) URL",
-                        format!("leave it out for {GOOGLE_ENDPOINT}"),
-                    ));
-                }
-            }
-            let credentials_file = vault.kms_credentials_file.as_ref().map(|f| base.join(f));
-            if let Some(file) = &credentials_file {
-                refuse_shared(file, "vault.kms_credentials_file")?;
-            }
-            return Ok(MasterKeySettings::Kms {
-                key,
-                endpoint,
-                credentials_file,
-            });
+            return kms_settings(key, vault, base);
         }
         if let Some(uri) = &vault.pkcs11 {
-            let parsed = grantkeeper_keysource::Pkcs11Uri::parse(uri).map_err(|problem| {
-                err(
-                    "vault.pkcs11",
-                    problem,
-                    "write it as pkcs11:token=TOKEN;object=KEY_LABEL (RFC 7512)",
-                )
-            })?;
-            if vault.pkcs11_module.is_none() && parsed.module_path.is_none() {
-                return Err(err(
-                    "vault.pkcs11_module",
-                    "no PKCS#11 module",
-                    "set it to the HSM's PKCS#11 library (SoftHSM2: \
-                     /usr/lib/softhsm/libsofthsm2.so)",
-                ));
-            }
-            let (pin, pin_setting) = match (&vault.pkcs11_pin, &vault.pkcs11_pin_file) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "vault.pkcs11_pin_file",
-                        "the PIN is given twice (pkcs11_pin_file and GRANTKEEPER_VAULT__PKCS11_PIN)",
-                        "keep one",
-                    ));
-                }
-                (Some(pin), None) => (Some(pin.clone()), "GRANTKEEPER_VAULT__PKCS11_PIN"),
-                (None, Some(file)) => (
-                    Some(read_secret(
-                        &base.join(file),
-                        "vault.pkcs11_pin_file",
-                        "token's user PIN",
-                    )?),
-                    "vault.pkcs11_pin_file",
-                ),
-                (None, None) if parsed.pin_source.is_some() => (None, "vault.pkcs11"),
-                (None, None) => {
-                    return Err(err(
-                        "vault.pkcs11_pin_file",
-                        "no PIN for the token",
-                        "set vault.pkcs11_pin_file to a file holding the user PIN (mode 0600), \
-                         or GRANTKEEPER_VAULT__PKCS11_PIN",
-                    ));
-                }
-            };
-            return Ok(MasterKeySettings::Pkcs11 {
-                uri: uri.clone(),
-                module: vault.pkcs11_module.as_ref().map(|m| base.join(m)),
-                pin,
-                pin_setting,
-            });
+            return pkcs11_settings(uri, vault, base);
         }
         crate::config::master_key(vault, base).map(MasterKeySettings::Local)
     }

@@ -269,22 +269,7 @@ pub async fn activity(
         Signed::In(operator) => operator,
         Signed::Out(_) => return Ok(see_other("/admin")),
     };
-    let q: ActivityQuery = match raw.as_deref() {
-        None | Some("") => ActivityQuery::default(),
-        Some(q) => serde_urlencoded::from_str(q).map_err(|_| {
-            PageError::from(ApiError::InvalidRequest(
-                "The address's query string could not be read.".to_owned(),
-            ))
-        })?,
-    };
-    let range = match q.range.as_deref() {
-        None | Some("") => Range::Day,
-        Some(r) => Range::parse(r).ok_or_else(|| {
-            PageError::from(ApiError::InvalidRequest(
-                "The range must be 1h, 24h or 7d.".to_owned(),
-            ))
-        })?,
-    };
+    let range = requested_range(raw.as_deref())?;
     // This instance's latest counts first; other instances' arrive within their flush period.
     if let Err(e) = app.flush_activity().await {
         tracing::warn!(error = %e, "could not write activity before charting it");
@@ -294,16 +279,135 @@ pub async fn activity(
     let points = app.store().activity(start, end).await?;
     let by_state = app.store().count_grants_by_state().await?;
     let b = bucketize(&points, start, range.bucket_secs(), range.buckets());
-    let warnings = warnings_section(&warning_tallies(&points), range.label(), now);
 
+    let mut body = String::with_capacity(32 * 1024);
+    body.push_str("<h1>Activity</h1>\n");
+    range_nav(&mut body, range);
+    let _ = write!(
+        body,
+        r#"
+<p class="muted">From {} to {}, {}, across every instance sharing this store; times on the charts are UTC. Latency covers every refresh attempt, failed ones too.</p>
+"#,
+        esc(&html::utc(start)),
+        esc(&html::utc(end)),
+        esc(range.per()),
+    );
+    charts_section(&mut body, range, start, &b, &by_state);
+    body.push('\n');
+    body.push_str(&warnings_section(
+        &warning_tallies(&points),
+        range.label(),
+        now,
+    ));
+    Ok(html_response(
+        StatusCode::OK,
+        html::page("Activity", Some(&operator.shell(Section::Activity)), &body),
+    ))
+}
+
+/// The `range` of the query string; a day when absent.
+fn requested_range(raw: Option<&str>) -> Result<Range, PageError> {
+    let q: ActivityQuery = match raw {
+        None | Some("") => ActivityQuery::default(),
+        Some(q) => serde_urlencoded::from_str(q).map_err(|_| {
+            PageError::from(ApiError::InvalidRequest(
+                "The address's query string could not be read.".to_owned(),
+            ))
+        })?,
+    };
+    match q.range.as_deref() {
+        None | Some("") => Ok(Range::Day),
+        Some(r) => Range::parse(r).ok_or_else(|| {
+            PageError::from(ApiError::InvalidRequest(
+                "The range must be 1h, 24h or 7d.".to_owned(),
+            ))
+        }),
+    }
+}
+
+/// The links to the other ranges, the current one marked.
+fn range_nav(body: &mut String, current: Range) {
+    body.push_str("<nav class=\"ranges\" aria-label=\"Range\">");
+    for r in Range::ALL {
+        let mark = if r == current {
+            r#" aria-current="page""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            body,
+            r#"<a id="range-{p}" href="/admin/activity?range={p}"{mark}>{label}</a>"#,
+            p = r.param(),
+            label = r.label(),
+        );
+    }
+    body.push_str("</nav>");
+}
+
+/// The three charts, each line chart followed by its data as a table.
+fn charts_section(
+    body: &mut String,
+    range: Range,
+    start: OffsetDateTime,
+    b: &Buckets,
+    by_state: &[(GrantState, u64)],
+) {
     let starts: Vec<OffsetDateTime> = (0..range.buckets())
         .map(|i| start + Duration::seconds(range.bucket_secs() * i as i64))
         .collect();
     let short: Vec<String> = starts.iter().map(|t| range.bucket_label(*t)).collect();
     let ticks = range.ticks(&starts);
     let full: Vec<String> = starts.iter().map(|t| html::utc(*t)).collect();
+    let per = range.per();
+    let activity_lines = activity_lines(b);
+    let activity_chart = LineChart {
+        id: "chart-activity",
+        title: "Sign-ins, token hand-outs and refreshes",
+        unit: per,
+        axis_unit: per,
+        totals: true,
+        x_labels: &short,
+        ticks: &ticks,
+        lines: &activity_lines,
+    };
+    let latency_lines = latency_lines(b);
+    let latency_unit = format!("milliseconds per refresh at the token endpoint, {per}");
+    let latency_chart = LineChart {
+        id: "chart-latency",
+        title: "Refresh latency (ms)",
+        unit: &latency_unit,
+        axis_unit: "ms",
+        totals: false,
+        x_labels: &short,
+        ticks: &ticks,
+        lines: &latency_lines,
+    };
+    let bars: Vec<Bar<'_>> = by_state
+        .iter()
+        .map(|(state, count)| Bar {
+            label: state_text(*state),
+            color: state_color(*state),
+            value: *count,
+        })
+        .collect();
+    let _ = write!(
+        body,
+        r#"<div class="charts">
+<figure><figcaption>Sign-ins, token hand-outs and refreshes</figcaption>{}{}</figure>
+<figure><figcaption>Refresh latency (milliseconds)</figcaption>{}{}</figure>
+<figure><figcaption>Grants by state (now)</figcaption>{}</figure>
+</div>"#,
+        charts::line_chart(&activity_chart),
+        charts::data_table(&activity_chart, &full),
+        charts::line_chart(&latency_chart),
+        charts::data_table(&latency_chart, &full),
+        charts::bar_chart("chart-states", "Grants by state", "No grants yet", &bars),
+    );
+}
 
-    let activity_lines = [
+/// The activity chart's lines: counts per bucket.
+fn activity_lines(b: &Buckets) -> [Line<'static>; 4] {
+    [
         Line {
             label: "Sign-ins",
             color: "#1b5fbf",
@@ -328,19 +432,12 @@ pub async fn activity(
             dash: Some("10 3 2 3"),
             values: counts(&b.failed_refreshes),
         },
-    ];
-    let per = range.per();
-    let activity_chart = LineChart {
-        id: "chart-activity",
-        title: "Sign-ins, token hand-outs and refreshes",
-        unit: per,
-        axis_unit: per,
-        totals: true,
-        x_labels: &short,
-        ticks: &ticks,
-        lines: &activity_lines,
-    };
-    let latency_lines = [
+    ]
+}
+
+/// The latency chart's lines: average and maximum per bucket, none where nothing refreshed.
+fn latency_lines(b: &Buckets) -> [Line<'static>; 2] {
+    [
         Line {
             label: "Average",
             color: "#1b5fbf",
@@ -363,66 +460,7 @@ pub async fn activity(
                 .map(|(c, m)| (*c > 0).then_some(*m as f64))
                 .collect(),
         },
-    ];
-    let latency_unit = format!("milliseconds per refresh at the token endpoint, {per}");
-    let latency_chart = LineChart {
-        id: "chart-latency",
-        title: "Refresh latency (ms)",
-        unit: &latency_unit,
-        axis_unit: "ms",
-        totals: false,
-        x_labels: &short,
-        ticks: &ticks,
-        lines: &latency_lines,
-    };
-    let bars: Vec<Bar<'_>> = by_state
-        .iter()
-        .map(|(state, count)| Bar {
-            label: state_text(*state),
-            color: state_color(*state),
-            value: *count,
-        })
-        .collect();
-
-    let mut body = String::with_capacity(32 * 1024);
-    body.push_str("<h1>Activity</h1>\n<nav class=\"ranges\" aria-label=\"Range\">");
-    for r in Range::ALL {
-        let current = if r == range {
-            r#" aria-current="page""#
-        } else {
-            ""
-        };
-        let _ = write!(
-            body,
-            r#"<a id="range-{p}" href="/admin/activity?range={p}"{current}>{label}</a>"#,
-            p = r.param(),
-            label = r.label(),
-        );
-    }
-    let _ = write!(
-        body,
-        r#"</nav>
-<p class="muted">From {} to {}, {}, across every instance sharing this store; times on the charts are UTC. Latency covers every refresh attempt, failed ones too.</p>
-<div class="charts">
-<figure><figcaption>Sign-ins, token hand-outs and refreshes</figcaption>{}{}</figure>
-<figure><figcaption>Refresh latency (milliseconds)</figcaption>{}{}</figure>
-<figure><figcaption>Grants by state (now)</figcaption>{}</figure>
-</div>
-{}"#,
-        esc(&html::utc(start)),
-        esc(&html::utc(end)),
-        esc(per),
-        charts::line_chart(&activity_chart),
-        charts::data_table(&activity_chart, &full),
-        charts::line_chart(&latency_chart),
-        charts::data_table(&latency_chart, &full),
-        charts::bar_chart("chart-states", "Grants by state", "No grants yet", &bars),
-        warnings,
-    );
-    Ok(html_response(
-        StatusCode::OK,
-        html::page("Activity", Some(&operator.shell(Section::Activity)), &body),
-    ))
+    ]
 }
 
 /// The colours of the states' badges, darker for bars.

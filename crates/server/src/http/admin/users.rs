@@ -106,12 +106,30 @@ pub async fn users(
 
     let mut body = String::with_capacity(16 * 1024);
     body.push_str("<h1>Users</h1>\n");
+    search_form(&mut body, &text, state);
+    let filtered = !text.is_empty() || state.is_some();
+    users_table(&mut body, &page.users, filtered, app.clock().now());
+    pager(
+        &mut body,
+        &text,
+        state,
+        after.is_some(),
+        page.next.as_deref(),
+    );
+    Ok(html_response(
+        StatusCode::OK,
+        html::page("Users", Some(&operator.shell(Section::Users)), &body),
+    ))
+}
+
+/// The search form, filled in with the search shown.
+fn search_form(body: &mut String, text: &str, state: Option<GrantState>) {
     let _ = write!(
         body,
         r#"<form method="get" action="/admin/users" class="search" role="search">
 <div><label for="q">Email or sub</label><input id="q" name="q" type="search" value="{}" maxlength="{MAX_QUERY}" placeholder="part of an email, or the start of a sub" spellcheck="false"></div>
 <div><label for="state">Grant state</label><select id="state" name="state">"#,
-        esc(&text)
+        esc(text)
     );
     let chosen = state.map(GrantState::as_str).unwrap_or("all");
     for (value, label) in std::iter::once(("all", "all"))
@@ -126,50 +144,64 @@ pub async fn users(
     body.push_str(
         "</select></div>\n<button type=\"submit\" id=\"search\">Search</button>\n</form>\n",
     );
+}
 
-    let filtered = !text.is_empty() || state.is_some();
+/// The page's users, a row each, with their count.
+fn users_table(
+    body: &mut String,
+    users: &[(UserRecord, GrantRecord)],
+    filtered: bool,
+    now: OffsetDateTime,
+) {
     let _ = write!(
         body,
         r#"<p class="muted" id="result-count">{} user{} on this page{}.</p>"#,
-        page.users.len(),
-        if page.users.len() == 1 { "" } else { "s" },
+        users.len(),
+        if users.len() == 1 { "" } else { "s" },
         if filtered { " matching the search" } else { "" },
     );
     body.push_str(
         r#"<div class="scroll"><table id="users" class="cards"><thead><tr><th scope="col">User</th><th scope="col">Grant</th><th scope="col">Scopes</th><th scope="col">Last refresh</th><th scope="col" class="col-error">Last error</th><th scope="col">Updated</th></tr></thead><tbody>"#,
     );
-    let now = app.clock().now();
-    for (user, grant) in &page.users {
-        user_row(&mut body, user, grant, now);
+    for (user, grant) in users {
+        user_row(body, user, grant, now);
     }
-    if page.users.is_empty() {
+    if users.is_empty() {
         body.push_str(r#"<tr><td colspan="6" class="empty">No users match.</td></tr>"#);
     }
-    body.push_str("</tbody></table></div>\n<nav class=\"pager\" aria-label=\"Pages\">");
+    body.push_str("</tbody></table></div>\n");
+}
+
+/// Links to the first page (when not on it) and the next one (when there is one), keeping
+/// the search.
+fn pager(
+    body: &mut String,
+    text: &str,
+    state: Option<GrantState>,
+    past_first: bool,
+    next: Option<&str>,
+) {
+    body.push_str("<nav class=\"pager\" aria-label=\"Pages\">");
     let state_param = state.map(GrantState::as_str).unwrap_or_default();
-    if after.is_some() {
+    if past_first {
         let _ = write!(
             body,
             r#"<a id="first-page" href="/admin/users{}">First page</a>"#,
-            esc(&query(&[("q", &text), ("state", state_param)]))
+            esc(&query(&[("q", text), ("state", state_param)]))
         );
     }
-    if let Some(next) = &page.next {
+    if let Some(next) = next {
         let _ = write!(
             body,
             r#"<a id="next-page" rel="next" href="/admin/users{}">Next page</a>"#,
             esc(&query(&[
-                ("q", &text),
+                ("q", text),
                 ("state", state_param),
                 ("after", next)
             ]))
         );
     }
     body.push_str("</nav>");
-    Ok(html_response(
-        StatusCode::OK,
-        html::page("Users", Some(&operator.shell(Section::Users)), &body),
-    ))
 }
 
 /// One user: the whole row leads to their page (the link's area covers it); at phone width
