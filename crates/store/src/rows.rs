@@ -114,37 +114,38 @@ pub(crate) trait Columns {
     fn opt_bytes(&self, column: &'static str) -> Result<Option<Vec<u8>>>;
 }
 
-/// Implements [`Columns`] for a backend's row type; the bodies are the same, the decoders
-/// sqlx picks for them are the backend's.
+/// Implements [`Columns`] for a backend's row type (`impl_columns!(Row, get)`) with `get`, the
+/// backend's read of one column by name into any type its driver decodes, whose errors name
+/// the column and never the value. The methods differ only in the type asked of `get`.
 macro_rules! impl_columns {
-    ($row:ty) => {
-        impl Columns for $row {
-            fn text(&self, column: &'static str) -> Result<String> {
-                get(self, column)
+    ($row:ty, $get:path) => {
+        impl $crate::rows::Columns for $row {
+            fn text(&self, column: &'static str) -> $crate::Result<String> {
+                $get(self, column)
             }
-            fn opt_text(&self, column: &'static str) -> Result<Option<String>> {
-                get(self, column)
+            fn opt_text(&self, column: &'static str) -> $crate::Result<Option<String>> {
+                $get(self, column)
             }
-            fn int(&self, column: &'static str) -> Result<i64> {
-                get(self, column)
+            fn int(&self, column: &'static str) -> $crate::Result<i64> {
+                $get(self, column)
             }
-            fn opt_int(&self, column: &'static str) -> Result<Option<i64>> {
-                get(self, column)
+            fn opt_int(&self, column: &'static str) -> $crate::Result<Option<i64>> {
+                $get(self, column)
             }
-            fn flag(&self, column: &'static str) -> Result<bool> {
-                get(self, column)
+            fn flag(&self, column: &'static str) -> $crate::Result<bool> {
+                $get(self, column)
             }
-            fn bytes(&self, column: &'static str) -> Result<Vec<u8>> {
-                get(self, column)
+            fn bytes(&self, column: &'static str) -> $crate::Result<Vec<u8>> {
+                $get(self, column)
             }
-            fn opt_bytes(&self, column: &'static str) -> Result<Option<Vec<u8>>> {
-                get(self, column)
+            fn opt_bytes(&self, column: &'static str) -> $crate::Result<Option<Vec<u8>>> {
+                $get(self, column)
             }
         }
     };
 }
 
-impl_columns!(sqlx::postgres::PgRow);
+impl_columns!(sqlx::postgres::PgRow, get);
 
 fn get<'r, R, T>(row: &'r R, column: &'static str) -> Result<T>
 where

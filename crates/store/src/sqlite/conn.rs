@@ -182,29 +182,7 @@ pub(super) fn scalar<T: rusqlite::types::FromSql>(
     }
 }
 
-impl Columns for rusqlite::Row<'_> {
-    fn text(&self, column: &'static str) -> Result<String> {
-        get(self, column)
-    }
-    fn opt_text(&self, column: &'static str) -> Result<Option<String>> {
-        get(self, column)
-    }
-    fn int(&self, column: &'static str) -> Result<i64> {
-        get(self, column)
-    }
-    fn opt_int(&self, column: &'static str) -> Result<Option<i64>> {
-        get(self, column)
-    }
-    fn flag(&self, column: &'static str) -> Result<bool> {
-        get(self, column)
-    }
-    fn bytes(&self, column: &'static str) -> Result<Vec<u8>> {
-        get(self, column)
-    }
-    fn opt_bytes(&self, column: &'static str) -> Result<Option<Vec<u8>>> {
-        get(self, column)
-    }
-}
+impl_columns!(rusqlite::Row<'_>, get);
 
 fn get<T: rusqlite::types::FromSql>(row: &rusqlite::Row<'_>, column: &'static str) -> Result<T> {
     // Only the column is named: a decode error may quote the value.
