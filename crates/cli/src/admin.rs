@@ -227,13 +227,16 @@ pub async fn users_show(target: &Target, sub: &str, json: bool) -> anyhow::Resul
     let events = app.store().grant_events(sub).await?;
     if json {
         let mut answer = grantkeeper_server::http::user_answer(&u, &g);
-        answer["history"] = events
+        let history = events
             .iter()
             .map(|e| {
                 json!({"at": when(e.at), "from": e.from.map(GrantState::as_str),
                        "to": e.to.as_str(), "reason": e.reason})
             })
             .collect();
+        if let Some(fields) = answer.as_object_mut() {
+            fields.insert("history".to_owned(), history);
+        }
         return print(&format!("{answer}\n"));
     }
     let p = &u.profile;

@@ -319,11 +319,12 @@ fn point_credentials_at(data_dir: &Path, base: &str) -> anyhow::Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let mut file: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let mut file: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&fs::read(&path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
     let token_uri = serde_json::Value::String(format!("{base}/_google/token"));
     if file.get("token_uri") != Some(&token_uri) {
-        file["token_uri"] = token_uri;
+        file.insert("token_uri".to_owned(), token_uri);
         write_private(&path, &serde_json::to_vec_pretty(&file)?)?;
     }
     Ok(())

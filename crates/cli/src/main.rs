@@ -2,6 +2,9 @@
 //! (`emulator`), and the operator's commands on a store (`migrate`, `check`).
 //!
 //! It only wires parts together; every rule lives in the library crates.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod admin;
 mod dev;

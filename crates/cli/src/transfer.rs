@@ -181,7 +181,7 @@ pub async fn import(target: &Target, input: Option<PathBuf>) -> anyhow::Result<(
     bar.inc(header.len() as u64 + 1);
     let header: serde_json::Value =
         serde_json::from_str(&header).context("the first line is not an export header")?;
-    if header["format"] != FORMAT {
+    if header.get("format").and_then(serde_json::Value::as_str) != Some(FORMAT) {
         bail!("not a grantkeeper export (its first line must name {FORMAT})");
     }
     let mut total = ImportCounts::default();

@@ -7,6 +7,9 @@
 //! [`metrics`] (Prometheus families and per-minute activity for the store).
 //!
 //! Leaves to others: HTTP, storage and the provider protocol. Nothing here does I/O.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod clock;
 pub mod grant;

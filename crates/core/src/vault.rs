@@ -160,11 +160,12 @@ fn seal_with(
     aad: Aad<'_>,
 ) -> Result<Vec<u8>, VaultError> {
     let nonce_bytes = crate::random::bytes::<NONCE_LEN>();
+    let [a, b, c, d] = id.to_be_bytes();
+    let header = [VERSION, a, b, c, d];
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
-    out.push(VERSION);
-    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&header);
     out.extend_from_slice(&nonce_bytes);
-    let aad_bytes = aad.bytes(&out[..5]);
+    let aad_bytes = aad.bytes(&header);
     let mut body = plaintext.to_vec();
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce_bytes),
@@ -177,14 +178,39 @@ fn seal_with(
     Ok(out)
 }
 
-/// Reads the key id of a sealed value without opening it.
-pub fn key_id_of(sealed: &[u8]) -> Result<KeyId, VaultError> {
-    if sealed.len() < HEADER_LEN + TAG_LEN || sealed[0] != VERSION {
+/// A sealed value cut along its byte format.
+struct Parts<'a> {
+    /// Version and key id: the start of the AAD.
+    header: &'a [u8; 5],
+    id: u32,
+    nonce: [u8; NONCE_LEN],
+    /// Ciphertext and tag.
+    body: &'a [u8],
+}
+
+/// Cuts a sealed value into its parts; too short or of another version is `Malformed`.
+fn parts(sealed: &[u8]) -> Result<Parts<'_>, VaultError> {
+    let (header, rest) = sealed
+        .split_first_chunk::<5>()
+        .ok_or(VaultError::Malformed)?;
+    let (nonce, body) = rest
+        .split_first_chunk::<NONCE_LEN>()
+        .ok_or(VaultError::Malformed)?;
+    let [version, id @ ..] = *header;
+    if version != VERSION || body.len() < TAG_LEN {
         return Err(VaultError::Malformed);
     }
-    let mut id = [0u8; 4];
-    id.copy_from_slice(&sealed[1..5]);
-    Ok(KeyId(u32::from_be_bytes(id)))
+    Ok(Parts {
+        header,
+        id: u32::from_be_bytes(id),
+        nonce: *nonce,
+        body,
+    })
+}
+
+/// Reads the key id of a sealed value without opening it.
+pub fn key_id_of(sealed: &[u8]) -> Result<KeyId, VaultError> {
+    parts(sealed).map(|p| KeyId(p.id))
 }
 
 fn open_with(
@@ -192,14 +218,12 @@ fn open_with(
     sealed: &[u8],
     aad: Aad<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    key_id_of(sealed)?;
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&sealed[5..HEADER_LEN]);
-    let aad_bytes = aad.bytes(&sealed[..5]);
-    let mut body = Zeroizing::new(sealed[HEADER_LEN..].to_vec());
+    let parts = parts(sealed)?;
+    let aad_bytes = aad.bytes(parts.header);
+    let mut body = Zeroizing::new(parts.body.to_vec());
     let len = key
         .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
+            Nonce::assume_unique_for_key(parts.nonce),
             GcmAad::from(aad_bytes),
             &mut body,
         )

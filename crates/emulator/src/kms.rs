@@ -320,12 +320,14 @@ pub(crate) async fn call(
 /// Changes a byte of the base64 payload `field` and leaves its checksum: what corruption in
 /// transit looks like to a client.
 fn corrupt_field(answer: &mut serde_json::Value, field: &str) {
-    let decoded = answer[field].as_str().and_then(|t| STANDARD.decode(t).ok());
-    if let Some(mut bytes) = decoded {
+    let Some(slot) = answer.get_mut(field) else {
+        return;
+    };
+    if let Some(mut bytes) = slot.as_str().and_then(|t| STANDARD.decode(t).ok()) {
         if let Some(b) = bytes.first_mut() {
             *b ^= 0x20;
         }
-        answer[field] = serde_json::Value::String(STANDARD.encode(&bytes));
+        *slot = serde_json::Value::String(STANDARD.encode(&bytes));
     }
 }
 

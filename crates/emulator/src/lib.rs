@@ -18,6 +18,9 @@
 //!
 //! Leaves to others: binding a listener (the caller serves [`Emulator::router`] at its base
 //! URL) and everything grantkeeper itself does with the tokens.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod clients;
 mod consent;

@@ -32,8 +32,11 @@ pub(crate) fn lower_alnum(n: usize) -> String {
     while s.len() < n {
         for b in grantkeeper_core::random::bytes::<32>() {
             // 252 = 7 * 36: rejecting the top values keeps the alphabet uniform.
-            if b < 252 && s.len() < n {
-                s.push(char::from(ALPHABET[usize::from(b % 36)]));
+            if b < 252
+                && s.len() < n
+                && let Some(&c) = ALPHABET.get(usize::from(b % 36))
+            {
+                s.push(char::from(c));
             }
         }
     }

@@ -10,6 +10,9 @@
 //! Leaves to others: which source a deployment uses (grantkeeper-server's configuration), the
 //! data keys themselves and when they are loaded (the vault and the server's keyring), and the
 //! file or environment master key (grantkeeper-core's `MasterKey`).
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod adc;
 mod kms;

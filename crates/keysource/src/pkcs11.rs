@@ -47,9 +47,8 @@ const TAG_LEN: usize = 16;
 const KEY_WRAP_HEADER: usize = 8;
 
 fn key_wrap_header(id: KeyId) -> [u8; KEY_WRAP_HEADER] {
-    let mut header = [0u8; KEY_WRAP_HEADER];
-    header[..4].copy_from_slice(&id.0.to_be_bytes());
-    header
+    let [a, b, c, d] = id.0.to_be_bytes();
+    [a, b, c, d, 0, 0, 0, 0]
 }
 
 /// How data keys are wrapped in the token.

@@ -321,7 +321,8 @@ pub(crate) fn describe_body(body: &[u8]) -> String {
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
         return format!("a JSON body of {} bytes", body.len());
     }
-    let head = String::from_utf8_lossy(&body[..body.len().min(64)]).to_ascii_lowercase();
+    let head = body.get(..64).unwrap_or(body);
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
     if head.trim_start().starts_with('<') {
         format!("an HTML body of {} bytes", body.len())
     } else {

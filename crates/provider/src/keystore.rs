@@ -73,11 +73,10 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
         }
     }
     fn integer(out: &mut Vec<u8>, magnitude: &[u8]) {
-        let start = magnitude
-            .iter()
-            .position(|&b| b != 0)
-            .unwrap_or(magnitude.len());
-        let digits = &magnitude[start..];
+        let mut digits = magnitude;
+        while let [0, rest @ ..] = digits {
+            digits = rest;
+        }
         // A leading zero keeps a high first bit from reading as a negative number.
         let pad = digits.first().is_none_or(|&b| b >= 0x80);
         out.push(0x02);

@@ -15,6 +15,9 @@
 //!
 //! Secrets (codes, tokens, the client secret) travel as [`SecretString`] and never reach an
 //! error message, a log line or a `Debug` output.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod claims;
 mod discovery;

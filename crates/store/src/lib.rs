@@ -29,6 +29,9 @@
 //! `data_keys.wrapped`, wrapped by the master key (`data_key/<id>`).
 //!
 //! Times are whole seconds since the Unix epoch in the database, [`OffsetDateTime`] here.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 // First: their macros (column lists, argument lists) are used by the modules below.
 #[macro_use]
