@@ -16,6 +16,9 @@
 //! [`BrokerError`]), the token endpoint protocol (the provider), storage and its fencing (the
 //! store), sealing (the vault), sign-in. Nothing here logs a token: logs carry the `sub`, the
 //! outcome and the latency.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod backoff;
 mod budget;

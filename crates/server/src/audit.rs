@@ -68,14 +68,17 @@ struct Pending {
 impl Pending {
     /// Counts the act in its row if the window holds an identical one; else returns false.
     fn count(&mut self, hash: u64, act: &Act<'_>, at: time::OffsetDateTime) -> bool {
-        let Some(&i) = self
-            .index
-            .get(&hash)
-            .and_then(|slots| slots.iter().find(|&&i| act.is(&self.rows[i])))
-        else {
+        let rows = &self.rows;
+        let Some(&i) = self.index.get(&hash).and_then(|slots| {
+            slots
+                .iter()
+                .find(|&&i| rows.get(i).is_some_and(|row| act.is(row)))
+        }) else {
             return false;
         };
-        let row = &mut self.rows[i];
+        let Some(row) = self.rows.get_mut(i) else {
+            return false;
+        };
         row.times = row.times.saturating_add(1);
         row.last_at = row.last_at.max(at);
         true

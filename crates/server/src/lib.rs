@@ -40,6 +40,9 @@
 //! Leaves to others: the provider protocol and ID-token checks (grantkeeper-provider),
 //! persistence (grantkeeper-store), sealing (grantkeeper-core's vault), and the Google emulator,
 //! which this crate never links.
+// Indexing that may panic is refused outside tests (`get`, patterns, `split_at_checked`); not in
+// [workspace.lints], which would reach the helpers of the integration tests too.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod apikeys;
 pub mod app;

@@ -217,7 +217,10 @@ async fn offline_job(State(app): State<App>, headers: HeaderMap) -> Result<Respo
         )
         .await;
     let (token, status, files) = result?;
-    let count = files["files"].as_array().map_or(0, Vec::len);
+    let count = files
+        .get("files")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     Ok(Json(json!({
         "refreshed": true,
         "expires_at": token.expires_at.format(&Rfc3339).unwrap_or_default(),

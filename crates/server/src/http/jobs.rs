@@ -87,7 +87,12 @@ pub fn failure_answer(item: &SettledItem) -> Value {
 /// A job with its last failures (`GET /v1/jobs/{id}`, `jobs show --json`).
 pub fn detail_answer(detail: &JobDetail) -> Value {
     let mut answer = job_answer(&detail.view);
-    answer["failures"] = detail.failures.iter().map(failure_answer).collect();
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert(
+            "failures".to_owned(),
+            detail.failures.iter().map(failure_answer).collect(),
+        );
+    }
     answer
 }
 

@@ -275,6 +275,10 @@ fn token_json(access_token: &str, expires_at: &str, scopes: &Scopes) -> Vec<u8> 
 
 /// `s` as a JSON string (RFC 8259 section 7): quote, backslash and control characters escaped,
 /// everything else as it is (UTF-8 stays UTF-8).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "a nibble (b >> 4, b & 0xf) always indexes within the 16 hex digits"
+)]
 fn json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut unicode = *b"\\u0000";
