@@ -116,7 +116,7 @@ fn rows(
     let sub = sub(i);
     let refresh = SecretString::from(format!("1//0{}", random::token::<64>()));
     let access = SecretString::from(format!("ya29.a0{}", random::token::<96>()));
-    let fingerprint = grantkeeper_broker::fingerprint(&refresh);
+    let fingerprint = grantkeeper_core::fingerprint(&refresh);
     let sealed_refresh = vault.seal_secret(&refresh, Aad::refresh_token(&sub))?;
     let sealed_access = vault.seal_secret(&access, Aad::access_token(&sub))?;
     let user = object(json!({

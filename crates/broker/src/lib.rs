@@ -24,13 +24,11 @@ mod backoff;
 mod budget;
 mod cache;
 mod cooldown;
-mod fingerprint;
 mod flight;
 pub mod jobs;
 mod revocation;
 pub mod sweep;
 
-pub use fingerprint::fingerprint;
 pub use revocation::{
     FIRST_RETRY, LONGEST_RETRY, QUEUED_NOTE, RevocationOutcome, revocation_retry_delay,
 };
@@ -43,6 +41,7 @@ use crate::flight::{Flights, InstanceGuard, InstanceLock, Landed};
 use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{
     Aad, ExposeSecret, GrantState, Metrics, Scopes, SecretString, SharedClock, VaultHandle,
+    fingerprint,
 };
 use grantkeeper_provider::{Provider, ProviderError, TokenResponse};
 use grantkeeper_store::{

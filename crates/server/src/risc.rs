@@ -79,7 +79,7 @@ struct Target {
 }
 
 /// The `rt_prefix_hash` of a refresh token whose first characters are `prefix`, computed as
-/// `grantkeeper_broker::fingerprint` computes it (hex SHA-256 of the first 16 characters).
+/// `grantkeeper_core::fingerprint` computes it (hex SHA-256 of the first 16 characters).
 pub fn prefix_hash(prefix: &SecretString) -> String {
     let head: String = prefix
         .expose_secret()
@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn prefix_hash_is_the_stored_fingerprint_of_the_token() {
         let token = SecretString::from("1//0gAbCdEfGhIjKlMnOpQrStUvWxYz-0123456789".to_owned());
-        let stored = grantkeeper_broker::fingerprint(&token);
+        let stored = grantkeeper_core::fingerprint(&token);
         let prefix: String = token.expose_secret().chars().take(16).collect();
         assert_eq!(prefix_hash(&SecretString::from(prefix)), stored.prefix_hash);
         // Given the whole token, only its first characters count.

@@ -198,7 +198,7 @@ impl App {
                 sealed: vault
                     .seal_secret(rt, Aad::refresh_token(&profile.sub))
                     .map_err(vault_error)?,
-                fingerprint: grantkeeper_broker::fingerprint(rt),
+                fingerprint: grantkeeper_core::fingerprint(rt),
             }),
             None => None,
         };

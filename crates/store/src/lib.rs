@@ -111,14 +111,8 @@ pub struct UserRecord {
     pub last_sign_in_at: Option<OffsetDateTime>,
 }
 
-/// Fingerprints of a refresh token, so a RISC `token-revoked` event can find its grant
-/// without the store holding the token: `hash` is base64(SHA-512(SHA-512(token))) as Google
-/// sends it; `prefix_hash` is hex SHA-256 of the token's first 16 characters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenFingerprint {
-    pub hash: String,
-    pub prefix_hash: String,
-}
+/// Kept with the sealed refresh token; defined in core, where it is computed.
+pub use grantkeeper_core::TokenFingerprint;
 
 /// A refresh token, sealed by the vault for this user's row, with its fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq)]

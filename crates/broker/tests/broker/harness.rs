@@ -7,10 +7,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use grantkeeper_broker::{Broker, BrokerSettings, fingerprint};
+use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{
     Aad, ExposeSecret, KeyId, ManualClock, SecretString, SharedClock, UserProfile, Vault,
-    VaultHandle,
+    VaultHandle, fingerprint,
 };
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_provider::{Provider, ProviderSettings};

@@ -2,8 +2,8 @@
 //! revocation on request.
 
 use super::harness::{Code, Env, captured_logs};
-use grantkeeper_broker::{BrokerError, TokenRequest, fingerprint};
-use grantkeeper_core::{ExposeSecret, GrantState, SecretString};
+use grantkeeper_broker::{BrokerError, TokenRequest};
+use grantkeeper_core::{ExposeSecret, GrantState, SecretString, fingerprint};
 use serde_json::json;
 
 #[tokio::test]

@@ -9,10 +9,10 @@
 //! sealing, answering 503, until it can.
 
 use crate::server::harness::{Options, TestApp};
-use grantkeeper_broker::{TokenRequest, fingerprint};
+use grantkeeper_broker::TokenRequest;
 use grantkeeper_core::{
     Aad, ExposeSecret, KeyId, MasterKey, Scopes, SecretString, SystemClock, UserProfile, Vault,
-    VaultHandle, vault::key_id_of,
+    VaultHandle, fingerprint, vault::key_id_of,
 };
 use grantkeeper_server::apikeys::KeyScope;
 use grantkeeper_server::keys::{StoreKeyring, keep_reloading, load_vault, vault_from};

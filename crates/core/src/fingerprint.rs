@@ -1,11 +1,21 @@
 //! Fingerprints of refresh tokens, so that a RISC `token-revoked` event (which names a token
 //! by hash, never by value) can find its grant although the store holds the token sealed.
+//! Here because every part that holds a fresh refresh token (sign-in, the broker's refresh)
+//! and the one that looks a token up (the RISC receiver) must compute it the same way.
 
+use crate::{ExposeSecret, SecretString};
 use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use grantkeeper_core::{ExposeSecret, SecretString};
-use grantkeeper_store::TokenFingerprint;
+
+/// Fingerprints of a refresh token, so a RISC `token-revoked` event can find its grant
+/// without the store holding the token: `hash` is base64(SHA-512(SHA-512(token))) as Google
+/// sends it; `prefix_hash` is hex SHA-256 of the token's first 16 characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenFingerprint {
+    pub hash: String,
+    pub prefix_hash: String,
+}
 
 /// `hash`: base64 of SHA-512(SHA-512(token)), the form Google's RISC events carry;
 /// `prefix_hash`: hex SHA-256 of the token's first 16 characters (the `token_identifier_alg`
