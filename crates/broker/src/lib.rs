@@ -9,7 +9,8 @@
 //! jitter after transient upstream failures (the grant turns `failing`, never `revoked`);
 //! marking a grant `revoked` on `invalid_grant` after ruling out a race with a newer refresh
 //! token; revoking a grant at the provider, or when it cannot be reached, revoking it here at
-//! once and queueing the provider's revocation ([`Broker::revoke_or_queue`]); and the [`sweep`]
+//! once and queueing the provider's revocation ([`Broker::revoke_or_queue`]), then retrying the
+//! queued ones ([`revocation::retry`]); and the [`sweep`]
 //! jobs over every grant, shared by any number of processes.
 //!
 //! Leaves to others: HTTP towards clients and its error bodies (the server maps
@@ -26,7 +27,7 @@ mod cache;
 mod cooldown;
 mod flight;
 pub mod jobs;
-mod revocation;
+pub mod revocation;
 pub mod sweep;
 
 pub use revocation::{

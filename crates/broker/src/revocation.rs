@@ -5,8 +5,10 @@
 //! whatever the provider says: when the provider's revocation does not get through, the token
 //! is sealed again for the store's revocation queue and queued in the same transaction that
 //! marks the grant revoked, so a grant never looks gone here while its token is neither revoked
-//! at the provider nor queued to be. The server retries the queue (its `revocations` task) with
-//! [`revocation_retry_delay`] between attempts.
+//! at the provider nor queued to be. [`retry`] retries the queue (the server runs it as its
+//! `revocations` task) with [`revocation_retry_delay`] between attempts.
+
+pub mod retry;
 
 use crate::flight::Landed;
 use crate::{Broker, BrokerError, Inner, REFRESH_TIMEOUT, elapsed_ms};

@@ -9,10 +9,10 @@ use crate::drops::DropWatcher;
 use crate::keys::{KeyringError, StoreKeyring, load_vault};
 use crate::limits::Limits;
 use crate::metrics::ActivityFlusher;
-use crate::revocations::{RetryPass, RevocationRetrier, Which};
 use crate::webhook::Deliverer;
 use crate::workers::{Stopped, Work, Workers};
 use grantkeeper_broker::jobs::Jobs;
+use grantkeeper_broker::revocation::retry::{RetryPass, RevocationRetrier, Which};
 use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::{MasterKeySource, Metrics, SharedClock, Vault, VaultHandle};
 use grantkeeper_provider::{Provider, SecurityEventVerifier};
@@ -268,7 +268,7 @@ impl App {
         self.inner.activity.flush().await
     }
     /// Retries every queued revocation at the provider now, whenever its next attempt was
-    /// due (the background task retries due ones every [`crate::revocations::POLL_EVERY`]).
+    /// due (the background task retries due ones every [`grantkeeper_broker::revocation::retry::POLL_EVERY`]).
     pub async fn retry_revocations_now(&self) -> Result<RetryPass, StoreError> {
         self.inner.revocations.retry(Which::All).await
     }

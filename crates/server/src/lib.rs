@@ -4,9 +4,9 @@
 //! sessions), the mapping of failures to HTTP answers ([`error`]), the axum routers
 //! ([`http`]), the writing of counted activity to the store ([`metrics`]), and the data keys:
 //! loading them and keeping them current in a running server ([`keys`]), and rotating them
-//! ([`rotation`]); and retrying the revocations at the provider that did not get through
-//! ([`revocations`]); and the background tasks, started and stopped in one place
-//! ([`workers`]).
+//! ([`rotation`]); and the background tasks, started and stopped in one place ([`workers`]),
+//! among them the broker's retrier of the revocations at the provider that did not get
+//! through.
 //!
 //! Another Rust service can embed it: build [`App::new`] (inside a Tokio runtime) and mount
 //! [`http::router`], or call [`App::sign_in`] directly. Building the app starts the same
@@ -56,7 +56,6 @@ pub mod keys;
 pub mod limits;
 pub mod master_key;
 pub mod metrics;
-pub mod revocations;
 pub mod rewrap;
 pub mod risc;
 pub mod rotation;

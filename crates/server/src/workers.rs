@@ -3,7 +3,8 @@
 //! [`App::new`](crate::App::new) starts, through [`Workers::start`]:
 //! - `audit`: the audit writer ([`crate::audit`]);
 //! - `activity`: the writing of counted activity to the store ([`crate::metrics`]);
-//! - `revocations`: the retrier of queued revocations at the provider ([`crate::revocations`]);
+//! - `revocations`: the retrier of queued revocations at the provider
+//!   ([`grantkeeper_broker::revocation::retry`]);
 //! - `webhook`: the delivery of grant state changes, when `[events] webhook_url` is set
 //!   ([`crate::webhook`]);
 //! - `keyring`: the reading of the store's data keys every `vault.reload_interval`
@@ -66,7 +67,7 @@ pub struct Stopped {
 pub(crate) struct Work {
     pub audit: crate::audit::AuditWriter,
     pub activity: std::sync::Weak<crate::metrics::ActivityFlusher>,
-    pub revocations: std::sync::Weak<crate::revocations::RevocationRetrier>,
+    pub revocations: std::sync::Weak<grantkeeper_broker::revocation::retry::RevocationRetrier>,
     pub webhook: Option<crate::webhook::Deliverer>,
     pub vault: grantkeeper_core::VaultHandle,
     pub keyring_reload: Duration,
@@ -91,7 +92,7 @@ impl Workers {
         );
         workers.spawn(
             "revocations",
-            crate::revocations::run(work.revocations, workers.signal()),
+            grantkeeper_broker::revocation::retry::run(work.revocations, workers.signal()),
         );
         if let Some(webhook) = work.webhook {
             workers.spawn("webhook", webhook.run(workers.signal()));

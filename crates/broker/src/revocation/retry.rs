@@ -2,12 +2,12 @@
 //!
 //! When a user disconnects, is deleted, or has their grant revoked by an operator while the
 //! provider cannot be reached (or refuses), the broker revokes the grant here at once and
-//! queues its token in the store's revocation queue ([`grantkeeper_broker::Broker::revoke_or_queue`]).
-//! Every [`App`](crate::App) runs a task ([`crate::workers`]) that looks at the queue every
-//! [`POLL_EVERY`] (and once more when told to stop): each
+//! queues its token in the store's revocation queue ([`crate::Broker::revoke_or_queue`]).
+//! Every server app runs a task (its `revocations` worker, started by the server) that looks at
+//! the queue every [`POLL_EVERY`] (and once more when told to stop): each
 //! due entry's token is opened and revoked at the provider; success, or the provider's "already
 //! dead", removes the entry; any failure counts the attempt and schedules the next one after
-//! [`grantkeeper_broker::revocation_retry_delay`] (10 s doubling to an hour, with jitter). It
+//! [`revocation_retry_delay`] (10 s doubling to an hour, with jitter). It
 //! never gives up: a token must not stay live at the provider because an outage lasted long.
 //! Failures are logged at warn level, at error level once an entry has waited
 //! [`ALARM_AFTER`] or when the provider refuses grantkeeper's request (its configuration needs
@@ -20,16 +20,19 @@
 //! `grantkeeper users revoke` command) leaves them to the running servers.
 //!
 //! The task holds the retrier weakly, and ends once told to stop or once the app is gone.
+//!
+//! Here, beside the revocation that queues the entries, so that what a queued entry holds and
+//! how it is retried are read in one place; the server only starts [`run`] and stops it.
 
-use crate::workers::{StopSignal, stopped};
+use super::revocation_retry_delay;
 use futures_util::StreamExt;
-use grantkeeper_broker::revocation_retry_delay;
 use grantkeeper_core::{Aad, Metrics, SharedClock, VaultHandle};
 use grantkeeper_provider::{Provider, ProviderError};
 use grantkeeper_store::{PendingRevocation, RevocationQueueStore, StoreError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use time::macros::datetime;
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 /// How often the queue is looked at.
@@ -226,15 +229,15 @@ impl RevocationRetrier {
     }
 }
 
-/// Retries the due entries every [`POLL_EVERY`] until told to stop (then makes a last pass) or
-/// until the retrier is gone. Holds the retrier weakly.
-pub async fn run(retrier: Weak<RevocationRetrier>, mut stop: StopSignal) {
+/// Retries the due entries every [`POLL_EVERY`] until `stop` says stop, or its sender is gone
+/// (then makes a last pass), or until the retrier is gone. Holds the retrier weakly.
+pub async fn run(retrier: Weak<RevocationRetrier>, mut stop: watch::Receiver<bool>) {
     let mut ticks = interval_at(Instant::now() + POLL_EVERY, POLL_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let last = tokio::select! {
             _ = ticks.tick() => false,
-            () = stopped(&mut stop) => true,
+            _ = stop.wait_for(|stop| *stop) => true,
         };
         let Some(retrier) = retrier.upgrade() else {
             return;
