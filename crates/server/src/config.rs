@@ -26,7 +26,7 @@ pub struct ConfigError {
     pub fix: String,
 }
 
-fn err(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+pub(crate) fn err(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_owned(),
         problem: problem.into(),
@@ -379,10 +379,11 @@ impl LimitSettings {
             DEFAULT_V1_RATE,
             ("limits.v1_per_second", "limits.v1_burst"),
         )?;
-        let request_timeout = match &l.request_timeout {
-            Some(d) => d.resolve("limits.request_timeout")?,
-            None => defaults.request_timeout,
-        };
+        let request_timeout = duration_or(
+            l.request_timeout.as_ref(),
+            "limits.request_timeout",
+            defaults.request_timeout,
+        )?;
         if request_timeout.is_zero() {
             return Err(err(
                 "limits.request_timeout",
@@ -482,17 +483,11 @@ impl Default for BrokerSettings {
 /// `[jobs]`: keep-alive, or None when `keepalive_after` is zero.
 fn keepalive_settings(j: &JobsSection) -> Result<Option<KeepAliveSettings>, ConfigError> {
     let d = KeepAliveSettings::default();
-    let after = match &j.keepalive_after {
-        Some(v) => v.resolve("jobs.keepalive_after")?,
-        None => d.after,
-    };
+    let after = duration_or(j.keepalive_after.as_ref(), "jobs.keepalive_after", d.after)?;
     if after.is_zero() {
         return Ok(None);
     }
-    let every = match &j.keepalive_every {
-        Some(v) => v.resolve("jobs.keepalive_every")?,
-        None => d.every,
-    };
+    let every = duration_or(j.keepalive_every.as_ref(), "jobs.keepalive_every", d.every)?;
     if every < Duration::from_secs(1) {
         return Err(err(
             "jobs.keepalive_every",
@@ -500,10 +495,7 @@ fn keepalive_settings(j: &JobsSection) -> Result<Option<KeepAliveSettings>, Conf
             "write e.g. 1d (the default)",
         ));
     }
-    let poll = match &j.keepalive_poll {
-        Some(v) => v.resolve("jobs.keepalive_poll")?,
-        None => d.poll,
-    };
+    let poll = duration_or(j.keepalive_poll.as_ref(), "jobs.keepalive_poll", d.poll)?;
     if poll.is_zero() {
         return Err(err(
             "jobs.keepalive_poll",
@@ -616,9 +608,10 @@ fn without_source_lines(message: &str) -> String {
     kept
 }
 
-/// Refuses a master key file that the group or other users may read or write, as ssh refuses
-/// such a private key: whoever reads it and the database has every token.
-fn refuse_shared_key_file(path: &Path) -> Result<(), ConfigError> {
+/// Refuses a file holding a secret (the master key, a PIN, a service account's private key)
+/// that the group or other users may read or write, as ssh refuses such a private key: whoever
+/// reads the master key and the database has every token. `key` is the setting naming it.
+pub(crate) fn refuse_shared(path: &Path, key: &str) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     // A file that cannot be read says so when it is read, just after.
     let Ok(meta) = std::fs::metadata(path) else {
@@ -627,7 +620,7 @@ fn refuse_shared_key_file(path: &Path) -> Result<(), ConfigError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(err(
-            "vault.master_key_file",
+            key,
             format!(
                 "{} may be read by other users of this machine (mode {mode:04o})",
                 path.display()
@@ -647,7 +640,7 @@ pub fn master_key(vault: &VaultSection, base: &Path) -> Result<MasterKey, Config
         (Some(k), _) => k.clone(),
         (None, Some(file)) => {
             let path = base.join(file);
-            refuse_shared_key_file(&path)?;
+            refuse_shared(&path, "vault.master_key_file")?;
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 err(
                     "vault.master_key_file",

@@ -6,7 +6,7 @@
 //! The same three can be named on the command line (`grantkeeper keys rewrap --to`):
 //! `file:PATH`, `kms:projects/...` (or the bare key name), or a `pkcs11:` URI.
 
-use crate::config::{ConfigError, VaultSection};
+use crate::config::{ConfigError, VaultSection, err, refuse_shared};
 use grantkeeper_core::master::MasterKeyError;
 use grantkeeper_core::{MasterKey, MasterKeySource, SecretString, SettingProblem, SharedClock};
 use grantkeeper_keysource::{CloudKms, Credentials, GOOGLE_ENDPOINT, Pkcs11Key, Pkcs11Settings};
@@ -42,45 +42,12 @@ impl fmt::Debug for MasterKeySettings {
     }
 }
 
-fn err(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        problem: problem.into(),
-        fix: fix.into(),
-    }
-}
-
 fn from_problem(p: SettingProblem) -> ConfigError {
     ConfigError {
         key: p.setting,
         problem: p.problem,
         fix: p.fix,
     }
-}
-
-/// Refuses a file holding a secret (a PIN, a service account's private key) that the group or
-/// other users may read or write, as the master key file is.
-fn refuse_shared(path: &Path, key: &str) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    // A file that cannot be read says so when it is read.
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(
-            key,
-            format!(
-                "{} may be read by other users of this machine (mode {mode:04o})",
-                path.display()
-            ),
-            format!(
-                "run `chmod 600 {}` (owner read and write only)",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Reads a secret from a file (a PIN), trimmed; the file's text is wiped.
