@@ -1,43 +1,40 @@
 //! `grantkeeper sweep`: one job run over every user, resumable, shared by any number of
-//! processes.
+//! processes, as a job of the job engine ([`crate::jobs`]) of reserved kind `sweep:refresh` or
+//! `sweep:drive-appdata`.
 //!
-//! A run is cut into batches of users in `sub` order, which the store hands out one process at
-//! a time under a lease (`SweepBatchStore`): a process claims a batch, works on its users, and
-//! marks it done with their counts; a batch whose process stopped or died is claimed again by
-//! the next one, which continues after its saved progress. Within a process, users are worked
-//! on through a sliding window of at most `concurrency` at once (a slow user holds one place,
-//! not a whole batch; the next batch is claimed before this one runs dry), started at most
-//! `rate_per_sec` times a second. A batch's progress is a watermark: the largest `sub` such
-//! that every user of the batch up to it is done, saved (which also extends the lease) every
-//! hundred users or few seconds, so that an interrupted run (the stop signal, a crash) resumes
-//! after it.
+//! A run is the running job of the sweep's kind (its key): a sweep joins it, or makes it over
+//! every user, then works on it as a [`worker`](crate::jobs::worker) like any other: batches
+//! of users claimed under a lease (`--batch-lease`; a batch of a process that died is offered
+//! again once its lease runs out), refreshed in the job's refresh slots (`--rate`), grants that
+//! cannot give a token skipped by the claim, a refresh Google could not do offered again later.
+//! A refresh sweep's claim is its work (it refreshes every user it hands out): it claims a batch
+//! of `concurrency` users at a time and, stopped, finishes the batch it holds. A drive-appdata
+//! sweep's claim hands out tokens, and each user's Drive call runs in a window of `concurrency`.
 //!
 //! Jobs: `refresh` refreshes every usable grant (a refresh is a use, which keeps Google from
 //! expiring grants unused for six months); `drive-appdata` lists each user's Drive
 //! appDataFolder, checking end to end that their token works against the API.
 
-use crate::{Broker, BrokerError, TokenRequest};
-use grantkeeper_core::{ExposeSecret, GrantState, Scopes, SharedClock, scopes::DRIVE_APPDATA};
-use grantkeeper_store::{GrantRecord, StoreError, SweepBatch, SweepJobStore, UserRecord};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::jobs::worker::{self, ItemEvent, WorkOutcome, WorkerOptions};
+use crate::jobs::{
+    DEFAULT_MIN_TTL, HandedOut, JobError, JobSpec, JobView, Jobs, Kind, MAX_LEASE, RATE_RANGE,
+};
+use crate::{Broker, BrokerError};
+use grantkeeper_core::{ExposeSecret, Scopes, scopes::DRIVE_APPDATA};
+use grantkeeper_store::{ItemState, JobState, JobsStore, Selection, StoreError};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use url::Url;
 
-/// A batch's progress is saved, and its lease extended, at least this often while it is held
-/// (also when no user completes, so that a slow one does not cost the batch its lease)...
-const SAVE_EVERY: Duration = Duration::from_secs(3);
-/// ...and every this many users done.
-const SAVE_USERS: u32 = 100;
-/// How long a batch stays a process's without a save: long enough for a slow store, short
+/// How long a batch stays a process's without a renewal: long enough for a slow store, short
 /// enough that the batch of a process that died is soon continued.
 const BATCH_LEASE: Duration = Duration::from_secs(30);
-
+/// How often a user Google could not refresh is offered before it counts as failing.
+const ATTEMPTS: u32 = 3;
 /// What a sweep does for each user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Job {
@@ -53,6 +50,14 @@ impl Job {
         match self {
             Job::Refresh => "refresh",
             Job::DriveAppdata => "drive-appdata",
+        }
+    }
+
+    /// The kind of its jobs on the job engine.
+    pub fn kind(self) -> Kind {
+        match self {
+            Job::Refresh => Kind::SweepRefresh,
+            Job::DriveAppdata => Kind::SweepDriveAppdata,
         }
     }
 }
@@ -85,10 +90,10 @@ pub struct SweepOptions {
     pub concurrency: usize,
     /// Most users started per second; None: as fast as the window allows.
     pub rate_per_sec: Option<f64>,
-    /// Users in a batch, and read from the store at a time.
+    /// Most users in a batch (also bounded by `concurrency`).
     pub page_size: u32,
-    /// How long a batch stays a process's without a save: when a process dies, another
-    /// continues its batch this long after its last save.
+    /// How long a batch stays a process's without a renewal: when a process dies, another
+    /// continues its batch this long after.
     pub batch_lease: Duration,
 }
 
@@ -150,10 +155,9 @@ pub struct SweepEvent {
     /// For people; never a token.
     pub detail: String,
     /// Users of the run done so far as this invocation knows: those the run counted when it
-    /// joined (batches done by earlier or other invocations), those an earlier holder did in a
-    /// batch it continued, and its own.
+    /// joined (done by earlier or other invocations), and its own.
     pub done: u64,
-    /// Users in the store when this invocation started.
+    /// Users of the run (every user in the store when it started).
     pub total: u64,
 }
 
@@ -163,16 +167,17 @@ pub struct SweepSummary {
     /// Users by outcome, in this invocation.
     pub counts: BTreeMap<Outcome, u64>,
     /// Users by outcome in the whole run as the store counts them at the end of this
-    /// invocation: the users of every finished batch, whichever invocation or process did
-    /// them (a batch continued after an interruption brings the counts saved with its
-    /// progress). Once the run is finished, every user of it, once.
+    /// invocation: every user settled, whichever invocation or process did it. Once the run is
+    /// finished, every user of it, once.
     pub run_counts: BTreeMap<Outcome, u64>,
     /// Whether the run is finished (false when interrupted, or when other processes still
-    /// hold batches of it).
+    /// hold users of it).
     pub run_finished: bool,
-    /// Where this invocation resumed, when its first batch was one another invocation left
-    /// unfinished: that batch's saved progress.
+    /// Where this invocation resumed, when it continued the run right where it stood: the
+    /// largest `sub` up to which every user of the run was settled when it joined.
     pub resumed_from: Option<String>,
+    /// The run: the job's id.
+    pub job_id: i64,
     /// True when the stop signal ended it early: the run stays unfinished, and the next
     /// invocation of the job (or another process on it) continues it.
     pub interrupted: bool,
@@ -180,22 +185,20 @@ pub struct SweepSummary {
 }
 
 /// Runs `job` for every user, as one of any number of processes sharing the job's run: joins
-/// the unfinished run of the job (or starts one), then claims batches of users until none is
-/// left, taking over first the batches of processes that stopped or died. `api_base` is the
-/// Google APIs base (`https://www.googleapis.com`, or the emulator's base) for jobs that call
-/// an API; `http` is the client they call it with. Each completed user is reported to
-/// `on_event`. When `stop` turns true nothing new starts, the users in flight finish, the
-/// progress of the batches held is saved and they are given back (a rerun, or another
-/// process, continues them at once), and the summary says `interrupted`. Otherwise, once no
-/// batch is left to claim, the run is finished if every batch of it is done (a process still
-/// working on one finishes it later).
+/// the running job of the sweep (or makes one over every user), then works on it until no user
+/// of it is left, waiting for the users other processes hold (and taking over those whose
+/// lease ran out). `api_base` is the Google APIs base (`https://www.googleapis.com`, or the
+/// emulator's base) for jobs that call an API; `http` is the client they call it with. Each
+/// user settled is reported to `on_event` (a user Google could not refresh for now is offered
+/// again and reported once settled). When `stop` turns true nothing new starts, the users in
+/// hand finish and are reported, those claimed and not started are given back (a rerun, or
+/// another process, continues them at once), and the summary says `interrupted`.
 ///
-/// Fails on options that cannot work and on store errors (progress up to then is saved and
-/// the batches given back).
+/// Fails on options that cannot work and on store errors.
 #[allow(clippy::too_many_arguments)] // the job's whole context, named by the caller
 pub async fn run_sweep(
     broker: &Broker,
-    store: Arc<dyn SweepJobStore>,
+    store: Arc<dyn JobsStore>,
     http: reqwest::Client,
     api_base: Url,
     job: Job,
@@ -204,96 +207,176 @@ pub async fn run_sweep(
     on_event: &(dyn Fn(&SweepEvent) + Send + Sync),
 ) -> Result<SweepSummary, BrokerError> {
     let started = Instant::now();
-    let limiter = check_options(&opts)?;
-    let clock = broker.inner.clock.clone();
-    let run = store
-        .start_or_resume_sweep(job.as_str(), clock.now())
-        .await?;
-    let total = store.count_users().await?;
-    let mut sweep = Sweep {
-        job,
-        broker: broker.clone(),
-        http,
-        api_base,
-        store: store.clone(),
-        clock: clock.clone(),
-        run_id: run.id,
-        owner: format!("sweep-{}", grantkeeper_core::random::token::<12>()),
-        page_size: opts.page_size,
-        batch_lease: opts.batch_lease,
-        total,
-        done: parse_counts(&run.counts).values().sum(),
+    check_options(&opts)?;
+    let jobs = Jobs::new(broker.clone(), store.clone());
+    let (run, _) = jobs
+        .create_or_join(job_spec(job, &opts), "sweep")
+        .await
+        .map_err(job_error)?;
+    let id = run.job.id;
+    let progress = store.settled_through(id).await?;
+    let tally = Mutex::new(Tally {
+        done: run.counts.settled(),
         counts: BTreeMap::new(),
-        claims: 0,
-        resumed_from: None,
-        held: HashMap::new(),
-        pending: VecDeque::new(),
-        window: VecDeque::new(),
-        first_seq: 0,
-        exhausted: false,
-        on_event,
+    });
+    let total = run.job.total;
+    let on_item = |e: &ItemEvent| {
+        let Some(outcome) = outcome_of(e) else {
+            return;
+        };
+        let done = {
+            let mut tally = tally
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tally.done += 1;
+            *tally.counts.entry(outcome).or_default() += 1;
+            tally.done
+        };
+        on_event(&SweepEvent {
+            sub: e.sub.clone(),
+            outcome,
+            detail: e.detail.clone(),
+            done,
+            total,
+        });
     };
-
-    let mut limiter = limiter;
-    let mut wait_stop = stop.clone();
-    let interrupted = loop {
-        let outcome = sweep
-            .drive(opts.concurrency, limiter.take(), stop.clone())
-            .await;
-        // However it ended, what is still held is saved and given back.
-        sweep.give_back().await;
-        if outcome? {
-            break true;
-        }
-        if store
-            .complete_sweep_run_if_done(run.id, clock.now())
-            .await?
-        {
-            break false;
-        }
-        // Other processes hold the run's last batches: wait until they finish them, or until
-        // the lease of one that died runs out and its batch can be continued here.
-        tracing::info!(
-            job = %job,
-            run = run.id,
-            "no batch left to claim; waiting for the batches other processes hold"
-        );
-        let poll =
-            (opts.batch_lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
-        tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            _ = wait_stop.changed() => {}
-        }
-        if *wait_stop.borrow() {
-            break true;
-        }
-        sweep.exhausted = false;
-        limiter = check_options(&opts)?;
+    let work = |item: HandedOut| {
+        let work = Work {
+            job,
+            broker: broker.clone(),
+            http: http.clone(),
+            api_base: api_base.clone(),
+            item,
+        };
+        async move { work.run().await }
     };
-    let stored = store.sweep_run(run.id).await?;
+    let ended = worker::run(&jobs, id, worker_options(job, &opts), stop, work, &on_item)
+        .await
+        .map_err(job_error)?;
+    let view = jobs.progress(id).await.map_err(job_error)?;
+    // It continued the run where it stood when its first batch began right after the users
+    // settled in order.
+    let resumed_from = match (progress.settled_through, progress.first_open) {
+        (Some(through), Some(first)) if ended.first_claimed.as_ref() == Some(&first) => {
+            Some(through)
+        }
+        _ => None,
+    };
+    let counts = tally
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .counts;
     let summary = SweepSummary {
-        counts: sweep.counts,
-        run_counts: stored
-            .as_ref()
-            .map(|r| parse_counts(&r.counts))
-            .unwrap_or_default(),
-        run_finished: stored.is_some_and(|r| r.finished_at.is_some()),
-        resumed_from: sweep.resumed_from,
-        interrupted,
+        counts,
+        run_counts: run_counts(&view),
+        run_finished: view.job.state == JobState::Finished,
+        resumed_from,
+        interrupted: ended.interrupted,
         elapsed: started.elapsed(),
+        job_id: id,
     };
     tracing::info!(
         job = %job,
-        interrupted,
-        batches = sweep.claims,
+        run = id,
+        interrupted = summary.interrupted,
         elapsed_ms = u64::try_from(summary.elapsed.as_millis()).unwrap_or(u64::MAX),
-        counts = %counts_json(&summary.counts),
         "sweep ended"
     );
     Ok(summary)
 }
 
-fn check_options(opts: &SweepOptions) -> Result<Option<Limiter>, BrokerError> {
+/// This invocation's count of the run's users settled, and its own by outcome.
+struct Tally {
+    done: u64,
+    counts: BTreeMap<Outcome, u64>,
+}
+
+/// The job a sweep runs on: every user, the sweep's kind as its key (one running run per
+/// sweep job), one refresh slot per `--rate`.
+pub fn job_spec(job: Job, opts: &SweepOptions) -> JobSpec {
+    let lease = opts.batch_lease.clamp(Duration::from_secs(1), MAX_LEASE);
+    JobSpec {
+        name: format!("sweep {job}"),
+        kind: job.kind(),
+        key: Some(job.kind().as_str().to_owned()),
+        // A user without the job's scope is skipped by the claim, and reported.
+        scopes: match job {
+            Job::Refresh => Scopes::default(),
+            Job::DriveAppdata => Scopes::from_iter([DRIVE_APPDATA]),
+        },
+        selection: Selection::Everyone,
+        // The job's rate is a refresh budget within the engine's bounds; above them, the
+        // sweep's own pace of starts is the limit.
+        rate: opts
+            .rate_per_sec
+            .filter(|r| *r <= *RATE_RANGE.end())
+            .map(|r| r.max(*RATE_RANGE.start())),
+        lease,
+        min_ttl: DEFAULT_MIN_TTL,
+        max_attempts: ATTEMPTS,
+        spread: Duration::ZERO,
+    }
+}
+
+fn worker_options(job: Job, opts: &SweepOptions) -> WorkerOptions {
+    let batch = u32::try_from(opts.concurrency)
+        .unwrap_or(u32::MAX)
+        .min(opts.page_size)
+        .clamp(1, crate::jobs::MAX_CLAIM);
+    WorkerOptions {
+        concurrency: opts.concurrency,
+        batch,
+        lease: Some(
+            opts.batch_lease
+                .clamp(Duration::from_millis(100), MAX_LEASE),
+        ),
+        start_rate: opts.rate_per_sec,
+        name: format!("sweep-{}", grantkeeper_core::random::token::<12>()),
+        linger: true,
+        max_wait: (opts.batch_lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(2)),
+        work_in_claim: job == Job::Refresh,
+    }
+}
+
+/// What a user settled makes in a sweep's words; None while it is offered again.
+fn outcome_of(e: &ItemEvent) -> Option<Outcome> {
+    match e.state {
+        ItemState::Done => Some(Outcome::Ok),
+        ItemState::Failed => Some(Outcome::Failing),
+        ItemState::Skipped if e.reason.as_deref() == Some("invalid_grant") => {
+            Some(Outcome::Revoked)
+        }
+        ItemState::Skipped => Some(Outcome::Skipped),
+        ItemState::Pending | ItemState::Leased => None,
+    }
+}
+
+/// The run's users by outcome, as the job counts them: Google declaring a grant dead at this
+/// run's refresh is `revoked`; every other skip is `skipped`.
+fn run_counts(view: &JobView) -> BTreeMap<Outcome, u64> {
+    let c = &view.counts;
+    let revoked = c.skipped.get("invalid_grant").copied().unwrap_or(0);
+    [
+        (Outcome::Ok, c.done),
+        (Outcome::Failing, c.failed),
+        (Outcome::Revoked, revoked),
+        (Outcome::Skipped, c.skipped_total().saturating_sub(revoked)),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
+fn job_error(e: JobError) -> BrokerError {
+    match e {
+        JobError::Store(e) => BrokerError::Store(e),
+        JobError::NotFound => BrokerError::Store(StoreError::NotFound),
+        JobError::NotHeld => BrokerError::Store(StoreError::Conflict),
+        JobError::Invalid(detail) => BrokerError::Misconfigured { detail },
+    }
+}
+
+fn check_options(opts: &SweepOptions) -> Result<(), BrokerError> {
     if opts.concurrency == 0 {
         return Err(BrokerError::Misconfigured {
             detail: "sweep concurrency must be at least 1".to_owned(),
@@ -305,671 +388,68 @@ fn check_options(opts: &SweepOptions) -> Result<Option<Limiter>, BrokerError> {
         });
     }
     match opts.rate_per_sec {
-        None => Ok(None),
-        Some(rate) if rate.is_finite() && rate > 0.0 => Ok(Some(Limiter {
-            interval: Duration::from_secs_f64(1.0 / rate.max(1e-6)),
-            next: tokio::time::Instant::now(),
-        })),
-        Some(_) => Err(BrokerError::Misconfigured {
+        Some(rate) if !(rate.is_finite() && rate > 0.0) => Err(BrokerError::Misconfigured {
             detail: "sweep rate must be a positive number of users per second".to_owned(),
         }),
+        _ => Ok(()),
     }
 }
 
-/// At most one start per `interval`.
-struct Limiter {
-    interval: Duration,
-    next: tokio::time::Instant,
-}
-
-impl Limiter {
-    async fn admit(&mut self) {
-        let at = self.next.max(tokio::time::Instant::now());
-        tokio::time::sleep_until(at).await;
-        self.next = at + self.interval;
-    }
-}
-
-/// Resolves once `stop` is true; never if its sender is gone without saying so.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// One user dispatched, in `sub` order; `outcome` is set when it completes.
-struct Slot {
-    batch: i64,
-    sub: String,
-    outcome: Option<Outcome>,
-}
-
-/// A user of a held batch, read and not yet dispatched.
-struct Pending {
-    batch: i64,
-    sub: String,
-    grant: GrantRecord,
-}
-
-/// A batch this process holds.
-struct Held {
-    batch: SweepBatch,
-    /// The counts of its users up to the watermark: those of the processes that held it
-    /// before (saved with their progress) and this one's, saved with the progress and added to
-    /// the run's when the batch is done.
-    counts: BTreeMap<Outcome, u64>,
-    /// Its users read and not yet under the watermark (pending, or in the window): the batch
-    /// is done when none is left.
-    open: usize,
-    /// The largest `sub` of the batch such that every user of it up to there is done.
-    watermark: Option<String>,
-    saved: Option<String>,
-    since_save: u32,
-    last_save: Instant,
-}
-
-/// A batch claimed, with its users still to do.
-struct Claimed {
-    batch: SweepBatch,
-    users: Vec<(UserRecord, GrantRecord)>,
-    /// Users of it that the process before this one did (up to its saved progress).
-    done_before: u64,
-}
-
-/// A claim under way, in a task of its own: it holds a store connection (SQLite's one writer)
-/// while it runs, so it must go on while this process awaits other store calls.
-type Claiming = tokio::task::JoinHandle<Result<Option<Claimed>, StoreError>>;
-
-/// Why progress is saved.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Save {
-    /// Users completed: when enough did, or enough time passed.
-    Progress,
-    /// Time passed: the lease is extended even when the watermark did not move (a slow user).
-    Renew,
-    /// Before giving the batch back.
-    Last,
-}
-
-struct Sweep<'a> {
-    job: Job,
-    broker: Broker,
-    http: reqwest::Client,
-    api_base: Url,
-    store: Arc<dyn SweepJobStore>,
-    clock: SharedClock,
-    run_id: i64,
-    /// This invocation's name as the holder of batches.
-    owner: String,
-    page_size: u32,
-    batch_lease: Duration,
-    total: u64,
-    /// Users of the run done as far as this invocation knows: those counted in the run when it
-    /// joined, those done in batches it took over, and its own.
-    done: u64,
-    /// This invocation's.
-    counts: BTreeMap<Outcome, u64>,
-    claims: u64,
-    resumed_from: Option<String>,
-    held: HashMap<i64, Held>,
-    /// Users to dispatch, in batch and `sub` order.
-    pending: VecDeque<Pending>,
-    /// Dispatched users not yet under their batch's watermark; `first_seq` is the front's
-    /// number.
-    window: VecDeque<Slot>,
-    first_seq: u64,
-    /// A claim found nothing left.
-    exhausted: bool,
-    on_event: &'a (dyn Fn(&SweepEvent) + Send + Sync),
-}
-
-impl Sweep<'_> {
-    /// Saves come often enough that a live process never loses a batch to its lease.
-    fn save_every(&self) -> Duration {
-        SAVE_EVERY
-            .min(self.batch_lease / 3)
-            .max(Duration::from_millis(50))
-    }
-
-    /// Dispatches and collects until no batch is left to claim and every user is done
-    /// (Ok(false)), or `stop` ended it (Ok(true)).
-    async fn drive(
-        &mut self,
-        concurrency: usize,
-        mut limiter: Option<Limiter>,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<bool, BrokerError> {
-        let mut tasks: JoinSet<(Outcome, String)> = JoinSet::new();
-        let mut seq_of: HashMap<tokio::task::Id, u64> = HashMap::new();
-        let mut claiming: Option<Claiming> = None;
-        let mut interrupted = false;
-        let mut failure: Option<BrokerError> = None;
-        let save_every = self.save_every();
-        let mut renew =
-            tokio::time::interval_at(tokio::time::Instant::now() + save_every, save_every);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-        loop {
-            // Fill the window.
-            while !interrupted && failure.is_none() && tasks.len() < concurrency {
-                if *stop.borrow() {
-                    interrupted = true;
-                    break;
-                }
-                // The next batch is claimed while this one still has users to start, so that
-                // the window never waits for the store.
-                if claiming.is_none() && !self.exhausted && self.pending.len() < concurrency {
-                    claiming = Some(self.claim());
-                }
-                if self.pending.is_empty() {
-                    let Some(next) = claiming.take() else {
-                        break;
-                    };
-                    if let Err(e) = self.claimed(next.await).await {
-                        failure = Some(e);
-                    }
-                    continue;
-                }
-                let Some(Pending { batch, sub, grant }) = self.pending.pop_front() else {
-                    break;
-                };
-                let seq = self.first_seq + self.window.len() as u64;
-                if let Some(reason) = skip_reason(self.job, &grant) {
-                    self.window.push_back(Slot {
-                        batch,
-                        sub,
-                        outcome: None,
-                    });
-                    if let Err(e) = self.complete(seq, Outcome::Skipped, reason).await {
-                        failure = Some(e);
-                    }
-                    continue;
-                }
-                if let Some(limiter) = &mut limiter {
-                    // A slow pace must not cost the batches their leases. (`admit` only moves
-                    // the pace once its wait is over, so it may be polled again after a tick.)
-                    let admitted = loop {
-                        tokio::select! {
-                            () = limiter.admit() => break true,
-                            () = stopped(&mut stop) => break false,
-                            _ = renew.tick() => self.renew().await,
-                        }
-                    };
-                    if !admitted {
-                        // Not started: it stays to do, for whoever continues the batch.
-                        self.pending.push_front(Pending { batch, sub, grant });
-                        interrupted = true;
-                        break;
-                    }
-                }
-                self.window.push_back(Slot {
-                    batch,
-                    sub: sub.clone(),
-                    outcome: None,
-                });
-                let work = Work {
-                    job: self.job,
-                    broker: self.broker.clone(),
-                    http: self.http.clone(),
-                    api_base: self.api_base.clone(),
-                    sub,
-                };
-                let handle = tasks.spawn(work.run());
-                seq_of.insert(handle.id(), seq);
-            }
-
-            if tasks.is_empty() {
-                if interrupted || failure.is_some() {
-                    break;
-                }
-                if self.pending.is_empty() && claiming.is_none() && self.exhausted {
-                    break;
-                }
-                continue;
-            }
-
-            tokio::select! {
-                joined = tasks.join_next_with_id() => {
-                    let (id, outcome, detail) = match joined {
-                        Some(Ok((id, (outcome, detail)))) => (id, outcome, detail),
-                        Some(Err(e)) => (e.id(), Outcome::Failing, format!("the job's task failed: {e}")),
-                        None => continue,
-                    };
-                    if let Some(seq) = seq_of.remove(&id)
-                        && let Err(e) = self.complete(seq, outcome, detail).await
-                    {
-                        failure.get_or_insert(e);
-                    }
-                }
-                claimed = async {
-                    match claiming.as_mut() {
-                        Some(next) => next.await,
-                        None => std::future::pending().await,
-                    }
-                }, if claiming.is_some() => {
-                    claiming = None;
-                    if let Err(e) = self.claimed(claimed).await {
-                        failure.get_or_insert(e);
-                    }
-                }
-                _ = renew.tick() => self.renew().await,
-                () = stopped(&mut stop), if !interrupted => {
-                    tracing::info!(job = %self.job, in_flight = tasks.len(), "stop asked: letting the users in flight finish");
-                    interrupted = true;
-                }
-            }
-        }
-        // A batch claimed meanwhile is taken in, to be given back with the others.
-        if let Some(next) = claiming.take()
-            && let Err(e) = self.claimed(next.await).await
-        {
-            failure.get_or_insert(e);
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(interrupted),
-        }
-    }
-
-    /// Claims the run's next batch and reads its users, in the background.
-    fn claim(&self) -> Claiming {
-        let store = self.store.clone();
-        let clock = self.clock.clone();
-        let (run_id, owner, size, lease) = (
-            self.run_id,
-            self.owner.clone(),
-            self.page_size,
-            self.batch_lease,
-        );
-        tokio::spawn(async move {
-            let now = clock.now();
-            let Some(batch) = store
-                .claim_sweep_batch(run_id, &owner, size, lease_end(now, lease), now)
-                .await?
-            else {
-                return Ok(None);
-            };
-            match batch_users(&store, &batch, size).await {
-                Ok((users, done_before)) => Ok(Some(Claimed {
-                    batch,
-                    users,
-                    done_before,
-                })),
-                Err(e) => {
-                    // Given back at once rather than left to run out.
-                    let _ = store.release_sweep_batch(batch.id, &owner).await;
-                    Err(e)
-                }
-            }
-        })
-    }
-
-    /// Takes in what a claim brought.
-    async fn claimed(
-        &mut self,
-        claimed: Result<Result<Option<Claimed>, StoreError>, tokio::task::JoinError>,
-    ) -> Result<(), BrokerError> {
-        let claimed = claimed.map_err(|e| BrokerError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            detail: format!("claiming a sweep batch ended abnormally: {e}"),
-        })??;
-        let Some(Claimed {
-            batch,
-            users,
-            done_before,
-        }) = claimed
-        else {
-            self.exhausted = true;
-            return Ok(());
-        };
-        if self.held.contains_key(&batch.id) {
-            // One of ours whose lease ran out (saves failed for a while): the claim renewed it,
-            // and its users are already here.
-            return Ok(());
-        }
-        self.claims += 1;
-        // Only a batch left by another process has progress of its own.
-        if let Some(progress) = &batch.progress {
-            tracing::info!(
-                job = %self.job,
-                batch = batch.id,
-                progress,
-                "continuing a batch another process left unfinished"
-            );
-            if self.claims == 1 {
-                self.resumed_from = Some(progress.clone());
-            }
-        }
-        self.done += done_before;
-        let id = batch.id;
-        let open = users.len();
-        self.pending
-            .extend(users.into_iter().map(|(user, grant)| Pending {
-                batch: id,
-                sub: user.profile.sub,
-                grant,
-            }));
-        self.held.insert(
-            id,
-            Held {
-                open,
-                watermark: batch.progress.clone(),
-                saved: batch.progress.clone(),
-                counts: parse_counts(&batch.counts),
-                batch,
-                since_save: 0,
-                last_save: Instant::now(),
-            },
-        );
-        // A batch with nothing left (its users done or deleted) is done at once.
-        self.settle(id).await
-    }
-
-    /// Records a user done, reports it, moves its batch's watermark; saves now and then and
-    /// finishes batches that are done.
-    async fn complete(
-        &mut self,
-        seq: u64,
-        outcome: Outcome,
-        detail: String,
-    ) -> Result<(), BrokerError> {
-        let Some(slot) = seq
-            .checked_sub(self.first_seq)
-            .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| self.window.get_mut(i))
-        else {
-            return Ok(());
-        };
-        slot.outcome = Some(outcome);
-        let sub = slot.sub.clone();
-        *self.counts.entry(outcome).or_default() += 1;
-        self.done += 1;
-        (self.on_event)(&SweepEvent {
-            sub,
-            outcome,
-            detail,
-            done: self.done,
-            total: self.total,
-        });
-        let mut moved: Vec<i64> = Vec::new();
-        while let Some(Slot {
-            outcome: Some(_), ..
-        }) = self.window.front()
-        {
-            if let Some(Slot {
-                batch,
-                sub,
-                outcome: Some(outcome),
-            }) = self.window.pop_front()
-            {
-                self.first_seq += 1;
-                // Users of a batch lost to another process are not its to record. A user is
-                // counted once under the watermark, so that the counts saved with it are
-                // those of the users it covers.
-                if let Some(held) = self.held.get_mut(&batch) {
-                    *held.counts.entry(outcome).or_default() += 1;
-                    held.watermark = Some(sub);
-                    held.open = held.open.saturating_sub(1);
-                    held.since_save += 1;
-                    if moved.last() != Some(&batch) {
-                        moved.push(batch);
-                    }
-                }
-            }
-        }
-        for batch in moved {
-            self.settle(batch).await?;
-        }
-        Ok(())
-    }
-
-    /// Finishes the batch when none of its users is left, else saves its progress when due.
-    async fn settle(&mut self, id: i64) -> Result<(), BrokerError> {
-        let Some(held) = self.held.get(&id) else {
-            return Ok(());
-        };
-        if held.open > 0 {
-            self.save(id, Save::Progress).await;
-            return Ok(());
-        }
-        let counts = counts_json(&held.counts);
-        match self
-            .store
-            .finish_sweep_batch(id, &self.owner, &counts, self.clock.now())
-            .await
-        {
-            Ok(()) => {
-                self.held.remove(&id);
-                Ok(())
-            }
-            Err(StoreError::Conflict) => {
-                self.lost(id);
-                Ok(())
-            }
-            // Kept, to be saved and given back with the others.
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Saves a batch's watermark when `why` says so, extending its lease.
-    async fn save(&mut self, id: i64, why: Save) {
-        let Some(held) = self.held.get(&id) else {
-            return;
-        };
-        let moved = held.watermark != held.saved;
-        let late = held.last_save.elapsed() >= self.save_every();
-        let due = match why {
-            Save::Progress => moved && (held.since_save >= SAVE_USERS || late),
-            Save::Renew => late,
-            Save::Last => moved,
-        };
-        // Before any user of it is done, the batch's start says "nothing yet" (none of its
-        // users is at or before it); the run's first batch has none to say.
-        let Some(progress) = held.watermark.clone().or_else(|| held.batch.after.clone()) else {
-            return;
-        };
-        if !due {
-            return;
-        }
-        let now = self.clock.now();
-        let counts = counts_json(&held.counts);
-        match self
-            .store
-            .save_batch_progress(
-                id,
-                &self.owner,
-                &progress,
-                &counts,
-                lease_end(now, self.batch_lease),
-            )
-            .await
-        {
-            Ok(()) => {
-                if let Some(held) = self.held.get_mut(&id) {
-                    held.saved = held.watermark.clone();
-                    held.since_save = 0;
-                    held.last_save = Instant::now();
-                }
-            }
-            Err(StoreError::Conflict) => self.lost(id),
-            // The work is done either way; whoever continues the batch redoes some of it.
-            Err(e) => {
-                tracing::warn!(
-                    job = %self.job,
-                    batch = id,
-                    error = %e,
-                    "could not save sweep progress"
-                )
-            }
-        }
-    }
-
-    /// Extends the lease of every batch held that was not saved for a while.
-    async fn renew(&mut self) {
-        let ids: Vec<i64> = self.held.keys().copied().collect();
-        for id in ids {
-            self.save(id, Save::Renew).await;
-        }
-    }
-
-    /// The batch's lease ran out and another process took it: that process does what was not
-    /// saved; this one starts nothing more of it and records nothing of it.
-    fn lost(&mut self, id: i64) {
-        if self.held.remove(&id).is_some() {
-            self.pending.retain(|p| p.batch != id);
-            tracing::info!(
-                job = %self.job,
-                batch = id,
-                "another process took over a batch whose lease ran out; leaving it to that process"
-            );
-        }
-    }
-
-    /// Saves the progress of every batch still held and gives them back, so that a rerun or
-    /// another process continues them at once.
-    async fn give_back(&mut self) {
-        let ids: Vec<i64> = self.held.keys().copied().collect();
-        for id in ids {
-            self.save(id, Save::Last).await;
-            if self.held.remove(&id).is_none() {
-                continue;
-            }
-            match self.store.release_sweep_batch(id, &self.owner).await {
-                Ok(()) | Err(StoreError::Conflict) => {}
-                // Its lease runs out by itself; until then nobody continues it.
-                Err(e) => {
-                    tracing::warn!(
-                        job = %self.job,
-                        batch = id,
-                        error = %e,
-                        "could not give a sweep batch back"
-                    )
-                }
-            }
-        }
-        self.pending.clear();
-    }
-}
-
-/// The users of `batch` still to do, in `sub` order, and how many of it are done already (up
-/// to its progress).
-async fn batch_users(
-    store: &Arc<dyn SweepJobStore>,
-    batch: &SweepBatch,
-    page: u32,
-) -> Result<(Vec<(UserRecord, GrantRecord)>, u64), StoreError> {
-    let mut users = Vec::new();
-    let mut done_before = 0;
-    let mut after = batch.after.clone();
-    loop {
-        let p = store.list_users(after.as_deref(), page).await?;
-        for (user, grant) in p.users {
-            if user.profile.sub > batch.last {
-                return Ok((users, done_before));
-            }
-            if batch
-                .progress
-                .as_ref()
-                .is_some_and(|progress| user.profile.sub <= *progress)
-            {
-                done_before += 1;
-            } else {
-                users.push((user, grant));
-            }
-        }
-        match p.next {
-            Some(next) if next < batch.last => after = Some(next),
-            _ => return Ok((users, done_before)),
-        }
-    }
-}
-
-fn lease_end(now: OffsetDateTime, lease: Duration) -> OffsetDateTime {
-    now.checked_add(time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE))
-        .unwrap_or(now)
-}
-
-/// Why a user needs no work, when none is needed.
-fn skip_reason(job: Job, grant: &GrantRecord) -> Option<String> {
-    if grant.state == GrantState::Revoked || grant.needs_consent() {
-        return Some(format!("grant is {}", grant.state));
-    }
-    if job == Job::DriveAppdata && !grant.scopes.contains(DRIVE_APPDATA) {
-        return Some("drive.appdata is not granted".to_owned());
-    }
-    None
-}
-
-/// One user's work, in a task of its own.
+/// One user's work, in a task of its own: a refresh sweep's claim did it (the token handed out
+/// is the refresh's); a drive-appdata sweep lists the user's folder with the token handed out.
 struct Work {
     job: Job,
     broker: Broker,
     http: reqwest::Client,
     api_base: Url,
-    sub: String,
+    item: HandedOut,
 }
 
 impl Work {
-    async fn run(self) -> (Outcome, String) {
-        let answer = match self.job {
-            Job::Refresh => self.broker.refresh_now(&self.sub).await.map(|t| {
-                (
-                    Outcome::Ok,
-                    format!("refreshed, valid until {}", t.expires_at),
-                )
-            }),
-            Job::DriveAppdata => self.drive_appdata().await,
-        };
-        answer.unwrap_or_else(|e| (classify(&e), e.to_string()))
+    async fn run(self) -> WorkOutcome {
+        match self.job {
+            Job::Refresh => WorkOutcome::Done(format!(
+                "refreshed, valid until {}",
+                self.item.token.expires_at
+            )),
+            Job::DriveAppdata => self.drive_appdata().await.unwrap_or_else(|e| failed(&e)),
+        }
     }
 
-    async fn drive_appdata(&self) -> Result<(Outcome, String), BrokerError> {
-        let request = TokenRequest {
-            scopes: Some(Scopes::from_iter([DRIVE_APPDATA])),
-            min_ttl: None,
-        };
-        let mut token = self.broker.access_token(&self.sub, &request).await?;
+    async fn drive_appdata(&self) -> Result<WorkOutcome, BrokerError> {
+        let sub = &self.item.sub;
+        let mut token = self.item.token.token.clone();
         let url = appdata_listing(&self.api_base);
         let mut retried = false;
         loop {
             let answer = self
                 .http
                 .get(url.clone())
-                .bearer_auth(token.token.expose_secret())
+                .bearer_auth(token.expose_secret())
                 .send()
                 .await;
             let response = match answer {
                 Ok(r) => r,
                 Err(e) => {
-                    return Ok((
-                        Outcome::Failing,
-                        format!("Drive API request failed: {}", e.without_url()),
-                    ));
+                    return Ok(WorkOutcome::Failed(format!(
+                        "Drive API request failed: {}",
+                        e.without_url()
+                    )));
                 }
             };
             let status = response.status();
             if status == reqwest::StatusCode::UNAUTHORIZED && !retried {
                 retried = true;
                 // None: refreshed for a 401 moments ago; the 401 stands.
-                if let Some(fresh) = self
-                    .broker
-                    .refresh_after_rejection(&self.sub, &token.token)
-                    .await?
-                {
-                    token = fresh.into();
+                if let Some(fresh) = self.broker.refresh_after_rejection(sub, &token).await? {
+                    token = fresh.token;
                     continue;
                 }
             }
             if !status.is_success() {
-                return Ok((
-                    Outcome::Failing,
-                    format!("Drive API answered HTTP {status}"),
-                ));
+                return Ok(WorkOutcome::Failed(format!(
+                    "Drive API answered HTTP {status}"
+                )));
             }
             let files = response
                 .json::<serde_json::Value>()
@@ -980,7 +460,7 @@ impl Work {
                 Some(n) => format!("{n} files in appDataFolder"),
                 None => format!("Drive API answered HTTP {status}"),
             };
-            return Ok((Outcome::Ok, detail));
+            return Ok(WorkOutcome::Done(detail));
         }
     }
 }
@@ -1001,41 +481,21 @@ fn appdata_listing(api_base: &Url) -> Url {
     url
 }
 
-fn classify(e: &BrokerError) -> Outcome {
+/// What a user whose token the broker could not serve makes: skipped, as a claim skips, when
+/// the grant cannot give tokens; failing otherwise.
+fn failed(e: &BrokerError) -> WorkOutcome {
+    let skipped = |reason: &str| WorkOutcome::Skipped(reason.to_owned(), e.to_string());
     match e {
-        BrokerError::Revoked { .. } => Outcome::Revoked,
-        BrokerError::UnknownUser
-        | BrokerError::NeedsConsent
-        | BrokerError::ScopeNotGranted { .. } => Outcome::Skipped,
+        BrokerError::Revoked { .. } => skipped("invalid_grant"),
+        BrokerError::UnknownUser => skipped("deleted"),
+        BrokerError::NeedsConsent => skipped("needs_consent"),
+        BrokerError::ScopeNotGranted { .. } => skipped("scope_not_granted"),
         BrokerError::Unavailable { .. }
         | BrokerError::Misconfigured { .. }
         | BrokerError::Store(_)
         | BrokerError::Vault(_)
-        | BrokerError::KeysUnavailable => Outcome::Failing,
+        | BrokerError::KeysUnavailable => WorkOutcome::Failed(e.to_string()),
     }
-}
-
-/// `{"ok": n, "failing": n, "revoked": n, "skipped": n}`, as the store keeps counts.
-fn counts_json(counts: &BTreeMap<Outcome, u64>) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = Outcome::ALL
-        .iter()
-        .map(|o| {
-            (
-                o.as_str().to_owned(),
-                counts.get(o).copied().unwrap_or(0).into(),
-            )
-        })
-        .collect();
-    serde_json::Value::Object(map).to_string()
-}
-
-fn parse_counts(text: &str) -> BTreeMap<Outcome, u64> {
-    let parsed: BTreeMap<String, u64> = serde_json::from_str(text).unwrap_or_default();
-    Outcome::ALL
-        .iter()
-        .filter_map(|o| parsed.get(o.as_str()).map(|n| (*o, *n)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 #[cfg(test)]
@@ -1048,22 +508,6 @@ mod tests {
         assert_eq!("drive-appdata".parse::<Job>().unwrap(), Job::DriveAppdata);
         assert!("drive".parse::<Job>().is_err());
         assert_eq!(Job::DriveAppdata.to_string(), "drive-appdata");
-    }
-
-    #[test]
-    fn counts_round_trip() {
-        let mut counts = BTreeMap::new();
-        counts.insert(Outcome::Ok, 3);
-        counts.insert(Outcome::Skipped, 2);
-        let text = counts_json(&counts);
-        assert_eq!(text, r#"{"failing":0,"ok":3,"revoked":0,"skipped":2}"#);
-        assert_eq!(parse_counts(&text), counts);
-        assert!(parse_counts("{}").is_empty());
-        assert!(parse_counts("not json").is_empty());
-        assert_eq!(
-            serde_json::to_string(&Outcome::Failing).unwrap(),
-            "\"failing\""
-        );
     }
 
     #[test]
@@ -1083,7 +527,7 @@ mod tests {
     #[test]
     fn bad_options_are_refused() {
         let ok = SweepOptions::default();
-        assert!(check_options(&ok).unwrap().is_none());
+        assert!(check_options(&ok).is_ok());
         for bad in [
             SweepOptions {
                 concurrency: 0,

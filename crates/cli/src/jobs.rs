@@ -186,6 +186,7 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
         name: "jobs run".to_owned(),
         linger: true,
         max_wait: Duration::from_secs(2),
+        work_in_claim: false,
     };
     let summary = worker::run(app.jobs(), id, opts, stop_rx, work, &on_event)
         .await

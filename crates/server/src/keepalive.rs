@@ -102,6 +102,8 @@ async fn work(jobs: &Jobs, id: i64, settings: &KeepAliveSettings, stop: watch::R
         name: "keep-alive".to_owned(),
         linger: false,
         max_wait: settings.poll,
+        // Stopped (`serve` shutting down), users already refreshed are reported, not redone.
+        work_in_claim: true,
     };
     let result = worker::run(
         jobs,

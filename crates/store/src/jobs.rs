@@ -262,6 +262,17 @@ pub struct SettleCounts {
     pub released: u64,
 }
 
+/// How far a job stands in `sub` order (the sweeps' view of a run, whose users are claimed in
+/// that order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubProgress {
+    /// The smallest `sub` of an item pending or leased; None when none is.
+    pub first_open: Option<String>,
+    /// The largest `sub` of an item settled below `first_open` (of all, when none is open):
+    /// every item up to it is settled. None when none is.
+    pub settled_through: Option<String>,
+}
+
 /// Refresh slots a job's claim took: `granted` slots from `first_us`, `slot_us` apart (Unix
 /// microseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,6 +298,8 @@ pub trait JobStore: Send + Sync {
     async fn latest_job_with_key(&self, key: &str) -> Result<Option<JobRecord>>;
     /// How the job's items stand at `now_ms`.
     async fn job_counts(&self, id: i64, now_ms: i64) -> Result<JobCounts>;
+    /// Where the job stands in `sub` order.
+    async fn settled_through(&self, id: i64) -> Result<SubProgress>;
     /// The job's items failed or skipped, the last settled first.
     async fn job_failures(&self, id: i64, limit: u32) -> Result<Vec<SettledItem>>;
     /// Leases up to `claim.max` due items of a running job: pending ones due by `now_ms` and
@@ -459,7 +472,7 @@ pub(crate) fn insert_items(
         }
         Selection::Everyone => format!(
             "INSERT INTO job_items (job_id, sub, state, available_ms)
-             SELECT $1, s.sub, 'pending', {due} FROM users s"
+             SELECT $1, s.sub, 'pending', {due} FROM users s ORDER BY s.sub"
         ),
         Selection::IdleSince(since) => {
             args.push(Arg::from(*since));
@@ -839,6 +852,39 @@ impl<E: JobUnits> JobStore for E {
                 .or_default() += n;
         }
         Ok(counts)
+    }
+
+    async fn settled_through(&self, id: i64) -> Result<SubProgress> {
+        let first_open = first(
+            self.read_rows(
+                "SELECT MIN(sub) AS sub FROM job_items
+                  WHERE job_id = $1 AND state IN ('pending', 'leased')"
+                    .into(),
+                args![id],
+                |row| row.opt_text("sub"),
+            )
+            .await?,
+        )
+        .flatten();
+        let settled = "SELECT MAX(sub) AS sub FROM job_items
+                        WHERE job_id = $1 AND state IN ('done', 'failed', 'skipped')";
+        let through = match &first_open {
+            Some(open) => {
+                let sql = format!("{settled} AND sub < $2");
+                self.read_rows(sql.into(), args![id, open.as_str()], |row| {
+                    row.opt_text("sub")
+                })
+                .await?
+            }
+            None => {
+                self.read_rows(settled.into(), args![id], |row| row.opt_text("sub"))
+                    .await?
+            }
+        };
+        Ok(SubProgress {
+            first_open,
+            settled_through: first(through).flatten(),
+        })
     }
 
     async fn job_failures(&self, id: i64, limit: u32) -> Result<Vec<SettledItem>> {

@@ -57,7 +57,8 @@ pub use admin::{AdminSessionRecord, AdminSessionStore, UserSearch, UserSearchSto
 pub use error::StoreError;
 pub use jobs::{
     ClaimedItem, ClaimedItems, ItemClaim, ItemState, JobCounts, JobRecord, JobState, JobStore,
-    NewJob, SKIP_REASONS, Selection, Settle, SettleCounts, SettledItem, Slots, slot_us,
+    NewJob, SKIP_REASONS, Selection, Settle, SettleCounts, SettledItem, Slots, SubProgress,
+    slot_us,
 };
 pub use postgres::PostgresStore;
 pub use revocations::{PendingRevocation, RevocationQueueStore, RevocationTokenKind};

@@ -294,6 +294,13 @@ pub enum Report {
     /// Give it back unworked (a worker stopping): offered again at once, its attempt not
     /// counted. Not offered over HTTP.
     Release,
+    /// The user's grant cannot serve the work, as a claim would have found (a sweep's API call
+    /// met a grant revoked meanwhile): `reason` is one of the skip reasons. Not offered over
+    /// HTTP.
+    Skipped {
+        reason: String,
+        detail: Option<String>,
+    },
 }
 
 /// What a report did.
@@ -707,6 +714,10 @@ impl Jobs {
                     detail: detail.as_deref().map(clip),
                 },
                 Report::Release => Settle::Release { at_ms: ms(now) },
+                Report::Skipped { reason, detail } => Settle::Skipped {
+                    reason,
+                    detail: detail.as_deref().map(clip),
+                },
             };
             settles.push((item, settle));
         }

@@ -4,9 +4,12 @@
 //! reports them back in groups. The sweeps, keep-alive and `jobs run` are such workers; any
 //! number of them, in any process on the store, share a job.
 //!
-//! A stop (the watch turning true) claims nothing more, lets the users started finish, reports
-//! them and gives back the users claimed and not started, so that a rerun or another worker
-//! takes them at once. A worker that dies leaves its users to their lease.
+//! A stop (the watch turning true) claims nothing more, waits for a claim under way, lets the
+//! users started finish, reports them and gives back the users claimed and not started, so that
+//! a rerun or another worker takes them at once. A worker that dies leaves its users to their
+//! lease. When the claim itself does the users' work (a refresh sweep's claim refreshes), the
+//! worker claims one batch at a time, reports it as soon as it is through, and on a stop
+//! finishes what it claimed rather than give back users already refreshed.
 
 use super::{Batch, ClaimRequest, HandedOut, JobError, Jobs, Report};
 use grantkeeper_store::{ItemState, JobRecord, JobState};
@@ -39,6 +42,11 @@ pub struct WorkerOptions {
     pub linger: bool,
     /// The longest wait between two empty claims.
     pub max_wait: Duration,
+    /// The claim does each user's work (the job's kind refreshes every user as it is handed
+    /// out): claim a batch only once the last one is reported, and on a stop finish the users
+    /// claimed instead of giving them back (their work is done; given back, it would be done
+    /// twice).
+    pub work_in_claim: bool,
 }
 
 impl Default for WorkerOptions {
@@ -51,6 +59,7 @@ impl Default for WorkerOptions {
             name: "worker".to_owned(),
             linger: true,
             max_wait: Duration::from_secs(2),
+            work_in_claim: false,
         }
     }
 }
@@ -62,6 +71,9 @@ pub enum WorkOutcome {
     /// Offer the user again after this delay.
     Retry(Duration, String),
     Failed(String),
+    /// The user's grant cannot serve the work (`reason`: one of the skip reasons of
+    /// [`grantkeeper_store::SKIP_REASONS`]): settled `skipped`.
+    Skipped(String, String),
 }
 
 /// One user settled, as the worker saw it: worked on here, or settled by a claim of this
@@ -87,6 +99,9 @@ pub struct WorkerSummary {
     /// A stop ended it early.
     pub interrupted: bool,
     pub elapsed: Duration,
+    /// The smallest `sub` of this worker's first batch (handed out or settled by the claim):
+    /// where in the job it came in.
+    pub first_claimed: Option<String>,
 }
 
 /// At most one start per `interval`.
@@ -165,16 +180,18 @@ where
     let mut interrupted = false;
     let lease_for = opts.lease;
     let mut failure: Option<JobError> = None;
+    let mut first_claimed: Option<String> = None;
 
     loop {
         if *stop.borrow() && !interrupted {
             interrupted = true;
         }
-        // Claim ahead, so that the window never runs dry while a batch is fetched.
+        // Claim ahead, so that the window never runs dry while a batch is fetched; or, when the
+        // claim is the work, once the last batch is through and reported.
         if !interrupted
             && !exhausted
             && claiming.is_none()
-            && queue.len() < opts.concurrency
+            && room(&opts, &queue, &running, &unreported)
             && tokio::time::Instant::now() >= next_claim
         {
             let (jobs, name, batch) = (jobs.clone(), opts.name.clone(), opts.batch);
@@ -190,8 +207,8 @@ where
                 .await
             }));
         }
-        // Start what the window has room for.
-        while !interrupted && running.len() < opts.concurrency {
+        // Start what the window has room for (after a stop too, when the claim did the work).
+        while (!interrupted || opts.work_in_claim) && running.len() < opts.concurrency {
             let Some(next) = queue.pop_front() else { break };
             if let Some(pace) = pace.as_mut() {
                 pace.admit().await;
@@ -200,8 +217,10 @@ where
             let (lease, item_id, sub) = (next.lease, next.item.id, next.item.sub);
             running.spawn(async move { (lease, item_id, sub, future.await) });
         }
+        // With nothing in hand, nothing is gained by waiting to report.
         let flush_due = oldest_unreported.is_some_and(|t| t.elapsed() >= REPORT_AFTER)
-            || unreported.values().map(Vec::len).sum::<usize>() >= REPORT_EVERY;
+            || unreported.values().map(Vec::len).sum::<usize>() >= REPORT_EVERY
+            || (oldest_unreported.is_some() && running.is_empty() && queue.is_empty());
         if flush_due {
             settled += flush(jobs, id, &mut unreported, on_event).await;
             oldest_unreported = None;
@@ -212,25 +231,21 @@ where
         if idle && (interrupted || exhausted || failure.is_some()) {
             break;
         }
-        if interrupted && running.is_empty() {
+        // Stopped: a claim under way is waited for (its users are leased, some refreshed).
+        if interrupted
+            && running.is_empty()
+            && claiming.is_none()
+            && (queue.is_empty() || !opts.work_in_claim)
+        {
             break;
         }
 
         let wait_claim = tokio::time::sleep_until(next_claim);
+        let may_claim = room(&opts, &queue, &running, &unreported);
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok((lease, item_id, sub, outcome)) = done {
-                    let (report, event) = match outcome {
-                        WorkOutcome::Done(detail) => (Report::Done, ItemEvent { sub, state: ItemState::Done, reason: None, detail }),
-                        WorkOutcome::Retry(delay, detail) => (
-                            Report::Retry { delay: Some(delay), detail: Some(super::clip(&detail)) },
-                            ItemEvent { sub, state: ItemState::Pending, reason: Some("retry".to_owned()), detail },
-                        ),
-                        WorkOutcome::Failed(detail) => (
-                            Report::Failed { detail: Some(super::clip(&detail)) },
-                            ItemEvent { sub, state: ItemState::Failed, reason: Some("worker".to_owned()), detail },
-                        ),
-                    };
+                    let (report, event) = settle(sub, outcome);
                     if let Some(l) = leases.get_mut(&lease) {
                         l.open = l.open.saturating_sub(1);
                     }
@@ -243,6 +258,12 @@ where
                 match answer {
                     Ok(Ok(batch)) => {
                         job_state = batch.job.state;
+                        if first_claimed.is_none() {
+                            first_claimed = batch.items.iter().map(|i| &i.sub)
+                                .chain(batch.settled.iter().map(|s| &s.sub))
+                                .min()
+                                .cloned();
+                        }
                         for s in &batch.settled {
                             settled += 1;
                             on_event(&ItemEvent { sub: s.sub.clone(), state: s.state, reason: Some(s.reason.clone()), detail: s.detail.clone() });
@@ -275,7 +296,7 @@ where
                     }
                 }
             }
-            () = wait_claim, if claiming.is_none() && !exhausted && !interrupted => {}
+            () = wait_claim, if claiming.is_none() && !exhausted && !interrupted && may_claim => {}
             () = tokio::time::sleep(REPORT_AFTER), if oldest_unreported.is_some() => {}
             _ = stop.changed(), if !interrupted => {}
         }
@@ -298,40 +319,7 @@ where
     }
     while let Some(done) = running.join_next().await {
         if let Ok((lease, item_id, sub, outcome)) = done {
-            let (report, event) = match outcome {
-                WorkOutcome::Done(detail) => (
-                    Report::Done,
-                    ItemEvent {
-                        sub,
-                        state: ItemState::Done,
-                        reason: None,
-                        detail,
-                    },
-                ),
-                WorkOutcome::Retry(delay, detail) => (
-                    Report::Retry {
-                        delay: Some(delay),
-                        detail: Some(super::clip(&detail)),
-                    },
-                    ItemEvent {
-                        sub,
-                        state: ItemState::Pending,
-                        reason: Some("retry".to_owned()),
-                        detail,
-                    },
-                ),
-                WorkOutcome::Failed(detail) => (
-                    Report::Failed {
-                        detail: Some(super::clip(&detail)),
-                    },
-                    ItemEvent {
-                        sub,
-                        state: ItemState::Failed,
-                        reason: Some("worker".to_owned()),
-                        detail,
-                    },
-                ),
-            };
+            let (report, event) = settle(sub, outcome);
             unreported.entry(lease).or_default().push(Unreported {
                 id: item_id,
                 report,
@@ -350,7 +338,56 @@ where
         job,
         interrupted,
         elapsed: started.elapsed(),
+        first_claimed,
     })
+}
+
+/// Whether the worker has room for another batch: its window is not full, or, when the claim is
+/// the work, the last batch is through and reported.
+fn room<T>(
+    opts: &WorkerOptions,
+    queue: &VecDeque<Queued>,
+    running: &JoinSet<T>,
+    unreported: &HashMap<String, Vec<Unreported>>,
+) -> bool {
+    if opts.work_in_claim {
+        queue.is_empty() && running.is_empty() && unreported.is_empty()
+    } else {
+        queue.len() < opts.concurrency
+    }
+}
+
+/// What a worker's outcome reports, and the event it makes once recorded.
+fn settle(sub: String, outcome: WorkOutcome) -> (Report, ItemEvent) {
+    let event = |state, reason: Option<String>, detail| ItemEvent {
+        sub,
+        state,
+        reason,
+        detail,
+    };
+    match outcome {
+        WorkOutcome::Done(detail) => (Report::Done, event(ItemState::Done, None, detail)),
+        WorkOutcome::Retry(delay, detail) => (
+            Report::Retry {
+                delay: Some(delay),
+                detail: Some(super::clip(&detail)),
+            },
+            event(ItemState::Pending, Some("retry".to_owned()), detail),
+        ),
+        WorkOutcome::Failed(detail) => (
+            Report::Failed {
+                detail: Some(super::clip(&detail)),
+            },
+            event(ItemState::Failed, Some("worker".to_owned()), detail),
+        ),
+        WorkOutcome::Skipped(reason, detail) => (
+            Report::Skipped {
+                reason: reason.clone(),
+                detail: Some(super::clip(&detail)),
+            },
+            event(ItemState::Skipped, Some(reason), detail),
+        ),
+    }
 }
 
 /// Reports every completion waiting, a report per lease; returns how many were recorded. A

@@ -3,10 +3,13 @@
 //! database on its own, as another process would.
 
 use super::harness::{Env, email};
-use grantkeeper_broker::sweep::{Job, Outcome, SweepEvent, SweepOptions, SweepSummary, run_sweep};
+use grantkeeper_broker::jobs::Jobs;
+use grantkeeper_broker::sweep::{
+    self, Job, Outcome, SweepEvent, SweepOptions, SweepSummary, run_sweep,
+};
 use grantkeeper_broker::{Broker, TokenRequest};
 use grantkeeper_core::ExposeSecret;
-use grantkeeper_store::{SharedStore, StoreError};
+use grantkeeper_store::{ItemClaim, JobRecord, Settle, SharedStore, StoreError};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -190,6 +193,23 @@ async fn sweep(
     .unwrap()
 }
 
+/// The refresh sweep's run: its running job, joined, or made.
+async fn start_or_join_run(env: &Env) -> JobRecord {
+    Jobs::new(env.broker(), env.store.clone())
+        .create_or_join(
+            sweep::job_spec(Job::Refresh, &SweepOptions::default()),
+            "test",
+        )
+        .await
+        .unwrap()
+        .0
+        .job
+}
+
+fn ms(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap()
+}
+
 fn ok(summary: &SweepSummary) -> u64 {
     summary.counts.get(&Outcome::Ok).copied().unwrap_or(0)
 }
@@ -202,11 +222,7 @@ async fn refreshes_by_email(env: &Env) -> BTreeMap<String, u64> {
 async fn two_sweeps_at_once_share_one_run(env: Env) {
     let emails: Vec<String> = (0..500).map(email).collect();
     env.sign_in_all(&emails).await;
-    let run = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    let run = start_or_join_run(&env).await;
     let (store_a, store_b) = (env.open_store().await, env.open_store().await);
     let (a, b) = (
         env.broker_on(store_a.clone()),
@@ -257,11 +273,7 @@ async fn two_sweeps_at_once_share_one_run(env: Env) {
         assert!(events.lock().unwrap().iter().all(|e| e.total == 500));
     }
     // The run is finished: the job's next run is a new one.
-    let next = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    let next = start_or_join_run(&env).await;
     assert_ne!(next.id, run.id);
     assert_eq!(next.finished_at, None);
 }
@@ -269,11 +281,7 @@ async fn two_sweeps_at_once_share_one_run(env: Env) {
 async fn a_stopped_sweep_is_continued_by_another_instance_without_redoing_saved_work(env: Env) {
     let emails: Vec<String> = (0..60).map(email).collect();
     env.sign_in_all(&emails).await;
-    let run = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    let run = start_or_join_run(&env).await;
     let (store_a, store_b) = (env.open_store().await, env.open_store().await);
     let (a, b) = (
         env.broker_on(store_a.clone()),
@@ -328,11 +336,7 @@ async fn a_stopped_sweep_is_continued_by_another_instance_without_redoing_saved_
     assert_eq!(refreshed.len(), 60);
     assert!(refreshed.values().all(|n| *n == 1), "{refreshed:?}");
     // The run is finished: the job's next run is a new one.
-    let next = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    let next = start_or_join_run(&env).await;
     assert_ne!(next.id, run.id);
 }
 
@@ -342,29 +346,35 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
     let mut by_sub: Vec<(String, String)> =
         subs.iter().cloned().zip(emails.iter().cloned()).collect();
     by_sub.sort();
-    let run = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    let run = start_or_join_run(&env).await;
     // A process claimed the first ten users, did four, and died.
     let now = env.now();
     let batch = env
         .store
-        .claim_sweep_batch(run.id, "dead sweeper", 10, now + secs(20), now)
+        .claim_items(ItemClaim {
+            job_id: run.id,
+            lease: "dead sweeper's".to_owned(),
+            owner: "dead sweeper".to_owned(),
+            max: 10,
+            now_ms: ms(now),
+            lease_until_ms: ms(now + secs(20)),
+        })
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(batch.after, None);
-    assert_eq!(batch.last, by_sub[9].0);
+    let claimed: Vec<&String> = batch.items.iter().map(|i| &i.sub).collect();
+    let first_ten: Vec<&String> = by_sub[..10].iter().map(|(sub, _)| sub).collect();
+    assert_eq!(claimed, first_ten);
+    let last = by_sub[9].0.clone();
     let progress = by_sub[3].0.clone();
     env.store
-        .save_batch_progress(
-            batch.id,
-            "dead sweeper",
-            &progress,
-            r#"{"ok":4}"#,
-            now + secs(20),
+        .settle_items(
+            run.id,
+            "dead sweeper's",
+            batch.items[..4]
+                .iter()
+                .map(|i| (i.id, Settle::Done))
+                .collect(),
+            ms(now),
         )
         .await
         .unwrap();
@@ -394,12 +404,8 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
     assert!(early.interrupted);
     assert_eq!(early.resumed_from, None);
     assert_eq!(ok(&early), 20);
-    assert!(events.lock().unwrap().iter().all(|e| e.sub > batch.last));
-    let unfinished = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    assert!(events.lock().unwrap().iter().all(|e| e.sub > last));
+    let unfinished = start_or_join_run(&env).await;
     assert_eq!(unfinished.id, run.id);
 
     // Its lease ends: the next sweep continues it after its progress and finishes the run.
@@ -430,15 +436,16 @@ async fn an_abandoned_batch_is_taken_over_once_its_lease_ends(env: Env) {
     let now = env.now();
     assert!(matches!(
         env.store
-            .save_batch_progress(batch.id, "dead sweeper", &by_sub[5].0, "{}", now + secs(20))
+            .settle_items(
+                run.id,
+                "dead sweeper's",
+                vec![(batch.items[5].id, Settle::Done)],
+                ms(now)
+            )
             .await,
         Err(StoreError::Conflict)
     ));
-    let next = env
-        .store
-        .start_or_resume_sweep("refresh", env.now())
-        .await
-        .unwrap();
+    let next = start_or_join_run(&env).await;
     assert_ne!(next.id, run.id);
 }
 

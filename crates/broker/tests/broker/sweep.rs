@@ -5,6 +5,7 @@ use super::harness::{Code, Env, email};
 use grantkeeper_broker::sweep::{Job, Outcome, SweepEvent, SweepOptions, run_sweep};
 use grantkeeper_broker::{Broker, BrokerSettings};
 use grantkeeper_core::GrantState;
+use grantkeeper_store::JobState;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -227,13 +228,16 @@ async fn interrupted_then_resumed(page_size: u32) {
         assert_eq!(env.refreshes_of(e).await, 0, "{e}");
     }
 
-    // The store's run is finished with the whole run's counts.
-    let next = env
+    // The store's run is finished: nothing of it is left.
+    let run = env
         .store
-        .start_or_resume_sweep("refresh", env.now())
+        .latest_job_with_key("sweep:refresh")
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(next.cursor, None);
+    assert_eq!(run.state, JobState::Finished);
+    let left = env.store.settled_through(run.id).await.unwrap();
+    assert_eq!(left.first_open, None);
 }
 
 #[tokio::test]
