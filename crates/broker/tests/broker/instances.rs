@@ -17,25 +17,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use url::Url;
 
-/// Runs each named check (an `async fn(Env)`) on a SQLite file and on PostgreSQL.
-macro_rules! on_every_store {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$check(super::Env::start().await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                if let Some(env) = super::Env::start_postgres().await {
-                    super::$check(env).await;
-                }
-            }
-        }
-    )*};
-}
-
 on_every_store!(
     two_hundred_demands_on_two_instances_cause_one_refresh,
     a_dead_lease_holder_delays_the_other_instance_only_until_its_lease_ends,

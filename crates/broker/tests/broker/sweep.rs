@@ -1,5 +1,5 @@
 //! `sweep`: every usable grant once, skips counted, interruption and resumption, the rate
-//! limit.
+//! limit; each check on a SQLite file and on PostgreSQL.
 
 use super::harness::{Code, Env, email};
 use grantkeeper_broker::sweep::{Job, Outcome, SweepEvent, SweepOptions, run_sweep};
@@ -60,9 +60,15 @@ fn api_base(env: &Env) -> Url {
     Url::parse(&env.emulator_url).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn refresh_sweep_refreshes_every_usable_grant_once() {
-    let env = Env::start().await;
+on_every_store!(
+    refresh_sweep_refreshes_every_usable_grant_once,
+    an_interrupted_sweep_resumes_where_it_stopped,
+    a_resumed_sweep_counts_the_whole_run,
+    the_rate_limit_bounds_how_many_start,
+    drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token_once,
+);
+
+async fn refresh_sweep_refreshes_every_usable_grant_once(env: Env) {
     let broker = env.broker();
     let people = population(&env, &broker).await;
     let (events, on_event) = recorder();
@@ -122,20 +128,17 @@ async fn refresh_sweep_refreshes_every_usable_grant_once() {
     assert_eq!(again.counts.get(&Outcome::Ok), Some(&44));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_interrupted_sweep_resumes_where_it_stopped() {
-    interrupted_then_resumed(10).await;
+async fn an_interrupted_sweep_resumes_where_it_stopped(env: Env) {
+    interrupted_then_resumed(env, 10).await;
 }
 
 /// The stop lands inside the run's only batch: the batch's users done before it still count
 /// in the run's counts once it is resumed and finished.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_resumed_sweep_counts_the_whole_run() {
-    interrupted_then_resumed(500).await;
+async fn a_resumed_sweep_counts_the_whole_run(env: Env) {
+    interrupted_then_resumed(env, 500).await;
 }
 
-async fn interrupted_then_resumed(page_size: u32) {
-    let env = Env::start().await;
+async fn interrupted_then_resumed(env: Env, page_size: u32) {
     let broker = env.broker();
     let people = population(&env, &broker).await;
     // Slow refreshes, so that the stop lands with work left.
@@ -240,9 +243,7 @@ async fn interrupted_then_resumed(page_size: u32) {
     assert_eq!(left.first_open, None);
 }
 
-#[tokio::test]
-async fn the_rate_limit_bounds_how_many_start() {
-    let env = Env::start().await;
+async fn the_rate_limit_bounds_how_many_start(env: Env) {
     let broker = env.broker_with(BrokerSettings::default());
     for n in 0..12 {
         env.sign_in(&email(n)).await;
@@ -279,9 +280,7 @@ async fn the_rate_limit_bounds_how_many_start() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token_once() {
-    let env = Env::start().await;
+async fn drive_appdata_sweep_lists_each_users_folder_and_retries_a_refused_token_once(env: Env) {
     let broker = env.broker();
     let mut drive_users = BTreeMap::new();
     for n in 0..6 {
