@@ -12,6 +12,7 @@ use grantkeeper_broker::sweep::{Job, Outcome, SweepOptions, run_sweep};
 use grantkeeper_core::{ExposeSecret, MasterKey, SecretString, SystemClock};
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::config::{FileConfig, Settings};
+use grantkeeper_server::ops::SignInRequest;
 use grantkeeper_server::{App, Platform};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -86,7 +87,12 @@ pub async fn population(users: usize, refresh_concurrency: usize) -> anyhow::Res
                 .json()
                 .await?;
             let code = SecretString::from(code["code"].as_str().context("no code")?.to_owned());
-            app.sign_in(&code, Platform::Web, None)
+            let request = SignInRequest {
+                code: &code,
+                platform: Platform::Web,
+                expected_sub: None,
+            };
+            grantkeeper_server::ops::sign_in(&app, request)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             anyhow::Ok(())

@@ -1,18 +1,16 @@
-//! API keys of app services: created once and shown once, stored as a SHA-256, checked on
-//! every `/v1` call through a short-lived cache.
+//! API keys of app services: what a key may do ([`KeyScope`]), how its secret is stored (a
+//! SHA-256) and the short-lived cache of looked-up keys. Authenticating a key and making one
+//! are operations ([`crate::ops::api_keys`]), re-exported here.
 
-use crate::app::App;
-use crate::error::ApiError;
 use aws_lc_rs::digest;
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use grantkeeper_core::{Clock, ExposeSecret, SecretString};
-use grantkeeper_store::{ApiKeyRecord, ApiKeyStore, StoreError};
+use grantkeeper_store::ApiKeyRecord;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+pub use crate::ops::api_keys::{create_api_key, ensure_api_key};
 
 /// API keys by the SHA-256 of their secret, unknown ones too (as None), each trusted for a
 /// time to live: a key revoked anywhere stops working here within it. A read lock and one
@@ -141,19 +139,6 @@ impl FromStr for KeyScope {
     }
 }
 
-/// The caller of a `/v1` request: its API key, shared with the key cache.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    key: Arc<ApiKeyRecord>,
-}
-
-impl Caller {
-    /// The key's public id, as audit rows name the caller.
-    pub fn key_id(&self) -> &str {
-        &self.key.id
-    }
-}
-
 /// The SHA-256 of a key's secret, as the store keeps it (hex).
 pub fn hash_key(secret: &str) -> String {
     hex::encode(key_digest(secret))
@@ -161,111 +146,10 @@ pub fn hash_key(secret: &str) -> String {
 
 /// The SHA-256 of a key's secret: what the key cache is keyed by, so that a request whose key
 /// is cached costs one hash and no formatting.
-fn key_digest(secret: &str) -> [u8; 32] {
+pub(crate) fn key_digest(secret: &str) -> [u8; 32] {
     let mut digest = [0; 32];
     digest.copy_from_slice(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref());
     digest
-}
-
-/// Makes a key; returns its record (already stored) and the secret, which is never shown again.
-pub async fn create_api_key(
-    store: &dyn ApiKeyStore,
-    clock: &dyn Clock,
-    name: &str,
-    scopes: &[KeyScope],
-) -> Result<(ApiKeyRecord, SecretString), StoreError> {
-    let secret = SecretString::from(format!("gk_{}", grantkeeper_core::random::token::<32>()));
-    let record = ApiKeyRecord {
-        id: format!(
-            "key_{}",
-            &hex::encode(grantkeeper_core::random::bytes::<6>())
-        ),
-        name: name.to_owned(),
-        hash: hash_key(secret.expose_secret()),
-        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-        created_at: clock.now(),
-        revoked_at: None,
-    };
-    store.create_api_key(record.clone()).await?;
-    Ok((record, secret))
-}
-
-/// Registers an existing secret (the dev API key, kept in a file) if it is not yet known.
-pub async fn ensure_api_key(
-    store: &dyn ApiKeyStore,
-    clock: &dyn Clock,
-    id: &str,
-    name: &str,
-    secret: &SecretString,
-) -> Result<(), StoreError> {
-    let hash = hash_key(secret.expose_secret());
-    if store.api_key_by_hash(&hash).await?.is_some() {
-        return Ok(());
-    }
-    let record = ApiKeyRecord {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        hash,
-        scopes: KeyScope::ALL
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect(),
-        created_at: clock.now(),
-        revoked_at: None,
-    };
-    match store.create_api_key(record).await {
-        Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-impl App {
-    /// Authenticates a `/v1` request, checks that its key may do `needed`, and counts it
-    /// against the key's rate limit (`limits.v1_per_second`).
-    pub async fn authorize(
-        &self,
-        headers: &HeaderMap,
-        needed: KeyScope,
-    ) -> Result<Caller, ApiError> {
-        let missing = || {
-            ApiError::Unauthorized(
-                "send an API key as `Authorization: Bearer <key>` (see `grantkeeper api-keys create`)"
-                    .to_owned(),
-            )
-        };
-        let value = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(missing)?;
-        let (scheme, secret) = value.split_once(' ').ok_or_else(missing)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
-            return Err(missing());
-        }
-        let digest = key_digest(secret.trim());
-        let key = match self.api_key_cache().get(&digest) {
-            Some(k) => k,
-            None => {
-                let k = self
-                    .store()
-                    .api_key_by_hash(&hex::encode(digest))
-                    .await?
-                    .map(Arc::new);
-                self.api_key_cache().insert(digest, k.clone());
-                k
-            }
-        };
-        let key = key.filter(|k| k.revoked_at.is_none()).ok_or_else(|| {
-            ApiError::Unauthorized("the API key is unknown or revoked".to_owned())
-        })?;
-        if !key.scopes.iter().any(|s| s == needed.as_str()) {
-            return Err(ApiError::Forbidden(format!(
-                "the API key {} lacks the scope {needed}",
-                key.id
-            )));
-        }
-        self.limits().check_key(&key.id)?;
-        Ok(Caller { key })
-    }
 }
 
 #[cfg(test)]

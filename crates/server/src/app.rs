@@ -1,6 +1,6 @@
 //! The assembled server: settings, store, vault, provider, broker and clock, shared by every
-//! handler. Another Rust service can build an [`App`] and call its operations directly
-//! ([`App::sign_in`], [`App::broker`]), or mount [`crate::http::router`].
+//! operation ([`crate::ops`]) and handler. Another Rust service can build an [`App`] and call
+//! the operations directly ([`crate::ops::sign_in`], ...), or mount [`crate::http::router`].
 
 use crate::apikeys::KeyCache;
 use crate::audit::AuditLog;

@@ -1,9 +1,12 @@
-//! The one mapping from failures to HTTP answers.
+//! The one mapping from failures to HTTP answers: the operations' errors
+//! ([`crate::ops`]) and the HTTP layer's own refusals become [`ApiError`]s here.
 //!
 //! Every error body is `{"error": "<code>", "message": "<human text>"}` (design.md). Messages
 //! are written for the client's developer and never carry internals: a store or provider
 //! failure is logged here, once, inside the request span, and answered with a generic text.
 
+use crate::ops::sign_in::UnknownPlatform;
+use crate::ops::{EventError, KeyError, SessionError, SignInError, UserError};
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -279,6 +282,185 @@ impl From<grantkeeper_broker::jobs::JobError> for ApiError {
                     .to_owned(),
             ),
             J::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        match e {
+            SignInError::NoIdentityScope => ApiError::InvalidRequest(e.to_string()),
+            SignInError::AnotherAccount | SignInError::Blocked => {
+                ApiError::Forbidden(e.to_string())
+            }
+            SignInError::Exchange(e) => exchange_error(e),
+            SignInError::IdToken(e) => id_token_error(e),
+            SignInError::Vault(e) => vault_error(e),
+            SignInError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<UnknownPlatform> for ApiError {
+    fn from(e: UnknownPlatform) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Ended => ApiError::Unauthorized(e.to_string()),
+            SessionError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::NotFound => ApiError::NotFound(e.to_string()),
+            UserError::Revocation(e) => e.into(),
+            UserError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Unknown => ApiError::Unauthorized(e.to_string()),
+            KeyError::LacksScope { .. } => ApiError::Forbidden(e.to_string()),
+            KeyError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A security event's failure on our side (the provider delivers it again); a rejected token
+/// is answered by the route with RFC 8935's body, and only mapped here for completeness.
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        match e {
+            EventError::Rejected(e) => ApiError::InvalidRequest(e.to_string()),
+            EventError::KeysUnavailable => ApiError::UpstreamUnavailable {
+                message: e.to_string(),
+                retry_after: Some(Duration::from_secs(5)),
+            },
+            EventError::GrantBusy => ApiError::UpstreamUnavailable {
+                message: e.to_string(),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            EventError::Store(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantkeeper_broker::BrokerError;
+    use grantkeeper_core::{Scopes, VaultError};
+
+    fn stores() -> Vec<StoreError> {
+        vec![
+            StoreError::NotFound,
+            StoreError::Unavailable("down".into()),
+            StoreError::InactiveKey,
+            StoreError::Conflict,
+            StoreError::Database("broken".into()),
+        ]
+    }
+
+    fn brokers() -> Vec<BrokerError> {
+        let mut all = vec![
+            BrokerError::UnknownUser,
+            BrokerError::ScopeNotGranted {
+                missing: Scopes::parse("openid"),
+            },
+            BrokerError::NeedsConsent,
+            BrokerError::Revoked { reason: "r".into() },
+            BrokerError::Unavailable {
+                retry_after: Duration::from_secs(3),
+                detail: "d".into(),
+            },
+            BrokerError::Misconfigured { detail: "d".into() },
+            BrokerError::Vault("v".into()),
+            BrokerError::KeysUnavailable,
+        ];
+        all.extend(stores().into_iter().map(BrokerError::Store));
+        all
+    }
+
+    fn sign_ins() -> Vec<SignInError> {
+        let mut all = vec![
+            SignInError::NoIdentityScope,
+            SignInError::AnotherAccount,
+            SignInError::Blocked,
+            SignInError::Exchange(ProviderError::InvalidGrant {
+                error: "invalid_grant".into(),
+                description: "used".into(),
+            }),
+            SignInError::Exchange(ProviderError::InvalidClient {
+                description: "d".into(),
+            }),
+            SignInError::Exchange(ProviderError::InvalidRequest {
+                description: "d".into(),
+            }),
+            SignInError::Exchange(ProviderError::RateLimited { retry_after: None }),
+            SignInError::Exchange(ProviderError::Unavailable {
+                status: Some(503),
+                detail: "d".into(),
+                retry_after: None,
+            }),
+            SignInError::Exchange(ProviderError::Protocol { detail: "d".into() }),
+            SignInError::IdToken(IdTokenError::KeysUnavailable("d".into())),
+            SignInError::IdToken(IdTokenError::BadSignature),
+            SignInError::Vault(VaultError::KeyringStale),
+            SignInError::Vault(VaultError::Seal),
+        ];
+        all.extend(stores().into_iter().map(SignInError::Store));
+        all
+    }
+
+    /// The operations record an error's code (audit rows, metrics) before the HTTP layer maps
+    /// it: both must name the same code of the contract.
+    #[test]
+    fn operations_and_answers_name_the_same_code() {
+        for e in sign_ins() {
+            let code = e.code();
+            assert_eq!(ApiError::from(e).code(), code);
+        }
+        for e in brokers() {
+            let code = crate::ops::broker_code(&e);
+            assert_eq!(ApiError::from(e).code(), code);
+        }
+        let users = [UserError::NotFound]
+            .into_iter()
+            .chain(brokers().into_iter().map(UserError::Revocation))
+            .chain(stores().into_iter().map(UserError::Store));
+        for e in users {
+            let code = e.code();
+            assert_eq!(ApiError::from(e).code(), code);
+        }
+        let keys = [
+            KeyError::Unknown,
+            KeyError::LacksScope {
+                key_id: "key_1".into(),
+                needed: crate::apikeys::KeyScope::Token,
+            },
+        ]
+        .into_iter()
+        .chain(stores().into_iter().map(KeyError::Store));
+        for e in keys {
+            let code = e.code();
+            assert_eq!(ApiError::from(e).code(), code);
+        }
+        let events = [EventError::KeysUnavailable, EventError::GrantBusy]
+            .into_iter()
+            .chain(stores().into_iter().map(EventError::Store));
+        for e in events {
+            let code = e.code();
+            assert_eq!(Some(ApiError::from(e).code()), code);
         }
     }
 }

@@ -1,15 +1,18 @@
 //! The grantkeeper server as a library.
 //!
-//! Owns: configuration ([`config`]), the assembled [`App`] with its operations (sign-in,
-//! sessions), the mapping of failures to HTTP answers ([`error`]), the axum routers
-//! ([`http`]), the writing of counted activity to the store ([`metrics`]), and the data keys:
+//! Owns: configuration ([`config`]), the assembled [`App`], the operations ([`ops`]: sign-in,
+//! sessions, users, hand-outs, security events, API keys), the mapping of their failures to
+//! HTTP answers ([`error`]), the thin axum routers on top ([`http`]), the writing of counted activity to the store ([`metrics`]), and the data keys:
 //! loading them and keeping them current in a running server ([`keys`]), and rotating them
 //! ([`rotation`]); and the background tasks, started and stopped in one place ([`workers`]),
 //! among them the broker's retrier of the revocations at the provider that did not get
 //! through.
 //!
 //! Another Rust service can embed it: build [`App::new`] (inside a Tokio runtime) and mount
-//! [`http::router`], or call [`App::sign_in`] directly. Building the app starts the same
+//! [`http::router`], or call the operations directly: [`ops::sign_in`], [`ops::hand_out`],
+//! [`ops::delete_user`], [`ops::disconnect`], [`ops::receive_security_event`],
+//! [`ops::authenticate`]. Each does all that its route does (audit row, session, metrics), so
+//! both ways in leave the same trace. Building the app starts the same
 //! background work as `grantkeeper serve` (audit writer, activity, queued revocations, webhook
 //! delivery, keyring reload, session purge, and on PostgreSQL the drops listener);
 //! [`App::start_keepalive`] adds keep-alive. Before exiting, once the last request is served,
@@ -56,11 +59,10 @@ pub mod keys;
 pub mod limits;
 pub mod master_key;
 pub mod metrics;
+pub mod ops;
 pub mod rewrap;
-pub mod risc;
 pub mod rotation;
 pub mod session;
-pub mod signin;
 pub mod webhook;
 pub mod workers;
 
@@ -99,4 +101,4 @@ pub mod fuzzing {
 pub use app::App;
 pub use config::Settings;
 pub use error::ApiError;
-pub use signin::Platform;
+pub use ops::Platform;

@@ -5,7 +5,7 @@
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::extract::Path;
-use crate::http::signin::{gate, read_body};
+use crate::http::extract::{gate, read_body, session_user};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method};
@@ -118,7 +118,7 @@ async fn delete_file(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
-    let (sub, _) = app.session_user(&headers).await?;
+    let sub = session_user(&app, &headers).await?;
     if !valid_file_id(&id) {
         return Err(ApiError::InvalidRequest(
             "a file id has letters, digits, '-' and '_' only".to_owned(),
@@ -142,7 +142,7 @@ async fn delete_file(
 }
 
 async fn list_files(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (sub, _) = app.session_user(&headers).await?;
+    let sub = session_user(&app, &headers).await?;
     let (status, files) =
         audited_call(&app, &sub, Method::GET, LIST, "GET drive/v3/files", None).await?;
     Ok(Json(json!({"status": status, "result": files})).into_response())
@@ -160,7 +160,7 @@ async fn add_file(
     body: Body,
 ) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
-    let (sub, _) = app.session_user(&headers).await?;
+    let sub = session_user(&app, &headers).await?;
     let bytes = read_body(body, 64 * 1024).await?;
     let file: NewFile = serde_json::from_slice(&bytes).map_err(|_| {
         ApiError::InvalidRequest("send {\"name\": \"...\", \"content\": \"...\"}".to_owned())
@@ -196,7 +196,7 @@ async fn add_file(
 /// What a nightly job does for one user: refresh the grant upstream, then read their files.
 async fn offline_job(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
-    let (sub, _) = app.session_user(&headers).await?;
+    let sub = session_user(&app, &headers).await?;
     let run = async {
         let token = app.broker().refresh_now(&sub).await?;
         let (status, files) = call(&app, &sub, Method::GET, LIST, None).await?;

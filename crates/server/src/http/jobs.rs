@@ -7,7 +7,7 @@ use crate::apikeys::KeyScope;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::extract::Path;
-use crate::http::signin::read_body;
+use crate::http::extract::{api_key, read_body};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CACHE_CONTROL;
@@ -147,7 +147,7 @@ struct CreateBody {
 }
 
 async fn create(State(app): State<App>, request: Request) -> Result<Response, ApiError> {
-    let caller = app.authorize(request.headers(), KeyScope::Jobs).await?;
+    let caller = api_key(&app, request.headers(), KeyScope::Jobs).await?;
     let b: CreateBody = body(request, r#"{"name": "nightly sync", "scopes": ["..."]}"#).await?;
     let name = b
         .name
@@ -200,7 +200,7 @@ async fn list(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.authorize(request.headers(), KeyScope::Jobs).await?;
+    api_key(&app, request.headers(), KeyScope::Jobs).await?;
     let q: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|_| ApiError::InvalidRequest("the query string is malformed".to_owned()))?;
     let state = match q.state.as_deref() {
@@ -226,7 +226,7 @@ async fn show(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.authorize(request.headers(), KeyScope::Jobs).await?;
+    api_key(&app, request.headers(), KeyScope::Jobs).await?;
     let detail = app.jobs().detail(job_id(&id)?).await?;
     Ok(Json(detail_answer(&detail)).into_response())
 }
@@ -244,7 +244,7 @@ async fn claim(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let caller = app.authorize(request.headers(), KeyScope::Jobs).await?;
+    let caller = api_key(&app, request.headers(), KeyScope::Jobs).await?;
     let id = job_id(&id)?;
     let b: ClaimBody = body(request, r#"{"max": 50, "lease": 300}"#).await?;
     let max = match b.max {
@@ -329,7 +329,7 @@ async fn report(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.authorize(request.headers(), KeyScope::Jobs).await?;
+    api_key(&app, request.headers(), KeyScope::Jobs).await?;
     let id = job_id(&id)?;
     let b: ReportBody = body(
         request,
@@ -376,7 +376,7 @@ async fn cancel(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let caller = app.authorize(request.headers(), KeyScope::Jobs).await?;
+    let caller = api_key(&app, request.headers(), KeyScope::Jobs).await?;
     let id = job_id(&id)?;
     let result = app.jobs().cancel(id).await;
     let outcome = if result.is_ok() { "ok" } else { "not_found" };

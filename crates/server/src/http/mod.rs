@@ -1,19 +1,23 @@
-//! The axum routers. Handlers translate HTTP to calls on [`App`] and back; rules live in the
-//! app's operations, not here.
+//! The axum routers. Handlers are thin: they read the request (`extract`), call one operation
+//! of [`crate::ops`], and write its answer (`answers`, `cookies`) or its error (mapped in
+//! [`crate::error`]). Rules live in the operations, not here; what is only HTTP's stays here:
+//! content types, cookies, the CSRF gate and rate limits.
 
 mod admin;
+mod answers;
+mod cookies;
 mod demo;
 mod extract;
+mod health;
 pub mod jobs;
 mod metrics;
-mod ops;
 mod page;
 pub mod proxy;
 mod risc;
 mod signin;
 mod v1;
 
-pub use v1::user_answer;
+pub use answers::user_answer;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -37,7 +41,7 @@ pub fn router(app: App) -> Router {
         .merge(signin::routes())
         .merge(v1::routes())
         .merge(jobs::routes())
-        .merge(ops::routes())
+        .merge(health::routes())
         .merge(metrics::routes())
         .merge(risc::routes())
         .merge(admin::routes());

@@ -8,6 +8,7 @@
 
 use crate::app::App;
 use crate::error::{ApiError, exchange_error};
+use crate::http::extract::session_user;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header::{
@@ -91,7 +92,7 @@ async fn index(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
             .then(|| format!("{}/_emulator", provider.issuer.as_str().trim_end_matches('/'))),
         // Whether this browser has a live session: a signed-out load then asks nothing of
         // `/me` (whose 401 a browser logs as an error).
-        "signed_in": app.session_user(&headers).await.is_ok(),
+        "signed_in": session_user(&app, &headers).await.is_ok(),
     });
     // `<` is escaped so that no value can close the script element.
     let config = config.to_string().replace('<', "\\u003c");

@@ -8,8 +8,9 @@
 //! provider delivers again later).
 
 use crate::app::App;
-use crate::http::signin::read_body;
-use crate::risc::RiscError;
+use crate::error::ApiError;
+use crate::http::extract::read_body;
+use crate::ops::{self, EventError};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -75,14 +76,11 @@ async fn receive(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
             "the body is empty: send the security event token",
         );
     }
-    match app
-        .receive_security_event(&SecretString::from(token.to_owned()))
-        .await
-    {
+    match ops::receive_security_event(&app, &SecretString::from(token.to_owned())).await {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
-        Err(RiscError::Rejected(e)) => {
+        Err(EventError::Rejected(e)) => {
             refused(e.rfc8935_code().unwrap_or("invalid_request"), e.to_string())
         }
-        Err(RiscError::Failed(e)) => e.into_response(),
+        Err(failed) => ApiError::from(failed).into_response(),
     }
 }

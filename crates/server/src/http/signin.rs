@@ -1,20 +1,21 @@
-//! Sign-in and session endpoints for browsers and mobile apps.
+//! Sign-in and session endpoints for browsers and mobile apps: `/authcode` reads the code in
+//! any of its body shapes and calls [`ops::sign_in`]; the others act on the session cookie.
 
 use crate::app::App;
-use crate::config::normalise_origin;
 use crate::error::ApiError;
-use crate::signin::Platform;
+use crate::http::answers;
+use crate::http::cookies::{clear_session_cookie, session_cookie, session_secret};
+use crate::http::extract::{gate, read_body, session_user};
+use crate::ops::{self, Platform, SignInRequest, UserError};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::header::{CONTENT_TYPE, ORIGIN, SET_COOKIE};
+use axum::http::header::{CONTENT_TYPE, SET_COOKIE};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use grantkeeper_core::SecretString;
-use grantkeeper_store::{GrantRecord, UserRecord};
-use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
+use serde::Deserialize;
 
 /// Largest accepted `/authcode` body; Google's codes are at most 256 bytes.
 const BODY_LIMIT: usize = 8 * 1024;
@@ -27,103 +28,6 @@ pub fn routes() -> Router<App> {
         .route("/me", get(me))
         .route("/logout", post(logout))
         .route("/disconnect", post(disconnect))
-}
-
-/// The user object of the HTTP contract.
-#[derive(Serialize)]
-pub struct UserJson {
-    sub: String,
-    email: Option<String>,
-    email_verified: bool,
-    name: Option<String>,
-    picture: Option<String>,
-    given_name: Option<String>,
-    family_name: Option<String>,
-    locale: Option<String>,
-}
-
-impl From<&UserRecord> for UserJson {
-    fn from(u: &UserRecord) -> Self {
-        let p = &u.profile;
-        UserJson {
-            sub: p.sub.clone(),
-            email: p.email.clone(),
-            email_verified: p.email_verified,
-            name: p.name.clone(),
-            picture: p.picture.clone(),
-            given_name: p.given_name.clone(),
-            family_name: p.family_name.clone(),
-            locale: p.locale.clone(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct GrantJson {
-    state: &'static str,
-    scopes: Vec<String>,
-    updated_at: String,
-    reason: Option<String>,
-    last_refresh_at: Option<String>,
-}
-
-impl From<&GrantRecord> for GrantJson {
-    fn from(g: &GrantRecord) -> Self {
-        GrantJson {
-            state: g.state.as_str(),
-            scopes: g.scopes.to_vec(),
-            updated_at: rfc3339(g.updated_at),
-            reason: g.reason.clone(),
-            last_refresh_at: g.last_refresh_at.map(rfc3339),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct SignInJson {
-    user: UserJson,
-    granted_scopes: Vec<String>,
-    offline_access: bool,
-    needs_consent: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grant: Option<GrantJson>,
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-fn answer(user: &UserRecord, grant: &GrantRecord, with_grant: bool) -> SignInJson {
-    SignInJson {
-        user: user.into(),
-        granted_scopes: grant.scopes.to_vec(),
-        offline_access: !grant.needs_consent(),
-        needs_consent: grant.needs_consent(),
-        grant: with_grant.then(|| grant.into()),
-    }
-}
-
-/// The cross-site request checks of a state-changing browser call: a custom header that a
-/// cross-site form cannot send, and, when the browser names one, an allowed origin.
-pub(crate) fn gate(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let xrw = headers
-        .get("x-requested-with")
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
-    if xrw.is_empty() {
-        return Err(ApiError::Csrf);
-    }
-    if let Some(origin) = headers.get(ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .ok()
-            .and_then(normalise_origin)
-            .is_some_and(|o| app.settings().allowed_origins.contains(&o));
-        if !allowed {
-            return Err(ApiError::OriginNotAllowed);
-        }
-    }
-    Ok(())
 }
 
 #[derive(Deserialize, Default)]
@@ -174,13 +78,6 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
                 .to_owned(),
         )),
     }
-}
-
-/// Reads the whole body up to `limit` bytes.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })
 }
 
 /// Finds the code and platform in any of the accepted body shapes.
@@ -265,60 +162,66 @@ async fn authcode(
     let kind = body_kind(&headers)?;
     let body = read_body(body, BODY_LIMIT).await?;
     let (code, platform) = parse_authcode(kind, &body, query.platform)?;
-    let expected = query.sub.as_deref().filter(|s| !s.is_empty());
-    // The session is written in the sign-in's transaction: one commit for both.
-    let (outcome, cookie) = app.sign_in_with_session(&code, platform, expected).await?;
-    let sub = &outcome.user.profile.sub;
-    let detail = format!("{} {}", platform.as_str(), outcome.grant.scopes);
-    let result = if outcome.grant.needs_consent() {
-        "needs_consent"
-    } else {
-        "ok"
-    };
-    app.audit()
-        .record("session", Some(sub), "sign_in", detail, result)
-        .await;
-    let mut response = Json(answer(&outcome.user, &outcome.grant, false)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(SET_COOKIE, v);
-    }
+    let expected_sub = query.sub.as_deref().filter(|s| !s.is_empty());
+    let signed_in = ops::sign_in(
+        &app,
+        SignInRequest {
+            code: &code,
+            platform,
+            expected_sub,
+        },
+    )
+    .await?;
+    let mut response = Json(answers::sign_in_answer(
+        &signed_in.user,
+        &signed_in.grant,
+        false,
+    ))
+    .into_response();
+    set_cookie(&mut response, &session_cookie(&app, &signed_in.session));
     Ok(response)
 }
 
 async fn me(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (sub, _) = app.session_user(&headers).await?;
-    let (user, grant) =
-        app.store().user(&sub).await?.ok_or_else(|| {
+    let sub = session_user(&app, &headers).await?;
+    let (user, grant) = ops::users::get(&app, &sub).await.map_err(|e| match e {
+        UserError::NotFound => {
             ApiError::Unauthorized("the session's user no longer exists".to_owned())
-        })?;
-    Ok(Json(answer(&user, &grant, true)).into_response())
+        }
+        other => other.into(),
+    })?;
+    Ok(Json(answers::sign_in_answer(&user, &grant, true)).into_response())
 }
 
 async fn logout(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
-    app.end_session(&headers).await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&app.clear_cookie()) {
-        response.headers_mut().insert(SET_COOKIE, v);
+    if let Some(secret) = session_secret(&headers) {
+        ops::sessions::end(&app, &secret).await?;
     }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    set_cookie(&mut response, &clear_session_cookie(&app));
     Ok(response)
 }
 
 /// Revokes the user's grant at Google, deletes the tokens held and every session of the user.
 async fn disconnect(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
-    let (sub, _) = app.session_user(&headers).await?;
-    let outcome = app.disconnect(&sub).await?;
+    let sub = session_user(&app, &headers).await?;
+    let outcome = ops::disconnect(&app, &sub).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&app.clear_cookie()) {
-        response.headers_mut().insert(SET_COOKIE, v);
-    }
+    set_cookie(&mut response, &clear_session_cookie(&app));
     // `revoked`, or `queued` when Google could not be reached and the revocation is retried.
     response.headers_mut().insert(
         "grantkeeper-revocation",
         HeaderValue::from_static(outcome.as_str()),
     );
     Ok(response)
+}
+
+fn set_cookie(response: &mut Response, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(SET_COOKIE, v);
+    }
 }
 
 #[cfg(test)]

@@ -2,26 +2,24 @@
 //! access tokens, and Google API calls made as a user. Every hand-out, proxied call and
 //! deletion is audited.
 
-use crate::apikeys::{Caller, KeyScope};
+use crate::apikeys::KeyScope;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::extract::Path;
+use crate::http::answers;
+use crate::http::extract::{Path, api_key, read_body};
 use crate::http::proxy;
-use crate::http::signin::{GrantJson, UserJson, read_body};
+use crate::ops;
+use axum::Router;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use grantkeeper_broker::{RevocationOutcome, TokenRequest};
-use grantkeeper_core::{ExposeSecret, Scopes};
-use grantkeeper_store::{GrantRecord, UserRecord};
-use serde::{Deserialize, Serialize};
+use grantkeeper_broker::TokenRequest;
+use grantkeeper_core::Scopes;
+use serde::Deserialize;
 use std::time::Duration;
-use time::format_description::well_known::Rfc3339;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -42,28 +40,6 @@ fn proxy_methods() -> MethodRouter<App> {
         })
 }
 
-#[derive(Serialize)]
-struct UserWithGrant {
-    user: UserJson,
-    grant: GrantJson,
-}
-
-/// A user and their grant as `GET /v1/users/{sub}` answers them (also each element of a
-/// `GET /v1/users` page), for other front ends of the same data (the command line's `--json`).
-pub fn user_answer(user: &UserRecord, grant: &GrantRecord) -> serde_json::Value {
-    serde_json::to_value(UserWithGrant {
-        user: user.into(),
-        grant: grant.into(),
-    })
-    .unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct UserPageJson {
-    users: Vec<UserWithGrant>,
-    next_cursor: Option<String>,
-}
-
 #[derive(Deserialize, Default)]
 struct PageQuery {
     cursor: Option<String>,
@@ -77,7 +53,7 @@ async fn list_users(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, KeyScope::UsersRead).await?;
+    api_key(&app, &headers, KeyScope::UsersRead).await?;
     let q: PageQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|_| ApiError::InvalidRequest("the query string is malformed".to_owned()))?;
     let limit = match q.limit.as_deref() {
@@ -100,19 +76,8 @@ async fn list_users(
                 })?,
         ),
     };
-    let page = app.store().list_users(after.as_deref(), limit).await?;
-    Ok(Json(UserPageJson {
-        users: page
-            .users
-            .iter()
-            .map(|(u, g)| UserWithGrant {
-                user: u.into(),
-                grant: g.into(),
-            })
-            .collect(),
-        next_cursor: page.next.map(|s| URL_SAFE_NO_PAD.encode(s)),
-    })
-    .into_response())
+    let page = ops::users::list(&app, after.as_deref(), limit).await?;
+    Ok(answers::user_page(&page))
 }
 
 async fn get_user(
@@ -120,17 +85,9 @@ async fn get_user(
     headers: HeaderMap,
     Path(sub): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, KeyScope::UsersRead).await?;
-    let (user, grant) = app
-        .store()
-        .user(&sub)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no user with this sub".to_owned()))?;
-    Ok(Json(UserWithGrant {
-        user: (&user).into(),
-        grant: (&grant).into(),
-    })
-    .into_response())
+    api_key(&app, &headers, KeyScope::UsersRead).await?;
+    let (user, grant) = ops::users::get(&app, &sub).await?;
+    Ok(answers::user(&user, &grant))
 }
 
 async fn delete_user(
@@ -138,53 +95,9 @@ async fn delete_user(
     headers: HeaderMap,
     Path(sub): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = app.authorize(&headers, KeyScope::UsersWrite).await?;
-    let result = app
-        .delete_user(&sub, &format!("deleted by API key {}", caller.key_id()))
-        .await;
-    let outcome = match &result {
-        Ok(RevocationOutcome::Revoked) => "ok",
-        Ok(RevocationOutcome::Queued) => "queued",
-        Err(e) => e.code(),
-    };
-    app.audit()
-        .record(
-            caller.key_id(),
-            Some(&sub),
-            "delete_user",
-            String::new(),
-            outcome,
-        )
-        .await;
-    result?;
+    let caller = api_key(&app, &headers, KeyScope::UsersWrite).await?;
+    ops::delete_user(&app, &sub, &caller).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-impl App {
-    /// Revokes the user's grant at Google, then deletes the user with everything held for them.
-    /// When Google cannot be reached the user is deleted here all the same, and the grant's
-    /// revocation at Google is queued and retried until it gets through
-    /// ([`RevocationOutcome::Queued`]).
-    pub async fn delete_user(
-        &self,
-        sub: &str,
-        reason: &str,
-    ) -> Result<RevocationOutcome, ApiError> {
-        let revoked = self.broker().revoke_or_queue(sub, reason).await?;
-        self.broker().forget(sub);
-        if !self.store().delete_user(sub).await? {
-            return Err(ApiError::NotFound("no user with this sub".to_owned()));
-        }
-        match revoked {
-            RevocationOutcome::Revoked => tracing::info!(%sub, "user deleted"),
-            RevocationOutcome::Queued => tracing::warn!(
-                %sub,
-                outcome = "queued",
-                "user deleted here; Google could not revoke the grant, so its revocation there is queued and retried"
-            ),
-        }
-        Ok(revoked)
-    }
 }
 
 #[derive(Deserialize, Default)]
@@ -204,12 +117,19 @@ async fn token(
 ) -> Result<Response, ApiError> {
     // The hot path of the API: the request is borrowed, not copied, and the answer is written
     // into one buffer sized for it.
-    let caller = app.authorize(request.headers(), KeyScope::Token).await?;
+    let caller = api_key(&app, request.headers(), KeyScope::Token).await?;
     let bytes = read_body(request.into_body(), 16 * 1024).await?;
+    let request = token_request(&bytes)?;
+    let token = ops::hand_out(&app, &caller, &sub, &request).await?;
+    Ok(answers::token(&token))
+}
+
+/// The hand-out's body: empty, or `{"scopes": [...], "min_ttl": seconds}`.
+fn token_request(bytes: &[u8]) -> Result<TokenRequest, ApiError> {
     let req: TokenBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         TokenBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
+        serde_json::from_slice(bytes).map_err(|e| {
             ApiError::InvalidRequest(format!(
                 "the body must be JSON like {{\"scopes\": [\"...\"], \"min_ttl\": 300}} ({})",
                 match e.classify() {
@@ -224,96 +144,10 @@ async fn token(
             "min_ttl must be 0 to {MAX_MIN_TTL} seconds"
         )));
     }
-    let request = TokenRequest {
+    Ok(TokenRequest {
         scopes: req.scopes.as_ref().map(Scopes::from_iter),
         min_ttl: req.min_ttl.map(Duration::from_secs),
-    };
-    let detail = request
-        .scopes
-        .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    let result = app
-        .broker()
-        .access_token(&sub, &request)
-        .await
-        .map_err(ApiError::from);
-    audit(&app, &caller, &sub, "token", detail, &result).await;
-    let token = result?;
-    app.metrics().token_handout();
-    let expires_at = token.expires_at.format(&Rfc3339).unwrap_or_default();
-    let json = token_json(token.token.expose_secret(), &expires_at, &token.scopes);
-    Ok((
-        [
-            (CACHE_CONTROL, "no-store"),
-            (CONTENT_TYPE, "application/json"),
-        ],
-        json,
-    )
-        .into_response())
-}
-
-/// `{"access_token": ..., "expires_at": ..., "scopes": [...]}`, written straight into one
-/// buffer: the hand-out is the API's hot path, and its three fields need no serializer.
-fn token_json(access_token: &str, expires_at: &str, scopes: &Scopes) -> Vec<u8> {
-    let scope_bytes: usize = scopes.iter().map(|s| s.len() + 3).sum();
-    let mut out = Vec::with_capacity(access_token.len() + expires_at.len() + scope_bytes + 64);
-    out.extend_from_slice(b"{\"access_token\":");
-    json_string(&mut out, access_token);
-    out.extend_from_slice(b",\"expires_at\":");
-    json_string(&mut out, expires_at);
-    out.extend_from_slice(b",\"scopes\":[");
-    for (i, scope) in scopes.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_string(&mut out, scope);
-    }
-    out.extend_from_slice(b"]}");
-    out
-}
-
-/// `s` as a JSON string (RFC 8259 section 7): quote, backslash and control characters escaped,
-/// everything else as it is (UTF-8 stays UTF-8).
-#[allow(
-    clippy::indexing_slicing,
-    reason = "a nibble (b >> 4, b & 0xf) always indexes within the 16 hex digits"
-)]
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut unicode = *b"\\u0000";
-    out.push(b'"');
-    // Tokens, times and scopes need no escape: one pass without branches (so it vectorizes)
-    // says so, and the string is copied whole.
-    let clean = s.bytes().fold(true, |clean, b| {
-        clean & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if clean {
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        return;
-    }
-    let mut plain = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                unicode[4] = HEX[usize::from(b >> 4)];
-                unicode[5] = HEX[usize::from(b & 0xf)];
-                &unicode
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(s.as_bytes().get(plain..i).unwrap_or_default());
-        out.extend_from_slice(escaped);
-        plain = i + 1;
-    }
-    out.extend_from_slice(s.as_bytes().get(plain..).unwrap_or_default());
-    out.push(b'"');
+    })
 }
 
 async fn proxy_call(
@@ -321,7 +155,7 @@ async fn proxy_call(
     Path((sub, _)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let caller = app.authorize(request.headers(), KeyScope::Proxy).await?;
+    let caller = api_key(&app, request.headers(), KeyScope::Proxy).await?;
     let detail = format!(
         "{} {}",
         request.method(),
@@ -336,71 +170,4 @@ async fn proxy_call(
         .record(caller.key_id(), Some(&sub), "proxy", detail, &outcome)
         .await;
     result
-}
-
-async fn audit<T>(
-    app: &App,
-    caller: &Caller,
-    sub: &str,
-    action: &str,
-    detail: String,
-    result: &Result<T, ApiError>,
-) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    };
-    app.audit()
-        .record(caller.key_id(), Some(sub), action, detail, outcome)
-        .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{Value, json};
-
-    #[test]
-    fn json_strings_round_trip_through_a_json_parser() {
-        for s in [
-            "",
-            "ya29.a0AfB_byC-x_y",
-            "say \"hi\"",
-            "back\\slash",
-            "tab\tnew\nline\rret",
-            "\u{0}\u{1}\u{1f} \u{7f}",
-            "caf\u{e9} \u{1f600} \u{2028}",
-            "</script>",
-        ] {
-            let mut out = Vec::new();
-            json_string(&mut out, s);
-            let back: String = serde_json::from_slice(&out).unwrap();
-            assert_eq!(back, s, "{}", String::from_utf8_lossy(&out));
-        }
-        let mut out = Vec::new();
-        json_string(&mut out, "\u{1}\"");
-        assert_eq!(out, br#""\u0001\"""#);
-    }
-
-    #[test]
-    fn the_token_answer_is_the_json_the_contract_gives() {
-        let scopes = Scopes::from_iter(["openid", "https://www.googleapis.com/auth/drive.appdata"]);
-        let out = token_json("ya29.tok\"en", "2026-12-03T17:00:00Z", &scopes);
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            v,
-            json!({
-                "access_token": "ya29.tok\"en",
-                "expires_at": "2026-12-03T17:00:00Z",
-                "scopes": ["https://www.googleapis.com/auth/drive.appdata", "openid"],
-            })
-        );
-        let none: Value =
-            serde_json::from_slice(&token_json("t", "x", &Scopes::from_iter::<[&str; 0]>([])))
-                .unwrap();
-        assert_eq!(
-            none,
-            json!({"access_token": "t", "expires_at": "x", "scopes": []})
-        );
-    }
 }

@@ -437,3 +437,93 @@ async fn incremental(t: &TestApp, query: String, code: String) -> super::harness
     )
     .await
 }
+
+/// A Rust service embedding the server signs a user in through the library: the same records
+/// as through `POST /authcode` (the user, the grant, the `sign_in` audit row and a live
+/// session), and a session secret that works as the route's cookie.
+#[tokio::test]
+async fn sign_in_through_the_library_leaves_what_the_route_leaves() {
+    use grantkeeper_core::{ExposeSecret, SecretString};
+    use grantkeeper_server::ops::{self, Platform, SignInRequest};
+    use grantkeeper_store::{AuditFilter, AuditRecord};
+
+    let t = TestApp::start().await;
+    let by_route = t.authcode_web(&t.web_code("route@example.com").await).await;
+    assert_eq!(by_route.status, 200, "{}", by_route.text);
+    let route_sub = by_route.body["user"]["sub"].as_str().unwrap().to_owned();
+    let route_cookie = by_route.session_cookie().unwrap();
+
+    let code = SecretString::from(t.web_code("library@example.com").await);
+    let signed_in = ops::sign_in(
+        &t.app,
+        SignInRequest {
+            code: &code,
+            platform: Platform::Web,
+            expected_sub: None,
+        },
+    )
+    .await
+    .unwrap();
+    let sub = signed_in.user.profile.sub.clone();
+    assert!(signed_in.created);
+    assert_eq!(
+        signed_in.user.profile.email.as_deref(),
+        Some("library@example.com")
+    );
+    let (_, grant) = t.app.store().user(&sub).await.unwrap().unwrap();
+    assert!(grant.refresh_token.is_some(), "the refresh token is held");
+
+    // The audit rows: one each, alike but for the user.
+    t.app.audit().flush().await;
+    let rows_of = |sub: String| {
+        let store = t.app.store().clone();
+        async move {
+            store
+                .audit(AuditFilter {
+                    sub: Some(sub),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let shape = |rows: Vec<AuditRecord>| -> Vec<(String, String, String, String)> {
+        rows.into_iter()
+            .map(|r| (r.actor, r.action, r.detail, r.outcome))
+            .collect()
+    };
+    let library_rows = shape(rows_of(sub.clone()).await);
+    assert_eq!(library_rows, shape(rows_of(route_sub.clone()).await));
+    assert_eq!(library_rows.len(), 1, "{library_rows:?}");
+    let (actor, action, detail, outcome) = &library_rows[0];
+    assert_eq!(
+        (actor.as_str(), action.as_str(), outcome.as_str()),
+        ("session", "sign_in", "ok")
+    );
+    assert!(
+        detail.starts_with("web ") && detail.contains("openid"),
+        "{detail}"
+    );
+
+    // The session: live in the store, and the route's cookie in all but its secret.
+    assert_eq!(
+        ops::sessions::user_of(&t.app, &signed_in.session.secret)
+            .await
+            .unwrap(),
+        sub
+    );
+    let ttl = signed_in.session.ttl;
+    assert_eq!(ttl, t.app.settings().session_ttl);
+    let cookie = format!("gk_session={}", signed_in.session.secret.expose_secret());
+    let me = t.get("/me", Some(&cookie)).await;
+    assert_eq!(me.status, 200, "{}", me.text);
+    assert_eq!(me.body["user"]["sub"], sub.as_str());
+    let route_me = t.get("/me", Some(&route_cookie)).await;
+    assert_eq!(route_me.body["user"]["sub"], route_sub.as_str());
+    assert_eq!(
+        signed_in.session.secret.expose_secret().len(),
+        route_cookie.trim_start_matches("gk_session=").len(),
+        "secrets of the same making"
+    );
+}

@@ -17,7 +17,7 @@ use crate::apikeys::{KeyScope, hash_key};
 use crate::app::App;
 use crate::config::normalise_origin;
 use crate::error::ApiError;
-use crate::http::signin::read_body;
+use crate::http::extract::read_body;
 use aws_lc_rs::{constant_time, hmac};
 use axum::body::Body;
 use axum::extract::State;
@@ -90,12 +90,12 @@ pub fn csrf_token(secret: &SecretString) -> String {
     hex::encode(hmac::sign(&csrf_key(secret), CSRF_CONTEXT).as_ref())
 }
 
-pub use crate::session::cookie;
+pub use crate::http::cookies::cookie;
 
 /// A `Set-Cookie` value for the console: HttpOnly, SameSite=Strict, Path=/admin, and Secure
 /// unless the server runs without TLS (`dev`).
 fn set_cookie(app: &App, name: &'static str, value: &str, max_age: u64) -> HeaderValue {
-    let text = crate::session::set_cookie(
+    let text = crate::http::cookies::set_cookie(
         name,
         value,
         "/admin",
