@@ -1,49 +1,157 @@
-//! Single flight per grant: callers that need a refresh of the same grant queue on one async
-//! lock; the first refreshes, the others find its result when their turn comes and share it.
+//! Single flight per grant, in this process and across every instance sharing the store, behind
+//! one interface ([`SingleFlight`]): the refresh engine and the revocation call it; it calls
+//! nothing of theirs and knows nothing of tokens (what a flight leaves for the callers queued
+//! behind it is the caller's type, `L`).
 //!
-//! The map holds an entry only while somebody holds a ticket for it, so it stays as small as
-//! the number of grants being refreshed at this moment.
+//! In process: callers that need a refresh of the same grant queue on one async lock
+//! ([`SingleFlight::ticket`]); the first refreshes, the others find what it left when their turn
+//! comes and share it. The map holds an entry only while somebody holds a ticket for it, so it
+//! stays as small as the number of grants being refreshed at this moment.
 //!
-//! Across instances sharing a store, [`InstanceLock`] adds the grant's refresh lease.
+//! Across instances: the grant's refresh lease in the store ([`SingleFlight::wait_for_lease`],
+//! [`SingleFlight::acquire`]), taken after the in-process lock and only before an upstream call.
 
-use crate::{AccessToken, BrokerError};
+use crate::BrokerError;
 use grantkeeper_core::SharedClock;
 use grantkeeper_store::{BrokerStore, GrantRecord, RefreshSuccess, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// What a finished flight leaves for the callers that waited on it.
-#[derive(Clone)]
-pub(crate) enum Landed {
-    /// The refresh succeeded: everybody waiting takes this token.
-    Token(AccessToken),
-    /// The provider refused grantkeeper's client: asking again for each waiter would only
-    /// repeat the refusal.
-    Misconfigured(String),
-    /// Anything else: waiters find the consequence themselves (backoff, revoked state).
-    Nothing,
+/// Longest an upstream call under a grant's lock may take (a refresh, a revocation), whatever
+/// the HTTP client's own timeouts: a hung provider must not hold a grant's lock (and every
+/// caller queued on it) for ever. The lease is sized from it.
+pub(crate) const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The single flight of every grant: the in-process queue and the cross-instance lease.
+pub(crate) struct SingleFlight<L> {
+    flights: Flights<L>,
+    instances: InstanceLock,
 }
 
-struct Flight {
+impl<L: Clone> SingleFlight<L> {
+    pub(crate) fn new(store: Arc<dyn BrokerStore>, clock: SharedClock) -> Self {
+        SingleFlight {
+            flights: Flights::default(),
+            instances: InstanceLock::new(store, clock),
+        }
+    }
+
+    /// A place in the queue of `sub`'s flight in this process.
+    pub(crate) fn ticket(&self, sub: &str) -> Ticket<L> {
+        self.flights.ticket(sub)
+    }
+
+    /// Starts waiting for the grant's lease across instances (see [`LeaseWait::next`]).
+    pub(crate) fn wait_for_lease(&self, sub: &str) -> LeaseWait<'_> {
+        LeaseWait {
+            instances: &self.instances,
+            sub: sub.to_owned(),
+            give_up: tokio::time::Instant::now() + LEASE_WAIT,
+            started: Instant::now(),
+            waited: false,
+        }
+    }
+
+    /// Takes the grant's lease, waiting while another instance holds it; `Unavailable` when
+    /// it stays held for longer than any refresh may take.
+    pub(crate) async fn acquire(&self, sub: &str) -> Result<InstanceGuard, BrokerError> {
+        self.instances.acquire(sub).await
+    }
+}
+
+/// A turn of [`LeaseWait::next`].
+pub(crate) enum Turn {
+    /// This instance holds the lease; the grant as read under it.
+    Mine(InstanceGuard, Box<GrantRecord>),
+    /// Another instance holds it; the grant as read again after a short wait, in which the
+    /// holder may have written what the caller wants.
+    Elsewhere(Box<GrantRecord>),
+}
+
+/// Waiting for a grant's lease held by another instance. Nothing is asked upstream meanwhile:
+/// the caller looks at each grant read again for what it wants, and stops when it finds it.
+pub(crate) struct LeaseWait<'a> {
+    instances: &'a InstanceLock,
+    sub: String,
+    give_up: tokio::time::Instant,
+    started: Instant,
+    waited: bool,
+}
+
+impl LeaseWait<'_> {
+    /// The lease when it is free; else, after a poll interval, the grant as it is now; else,
+    /// once the lease has been held elsewhere for longer than a refresh may take,
+    /// `Unavailable`.
+    pub(crate) async fn next(&mut self) -> Result<Turn, BrokerError> {
+        let sub = self.sub.as_str();
+        if let Some((lease, current)) = self.instances.try_acquire_reading(sub).await? {
+            return Ok(Turn::Mine(lease, Box::new(current)));
+        }
+        if !self.waited {
+            tracing::debug!(
+                sub,
+                "another instance is refreshing this grant; waiting for its token"
+            );
+            self.waited = true;
+        }
+        if tokio::time::Instant::now() >= self.give_up {
+            tracing::warn!(
+                sub,
+                outcome = "lease_held",
+                waited_ms = self.waited_ms(),
+                "another instance held this grant's refresh lease for longer than a refresh may take"
+            );
+            return Err(still_held());
+        }
+        tokio::time::sleep(poll_interval()).await;
+        let current = self
+            .instances
+            .store
+            .grant(sub)
+            .await?
+            .ok_or(BrokerError::UnknownUser)?;
+        Ok(Turn::Elsewhere(Box::new(current)))
+    }
+
+    /// Whether the lease was found held elsewhere at least once.
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
+    }
+
+    /// How long this wait has lasted, in milliseconds.
+    pub(crate) fn waited_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One grant's flight: what its last caller left (`L`) for the ones queued behind it.
+struct Flight<L> {
     /// Flights landed since the entry was made; read without the lock, so that a caller can
     /// tell whether one landed while it queued.
     landed: AtomicU64,
-    slot: tokio::sync::Mutex<Option<Landed>>,
+    slot: tokio::sync::Mutex<Option<L>>,
 }
 
-type Map = Arc<Mutex<HashMap<String, Arc<Flight>>>>;
+type Map<L> = Arc<Mutex<HashMap<String, Arc<Flight<L>>>>>;
 
-#[derive(Clone, Default)]
-pub(crate) struct Flights {
-    map: Map,
+struct Flights<L> {
+    map: Map<L>,
 }
 
-impl Flights {
+impl<L> Default for Flights<L> {
+    fn default() -> Self {
+        Flights {
+            map: Arc::default(),
+        }
+    }
+}
+
+impl<L: Clone> Flights<L> {
     /// A place in the queue of `sub`'s flight.
-    pub(crate) fn ticket(&self, sub: &str) -> Ticket {
+    fn ticket(&self, sub: &str) -> Ticket<L> {
         let mut map = lock(&self.map);
         let flight = map
             .entry(sub.to_owned())
@@ -69,20 +177,21 @@ impl Flights {
     }
 }
 
-fn lock(map: &Map) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight>>> {
+fn lock<L>(map: &Map<L>) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight<L>>>> {
     map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) struct Ticket {
-    map: Map,
+/// A place in the queue of a grant's flight in this process.
+pub(crate) struct Ticket<L> {
+    map: Map<L>,
     sub: String,
-    flight: Arc<Flight>,
+    flight: Arc<Flight<L>>,
     seen: u64,
 }
 
-impl Ticket {
+impl<L: Clone> Ticket<L> {
     /// Waits for the grant's lock.
-    pub(crate) async fn board(&self) -> Boarded<'_> {
+    pub(crate) async fn board(&self) -> Boarded<'_, L> {
         let slot = self.flight.slot.lock().await;
         let shared = if self.flight.landed.load(Ordering::SeqCst) == self.seen {
             None
@@ -97,7 +206,7 @@ impl Ticket {
     }
 }
 
-impl Drop for Ticket {
+impl<L> Drop for Ticket<L> {
     fn drop(&mut self) {
         let mut map = lock(&self.map);
         // Tickets are only made under the map's lock, so nobody can be taking one now: if the
@@ -113,20 +222,20 @@ impl Drop for Ticket {
 }
 
 /// Holding the grant's lock.
-pub(crate) struct Boarded<'a> {
-    slot: tokio::sync::MutexGuard<'a, Option<Landed>>,
+pub(crate) struct Boarded<'a, L> {
+    slot: tokio::sync::MutexGuard<'a, Option<L>>,
     landed: &'a AtomicU64,
-    shared: Option<Landed>,
+    shared: Option<L>,
 }
 
-impl Boarded<'_> {
+impl<L> Boarded<'_, L> {
     /// The result of a flight that landed while this caller queued.
-    pub(crate) fn shared(&self) -> Option<&Landed> {
+    pub(crate) fn shared(&self) -> Option<&L> {
         self.shared.as_ref()
     }
 
     /// Leaves the result of this caller's flight for the ones queued behind it.
-    pub(crate) fn land(&mut self, landed: Landed) {
+    pub(crate) fn land(&mut self, landed: L) {
         *self.slot = Some(landed);
         self.landed.fetch_add(1, Ordering::SeqCst);
     }
@@ -139,7 +248,7 @@ impl Boarded<'_> {
 /// after the longest a refresh may take, so a holder that dies blocks the others no longer
 /// than that. Writes stay fenced by the grant's version either way: the lease saves upstream
 /// calls, not correctness.
-pub(crate) struct InstanceLock {
+struct InstanceLock {
     store: Arc<dyn BrokerStore>,
     clock: SharedClock,
     /// This broker's name as a lease holder; random, so that instances never share one.
@@ -148,22 +257,22 @@ pub(crate) struct InstanceLock {
 
 /// How long a lease lasts: the longest refresh, plus a margin for the store writes around it,
 /// the wait for the upstream budget and clocks of instances that disagree a little.
-pub(crate) const LEASE: Duration = Duration::from_secs(crate::REFRESH_TIMEOUT.as_secs() + 10);
+const LEASE: Duration = Duration::from_secs(REFRESH_TIMEOUT.as_secs() + 10);
 /// A holder that has had its lease this long extends it before calling upstream, so that the
 /// call never outlives it.
 const RENEW_AFTER: Duration = Duration::from_secs(5);
 /// How long a caller waits for another instance's lease before giving up: the longest it can
 /// legitimately be held, plus a second (the store keeps whole seconds).
-pub(crate) const LEASE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
+const LEASE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 
 /// Time between two looks at a lease held elsewhere: 25 to 50 ms, jittered so that waiting
 /// instances do not poll in step.
-pub(crate) fn poll_interval() -> Duration {
+fn poll_interval() -> Duration {
     Duration::from_millis(25 + grantkeeper_core::random::u64() % 26)
 }
 
 impl InstanceLock {
-    pub(crate) fn new(store: Arc<dyn BrokerStore>, clock: SharedClock) -> InstanceLock {
+    fn new(store: Arc<dyn BrokerStore>, clock: SharedClock) -> InstanceLock {
         InstanceLock {
             store,
             clock,
@@ -175,10 +284,7 @@ impl InstanceLock {
     }
 
     /// Takes the grant's lease when nobody else holds it; None when another instance does.
-    pub(crate) async fn try_acquire(
-        &self,
-        sub: &str,
-    ) -> Result<Option<InstanceGuard>, BrokerError> {
+    async fn try_acquire(&self, sub: &str) -> Result<Option<InstanceGuard>, BrokerError> {
         let now = self.clock.now();
         match self
             .store
@@ -192,7 +298,7 @@ impl InstanceLock {
     }
 
     /// [`InstanceLock::try_acquire`], with the grant as it is under the lease.
-    pub(crate) async fn try_acquire_reading(
+    async fn try_acquire_reading(
         &self,
         sub: &str,
     ) -> Result<Option<(InstanceGuard, GrantRecord)>, BrokerError> {
@@ -222,7 +328,7 @@ impl InstanceLock {
 
     /// Takes the grant's lease, waiting while another instance holds it; `Unavailable` when
     /// it stays held for longer than any refresh may take.
-    pub(crate) async fn acquire(&self, sub: &str) -> Result<InstanceGuard, BrokerError> {
+    async fn acquire(&self, sub: &str) -> Result<InstanceGuard, BrokerError> {
         let give_up = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
             if let Some(guard) = self.try_acquire(sub).await? {
@@ -336,34 +442,28 @@ async fn release(store: &Arc<dyn BrokerStore>, sub: &str, owner: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grantkeeper_core::SecretString;
-    use time::OffsetDateTime;
 
     #[tokio::test]
     async fn queued_callers_see_what_landed_and_the_map_empties() {
-        let flights = Flights::default();
+        let flights = Flights::<&'static str>::default();
         let first = flights.ticket("a");
         let second = flights.ticket("a");
         assert_eq!(flights.len(), 1);
         {
             let mut boarded = first.board().await;
             assert!(boarded.shared().is_none());
-            boarded.land(Landed::Misconfigured("x".into()));
+            boarded.land("misconfigured");
         }
         let late = flights.ticket("a");
         {
             let boarded = second.board().await;
-            assert!(matches!(boarded.shared(), Some(Landed::Misconfigured(_))));
+            assert_eq!(boarded.shared(), Some(&"misconfigured"));
         }
         {
             // Came after the landing: it must check for itself.
             let mut boarded = late.board().await;
             assert!(boarded.shared().is_none());
-            boarded.land(Landed::Token(crate::AccessToken {
-                token: SecretString::from("t"),
-                expires_at: OffsetDateTime::UNIX_EPOCH,
-                scopes: Arc::default(),
-            }));
+            boarded.land("token");
         }
         drop(first);
         drop(second);

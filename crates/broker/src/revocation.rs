@@ -10,8 +10,9 @@
 
 pub mod retry;
 
-use crate::flight::Landed;
-use crate::{Broker, BrokerError, Inner, REFRESH_TIMEOUT, elapsed_ms};
+use crate::flight::REFRESH_TIMEOUT;
+use crate::refresh::{Engine, Landed, elapsed_ms};
+use crate::{Broker, BrokerError};
 use grantkeeper_core::{Aad, GrantState, SecretString};
 use grantkeeper_provider::ProviderError;
 use grantkeeper_store::{PendingRevocation, RevocationTokenKind, StateUpdate, StoreError};
@@ -86,7 +87,7 @@ impl Broker {
     }
 }
 
-impl Inner {
+impl Engine {
     pub(crate) async fn revoke(
         &self,
         sub: &str,
@@ -94,9 +95,9 @@ impl Inner {
         on_failure: OnFailure,
     ) -> Result<RevocationOutcome, BrokerError> {
         // Under the grant's lock, so that no refresh of it runs meanwhile.
-        let ticket = self.flights.ticket(sub);
+        let ticket = self.flight.ticket(sub);
         let mut boarded = ticket.board().await;
-        let lease = self.instances.acquire(sub).await?;
+        let lease = self.flight.acquire(sub).await?;
         let started = Instant::now();
         let answer = self.revoke_holding(sub, reason, on_failure, started).await;
         if answer.is_ok() {
@@ -124,7 +125,7 @@ impl Inner {
                 self.vault
                     .open_secret(&rt.sealed, Aad::refresh_token(sub))
                     .await
-                    .map_err(Self::vault_error)?,
+                    .map_err(BrokerError::vault)?,
                 RevocationTokenKind::Refresh,
             )),
             (None, Some(at)) => self
@@ -208,7 +209,7 @@ impl Inner {
             let vault = self.vault.get();
             let sealed = vault
                 .seal_secret(token, Aad::pending_revocation(&id))
-                .map_err(Self::vault_error)?;
+                .map_err(BrokerError::vault)?;
             let now = self.clock.now();
             let entry = PendingRevocation {
                 id: id.clone(),
@@ -241,7 +242,7 @@ impl Inner {
                         self.vault
                             .reload_after_refusal(key)
                             .await
-                            .map_err(Self::vault_error)?;
+                            .map_err(BrokerError::vault)?;
                     }
                 }
                 Err(StoreError::NotFound) => return Err(BrokerError::UnknownUser),
