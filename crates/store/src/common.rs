@@ -1,6 +1,6 @@
 //! The capabilities made of single statements, implemented once for every backend over its
 //! [`Engine`]: sessions, API keys, the console's sessions and search, the audit trail, the
-//! webhook outbox, Cross-Account Protection's records, activity and sweep progress; and the
+//! webhook outbox, Cross-Account Protection's records and activity; and the
 //! single statements of the revocation queue. The statements are written once, with `$N`
 //! placeholders, in SQL that both SQLite and PostgreSQL read alike.
 
@@ -17,8 +17,7 @@ use crate::{
     ActivityPoint, ActivityStore, ApiKeyRecord, ApiKeyStore, AuditFilter, AuditRecord, AuditStore,
     DataKeyRecord, GrantEvent, GrantRecord, GrantStore, KeyStore, OutboxStore, PendingEvent,
     RefreshLeaseStore, RefreshSuccess, Result, SessionRecord, SessionStore, SignIn, SignInOutcome,
-    StateUpdate, StoreError, SweepRun, SweepStore, UserPage, UserRecord, UserStore, activity,
-    page_limit, user_page,
+    StateUpdate, StoreError, UserPage, UserRecord, UserStore, activity, page_limit, user_page,
 };
 use async_trait::async_trait;
 use grantkeeper_core::GrantState;
@@ -419,54 +418,6 @@ impl<E: Engine> ActivityStore for E {
     async fn prune_activity(&self, before: OffsetDateTime) -> Result<u64> {
         let sql = "DELETE FROM activity WHERE minute < $1";
         self.execute(sql.into(), args![before]).await
-    }
-}
-
-const SWEEP_RUN_COLUMNS: &str = "id, job, started_at, finished_at, cursor, counts";
-
-#[async_trait]
-impl<E: Engine> SweepStore for E {
-    async fn start_or_resume_sweep(&self, job: &str, at: OffsetDateTime) -> Result<SweepRun> {
-        // The unique partial index (one unfinished run per job) makes processes starting the
-        // same job at once find one run. A run finished between the two statements is
-        // followed by a new one.
-        let insert = "INSERT INTO sweep_runs (job, started_at, counts) VALUES ($1, $2, '{}')
-                      ON CONFLICT (job) WHERE finished_at IS NULL DO NOTHING";
-        let select = format!(
-            "SELECT {SWEEP_RUN_COLUMNS} FROM sweep_runs WHERE job = $1 AND finished_at IS NULL"
-        );
-        for _ in 0..3 {
-            self.execute(insert.into(), args![job, at]).await?;
-            let found = self
-                .write_rows(select.clone().into(), args![job], rows::sweep_run)
-                .await?;
-            if let Some(run) = first(found) {
-                return Ok(run);
-            }
-        }
-        Err(StoreError::Unavailable(
-            "sweep runs of this job kept finishing while one was started".into(),
-        ))
-    }
-
-    async fn save_sweep_progress(&self, id: i64, cursor: &str, counts: &str) -> Result<()> {
-        let sql =
-            "UPDATE sweep_runs SET cursor = $2, counts = $3 WHERE id = $1 AND finished_at IS NULL";
-        found(self.execute(sql.into(), args![id, cursor, counts]).await?)
-    }
-
-    async fn finish_sweep(&self, id: i64, counts: &str, at: OffsetDateTime) -> Result<()> {
-        let sql = "UPDATE sweep_runs SET finished_at = $3, counts = $2
-                    WHERE id = $1 AND finished_at IS NULL";
-        found(self.execute(sql.into(), args![id, counts, at]).await?)
-    }
-
-    async fn sweep_run(&self, id: i64) -> Result<Option<SweepRun>> {
-        let sql = format!("SELECT {SWEEP_RUN_COLUMNS} FROM sweep_runs WHERE id = $1");
-        let found = self
-            .read_rows(sql.into(), args![id], rows::sweep_run)
-            .await?;
-        Ok(first(found))
     }
 }
 

@@ -3,12 +3,11 @@
 //! Owns: users, grants (state, scopes, sealed tokens, fencing version), grant state history
 //! (which is also the webhook's outbox), sessions (of users, and of operators in the admin
 //! console, with its user search), the wrapped data keys of the vault, API keys, the audit
-//! trail, the progress of sweep jobs and per-minute activity counts (summed across instances,
+//! trail, jobs with their items (the sweeps' among them) and per-minute activity counts (summed across instances,
 //! for the console's charts), Cross-Account Protection's received event ids and sign-in blocks
 //! ([`RiscStore`]), behind narrow async traits split by capability, so
 //! each caller asks only for what it needs. For instances sharing a database
-//! it also owns refresh leases (one refresher of a grant at a time) and sweep batches (several
-//! sweep processes on one run); and exports and imports, which move a deployment from one
+//! it also owns refresh leases (one refresher of a grant at a time); and exports and imports, which move a deployment from one
 //! store to another of either backend. SQLite is the embedded backend; PostgreSQL serves
 //! several instances sharing one database. Both satisfy the same traits and pass the same
 //! conformance suite; each keeps its own migrations, and the rules of what a write becomes
@@ -464,30 +463,6 @@ pub trait OutboxStore: Send + Sync {
     async fn mark_failed(&self, event_id: i64, next_attempt_at: OffsetDateTime) -> Result<()>;
 }
 
-/// Progress of a `sweep` job, so that an interrupted run resumes where it stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SweepRun {
-    pub id: i64,
-    pub job: String,
-    pub started_at: OffsetDateTime,
-    pub finished_at: Option<OffsetDateTime>,
-    /// Every user with `sub <= cursor` has been processed.
-    pub cursor: Option<String>,
-    /// Counts by outcome (`ok`, `failing`, `revoked`, `skipped`), as JSON text.
-    pub counts: String,
-}
-
-#[async_trait]
-pub trait SweepStore: Send + Sync {
-    /// The unfinished run of `job`, or a new one.
-    async fn start_or_resume_sweep(&self, job: &str, at: OffsetDateTime) -> Result<SweepRun>;
-    /// [`StoreError::NotFound`] unless `id` is a run under way (as for `finish_sweep`).
-    async fn save_sweep_progress(&self, id: i64, cursor: &str, counts: &str) -> Result<()>;
-    async fn finish_sweep(&self, id: i64, counts: &str, at: OffsetDateTime) -> Result<()>;
-    /// The run `id` as it is now (finished or not), None when there is no such run.
-    async fn sweep_run(&self, id: i64) -> Result<Option<SweepRun>>;
-}
-
 /// A short exclusive right to refresh one grant, across every instance sharing the store.
 /// It expires by itself, so a crashed holder blocks the others no longer than the lease.
 #[async_trait]
@@ -525,66 +500,6 @@ pub trait RefreshLeaseStore: Send + Sync {
         refresh: RefreshSuccess,
         owner: &str,
     ) -> Result<GrantRecord>;
-}
-
-/// A slice of a sweep run, claimed by one sweep process at a time under a lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SweepBatch {
-    pub id: i64,
-    pub run_id: i64,
-    /// The batch covers the users with `after < sub <= last` (`after` None: from the first).
-    pub after: Option<String>,
-    pub last: String,
-    /// Users of the batch with `sub <= progress` are done (None: none yet).
-    pub progress: Option<String>,
-    /// Those users' counts by outcome, as JSON text (`{}` before any progress), so that
-    /// whoever continues the batch adds them to the run's with its own.
-    pub counts: String,
-    pub owner: String,
-    pub lease_until: OffsetDateTime,
-}
-
-#[async_trait]
-pub trait SweepBatchStore: Send + Sync {
-    /// Claims work of run `run_id` for `owner`: first a batch whose lease expired at `now`
-    /// (its owner died: `progress` says where it stopped), else a new batch of up to `size`
-    /// users after the run's last batch. Atomic across processes. None when every user of the
-    /// run is in a batch that is done or leased.
-    async fn claim_sweep_batch(
-        &self,
-        run_id: i64,
-        owner: &str,
-        size: u32,
-        lease_until: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<Option<SweepBatch>>;
-    /// Records progress inside a batch, with the counts by outcome of its users up to
-    /// `progress` (JSON object of outcome -> number), and extends its lease.
-    /// [`StoreError::Conflict`] when `owner` no longer holds it (its lease expired and another
-    /// process took the batch).
-    async fn save_batch_progress(
-        &self,
-        batch_id: i64,
-        owner: &str,
-        progress: &str,
-        counts: &str,
-        lease_until: OffsetDateTime,
-    ) -> Result<()>;
-    /// Marks the batch done and adds `counts` (JSON object of outcome -> number: every user of
-    /// the batch, those of earlier holders included) to the run's counts. Conflict as above.
-    async fn finish_sweep_batch(
-        &self,
-        batch_id: i64,
-        owner: &str,
-        counts: &str,
-        at: OffsetDateTime,
-    ) -> Result<()>;
-    /// Gives an unfinished batch back at once (a clean stop), keeping its progress, so that
-    /// the next claim takes it without waiting for the lease to run out. Conflict as above.
-    async fn release_sweep_batch(&self, batch_id: i64, owner: &str) -> Result<()>;
-    /// Finishes the run (sets `finished_at`) when every batch is done and no user lies after
-    /// the last batch; returns whether the run is finished (also when it already was).
-    async fn complete_sweep_run_if_done(&self, run_id: i64, at: OffsetDateTime) -> Result<bool>;
 }
 
 /// The kinds of records an export holds, in the order an import needs them. An export made
@@ -626,7 +541,7 @@ impl ExportKind {
 /// One row of a deployment, as an export carries it: every column, times as Unix seconds,
 /// sealed values and wrapped keys as standard base64 (still sealed: the target needs the same
 /// master key). Not exported, as transient: sessions of users and operators, refresh leases
-/// and sweep bookkeeping (runs and batches).
+/// and jobs (a job is work under way, not the deployment).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExportRecord {
     pub kind: ExportKind,
@@ -712,10 +627,6 @@ bundle!(
     BrokerStore: GrantStore, RefreshLeaseStore, RevocationQueueStore
 );
 bundle!(
-    /// What a sweep job uses: the broker's capabilities, and its runs and batches.
-    SweepJobStore: BrokerStore, SweepStore, SweepBatchStore
-);
-bundle!(
     /// What the job engine uses: the broker's capabilities, and jobs with their items.
     JobsStore: BrokerStore, JobStore
 );
@@ -745,7 +656,6 @@ bundle!(
 #[async_trait]
 pub trait Store:
     BrokerStore
-    + SweepJobStore
     + JobsStore
     + JobStore
     + SignInStore
@@ -759,9 +669,7 @@ pub trait Store:
     + ApiKeyStore
     + AuditStore
     + OutboxStore
-    + SweepStore
     + RefreshLeaseStore
-    + SweepBatchStore
     + TransferStore
     + ActivityStore
     + AdminSessionStore

@@ -1,13 +1,11 @@
 //! The rules that decide what a write becomes, as pure functions: the sign-in merge of
-//! [`UserStore::record_sign_in`](crate::UserStore::record_sign_in), the refresh and state
-//! rules of [`GrantStore`](crate::GrantStore), and how a finished sweep batch's counts add up
-//! into its run's ([`SweepBatchStore`](crate::SweepBatchStore)). Every backend reads what is
+//! [`UserStore::record_sign_in`](crate::UserStore::record_sign_in), and the refresh and state
+//! rules of [`GrantStore`](crate::GrantStore). Every backend reads what is
 //! held under its own lock, checks the fence, asks this module what to write, and writes it.
 //! The rules live here once, not once per database.
 
 use crate::{GrantRecord, RefreshSuccess, SignIn, StateUpdate, StoreError};
 use grantkeeper_core::{GrantState, Scopes};
-use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 /// Why a grant became `active` at sign-in.
@@ -183,25 +181,4 @@ fn change_state(
         to,
         reason: reason.to_owned(),
     }
-}
-
-/// The counts of a sweep run after a batch is done: both are JSON objects of outcome -> whole
-/// number, and an outcome missing from one counts 0 there. Outcomes come out in byte order,
-/// whatever order they came in.
-pub(crate) fn add_counts(run: &str, batch: &str) -> Result<String, StoreError> {
-    let mut total = parse_counts(run, "sweep_runs.counts")?;
-    for (outcome, n) in parse_counts(batch, "the batch's counts")? {
-        let held = total.entry(outcome).or_insert(0);
-        *held = held
-            .checked_add(n)
-            .ok_or_else(|| StoreError::Corrupt("sweep_runs.counts would overflow".into()))?;
-    }
-    serde_json::to_string(&total)
-        .map_err(|_| StoreError::Corrupt("sweep counts could not be written as JSON".into()))
-}
-
-fn parse_counts(text: &str, what: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-    // The text is not quoted: counts say nothing secret, but an error names, it does not echo.
-    serde_json::from_str(text)
-        .map_err(|_| StoreError::Corrupt(format!("{what} is not a JSON object of whole numbers")))
 }

@@ -3,9 +3,7 @@
 //! Many processes write at once here, so every read-modify-write holds what it reads: the
 //! sign-in merge and the fenced grant writes lock the grant row (`SELECT ... FOR UPDATE`)
 //! inside their transaction, after the sign-in has created or updated the user row, which
-//! orders concurrent sign-ins of one user; sweep batches are cut while holding their run's row
-//! and taken over past the batches other transactions hold (`FOR UPDATE SKIP LOCKED`); the
-//! other writes are single statements whose unique indexes settle races (`INSERT ... ON
+//! orders concurrent sign-ins of one user; the other writes are single statements whose unique indexes settle races (`INSERT ... ON
 //! CONFLICT`, refresh leases among them). Transactions run at READ COMMITTED
 //! whatever the server's default, as those locks are designed for: each statement sees what
 //! committed before it. A transaction or statement that the server aborts because of a
@@ -17,7 +15,6 @@
 //! another) and carries the `statement_timeout` of [`StoreOptions`], so that no statement, and
 //! no wait for a row lock, holds a caller longer than that.
 
-mod batches;
 mod drops;
 mod grants;
 mod jobs;

@@ -6,8 +6,7 @@
 
 use crate::{
     ApiKeyRecord, AuditRecord, DataKeyRecord, GrantEvent, GrantRecord, PendingEvent, Result,
-    SealedAccessToken, SealedRefreshToken, SessionRecord, StoreError, SweepBatch, SweepRun,
-    TokenFingerprint, UserRecord,
+    SealedAccessToken, SealedRefreshToken, SessionRecord, StoreError, TokenFingerprint, UserRecord,
 };
 use grantkeeper_core::{GrantState, Scopes, UserProfile};
 use time::OffsetDateTime;
@@ -93,13 +92,6 @@ macro_rules! user_and_grant_columns {
             ", g.sub AS grant_sub, ",
             grant_columns!("g.")
         )
-    };
-}
-
-/// A sweep batch's columns, as [`sweep_batch`] reads them.
-macro_rules! sweep_batch_columns {
-    () => {
-        "id, run_id, after, last, progress, counts, owner, lease_until"
     };
 }
 
@@ -359,31 +351,5 @@ pub(crate) fn audit(row: &dyn Columns) -> Result<AuditRecord> {
             .filter(|&n| n >= 1)
             .ok_or_else(|| StoreError::Corrupt("an audit row counts fewer than one act".into()))?,
         last_at: opt_time(row, "last_at")?.unwrap_or(at),
-    })
-}
-
-/// Columns: id, job, started_at, finished_at, cursor, counts.
-pub(crate) fn sweep_run(row: &dyn Columns) -> Result<SweepRun> {
-    Ok(SweepRun {
-        id: row.int("id")?,
-        job: row.text("job")?,
-        started_at: time(row, "started_at")?,
-        finished_at: opt_time(row, "finished_at")?,
-        cursor: row.opt_text("cursor")?,
-        counts: row.text("counts")?,
-    })
-}
-
-/// Columns: `sweep_batch_columns!`.
-pub(crate) fn sweep_batch(row: &dyn Columns) -> Result<SweepBatch> {
-    Ok(SweepBatch {
-        id: row.int("id")?,
-        run_id: row.int("run_id")?,
-        after: row.opt_text("after")?,
-        last: row.text("last")?,
-        progress: row.opt_text("progress")?,
-        counts: row.text("counts")?,
-        owner: row.text("owner")?,
-        lease_until: time(row, "lease_until")?,
     })
 }

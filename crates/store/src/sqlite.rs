@@ -14,7 +14,6 @@
 //! An in-memory database lives as long as its one connection, so there the writer's connection
 //! serves reads too.
 
-mod batches;
 mod conn;
 mod engine;
 mod grants;

@@ -17,7 +17,7 @@
 //!
 //! What is not exported is transient, remade or given up without loss by a new store: sessions
 //! of users and of operators (everyone signs in again), refresh leases (they end by themselves)
-//! and sweep runs and batches (a sweep starts afresh).
+//! and jobs (a sweep starts afresh).
 
 use crate::rows::Columns;
 use crate::sql::{Arg, Engine};

@@ -528,19 +528,7 @@ async fn a_stricter_default_isolation_changes_nothing() {
     conformance::users::concurrent_sign_ins_across_instances(first.clone(), second.clone()).await;
     conformance::grants::concurrent_refreshes_across_instances(first.clone(), second.clone()).await;
     conformance::keys::ensure_data_key_race_across_instances(first.clone(), second.clone()).await;
-    conformance::sweeps::concurrent_sweep_starts_across_instances(first.clone(), second.clone())
-        .await;
     conformance::leases::refresh_lease_race_across_instances(first, second).await;
-
-    // The sweeps want databases of their own users.
-    let Some((_database, first, second)) = serializable_pair().await else {
-        return;
-    };
-    conformance::batches::sweep_batches_cover_every_user_once_across_instances(first, second).await;
-    let Some((_database, first, second)) = serializable_pair().await else {
-        return;
-    };
-    conformance::batches::expired_batches_are_taken_over_once_across_instances(first, second).await;
 }
 
 /// An export carries every column of every table it reads (but `api_keys.seq`, this backend's
@@ -571,55 +559,6 @@ async fn exports_carry_every_column() {
             "{kind:?}"
         );
     }
-    raw.close().await.unwrap();
-}
-
-/// A claim never waits for a batch that another transaction holds (its owner saving progress,
-/// say): it takes the next expired batch instead, and the held one once it is let go.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_skips_batches_held_by_others() {
-    let Some(database) = TestDatabase::migrated().await else {
-        return;
-    };
-    // A claim that waited for the held row would be cancelled, not hang the test.
-    let options = StoreOptions {
-        statement_timeout: Duration::from_secs(2),
-        ..StoreOptions::default()
-    };
-    let store = grantkeeper_store::open_with(&database.url, &options)
-        .await
-        .unwrap();
-    for sub in ["a", "b", "c", "d"] {
-        signed_in(&store, sub).await;
-    }
-    let run = store.start_or_resume_sweep("refresh", t(0)).await.unwrap();
-    let claim = |owner: &'static str, now: i64| {
-        let store = store.clone();
-        async move {
-            store
-                .claim_sweep_batch(run.id, owner, 2, t(now + 60), t(now))
-                .await
-                .unwrap()
-        }
-    };
-    let first = claim("dead", 0).await.unwrap();
-    let second = claim("dead", 0).await.unwrap();
-
-    let mut raw = database.raw().await;
-    let mut holder = raw.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM sweep_batches WHERE id = $1 FOR UPDATE")
-        .bind(first.id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    // Both expired; the first is held: the claim takes the second.
-    let taken = claim("heir", 100).await.unwrap();
-    assert_eq!(taken.id, second.id);
-    // Nothing else is free (the first is held, no user is left to cut).
-    assert_eq!(claim("heir", 100).await, None);
-    holder.commit().await.unwrap();
-    let taken = claim("heir", 100).await.unwrap();
-    assert_eq!(taken.id, first.id);
     raw.close().await.unwrap();
 }
 

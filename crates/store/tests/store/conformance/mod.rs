@@ -8,7 +8,6 @@ pub mod activity;
 pub mod admin;
 pub mod api_keys;
 pub mod audit;
-pub mod batches;
 pub mod grants;
 pub mod jobs;
 pub mod keys;
@@ -18,7 +17,6 @@ pub mod revocations;
 pub mod risc;
 pub mod rotation;
 pub mod sessions;
-pub mod sweeps;
 pub mod transfer;
 pub mod users;
 
@@ -118,21 +116,12 @@ macro_rules! conformance_suite {
             outbox::failed_events_wait_for_their_next_attempt,
             outbox::delivered_events_are_done,
             outbox::outbox_unknown_event_is_not_found,
-            sweeps::sweep_run_resumes_until_finished,
-            sweeps::sweep_jobs_are_independent,
-            sweeps::finished_sweep_takes_no_progress,
             leases::refresh_lease_is_exclusive_until_it_ends,
             leases::refresh_lease_is_free_once_released,
             leases::refresh_recorded_with_its_lease_given_back,
             leases::refresh_lease_taken_with_the_grant_read_under_it,
             leases::refresh_lease_of_unknown_user_is_not_found,
             leases::refresh_lease_race_one_wins,
-            batches::sweep_batches_cover_every_user_once,
-            batches::expired_batches_are_taken_over_once,
-            batches::sweep_run_is_finished_when_its_last_batch_is,
-            batches::expired_batch_is_taken_over_where_it_stopped,
-            batches::released_batch_is_claimable_at_once,
-            batches::batch_claims_of_unknown_empty_and_finished_runs,
             transfer::export_rows_have_one_shape,
             activity::activity_adds_sum_counts_and_max_durations,
             activity::activity_batches_merge_and_minutes_are_whole,
@@ -171,10 +160,7 @@ macro_rules! conformance_suite {
             keys::ensure_data_key_race_across_instances,
             rotation::concurrent_rotations_across_instances,
             grants::concurrent_refreshes_across_instances,
-            sweeps::concurrent_sweep_starts_across_instances,
             leases::refresh_lease_race_across_instances,
-            batches::sweep_batches_cover_every_user_once_across_instances,
-            batches::expired_batches_are_taken_over_once_across_instances,
             activity::concurrent_activity_adds_across_instances,
             risc::concurrent_receipts_across_instances,
             revocations::an_entry_revoked_by_another_instance_is_gone_for_both,
