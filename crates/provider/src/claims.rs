@@ -1,15 +1,9 @@
-//! ID-token header and claim rules (reference §4). The signature is checked by jsonwebtoken;
-//! every claim is checked here against the injected clock, because jsonwebtoken's own time
-//! checks read the system clock.
+//! ID-token claim rules (reference §4.4), checked against the injected clock once the token's
+//! framing and signature have been read by [`crate::jws`].
 
-use crate::error::{IdTokenError, echo};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::error::IdTokenError;
 use grantkeeper_core::UserProfile;
 use serde::{Deserialize, Serialize};
-
-/// The one algorithm Google signs user ID tokens with.
-pub(crate) const ALGORITHM: &str = "RS256";
 
 /// The claims of a verified ID token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,81 +39,6 @@ impl IdTokenClaims {
             hd: self.hd.clone(),
         }
     }
-}
-
-/// The header fields that decide which key, if any, may verify the token.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Header {
-    pub kid: String,
-}
-
-/// A signature-only check: RS256 and nothing else; the claims are checked by our own code,
-/// which knows Google's quirks (two issuer spellings, no `exp` on security events).
-pub(crate) fn signature_only() -> jsonwebtoken::Validation {
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    validation
-}
-
-/// Reads the header before any key is looked up, so that `alg: none` or HS256 are refused
-/// as such (jsonwebtoken cannot even parse `none`).
-pub(crate) fn parse_header(token: &str) -> Result<Header, IdTokenError> {
-    #[derive(Deserialize)]
-    struct Raw {
-        alg: Option<String>,
-        kid: Option<String>,
-        crit: Option<serde::de::IgnoredAny>,
-    }
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(IdTokenError::Malformed);
-    };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| IdTokenError::Malformed)?;
-    let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)?;
-    let alg = raw.alg.ok_or(IdTokenError::Malformed)?;
-    if alg != ALGORITHM {
-        return Err(IdTokenError::UnsupportedAlgorithm(
-            echo(&alg).chars().take(32).collect(),
-        ));
-    }
-    // We understand no header extension, so one marked critical cannot be honoured.
-    if raw.crit.is_some() {
-        return Err(IdTokenError::Malformed);
-    }
-    match raw.kid {
-        Some(kid) if !kid.is_empty() => Ok(Header { kid }),
-        _ => Err(IdTokenError::Malformed),
-    }
-}
-
-/// Checks the token's RS256 signature with `key` and reads its payload, before any claim
-/// rule is applied. The header was read (and its `alg` checked) by [`parse_header`]; the
-/// signature is checked over the token's bytes as sent with the key parsed once when the JWKS
-/// was read, and the payload decoded once, straight into [`RawClaims`] (`jsonwebtoken::decode`
-/// would parse the header again and the claims twice, and rebuild the RSA key).
-pub(crate) fn decode_signed(
-    token: &str,
-    key: &crate::keystore::JwksKey,
-) -> Result<RawClaims, IdTokenError> {
-    let (message, signature) = token.rsplit_once('.').ok_or(IdTokenError::Malformed)?;
-    let (_, payload) = message.split_once('.').ok_or(IdTokenError::Malformed)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| IdTokenError::Malformed)?;
-    if !key.verifies_rs256(message.as_bytes(), &signature) {
-        return Err(IdTokenError::BadSignature);
-    }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| IdTokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,50 +386,5 @@ mod tests {
                 .unwrap()
                 .email_verified
         );
-    }
-
-    fn encode(header: serde_json::Value) -> String {
-        format!(
-            "{}.e30.c2ln",
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap())
-        )
-    }
-
-    #[test]
-    fn header_rules() {
-        assert_eq!(
-            parse_header(&encode(json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}))),
-            Ok(Header { kid: "k1".into() })
-        );
-        for alg in ["none", "HS256", "ES256", "RS512", "rs256"] {
-            assert_eq!(
-                parse_header(&encode(json!({"alg": alg, "kid": "k1"}))),
-                Err(IdTokenError::UnsupportedAlgorithm(alg.into()))
-            );
-        }
-        assert_eq!(
-            parse_header(&encode(json!({"alg": "RS256"}))),
-            Err(IdTokenError::Malformed)
-        );
-        assert_eq!(
-            parse_header(&encode(json!({"kid": "k"}))),
-            Err(IdTokenError::Malformed)
-        );
-        assert_eq!(
-            parse_header(&encode(
-                json!({"alg": "RS256", "kid": "k", "crit": ["b64"]})
-            )),
-            Err(IdTokenError::Malformed)
-        );
-        for bad in ["", "a.b", "a.b.c.d", "!!!.e30.c2ln", "e30.e30.c2ln"] {
-            assert_eq!(parse_header(bad), Err(IdTokenError::Malformed), "{bad}");
-        }
-        let long = "X".repeat(500);
-        let Err(IdTokenError::UnsupportedAlgorithm(shown)) =
-            parse_header(&encode(json!({"alg": long, "kid": "k"})))
-        else {
-            panic!("expected UnsupportedAlgorithm")
-        };
-        assert_eq!(shown.len(), 32);
     }
 }

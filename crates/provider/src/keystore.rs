@@ -13,18 +13,18 @@ use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use grantkeeper_core::SharedClock;
-use jsonwebtoken::DecodingKey;
+use pkcs1::UintRef;
+use pkcs1::der::Encode;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// One RSA key of a JWK set, read once: jsonwebtoken's form (for security event tokens) and
-/// aws-lc-rs's parsed key, which checks an RS256 signature without rebuilding the key and its
-/// Montgomery context at every verification (as `jsonwebtoken::crypto::verify` does).
+/// One RSA key of a JWK set, parsed once per JWKS fetch into aws-lc-rs's form, which checks
+/// an RS256 signature without rebuilding the key and its Montgomery context at every
+/// verification (as `jsonwebtoken::crypto::verify` does).
 pub(crate) struct JwksKey {
-    decoding: DecodingKey,
     rs256: ParsedPublicKey,
 }
 
@@ -32,14 +32,19 @@ impl JwksKey {
     /// From the JWK's base64url `n` and `e`; None when they are not a usable RSA key
     /// (2048 to 8192 bits).
     fn from_rsa_components(n: &str, e: &str) -> Option<JwksKey> {
-        let decoding = DecodingKey::from_rsa_components(n, e).ok()?;
         let (n, e) = (
-            URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')).ok()?,
-            URL_SAFE_NO_PAD.decode(e.trim_end_matches('=')).ok()?,
+            URL_SAFE_NO_PAD.decode(n).ok()?,
+            URL_SAFE_NO_PAD.decode(e).ok()?,
         );
-        let der = rsa_public_key_der(&n, &e);
+        // aws-lc-rs reads an RSA verification key from the DER of a PKCS#1 `RSAPublicKey`.
+        let der = pkcs1::RsaPublicKey {
+            modulus: UintRef::new(&n).ok()?,
+            public_exponent: UintRef::new(&e).ok()?,
+        }
+        .to_der()
+        .ok()?;
         let rs256 = ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der).ok()?;
-        Some(JwksKey { decoding, rs256 })
+        Some(JwksKey { rs256 })
     }
 
     /// Whether `signature` is this key's RS256 (RSASSA-PKCS1-v1_5, SHA-256) signature of
@@ -49,51 +54,10 @@ impl JwksKey {
     }
 }
 
-impl std::ops::Deref for JwksKey {
-    type Target = DecodingKey;
-    fn deref(&self) -> &DecodingKey {
-        &self.decoding
-    }
-}
-
 impl std::fmt::Debug for JwksKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwksKey").finish_non_exhaustive()
     }
-}
-
-/// DER of a PKCS#1 `RSAPublicKey`: `SEQUENCE { INTEGER n, INTEGER e }`, what aws-lc-rs parses
-/// an RSA verification key from.
-fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn length(out: &mut Vec<u8>, len: usize) {
-        match len {
-            0..0x80 => out.push(len as u8),
-            0x80..0x100 => out.extend([0x81, len as u8]),
-            _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
-        }
-    }
-    fn integer(out: &mut Vec<u8>, magnitude: &[u8]) {
-        let mut digits = magnitude;
-        while let [0, rest @ ..] = digits {
-            digits = rest;
-        }
-        // A leading zero keeps a high first bit from reading as a negative number.
-        let pad = digits.first().is_none_or(|&b| b >= 0x80);
-        out.push(0x02);
-        length(out, digits.len() + usize::from(pad));
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(digits);
-    }
-    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
-    integer(&mut body, n);
-    integer(&mut body, e);
-    let mut der = Vec::with_capacity(body.len() + 4);
-    der.push(0x30);
-    length(&mut der, body.len());
-    der.extend(body);
-    der
 }
 
 /// Freshness when the JWKS answer names none.
@@ -358,7 +322,7 @@ pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<JwksKey>>, P
         let rs256 = jwk
             .alg
             .as_deref()
-            .is_none_or(|a| a == crate::claims::ALGORITHM);
+            .is_none_or(|a| a == crate::jws::ALGORITHM);
         let (Some(kid), Some(n), Some(e), true, true, true) =
             (jwk.kid, jwk.n, jwk.e, rsa, signing, rs256)
         else {
@@ -414,21 +378,6 @@ mod tests {
     use aws_lc_rs::rsa::{KeyPair, KeySize};
     use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
 
-    #[test]
-    fn rsa_public_key_der_is_minimal_and_positive() {
-        // 0x80 needs a leading zero; leading zeros go; 65537 is three bytes.
-        assert_eq!(
-            rsa_public_key_der(&[0, 0, 0x80, 1], &[1, 0, 1]),
-            [
-                0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01
-            ]
-        );
-        // A 2048-bit modulus: two length bytes for the integer and the sequence.
-        let der = rsa_public_key_der(&[0xc5; 256], &[1, 0, 1]);
-        assert_eq!(&der[..8], [0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01]);
-        assert_eq!(der.len(), 4 + 4 + 257 + 5);
-    }
-
     /// A JWK built from a real key's `n` and `e` checks that key's RS256 signatures, and
     /// nothing else.
     #[test]
@@ -456,16 +405,16 @@ mod tests {
         .unwrap();
         assert!(key.verifies_rs256(message, &signature));
         assert!(!key.verifies_rs256(b"header.payloaD", &signature));
-        // jsonwebtoken's form of the same key agrees (security event tokens use it).
-        assert!(
-            jsonwebtoken::crypto::verify(
-                &b64(&signature),
-                message,
-                key,
-                jsonwebtoken::Algorithm::RS256
-            )
-            .unwrap()
-        );
+        // A modulus sent with a leading zero byte is the same key; padded base64url is not
+        // a JWK's.
+        let zero_led = [
+            &[0u8][..],
+            public.modulus().big_endian_without_leading_zero(),
+        ]
+        .concat();
+        let same = JwksKey::from_rsa_components(&b64(&zero_led), &e).unwrap();
+        assert!(same.verifies_rs256(message, &signature));
+        assert!(JwksKey::from_rsa_components(&format!("{n}=="), &e).is_none());
         signature[10] ^= 1;
         assert!(!key.verifies_rs256(message, &signature));
     }
@@ -488,8 +437,7 @@ mod tests {
         );
     }
 
-    // A real 2048-bit modulus is not needed to test the filter: jsonwebtoken accepts any
-    // base64url components here and only fails when verifying.
+    // Every key of the filter's sets shares one 2048-bit modulus.
     fn jwk(
         kty: &str,
         usage: Option<&str>,

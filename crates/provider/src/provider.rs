@@ -1,9 +1,10 @@
 //! The provider client: discovery, token endpoint, revocation, ID-token verification.
 
-use crate::claims::{ClaimRules, IdTokenClaims, check_claims, decode_signed, parse_header};
+use crate::claims::{ClaimRules, IdTokenClaims, RawClaims, check_claims};
 use crate::discovery::{Discovery, same_issuer};
 use crate::error::{Call, IdTokenError, OAuthError, ProviderError, classify};
 use crate::http::{Answer, send};
+use crate::jws::{decode_signed, parse_header};
 use crate::keystore::{JwksDocument, JwksSource, KeyStore, KeyStoreStats, Lookup};
 use crate::settings::ProviderSettings;
 use crate::token::{TokenResponse, parse_success};
@@ -202,7 +203,7 @@ impl Provider {
             Lookup::Unknown => return Err(IdTokenError::UnknownKey),
             Lookup::Unavailable(e) => return Err(IdTokenError::KeysUnavailable(e.to_string())),
         };
-        let raw = decode_signed(token, &key)?;
+        let raw: RawClaims = decode_signed(token, &key)?;
 
         // Keys were found, so discovery is in hand; this does no I/O.
         let discovery = self

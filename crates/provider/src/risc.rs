@@ -19,17 +19,15 @@
 //! Leaves to others: remembering `jti`s and acting on events (the server and the store), and
 //! HTTP routes. Nothing here logs or returns the token, or the token prefix an event carries.
 
-use crate::claims::{Header, parse_header};
 use crate::discovery::{same_issuer, trim_slash};
 use crate::error::{Call, IdTokenError, ProviderError, classify, echo};
 use crate::http::{Answer, send};
-use crate::keystore::{JwksDocument, JwksSource, KeyStore, KeyStoreStats, Lookup};
+use crate::jws::{Header, decode_signed, parse_header};
+use crate::keystore::{JwksDocument, JwksKey, JwksSource, KeyStore, KeyStoreStats, Lookup};
 use crate::settings::ProviderSettings;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use grantkeeper_core::{ExposeSecret, SecretString, SharedClock};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, Validation};
 use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -234,8 +232,6 @@ struct Inner {
     /// by anyone cannot make us hammer the provider while it has no configuration to give.
     configuration_failure: Mutex<Option<(i64, ProviderError)>>,
     keys: KeyStore,
-    /// Signature only: every claim is checked against our clock by [`check_set`].
-    validation: Validation,
 }
 
 impl fmt::Debug for SecurityEventVerifier {
@@ -251,7 +247,6 @@ impl SecurityEventVerifier {
     /// the JWKS refetch cooldown. `http` should be the provider client's (timeouts, no
     /// redirects).
     pub fn new(settings: ProviderSettings, http: reqwest::Client, clock: SharedClock) -> Self {
-        let validation = crate::claims::signature_only();
         let keys = KeyStore::new(clock.clone(), settings.jwks_refetch_cooldown);
         Self {
             inner: Arc::new(Inner {
@@ -261,7 +256,6 @@ impl SecurityEventVerifier {
                 configuration: OnceCell::new(),
                 configuration_failure: Mutex::new(None),
                 keys,
-                validation,
             }),
         }
     }
@@ -286,13 +280,7 @@ impl SecurityEventVerifier {
             .map_err(|e| SecurityEventError::KeysUnavailable(e.to_string()))?;
         let key = signing_key(self.inner.keys.key(&header.kid, &*self.inner).await)?;
         let rules = SetRules::new(&configuration.issuer, &self.inner.settings);
-        verify_signed(
-            token,
-            &key,
-            &self.inner.validation,
-            &rules,
-            self.inner.clock.unix(),
-        )
+        verify_signed(token, &key, &rules, self.inner.clock.unix())
     }
 }
 
@@ -309,9 +297,7 @@ pub(crate) fn read_header(token: &str) -> Result<Header, SecurityEventError> {
 }
 
 /// The key a lookup in the RISC key cache found, or why there is none.
-pub(crate) fn signing_key(
-    lookup: Lookup,
-) -> Result<Arc<crate::keystore::JwksKey>, SecurityEventError> {
+pub(crate) fn signing_key(lookup: Lookup) -> Result<Arc<JwksKey>, SecurityEventError> {
     match lookup {
         Lookup::Key(key) => Ok(key),
         Lookup::Unknown => Err(SecurityEventError::Key(
@@ -324,24 +310,16 @@ pub(crate) fn signing_key(
 /// Checks the token's signature with `key`, then every claim against `rules` at `now`.
 pub(crate) fn verify_signed(
     token: &str,
-    key: &DecodingKey,
-    validation: &Validation,
+    key: &JwksKey,
     rules: &SetRules<'_>,
     now: i64,
 ) -> Result<SecurityEvent, SecurityEventError> {
-    let raw = jsonwebtoken::decode::<RawSet>(token, key, validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
-                SecurityEventError::Key("the signature does not verify".to_owned())
-            }
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                SecurityEventError::Key("the algorithm is not RS256".to_owned())
-            }
-            _ => SecurityEventError::Parse(
-                "the payload is not a JSON object in base64url".to_owned(),
-            ),
-        })?
-        .claims;
+    let raw = decode_signed::<RawSet>(token, key).map_err(|e| match e {
+        IdTokenError::BadSignature => {
+            SecurityEventError::Key("the signature does not verify".to_owned())
+        }
+        _ => SecurityEventError::Parse("the payload is not a JSON object in base64url".to_owned()),
+    })?;
     check_set(raw, rules, now)
 }
 
