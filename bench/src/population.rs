@@ -43,7 +43,7 @@ impl Population {
     /// as a first `serve` would.
     pub async fn open(deployment: Deployment) -> anyhow::Result<Population> {
         let store = grantkeeper_store::open(&deployment.store_url).await?;
-        let vault = grantkeeper_server::keys::load_vault(
+        let vault = grantkeeper_server::vault::keyring::load_vault(
             store.as_ref(),
             &deployment.master_key()?,
             &SystemClock,

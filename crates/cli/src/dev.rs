@@ -342,7 +342,7 @@ async fn move_keys(
     let records = store.data_keys().await?;
     let Some(other) = records
         .iter()
-        .map(grantkeeper_server::rewrap::wrapped_by)
+        .map(grantkeeper_server::vault::rewrap::wrapped_by)
         .find(|label| *label != to.label())
     else {
         return Ok(());
@@ -366,7 +366,8 @@ async fn move_keys(
     let from = crate::ops::open_master(&from).await?;
     let (_stop, never) = tokio::sync::watch::channel(false);
     let summary =
-        grantkeeper_server::rewrap::rewrap(store, from.as_ref(), to, &never, &|_| {}).await?;
+        grantkeeper_server::vault::rewrap::rewrap(store, from.as_ref(), to, &never, &|_| {})
+            .await?;
     println!(
         "moved {} data keys from {} to {} (keys rewrap)",
         summary.rewrapped.len(),

@@ -8,8 +8,10 @@ use crate::output::{listing, when, when_json};
 use anyhow::{Context, anyhow, bail};
 use grantkeeper_core::{ExposeSecret, SystemClock};
 use grantkeeper_server::master_key::{MasterKeySettings, SpecOptions};
-use grantkeeper_server::rewrap::{RewrapEvent, rewrap as rewrap_keys};
-use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions, RotationSummary};
+use grantkeeper_server::vault::rewrap::{RewrapEvent, rewrap as rewrap_keys};
+use grantkeeper_server::vault::rotation::{
+    Rotation, RotationEvent, RotationOptions, RotationSummary,
+};
 use grantkeeper_store::SharedStore;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;

@@ -191,7 +191,7 @@ enum KeysCommand {
     /// stops after the batch under way; running it again resumes.
     Rotate {
         /// Values re-sealed per store transaction (1 to 1000)
-        #[arg(long, default_value_t = grantkeeper_server::rotation::DEFAULT_BATCH_SIZE,
+        #[arg(long, default_value_t = grantkeeper_server::vault::rotation::DEFAULT_BATCH_SIZE,
               value_parser = clap::value_parser!(u32).range(1..=1000))]
         batch_size: u32,
         /// How long the new key must have been active before old keys are retired: at least

@@ -3,9 +3,10 @@
 use crate::{Target, serve_until_signal};
 use anyhow::{Context, anyhow, bail};
 use grantkeeper_core::{ExposeSecret, MasterKeySource, SystemClock};
+use grantkeeper_server::App;
 use grantkeeper_server::config::{self, Settings};
 use grantkeeper_server::master_key::{MasterKeySettings, process_env};
-use grantkeeper_server::{App, keys};
+use grantkeeper_server::vault::keyring;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -124,7 +125,7 @@ pub async fn check(target: Target) -> anyhow::Result<()> {
             );
             let opened = match master.open(SystemClock::shared(), &process_env).await {
                 Ok(source) => match grantkeeper_core::master::round_trip(source.as_ref()).await {
-                    Ok(()) => keys::load_vault(store.as_ref(), source.as_ref(), &SystemClock)
+                    Ok(()) => keyring::load_vault(store.as_ref(), source.as_ref(), &SystemClock)
                         .await
                         .map(|v| {
                             format!(

@@ -2,11 +2,11 @@
 //!
 //! Owns: configuration ([`config`]), the assembled [`App`], the operations ([`ops`]: sign-in,
 //! sessions, users, hand-outs, security events, API keys), the mapping of their failures to
-//! HTTP answers ([`error`]), the thin axum routers on top ([`http`]), the writing of counted activity to the store ([`metrics`]), and the data keys:
-//! loading them and keeping them current in a running server ([`keys`]), and rotating them
-//! ([`rotation`]); and the background tasks, started and stopped in one place ([`workers`]),
-//! among them the broker's retrier of the revocations at the provider that did not get
-//! through.
+//! HTTP answers ([`error`]), the thin axum routers on top ([`http`]), the writing of counted
+//! activity to the store ([`metrics`]), and the data keys: loading, reloading, rotating and
+//! retiring them ([`vault`]); and the background tasks, started and stopped in one place
+//! ([`workers`]), among them the broker's retrier of the revocations at the provider that did
+//! not get through.
 //!
 //! Another Rust service can embed it: build [`App::new`] (inside a Tokio runtime) and mount
 //! [`http::router`], or call the operations directly: [`ops::sign_in`], [`ops::hand_out`],
@@ -55,14 +55,12 @@ pub mod drops;
 pub mod error;
 pub mod http;
 pub mod keepalive;
-pub mod keys;
 pub mod limits;
 pub mod master_key;
 pub mod metrics;
 pub mod ops;
-pub mod rewrap;
-pub mod rotation;
 pub mod session;
+pub mod vault;
 pub mod webhook;
 pub mod workers;
 

@@ -8,7 +8,7 @@
 //! - `webhook`: the delivery of grant state changes, when `[events] webhook_url` is set
 //!   ([`crate::webhook`]);
 //! - `keyring`: the reading of the store's data keys every `vault.reload_interval`
-//!   ([`crate::keys`]);
+//!   ([`crate::vault::keyring`]);
 //! - `sessions`: the purge of expired sessions ([`crate::session`]);
 //! - `drops`: the listener for what other instances drop, on PostgreSQL ([`crate::drops`]);
 //!
@@ -99,7 +99,11 @@ impl Workers {
         }
         workers.spawn(
             "keyring",
-            crate::keys::keep_reloading(&work.vault, work.keyring_reload, workers.signal()),
+            crate::vault::keyring::keep_reloading(
+                &work.vault,
+                work.keyring_reload,
+                workers.signal(),
+            ),
         );
         workers.spawn(
             "sessions",

@@ -11,8 +11,8 @@ use grantkeeper_core::{ExposeSecret, KeyId, MasterKey, MasterKeySource, SystemCl
 use grantkeeper_server::App;
 use grantkeeper_server::apikeys::KeyScope::{Proxy, Token, UsersRead};
 use grantkeeper_server::config::{FileConfig, Settings};
-use grantkeeper_server::rewrap::rewrap;
-use grantkeeper_server::rotation::{Rotation, RotationOptions};
+use grantkeeper_server::vault::rewrap::rewrap;
+use grantkeeper_server::vault::rotation::{Rotation, RotationOptions};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;

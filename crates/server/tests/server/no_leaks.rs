@@ -12,7 +12,7 @@ use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::App;
 use grantkeeper_server::apikeys::KeyScope::{Proxy, Token, UsersRead, UsersWrite};
 use grantkeeper_server::config::{FileConfig, Settings};
-use grantkeeper_server::rotation::{Rotation, RotationOptions};
+use grantkeeper_server::vault::rotation::{Rotation, RotationOptions};
 use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::time::Duration;

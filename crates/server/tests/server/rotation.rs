@@ -15,8 +15,8 @@ use grantkeeper_core::{
     VaultHandle, fingerprint, vault::key_id_of,
 };
 use grantkeeper_server::apikeys::KeyScope;
-use grantkeeper_server::keys::{StoreKeyring, keep_reloading, load_vault, vault_from};
-use grantkeeper_server::rotation::{Rotation, RotationEvent, RotationOptions};
+use grantkeeper_server::vault::keyring::{StoreKeyring, keep_reloading, load_vault, vault_from};
+use grantkeeper_server::vault::rotation::{Rotation, RotationEvent, RotationOptions};
 use grantkeeper_store::{
     PendingRevocation, RefreshSuccess, RevocationTokenKind, SealedAccessToken, SealedRefreshToken,
     SharedStore, SignIn, StoreError,

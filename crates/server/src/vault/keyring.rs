@@ -1,6 +1,6 @@
 //! Loads the vault's data keys from the store, unwrapping them with the master key; creates the
 //! first data key on a deployment's first start; and keeps a running server's keyring current
-//! while `grantkeeper keys rotate` (see [`crate::rotation`]) adds and retires keys: the
+//! while `grantkeeper keys rotate` (see [`super::rotation`]) adds and retires keys: the
 //! [`StoreKeyring`] is the source a [`VaultHandle`] reads again when it meets a value under a key
 //! it does not know, and [`keep_reloading`] reads it every `vault.reload_interval` besides.
 //!
@@ -13,11 +13,11 @@
 //! yet, so that reading the keyring again asks it nothing unless a rotation added a key, and a
 //! server whose Cloud KMS or HSM is down keeps the keys it holds.
 
-use crate::rewrap::wrapped_by;
+use super::rewrap::wrapped_by;
 use crate::workers::{StopSignal, stopped};
 use grantkeeper_core::master::MasterKeyError;
 use grantkeeper_core::{Clock, KeyId, KeyringSource, MasterKeySource, Vault, VaultHandle};
-use grantkeeper_store::{DataKeyRecord, KeyStore, SharedStore};
+use grantkeeper_store::{DataKeyRecord, KeyStore};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,7 @@ pub async fn vault_from(
 /// The store's data keys as a running server reads them again. Never creates a key; asks the
 /// master key source only for keys it has not unwrapped before.
 pub struct StoreKeyring {
-    store: SharedStore,
+    store: Arc<dyn KeyStore>,
     source: Arc<dyn MasterKeySource>,
     /// The last vault built, whose keys the next read takes again.
     held: Mutex<Arc<Vault>>,
@@ -139,7 +139,11 @@ pub struct StoreKeyring {
 impl StoreKeyring {
     /// Reads `store`'s keys with `source`, starting from the keys of `held` (the vault
     /// loaded at start).
-    pub fn new(store: SharedStore, source: Arc<dyn MasterKeySource>, held: &Vault) -> StoreKeyring {
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        source: Arc<dyn MasterKeySource>,
+        held: &Vault,
+    ) -> StoreKeyring {
         let mut start = Vault::new();
         for id in held.key_ids() {
             start.adopt(held, id);

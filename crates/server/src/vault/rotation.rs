@@ -3,7 +3,7 @@
 //! A rotation makes a new data key, wrapped by the master key, the active one in one store
 //! transaction, then re-seals every sealed value of the store under it in batches, and ends
 //! with verification passes that count what old keys still seal. Running servers pick the new
-//! key up without a restart ([`crate::keys`]): one that meets a value under a key it does not
+//! key up without a restart ([`super::keyring`]): one that meets a value under a key it does not
 //! know reads the keyring again and opens it, one whose write the store refuses (sealed under
 //! a key that is no longer active) reads it, seals anew and writes again, and each reads it
 //! every `vault.reload_interval` anyway.
@@ -22,13 +22,14 @@
 //! unfinished, and no new key is made. Re-sealing needs no saved cursor: the values still to
 //! do are those not under the active key.
 
+use super::keyring::{KeyringError, load_vault, vault_from};
 use crate::config::DEFAULT_KEYRING_RELOAD;
-use crate::keys::{KeyringError, load_vault, vault_from};
 use grantkeeper_core::{Aad, KeyId, MasterKeySource, SharedClock, Vault, VaultError};
 use grantkeeper_store::{
-    DataKeyRecord, DataKeyStatus, MAX_PAGE, Reseal, SealedColumn, SealedValue, SharedStore,
+    DataKeyRecord, DataKeyStatus, MAX_PAGE, Reseal, RotationStore, SealedColumn, SealedValue,
     StoreError,
 };
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -144,7 +145,7 @@ impl RotationSummary {
 
 /// A rotation begun or resumed: the new key is active in the store.
 pub struct Rotation {
-    store: SharedStore,
+    store: Arc<dyn RotationStore>,
     clock: SharedClock,
     /// Every key not retired, the new one active.
     vault: Vault,
@@ -175,7 +176,7 @@ impl Rotation {
     /// Resumes the unfinished rotation, if there is one; otherwise makes a new data key the
     /// active one (the store's first key too, on a store that has none).
     pub async fn begin(
-        store: SharedStore,
+        store: Arc<dyn RotationStore>,
         source: &dyn MasterKeySource,
         clock: SharedClock,
     ) -> Result<Rotation, RotationError> {
