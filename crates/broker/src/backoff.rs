@@ -1,10 +1,12 @@
-//! Per-grant backoff after transient upstream failures: exponential with jitter, capped, and
+//! Per-grant backoff after transient upstream failures: exponential with equal jitter, capped
+//! ([`grantkeeper_core::backoff`]), and
 //! never shorter than the provider's `Retry-After`. While a grant backs off, nobody asks the
 //! provider for it again, so a struggling token endpoint is not hammered by retries.
 //!
 //! In memory and per process: another instance learns of the trouble from the grant's
 //! `failing` state and its own first failure.
 
+use grantkeeper_core::{Backoff, Jitter};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -53,7 +55,13 @@ impl Backoffs {
             map.retain(|_, e| e.until > horizon);
         }
         let failures = map.get(sub).map_or(0, |e| e.failures);
-        let wait = delay(failures, base, max, grantkeeper_core::random::u64())
+        let backoff = Backoff {
+            first: base,
+            longest: max,
+            jitter: Jitter::Equal,
+        };
+        let wait = backoff
+            .delay(failures, grantkeeper_core::random::u64())
             .max(retry_after.unwrap_or_default());
         let until = now
             .checked_add(time::Duration::try_from(wait).unwrap_or(time::Duration::DAY))
@@ -73,36 +81,9 @@ impl Backoffs {
     }
 }
 
-/// `base * 2^failures`, capped at `max`, with "equal jitter": between half and all of it, so
-/// that grants failing together spread out but none retries much sooner than planned.
-fn delay(failures: u32, base: Duration, max: Duration, random: u64) -> Duration {
-    let factor = 2u32.checked_pow(failures.min(31)).unwrap_or(u32::MAX);
-    let full = base.checked_mul(factor).unwrap_or(max).min(max);
-    let half = full / 2;
-    let span = u64::try_from((full - half).as_millis()).unwrap_or(u64::MAX);
-    let extra = if span == 0 { 0 } else { random % (span + 1) };
-    half + Duration::from_millis(extra)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exponential_capped_and_jittered() {
-        let base = Duration::from_secs(1);
-        let max = Duration::from_secs(300);
-        for random in [0, 1, 499, 500, u64::MAX] {
-            for n in 0..40 {
-                let full = (base * 2u32.pow(n.min(20))).min(max);
-                let d = delay(n, base, max, random);
-                assert!(d <= full && d >= full / 2, "{n}: {d:?} vs {full:?}");
-            }
-        }
-        assert_eq!(delay(0, base, max, 0), Duration::from_millis(500));
-        assert_eq!(delay(3, base, max, 4000), Duration::from_secs(8));
-        assert_eq!(delay(30, base, max, 0), Duration::from_secs(150));
-    }
 
     #[test]
     fn retry_after_wins_when_longer_and_success_clears() {

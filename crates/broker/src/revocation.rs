@@ -13,7 +13,7 @@ pub mod retry;
 use crate::flight::REFRESH_TIMEOUT;
 use crate::refresh::{Engine, Landed, elapsed_ms};
 use crate::{Broker, BrokerError};
-use grantkeeper_core::{Aad, GrantState, SecretString};
+use grantkeeper_core::{Aad, Backoff, GrantState, Jitter, SecretString};
 use grantkeeper_provider::ProviderError;
 use grantkeeper_store::{PendingRevocation, RevocationTokenKind, StateUpdate, StoreError};
 use std::time::{Duration, Instant};
@@ -52,12 +52,12 @@ pub const LONGEST_RETRY: Duration = Duration::from_secs(3600);
 /// up to [`LONGEST_RETRY`], plus up to a quarter of that at random, so that entries queued
 /// together (an outage) do not all come due together.
 pub fn revocation_retry_delay(attempts: u32) -> Duration {
-    let first = FIRST_RETRY.as_secs();
-    let secs = first
-        .saturating_mul(1u64 << attempts.min(20))
-        .min(LONGEST_RETRY.as_secs());
-    let jitter = grantkeeper_core::random::u64() % (secs / 4 + 1);
-    Duration::from_secs(secs + jitter)
+    let backoff = Backoff {
+        first: FIRST_RETRY,
+        longest: LONGEST_RETRY,
+        jitter: Jitter::UpToAQuarterMore,
+    };
+    backoff.delay(attempts, grantkeeper_core::random::u64())
 }
 
 /// Whether a failure of the provider's revocation changes nothing, or queues the revocation.

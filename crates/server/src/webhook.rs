@@ -9,7 +9,7 @@
 use crate::config::WebhookSettings;
 use crate::workers::{StopSignal, stopped, stopping};
 use aws_lc_rs::hmac;
-use grantkeeper_core::{ExposeSecret, SharedClock};
+use grantkeeper_core::{Backoff, ExposeSecret, Jitter, SharedClock};
 use grantkeeper_store::{GrantEvent, OutboxStore};
 use serde_json::json;
 use std::sync::Arc;
@@ -37,11 +37,15 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
     format!("t={timestamp},v1={}", hex::encode(tag.as_ref()))
 }
 
+/// The wait before the next delivery of an event that failed `attempts` times: 1 s doubling
+/// to an hour, plus up to a quarter more at random.
 fn backoff(attempts: u32) -> Duration {
-    let base = 1u64 << attempts.min(12);
-    let secs = base.min(3600);
-    let jitter = grantkeeper_core::random::u64() % (secs / 4 + 1);
-    Duration::from_secs(secs + jitter)
+    let backoff = Backoff {
+        first: Duration::from_secs(1),
+        longest: Duration::from_secs(3600),
+        jitter: Jitter::UpToAQuarterMore,
+    };
+    backoff.delay(attempts, grantkeeper_core::random::u64())
 }
 
 /// Most passes over the due events when stopping (a store that cannot record a delivery would
