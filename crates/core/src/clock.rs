@@ -1,8 +1,13 @@
 //! Time as a parameter: every expiry, skew and cache age is computed from a [`Clock`], so tests
 //! move time instead of sleeping. `SystemTime::now` is banned elsewhere by clippy.
+//!
+//! Two readings: the wall clock ([`Clock::now`]), for what is compared with other machines'
+//! times (token expiry, JWT claims, stored times), and a monotonic one ([`Clock::monotonic`]),
+//! for what only measures time passing here (rate limits, cache ages, cooldowns) and must not
+//! jump when the wall clock is set.
 
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use time::{Duration, OffsetDateTime};
 
 /// A source of wall-clock time.
@@ -13,6 +18,21 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn unix(&self) -> i64 {
         self.now().unix_timestamp()
     }
+
+    /// Time since a fixed origin in this process; never goes back. The default is the real
+    /// monotonic clock's.
+    fn monotonic(&self) -> std::time::Duration {
+        real_monotonic()
+    }
+}
+
+/// The process's monotonic clock, from its first reading.
+fn real_monotonic() -> std::time::Duration {
+    fn read() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    read().saturating_duration_since(*ORIGIN.get_or_init(read))
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -35,10 +55,12 @@ impl SystemClock {
 }
 
 /// A clock that starts at the real time plus an offset that tests (and the emulator's
-/// control API) can move forward or back.
+/// control API) can move forward or back. Its monotonic reading is the real one plus every
+/// step forward ([`ManualClock::advance`] by a positive amount); it never goes back.
 #[derive(Debug, Default)]
 pub struct ManualClock {
     offset: Mutex<Duration>,
+    ahead: Mutex<std::time::Duration>,
 }
 
 impl ManualClock {
@@ -46,10 +68,14 @@ impl ManualClock {
         Arc::new(Self::default())
     }
 
-    /// Moves this clock by `by` (negative goes back).
+    /// Moves this clock by `by` (negative goes back, on the wall clock only).
     pub fn advance(&self, by: Duration) {
         let mut offset = self.offset.lock().unwrap_or_else(|e| e.into_inner());
         *offset += by;
+        if let Ok(forward) = std::time::Duration::try_from(by) {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+            *ahead = ahead.saturating_add(forward);
+        }
     }
 
     /// Sets the offset from real time.
@@ -66,6 +92,11 @@ impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         SystemClock.now() + self.offset()
     }
+
+    fn monotonic(&self) -> std::time::Duration {
+        let ahead = *self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        real_monotonic().saturating_add(ahead)
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +112,19 @@ mod tests {
         assert!((after - before - 7200).abs() <= 1, "{before} -> {after}");
         clock.set_offset(Duration::ZERO);
         assert!((clock.unix() - before).abs() <= 1);
+    }
+
+    #[test]
+    fn manual_clock_moves_its_monotonic_reading_forward_only() {
+        let clock = ManualClock::new();
+        let before = clock.monotonic();
+        clock.advance(Duration::minutes(5));
+        let after = clock.monotonic();
+        assert!(after - before >= std::time::Duration::from_secs(300));
+        assert!(after - before < std::time::Duration::from_secs(301));
+        clock.advance(Duration::minutes(-10));
+        assert!(clock.monotonic() >= after);
+        clock.set_offset(Duration::ZERO);
+        assert!(clock.monotonic() >= after);
     }
 }

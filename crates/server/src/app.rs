@@ -156,7 +156,7 @@ impl App {
             clock.clone(),
             metrics.clone(),
         );
-        let limits = Limits::new(&settings.limits);
+        let limits = Limits::new(&settings.limits, &clock);
         let api_keys = Arc::new(KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL));
         let workers = Workers::start(Work {
             audit: audit_writer,

@@ -1,9 +1,10 @@
 //! Rate limits: a token bucket per client IP on the sign-in endpoints (`POST /authcode`, and
 //! the console's `POST /admin/login`, which guesses API keys), and per API key on `/v1`.
 //!
-//! Buckets live in moka caches bounded in entries, and a bucket idle for as long as it takes
-//! to fill again is dropped (a new one starts full, so nothing is lost): memory stays bounded
-//! however many clients come. When the cache is full, the least used buckets go first. Each
+//! The buckets are governor's (GCRA) on the injected clock's monotonic reading. They live in
+//! moka caches bounded in entries, and a bucket idle for as long as it takes to fill again is
+//! dropped (a new one starts full, so nothing is lost): memory stays bounded however many
+//! clients come. When the cache is full, the least used buckets go first. Each
 //! instance counts alone, so behind a load balancer of N instances a client may get up to N
 //! times the rate; the limits are a guard against floods and guessing, not a quota.
 //!
@@ -22,70 +23,94 @@ use crate::config::{LimitSettings, RateSettings};
 use crate::error::ApiError;
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap};
+use governor::Quota;
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use grantkeeper_core::SharedClock;
 use ipnet::IpNet;
 use moka::sync::Cache;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Most client IPs whose buckets are kept.
 const IP_CAPACITY: u64 = 100_000;
 /// Most API keys whose buckets are kept.
 const KEY_CAPACITY: u64 = 10_000;
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// Token buckets by key, `rate` per period and up to `burst` at once: governor's GCRA, on the
+/// injected clock's monotonic reading, with one state per key in a bounded cache.
+pub struct RateLimiter<K: Hash + Eq + Clone + Send + Sync + 'static> {
+    gcra: governor::RateLimiter<K, Buckets<K>, Monotonic, NoOpMiddleware<Duration>>,
 }
 
-/// Token buckets by key: `rate` per period, up to `burst` at once.
-pub struct RateLimiter<K> {
-    per_second: f64,
-    burst: f64,
-    buckets: Cache<K, Arc<Mutex<Bucket>>>,
+/// The clock governor reads: grantkeeper's, so that tests move time instead of sleeping.
+struct Monotonic(SharedClock);
+
+impl governor::clock::Clock for Monotonic {
+    type Instant = Duration;
+    fn now(&self) -> Duration {
+        self.0.monotonic()
+    }
 }
 
-impl<K: Hash + Eq + Send + Sync + 'static> RateLimiter<K> {
-    pub fn new(rate: RateSettings, capacity: u64) -> RateLimiter<K> {
-        let per_second = f64::from(rate.rate) / rate.per.as_secs_f64().max(f64::MIN_POSITIVE);
-        let burst = f64::from(rate.burst.max(1));
-        // An idle bucket is full again after burst / rate; forgetting it then changes nothing.
-        let refill = Duration::try_from_secs_f64(burst / per_second)
-            .unwrap_or(Duration::from_secs(86_400))
+/// governor's per-key state (one theoretical arrival time each) in a moka cache bounded in
+/// entries: governor's own keyed stores grow with every key until pruned. A state idle for as
+/// long as the bucket takes to fill again is dropped; a new one starts full, so nothing is lost.
+/// Idleness is moka's own (real) time: it decides memory only, never an answer.
+struct Buckets<K>(Cache<K, Arc<InMemoryState>>);
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> StateStore for Buckets<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0
+            .get_with_by_ref(key, Arc::default)
+            .measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> RateLimiter<K> {
+    pub fn new(rate: RateSettings, capacity: u64, clock: SharedClock) -> RateLimiter<K> {
+        let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+        // Validated settings have a rate of at least one per period; a zero interval (more
+        // than one per nanosecond) is no limit worth keeping apart from the smallest.
+        let interval = rate.per / rate.rate.max(1);
+        let quota = Quota::with_period(interval)
+            .unwrap_or(Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
+        // An idle bucket is full again after burst x interval; forgetting it then changes
+        // nothing.
+        let refill = quota
+            .burst_size_replenished_in()
             .max(Duration::from_secs(1));
-        RateLimiter {
-            per_second,
-            burst,
-            buckets: Cache::builder()
+        let buckets = Buckets(
+            Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(refill)
                 .build(),
+        );
+        RateLimiter {
+            gcra: governor::RateLimiter::new(quota, buckets, Monotonic(clock)),
         }
     }
 
     /// Takes a token for `key`; when none is left, `Err` with the wait until one is back,
     /// in whole seconds (at least one).
     pub fn check(&self, key: K) -> Result<(), Duration> {
-        let bucket = self.buckets.get_with(key, || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: self.burst,
-                at: Instant::now(),
-            }))
-        });
-        // Never held across an await; a poisoned bucket is still a valid count.
-        let mut b = bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = ((1.0 - b.tokens) / self.per_second).ceil().max(1.0);
-        Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(86_400)))
+        self.gcra.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.gcra.clock().now());
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            Duration::from_secs(secs.max(1))
+        })
     }
 }
 
@@ -98,10 +123,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(settings: &LimitSettings) -> Limits {
+    pub fn new(settings: &LimitSettings, clock: &SharedClock) -> Limits {
         Limits {
-            sign_in: settings.sign_in.map(|r| RateLimiter::new(r, IP_CAPACITY)),
-            v1: settings.v1.map(|r| RateLimiter::new(r, KEY_CAPACITY)),
+            sign_in: settings
+                .sign_in
+                .map(|r| RateLimiter::new(r, IP_CAPACITY, clock.clone())),
+            v1: settings
+                .v1
+                .map(|r| RateLimiter::new(r, KEY_CAPACITY, clock.clone())),
             trusted_proxies: settings.trusted_proxies.clone(),
             warned_no_address: AtomicBool::new(false),
         }
@@ -203,28 +232,49 @@ fn bucket_address(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
-    fn limiter(rate: u32, per: u64, burst: u32) -> RateLimiter<&'static str> {
-        RateLimiter::new(
-            RateSettings {
-                rate,
-                per: Duration::from_secs(per),
-                burst,
-            },
-            100,
-        )
+    use grantkeeper_core::ManualClock;
+
+    fn limiter(rate: u32, per: u64, burst: u32) -> (RateLimiter<&'static str>, Arc<ManualClock>) {
+        let clock = ManualClock::new();
+        let rate = RateSettings {
+            rate,
+            per: Duration::from_secs(per),
+            burst,
+        };
+        (RateLimiter::new(rate, 100, clock.clone()), clock)
     }
 
     #[test]
     fn a_burst_then_a_wait_in_whole_seconds() {
-        let l = limiter(1, 60, 3);
+        let (l, clock) = limiter(1, 60, 3);
         for _ in 0..3 {
             assert!(l.check("a").is_ok());
         }
         let wait = l.check("a").unwrap_err();
-        assert!(wait.as_secs() >= 1 && wait.as_secs() <= 60, "{wait:?}");
+        assert!(wait.as_secs() >= 59 && wait.as_secs() <= 60, "{wait:?}");
         assert_eq!(wait.subsec_nanos(), 0);
         // Another key has its own bucket.
         assert!(l.check("b").is_ok());
+        // One token is back after the wait, not two.
+        clock.advance(time::Duration::seconds(60));
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_err());
+        // A bucket idle long enough is full again, and no fuller.
+        clock.advance(time::Duration::hours(1));
+        for _ in 0..3 {
+            assert!(l.check("a").is_ok());
+        }
+        assert!(l.check("a").is_err());
+    }
+
+    #[test]
+    fn the_wait_is_rounded_up_to_whole_seconds() {
+        // 50 a second: the next token is 20 ms away, announced as one second.
+        let (l, clock) = limiter(50, 1, 1);
+        assert!(l.check("k").is_ok());
+        assert_eq!(l.check("k"), Err(Duration::from_secs(1)));
+        clock.advance(time::Duration::milliseconds(20));
+        assert!(l.check("k").is_ok());
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {

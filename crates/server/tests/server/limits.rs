@@ -2,16 +2,27 @@
 //! largest proxied body.
 
 use super::harness::{Answer, Options, TestApp, no_rate_limits};
+use grantkeeper_core::ManualClock;
 use grantkeeper_server::apikeys::KeyScope::{Proxy, UsersRead};
 use grantkeeper_server::config::{LimitsSection, Settings};
-use std::time::Duration;
+use std::sync::Arc;
 
 async fn with_limits(limits: LimitsSection) -> TestApp {
+    with_limits_on(limits, None).await
+}
+
+async fn with_limits_on(limits: LimitsSection, clock: Option<Arc<ManualClock>>) -> TestApp {
     TestApp::start_with(Options {
         limits,
+        clock,
         ..Options::default()
     })
     .await
+}
+
+/// Time passing for the limits: the clock moves, nobody sleeps.
+fn wait_out(clock: &ManualClock, secs: u64) {
+    clock.advance(time::Duration::seconds(i64::try_from(secs).unwrap()));
 }
 
 /// The Retry-After of a 429, in whole seconds.
@@ -42,11 +53,15 @@ async fn emails(t: &TestApp) -> Vec<String> {
 
 #[tokio::test]
 async fn sign_ins_beyond_the_burst_are_refused_until_the_bucket_refills() {
-    let t = with_limits(LimitsSection {
-        authcode_per_minute: Some(60),
-        authcode_burst: Some(2),
-        ..no_rate_limits()
-    })
+    let clock = ManualClock::new();
+    let t = with_limits_on(
+        LimitsSection {
+            authcode_per_minute: Some(60),
+            authcode_burst: Some(2),
+            ..no_rate_limits()
+        },
+        Some(clock.clone()),
+    )
     .await;
     let code = t.web_code("limited@example.com").await;
     // The burst goes on attempts refused for other reasons: every attempt counts.
@@ -80,7 +95,7 @@ async fn sign_ins_beyond_the_burst_are_refused_until_the_bucket_refills() {
     // After Retry-After, the same (unused) code goes through.
     let mut answer = a;
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(retry_after(&answer))).await;
+        wait_out(&clock, retry_after(&answer));
         answer = t.authcode_web(&code).await;
         if answer.status != 429 {
             break;
@@ -221,11 +236,15 @@ async fn console_sign_in_attempts_are_limited_with_an_html_page() {
 
 #[tokio::test]
 async fn each_api_key_has_its_own_limit() {
-    let t = with_limits(LimitsSection {
-        v1_per_second: Some(1),
-        v1_burst: Some(2),
-        ..no_rate_limits()
-    })
+    let clock = ManualClock::new();
+    let t = with_limits_on(
+        LimitsSection {
+            v1_per_second: Some(1),
+            v1_burst: Some(2),
+            ..no_rate_limits()
+        },
+        Some(clock.clone()),
+    )
     .await;
     let busy = t.api_key(&[UsersRead]).await;
     let other = t.api_key(&[UsersRead]).await;
@@ -251,7 +270,7 @@ async fn each_api_key_has_its_own_limit() {
 
     let mut answer = None;
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(wait)).await;
+        wait_out(&clock, wait);
         let a = t.v1("GET", "/v1/users", Some(&busy), None).await;
         if a.status != 429 {
             answer = Some(a);
