@@ -148,6 +148,18 @@ const SOFTHSM_MODULES: [&str; 3] = [
     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
 ];
 
+/// A random AES-256 key that `softhsm2-util --import --aes` takes whole: it reads the file as
+/// a C string up to the first newline, so a zero or newline byte would cut the key short and
+/// leave a token key that no AES mechanism accepts (CKR_MECHANISM_INVALID at C_EncryptInit).
+fn importable_key() -> [u8; 32] {
+    loop {
+        let key = grantkeeper_core::random::bytes::<32>();
+        if !key.iter().any(|b| matches!(b, b'\0' | b'\n')) {
+            return key;
+        }
+    }
+}
+
 /// A SoftHSM2 store under `dir` with the token `grantkeeper` (PIN 1234) holding the AES-256
 /// key `master`; its configuration's path and the module. None when SoftHSM2 is missing.
 fn softhsm(dir: &Path) -> Option<(PathBuf, PathBuf)> {
@@ -195,7 +207,7 @@ fn softhsm(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     // The key is imported from a file that is deleted at once (the library's tests generate
     // theirs inside the token).
     let raw = dir.join("aes.key");
-    std::fs::write(&raw, grantkeeper_core::random::bytes::<32>()).unwrap();
+    std::fs::write(&raw, importable_key()).unwrap();
     util(&[
         "--import",
         raw.to_str().unwrap(),
