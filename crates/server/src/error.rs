@@ -59,10 +59,39 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+/// The contract's error body: a code for machines, a message for the client's developer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody {
+    #[schema(schema_with = error_code_schema)]
+    error: &'static str,
+    /// For people; never carries internals.
     message: String,
+}
+
+/// The codes of design.md, each answered by some [`ApiError`] (all of them but
+/// `internal_error`, a failure of grantkeeper's own that no request can cause).
+pub const CODES: [&str; 16] = [
+    "invalid_request",
+    "csrf",
+    "origin_not_allowed",
+    "code_rejected",
+    "id_token_invalid",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "grant_revoked",
+    "not_held",
+    "scope_not_granted",
+    "payload_too_large",
+    "unsupported_media_type",
+    "rate_limited",
+    "upstream_error",
+    "upstream_unavailable",
+];
+
+fn error_code_schema() -> utoipa::openapi::Object {
+    crate::http::openapi::string_enum(&CODES)
 }
 
 impl ApiError {
@@ -420,6 +449,40 @@ mod tests {
         ];
         all.extend(stores().into_iter().map(SignInError::Store));
         all
+    }
+
+    /// The error body's schema in the OpenAPI document lists [`CODES`]: every code answered.
+    #[test]
+    fn every_code_answered_is_in_the_document() {
+        let all = [
+            ApiError::InvalidRequest(String::new()),
+            ApiError::Csrf,
+            ApiError::OriginNotAllowed,
+            ApiError::CodeRejected(String::new()),
+            ApiError::IdTokenInvalid(String::new()),
+            ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::GrantRevoked(String::new()),
+            ApiError::ScopeNotGranted(String::new()),
+            ApiError::NotHeld(String::new()),
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            ApiError::Upstream(String::new()),
+            ApiError::UpstreamUnavailable {
+                message: String::new(),
+                retry_after: None,
+            },
+        ];
+        let mut codes: Vec<&str> = all.iter().map(ApiError::code).collect();
+        let mut listed = CODES.to_vec();
+        codes.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(codes, listed);
+        assert_eq!(ApiError::Internal(String::new()).code(), "internal_error");
     }
 
     /// The operations record an error's code (audit rows, metrics) before the HTTP layer maps

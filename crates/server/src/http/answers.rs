@@ -12,10 +12,13 @@ use grantkeeper_core::{ExposeSecret, Scopes};
 use grantkeeper_store::{GrantRecord, UserPage, UserRecord};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
-/// The user object of the HTTP contract.
-#[derive(Serialize)]
+/// The user object of the HTTP contract: the profile of their last verified ID token.
+#[derive(Serialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserJson {
+    /// The user's Google ID, stable for the account.
     sub: String,
     email: Option<String>,
     email_verified: bool,
@@ -42,13 +45,28 @@ impl From<&UserRecord> for UserJson {
     }
 }
 
-#[derive(Serialize)]
+/// The user's grant: what grantkeeper holds for them and how it stands.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Grant)]
 pub struct GrantJson {
+    /// `active` (refresh token held, last refresh fine), `failing` (transient upstream errors;
+    /// still usable), `needs_consent` (no refresh token held: sign in again with consent) or
+    /// `revoked`.
+    #[schema(schema_with = grant_state_schema)]
     state: &'static str,
+    /// The scopes the user granted.
     scopes: Vec<String>,
+    /// When the state last changed.
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// Why it is in this state, for people.
     reason: Option<String>,
+    #[schema(format = DateTime)]
     last_refresh_at: Option<String>,
+}
+
+fn grant_state_schema() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["active", "failing", "needs_consent", "revoked"])
 }
 
 impl From<&GrantRecord> for GrantJson {
@@ -63,12 +81,17 @@ impl From<&GrantRecord> for GrantJson {
     }
 }
 
-#[derive(Serialize)]
+/// A sign-in's answer (`POST /authcode`), and the signed-in user's (`GET /me`, with `grant`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = SignIn)]
 pub(crate) struct SignInJson {
     user: UserJson,
     granted_scopes: Vec<String>,
+    /// A refresh token is held: the app's services can act for the user offline.
     offline_access: bool,
+    /// No refresh token is held: the client must sign in again with `prompt=consent`.
     needs_consent: bool,
+    /// `GET /me` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     grant: Option<GrantJson>,
 }
@@ -91,7 +114,8 @@ pub(crate) fn sign_in_answer(
     }
 }
 
-#[derive(Serialize)]
+/// A user and their grant.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct UserWithGrant {
     user: UserJson,
     grant: GrantJson,
@@ -107,10 +131,30 @@ pub fn user_answer(user: &UserRecord, grant: &GrantRecord) -> serde_json::Value 
     .unwrap_or_default()
 }
 
-#[derive(Serialize)]
+/// A page of users, in `sub` order.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UserPage)]
 pub(crate) struct UserPageJson {
     users: Vec<UserWithGrant>,
+    /// The `cursor` of the next page; null on the last.
     next_cursor: Option<String>,
+}
+
+/// The hand-out's answer (`POST /v1/users/{sub}/token`). Written by [`token_json`] without a
+/// serializer; this type describes it (and checks it, in the tests below).
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
+#[schema(as = AccessToken)]
+#[allow(dead_code, reason = "describes the JSON that token_json writes")]
+pub(crate) struct AccessTokenJson {
+    /// The user's access token, for `Authorization: Bearer` at Google's APIs.
+    access_token: String,
+    /// When it expires (RFC 3339): at least `min_ttl` seconds from now.
+    #[schema(format = DateTime)]
+    expires_at: String,
+    /// The scopes it carries.
+    scopes: Vec<String>,
 }
 
 /// `GET /v1/users/{sub}`'s answer.
@@ -247,6 +291,8 @@ mod tests {
         let scopes = Scopes::from_iter(["openid", "https://www.googleapis.com/auth/drive.appdata"]);
         let out = token_json("ya29.tok\"en", "2026-12-03T17:00:00Z", &scopes);
         let v: Value = serde_json::from_slice(&out).unwrap();
+        // Exactly the fields the OpenAPI document's `AccessToken` describes.
+        let _: AccessTokenJson = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
             json!({

@@ -11,10 +11,25 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use grantkeeper_core::metrics::CONTENT_TYPE as OPENMETRICS;
 
+/// The route's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics))]
+pub(super) struct Api;
+
 pub fn routes() -> Router<App> {
     Router::new().route("/metrics", get(metrics))
 }
 
+/// The metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (OpenMetrics text); no user, token or path appears in a label",
+    responses(
+        (status = 200, description = "The metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+    )
+)]
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let grants = match app.store().count_grants_by_state().await {
         Ok(counts) => counts,

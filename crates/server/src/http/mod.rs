@@ -11,6 +11,7 @@ mod extract;
 mod health;
 pub mod jobs;
 mod metrics;
+pub(crate) mod openapi;
 mod page;
 pub mod proxy;
 mod risc;

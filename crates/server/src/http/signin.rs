@@ -2,7 +2,7 @@
 //! any of its body shapes and calls [`ops::sign_in`]; the others act on the session cookie.
 
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::http::answers;
 use crate::http::cookies::{clear_session_cookie, session_cookie, session_secret};
 use crate::http::extract::{gate, read_body, session_user};
@@ -16,11 +16,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use grantkeeper_core::SecretString;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 /// Largest accepted `/authcode` body; Google's codes are at most 256 bytes.
 const BODY_LIMIT: usize = 8 * 1024;
 /// Largest accepted code.
 const CODE_LIMIT: usize = 4 * 1024;
+
+/// The routes' part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(authcode, me, logout, disconnect))]
+pub(super) struct Api;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -30,25 +36,44 @@ pub fn routes() -> Router<App> {
         .route("/disconnect", post(disconnect))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PlatformQuery {
+    /// Which client the code is from (its redirect URI differs); overrides the body's.
+    #[param(schema_with = platform_schema)]
     platform: Option<String>,
-    /// Incremental authorization for a signed-in user: the code must be this account's.
+    /// Incremental authorization for a signed-in user: the code must be this account's; a
+    /// code of another Google account answers 403 `forbidden` and nothing is recorded.
     sub: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The code as Android and iOS apps post it.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CodeForm)]
 struct CodeForm {
+    /// The code (Android's name for it).
     #[serde(rename = "authCode")]
     auth_code: Option<String>,
+    /// The code (either name does).
     code: Option<String>,
+    #[schema(schema_with = platform_schema)]
     platform: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The code as JSON.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CodeJson)]
 struct CodeJson {
+    /// The one-time authorization code.
+    #[schema(required = true)]
     code: Option<String>,
+    /// Without it, the code counts as a mobile app's.
+    #[schema(schema_with = platform_schema)]
     platform: Option<String>,
+}
+
+fn platform_schema() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["web", "android", "ios"])
 }
 
 enum BodyKind {
@@ -144,6 +169,38 @@ impl crate::fuzzing::AuthcodeBody {
     }
 }
 
+/// Signs in with a one-time authorization code.
+#[utoipa::path(
+    post,
+    path = "/authcode",
+    tag = "sign-in",
+    summary = "Sign in with a one-time authorization code",
+    description = "A raw code (web: exchanged with redirect_uri postmessage), a form with authCode= or code= (Android, iOS: empty redirect_uri), or JSON {code, platform}. A form or JSON without platform counts as mobile, a raw body as web. The ID token is verified before anything is written; a later code without a refresh token never erases the one held.",
+    params(
+        ("X-Requested-With" = String, Header, description = "Any value; a cross-site form cannot send it"),
+        PlatformQuery,
+    ),
+    request_body(
+        description = "The code, in the shape of the client's platform (at most 8 KiB)",
+        content(
+            (String = "application/octet-stream"),
+            (String = "text/plain"),
+            (CodeForm = "application/x-www-form-urlencoded"),
+            (CodeJson = "application/json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Signed in; sets the session cookie (HttpOnly, SameSite=Lax, Secure unless dev)", body = answers::SignInJson),
+        (status = 400, description = "`invalid_request`: no code, a malformed body, an unknown platform; `code_rejected`: Google refused the code (used, expired, or another client's)", body = ErrorBody),
+        (status = 401, description = "`id_token_invalid`: the ID token did not verify", body = ErrorBody),
+        (status = 403, description = "`csrf`: no X-Requested-With; `origin_not_allowed`: an Origin not in server.allowed_origins; `forbidden`: a code of another account than `sub`, or an account blocked by a security event", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many sign-ins from this address (Retry-After)", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: Google answered unexpectedly", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: Google, its keys or the store are unavailable (Retry-After)", body = ErrorBody),
+    )
+)]
 async fn authcode(
     State(app): State<App>,
     RawQuery(query): RawQuery,
@@ -182,6 +239,18 @@ async fn authcode(
     Ok(response)
 }
 
+/// The signed-in user and their grant.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "sign-in",
+    summary = "The signed-in user and their grant",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "The user, with `grant`", body = answers::SignInJson),
+        (status = 401, description = "`unauthorized`: not signed in, or the session ended", body = ErrorBody),
+    )
+)]
 async fn me(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     let sub = session_user(&app, &headers).await?;
     let (user, grant) = ops::users::get(&app, &sub).await.map_err(|e| match e {
@@ -193,6 +262,19 @@ async fn me(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiE
     Ok(Json(answers::sign_in_answer(&user, &grant, true)).into_response())
 }
 
+/// Ends the session.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "sign-in",
+    summary = "End the session",
+    security(("session" = [])),
+    params(("X-Requested-With" = String, Header, description = "Any value; a cross-site form cannot send it")),
+    responses(
+        (status = 204, description = "Signed out; clears the session cookie"),
+        (status = 403, description = "`csrf` or `origin_not_allowed`", body = ErrorBody),
+    )
+)]
 async fn logout(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
     if let Some(secret) = session_secret(&headers) {
@@ -204,6 +286,23 @@ async fn logout(State(app): State<App>, headers: HeaderMap) -> Result<Response, 
 }
 
 /// Revokes the user's grant at Google, deletes the tokens held and every session of the user.
+#[utoipa::path(
+    post,
+    path = "/disconnect",
+    tag = "sign-in",
+    summary = "Revoke the grant at Google, delete the tokens held and end every session of the user",
+    description = "If Google cannot be reached, done here at once and the revocation at Google is retried.",
+    security(("session" = [])),
+    params(("X-Requested-With" = String, Header, description = "Any value; a cross-site form cannot send it")),
+    responses(
+        (status = 204, description = "Disconnected; clears the session cookie", headers(
+            ("Grantkeeper-Revocation" = String, description = "`revoked` at Google, or `queued` when Google could not be reached and the revocation is retried")
+        )),
+        (status = 401, description = "`unauthorized`: not signed in", body = ErrorBody),
+        (status = 403, description = "`csrf` or `origin_not_allowed`", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: the store is unavailable (Retry-After)", body = ErrorBody),
+    )
+)]
 async fn disconnect(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     gate(&app, &headers)?;
     let sub = session_user(&app, &headers).await?;

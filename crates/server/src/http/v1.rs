@@ -4,7 +4,7 @@
 
 use crate::apikeys::KeyScope;
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::http::answers;
 use crate::http::extract::{Path, api_key, read_body};
 use crate::http::proxy;
@@ -20,6 +20,12 @@ use grantkeeper_broker::TokenRequest;
 use grantkeeper_core::Scopes;
 use serde::Deserialize;
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+/// The routes' part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_users, get_user, delete_user, token, proxy_call))]
+pub(super) struct Api;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -40,14 +46,34 @@ fn proxy_methods() -> MethodRouter<App> {
         })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Users a page (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
 }
 
 const MAX_PAGE: u32 = 500;
 
+/// Users with their grant status, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "users",
+    summary = "Users with their grant status, a page at a time (scope users:read)",
+    security(("apiKey" = ["users:read"])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page", body = answers::UserPageJson),
+        (status = 400, description = "`invalid_request`: a limit out of range, or a cursor this API did not give", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no API key, or not one of ours", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks scope `users:read`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the key is over `limits.v1_per_second` (Retry-After)", body = ErrorBody),
+    )
+)]
 async fn list_users(
     State(app): State<App>,
     headers: HeaderMap,
@@ -80,6 +106,21 @@ async fn list_users(
     Ok(answers::user_page(&page))
 }
 
+/// One user and their grant.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{sub}",
+    tag = "users",
+    summary = "One user and their grant (scope users:read)",
+    security(("apiKey" = ["users:read"])),
+    params(("sub" = String, Path, description = "The user's Google ID (`sub`)")),
+    responses(
+        (status = 200, description = "The user", body = answers::UserWithGrant),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks scope `users:read`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
+    )
+)]
 async fn get_user(
     State(app): State<App>,
     headers: HeaderMap,
@@ -90,6 +131,23 @@ async fn get_user(
     Ok(answers::user(&user, &grant))
 }
 
+/// Revokes the grant at Google, then deletes the user.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{sub}",
+    tag = "users",
+    summary = "Revoke the grant at Google, then delete the user and everything held for them (scope users:write)",
+    description = "If Google cannot be reached, the user is deleted here at once and the revocation at Google is retried.",
+    security(("apiKey" = ["users:write"])),
+    params(("sub" = String, Path, description = "The user's Google ID (`sub`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks scope `users:write`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: the store is unavailable (Retry-After)", body = ErrorBody),
+    )
+)]
 async fn delete_user(
     State(app): State<App>,
     headers: HeaderMap,
@@ -100,16 +158,45 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// What the token must be. Unknown fields are refused.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TokenRequest)]
 struct TokenBody {
+    /// Scopes the token must carry, all granted by the user (default: every scope granted).
     scopes: Option<Vec<String>>,
+    /// Seconds the token must stay valid at least: 0 is any unexpired token; absent, the
+    /// configured `broker.min_ttl`.
+    #[schema(maximum = 3600)]
     min_ttl: Option<u64>,
 }
 
 /// Largest `min_ttl` accepted: Google's tokens live an hour.
 const MAX_MIN_TTL: u64 = 3600;
 
+/// A fresh access token for the user.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{sub}/token",
+    tag = "users",
+    summary = "A fresh access token for the user (scope token)",
+    description = "Answers the held token when it stays valid for at least min_ttl seconds (0: any unexpired token; absent: the configured default), else refreshes once for all concurrent callers, across instances. Answered with Cache-Control: no-store.",
+    security(("apiKey" = ["token"])),
+    params(("sub" = String, Path, description = "The user's Google ID (`sub`)")),
+    request_body(content = Option<TokenBody>, description = "Optional: an empty body takes the defaults"),
+    responses(
+        (status = 200, description = "A token (Cache-Control: no-store)", body = answers::AccessTokenJson),
+        (status = 400, description = "`invalid_request`: malformed JSON, a field of the wrong type or unknown, min_ttl over 3600", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks scope `token`; `scope_not_granted`: a scope the user did not grant", body = ErrorBody),
+        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
+        (status = 409, description = "`grant_revoked`: the grant is revoked or needs consent: the user must sign in again", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over 16 KiB", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the key is over `limits.v1_per_second` (Retry-After)", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: Google refused grantkeeper's request", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: Google or the store is unavailable (Retry-After)", body = ErrorBody),
+    )
+)]
 async fn token(
     State(app): State<App>,
     Path(sub): Path<String>,
@@ -150,6 +237,30 @@ fn token_request(bytes: &[u8]) -> Result<TokenRequest, ApiError> {
     })
 }
 
+/// A Google API call made as the user.
+#[utoipa::path(
+    method(get, head, post, put, patch, delete),
+    path = "/v1/users/{sub}/google/{path}",
+    tag = "users",
+    summary = "Call {api_base}/{path} as the user (scope proxy)",
+    description = "GET, HEAD, POST, PUT, PATCH or DELETE (others: 405 invalid_request with Allow, before the key is looked at). The query and the body pass through; of the caller's headers only content negotiation, conditional requests, ranges and Google's upload headers do (design.md lists them), and Authorization is the user's access token. Google's answer comes back with its status, headers (less hop-by-hop ones and Set-Cookie) and body. A 401 from the API is retried once after a refresh (bodies up to 1 MiB), except within broker.rejection_cooldown of such a refresh, when the 401 is passed back.",
+    security(("apiKey" = ["proxy"])),
+    params(
+        ("sub" = String, Path, description = "The user's Google ID (`sub`)"),
+        ("path" = String, Path, description = "The API path under api_base, e.g. drive/v3/files"),
+    ),
+    responses(
+        (status = "default", description = "The API's answer, as Google gave it"),
+        (status = 401, description = "`unauthorized`: no API key, or not one of ours (Google's own 401s pass through)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks scope `proxy`; `scope_not_granted`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
+        (status = 405, description = "`invalid_request`: a method Google's APIs do not use (Allow)", body = ErrorBody),
+        (status = 409, description = "`grant_revoked`: the user must sign in again", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over `limits.proxy_body_limit`", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: no answer from the API", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: Google unavailable, or the call over `limits.request_timeout` (Retry-After)", body = ErrorBody),
+    )
+)]
 async fn proxy_call(
     State(app): State<App>,
     Path((sub, _)): Path<(String, String)>,
