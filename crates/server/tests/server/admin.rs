@@ -872,7 +872,7 @@ async fn revoking_while_google_is_unavailable_revokes_here_and_queues_it() {
         after.text
     );
 
-    t.emulator_call("PUT", "faults", Some(json!({}))).await;
+    t.set_faults(json!({})).await;
     let pass = t.app.retry_revocations_now().await.unwrap();
     assert_eq!((pass.revoked, pass.pending), (1, 0));
     assert_eq!(t.stats().await["revocations"], 1);
@@ -1412,16 +1412,7 @@ async fn the_console_pages_as_text() {
         .revoke_grant(&ben, "revoked by the operator")
         .await
         .unwrap();
-    let online = t
-        .mint(Code {
-            access_type: "online",
-            scope: "openid email",
-            redirect_uri: "",
-            azp: Some(t.emulator.android_client_id()),
-            ..Code::web("cat@example.com")
-        })
-        .await;
-    assert_eq!(t.authcode_android(&online).await.status, 200);
+    assert_eq!(t.sign_in_online("cat@example.com").await.status, 200);
     let key = t.api_key(&[Token]).await;
     let token = t
         .v1("POST", &format!("/v1/users/{ann}/token"), Some(&key), None)

@@ -201,7 +201,7 @@ async fn spoiled_id_tokens_are_refused_and_nothing_is_stored() {
         assert_eq!(a.status, 401, "{tamper}: {}", a.text);
         a.assert_error(401, "id_token_invalid");
     }
-    t.emulator_call("PUT", "faults", Some(json!({}))).await;
+    t.set_faults(json!({})).await;
     assert_eq!(users(&t).await, 0);
     assert_eq!(sessions(&t).await, 0);
 }
@@ -293,7 +293,7 @@ async fn upstream_failures_are_502_or_503_and_store_nothing() {
         if fault["token"]["status"] == 429 {
             assert_eq!(a.headers.get("retry-after").unwrap(), "7");
         }
-        t.emulator_call("PUT", "faults", Some(json!({}))).await;
+        t.set_faults(json!({})).await;
     }
     assert_eq!(users(&t).await, 0);
     assert_eq!(sessions(&t).await, 0);

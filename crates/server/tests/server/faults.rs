@@ -68,11 +68,6 @@ fn check_upstream(round: &str, op: Op, a: &Answer, relayed_ok: bool) {
     }
 }
 
-async fn set_faults(t: &TestApp, faults: Value) {
-    let set = t.emulator_call("PUT", "faults", Some(faults.clone())).await;
-    assert_eq!(set.status, 200, "{faults}: {}", set.text);
-}
-
 /// The `kid` of the last ID token the emulator issued to `email`.
 async fn last_kid(t: &TestApp, email: &str) -> String {
     let a = t
@@ -274,7 +269,7 @@ async fn upstream_faults_never_revoke_never_500_and_queue_disconnects() {
     let mut queued = 0;
     for (r, (endpoint, fault, leaving)) in rounds.iter().enumerate() {
         let round = format!("{endpoint} {fault}");
-        set_faults(&t, json!({ *endpoint: fault })).await;
+        t.set_faults(json!({ *endpoint: fault })).await;
         let mut calls: Vec<Call<'_>> = Vec::new();
         for k in 0..4 {
             calls.push(storm.hand_out((r * 4 + k) % STAYING));
@@ -343,7 +338,8 @@ async fn upstream_faults_never_revoke_never_500_and_queue_disconnects() {
 
     // A key rotated mid-storm (token requests failing half the time): sign-ins verify the new
     // key after fetching the JWKS again.
-    set_faults(&t, json!({"token": {"error_rate": 0.5, "status": 503}})).await;
+    t.set_faults(json!({"token": {"error_rate": 0.5, "status": 503}}))
+        .await;
     let mut calls: Vec<Call<'_>> = Vec::new();
     for i in 0..STAYING {
         calls.push(storm.hand_out(i));
@@ -371,7 +367,7 @@ async fn upstream_faults_never_revoke_never_500_and_queue_disconnects() {
     assert!(verified >= 1, "no sign-in verified after the rotation");
 
     // Faults over.
-    set_faults(&t, json!({})).await;
+    t.set_faults(json!({})).await;
     let mut revoked_on_purpose = Vec::new();
     for (i, sub) in subs.iter().enumerate() {
         let a = t

@@ -377,6 +377,30 @@ impl TestApp {
         .await
     }
 
+    /// An Android sign-in of `email` with a code without offline access (`openid email`):
+    /// signed in, but no refresh token is held, so the grant needs consent. (Web popup codes
+    /// are always offline, as Google Identity Services' are.)
+    pub async fn sign_in_online(&self, email: &str) -> Answer {
+        let code = self
+            .mint(Code {
+                access_type: "online",
+                scope: "openid email",
+                redirect_uri: "",
+                azp: Some(self.emulator.android_client_id()),
+                ..Code::web(email)
+            })
+            .await;
+        self.authcode_android(&code).await
+    }
+
+    /// Sets the emulator's faults (`{}`: none).
+    pub async fn set_faults(&self, faults: Value) {
+        let set = self
+            .emulator_call("PUT", "faults", Some(faults.clone()))
+            .await;
+        assert_eq!(set.status, 200, "{faults}: {}", set.text);
+    }
+
     pub async fn emulator_call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
         let url = format!("{}/_emulator/{path}", self.emulator_url);
         let req = self.http.request(method.parse().unwrap(), url);

@@ -379,7 +379,7 @@ async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_t
         (Some(0), Some(0), Some(3))
     );
 
-    t.emulator_call("PUT", "faults", Some(json!({}))).await;
+    t.set_faults(json!({})).await;
     let mut handed = Vec::new();
     for _ in 0..40 {
         let c = claim(&t, &key, id, json!({"max": 10})).await;

@@ -167,8 +167,7 @@ async fn a_running_server_serves_through_a_kms_outage() {
     let ada = t.signed_in("outage-ada@example.com").await;
     assert_eq!(hand_out(&t, &key, &ada, 0).await.status, 200);
 
-    t.emulator_call("PUT", "faults", Some(json!({"kms": {"status": 503}})))
-        .await;
+    t.set_faults(json!({"kms": {"status": 503}})).await;
     let before = t.kms_requests().await;
     // Sign-ins, hand-outs and refreshes need no data key the server does not hold.
     let bo = t.signed_in("outage-bo@example.com").await;
@@ -180,7 +179,7 @@ async fn a_running_server_serves_through_a_kms_outage() {
 
     // Only what needs a data key it has not loaded fails, with 503 upstream_unavailable: here a
     // value sealed under a key that another process made while Cloud KMS was up.
-    t.emulator_call("PUT", "faults", Some(json!({}))).await;
+    t.set_faults(json!({})).await;
     let (other, _) = kms_source(&t.emulator_url, t.dir.path()).await;
     let mut rotation = Rotation::begin(t.app.store().clone(), &other, SystemClock::shared())
         .await
@@ -189,14 +188,13 @@ async fn a_running_server_serves_through_a_kms_outage() {
         .run(&no_grace(), stop_never(), &|_| {})
         .await
         .unwrap();
-    t.emulator_call("PUT", "faults", Some(json!({"kms": {"status": 503}})))
-        .await;
+    t.set_faults(json!({"kms": {"status": 503}})).await;
     let refused = hand_out(&t, &key, &ada, 3600).await;
     refused.assert_error(503, "upstream_unavailable");
     assert!(refused.headers.get("retry-after").is_some());
 
     // Back up: the same call goes through, and the key is held from then on.
-    t.emulator_call("PUT", "faults", Some(json!({}))).await;
+    t.set_faults(json!({})).await;
     assert_eq!(hand_out(&t, &key, &ada, 3600).await.status, 200);
     assert_eq!(hand_out(&t, &key, &bo, 3600).await.status, 200);
 }

@@ -2,7 +2,7 @@
 //! with the right labels, nobody is named, and the activity reaches the store (and survives a
 //! store that refuses it for a while).
 
-use super::harness::{Code, TestApp};
+use super::harness::TestApp;
 use grantkeeper_core::metrics::{CONTENT_TYPE, series};
 use grantkeeper_core::{Metrics, SystemClock};
 use grantkeeper_server::apikeys::KeyScope::{Proxy, Token};
@@ -57,16 +57,7 @@ async fn metrics_count_sign_ins_hand_outs_refreshes_and_proxied_calls_naming_nob
         .await
         .assert_error(400, "code_rejected");
     // An Android sign-in without offline access: a grant that needs consent.
-    let online = t
-        .mint(Code {
-            access_type: "online",
-            scope: "openid email",
-            redirect_uri: "",
-            azp: Some(t.emulator.android_client_id()),
-            ..Code::web("online@example.com")
-        })
-        .await;
-    let online = t.authcode_android(&online).await;
+    let online = t.sign_in_online("online@example.com").await;
     assert_eq!(online.status, 200, "{}", online.text);
     let online_sub = online.body["user"]["sub"].as_str().unwrap().to_owned();
     // A user whose grant Google then revokes.

@@ -301,7 +301,7 @@ async fn disconnect_when_google_cannot_revoke_queues_it() {
     );
 
     // Google is back: the retry revokes the token there and empties the queue.
-    t.emulator_call("PUT", "faults", Some(json!({}))).await;
+    t.set_faults(json!({})).await;
     let pass = t.app.retry_revocations_now().await.unwrap();
     assert_eq!((pass.revoked, pass.failed, pass.pending), (1, 0, 0));
     assert_eq!(t.stats().await["revocations"], 1);

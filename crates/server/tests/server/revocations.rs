@@ -10,19 +10,12 @@ use serde_json::json;
 const XRW: (&str, &str) = ("x-requested-with", "XmlHttpRequest");
 
 async fn revoke_outage(t: &TestApp) {
-    let set = t
-        .emulator_call(
-            "PUT",
-            "faults",
-            Some(json!({"revoke": {"error_rate": 1.0, "status": 503}})),
-        )
+    t.set_faults(json!({"revoke": {"error_rate": 1.0, "status": 503}}))
         .await;
-    assert_eq!(set.status, 200, "{}", set.text);
 }
 
 async fn outage_over(t: &TestApp) {
-    let set = t.emulator_call("PUT", "faults", Some(json!({}))).await;
-    assert_eq!(set.status, 200, "{}", set.text);
+    t.set_faults(json!({})).await;
 }
 
 /// Every queued entry, whenever due.

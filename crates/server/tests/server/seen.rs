@@ -2,7 +2,7 @@
 //! each platform, the token answer, and one body for each error code of design.md. Ids, times,
 //! ports and tokens change from run to run and are masked by insta's filters.
 
-use super::harness::{Answer, Code, Options, TestApp, no_rate_limits};
+use super::harness::{Answer, Options, TestApp, no_rate_limits};
 use grantkeeper_server::apikeys::KeyScope::{Jobs, Proxy, Token, UsersRead};
 use grantkeeper_server::config::{DurationValue, LimitsSection};
 use serde_json::{Value, json};
@@ -65,16 +65,7 @@ async fn sign_in_and_token_answers() {
         )
         .await;
     // A native code without offline access: signed in, but no refresh token is held.
-    let online = t
-        .mint(Code {
-            access_type: "online",
-            scope: "openid email",
-            redirect_uri: "",
-            azp: Some(t.emulator.android_client_id()),
-            ..Code::web("dan@example.com")
-        })
-        .await;
-    let needs_consent = t.authcode_android(&online).await;
+    let needs_consent = t.sign_in_online("dan@example.com").await;
     for a in [&web, &android, &ios, &needs_consent] {
         assert_eq!(a.status, 200, "{}", a.text);
         assert!(a.session_cookie().is_some(), "{:?}", a.headers);
@@ -114,12 +105,6 @@ async fn sign_in_and_token_answers() {
             "token_scopes_min_ttl": shown(&narrowed),
         }));
     });
-}
-
-/// Sets the emulator's faults (`{}`: none).
-async fn fault(t: &TestApp, faults: Value) {
-    let a = t.emulator_call("PUT", "faults", Some(faults)).await;
-    assert_eq!(a.status, 200, "{}", a.text);
 }
 
 /// Sends a request with a raw body and content type.
@@ -228,21 +213,22 @@ async fn every_error_code_users_see() {
     let a = t.authcode_web("4/0AnotAcodeAtAll").await;
     e.push(error("a code Google never issued", &a));
     // id_token_invalid
-    fault(&t, json!({"id_token": {"tamper": "bad_signature"}})).await;
+    t.set_faults(json!({"id_token": {"tamper": "bad_signature"}}))
+        .await;
     let a = t
         .authcode_web(&t.web_code("bad-sig@example.com").await)
         .await;
     e.push(error("an ID token with a bad signature", &a));
     // upstream_error, upstream_unavailable at sign-in
-    fault(&t, json!({"token": {"body": "garbage"}})).await;
+    t.set_faults(json!({"token": {"body": "garbage"}})).await;
     let a = t
         .authcode_web(&t.web_code("garbage@example.com").await)
         .await;
     e.push(error("Google answers the exchange with garbage", &a));
-    fault(&t, json!({"token": {"status": 503}})).await;
+    t.set_faults(json!({"token": {"status": 503}})).await;
     let a = t.authcode_web(&t.web_code("down@example.com").await).await;
     e.push(error("Google's token endpoint is down at sign-in", &a));
-    fault(&t, json!({})).await;
+    t.set_faults(json!({})).await;
     // unauthorized
     let a = t.get("/me", None).await;
     e.push(error("/me without a session", &a));
@@ -342,11 +328,8 @@ async fn every_error_code_users_see() {
         .await;
     e.push(error("a sign-in of the wrong content type", &a));
     // upstream_unavailable: Drive answers after the request's time (`limits.request_timeout`).
-    fault(
-        &t,
-        json!({"drive": {"latency_ms": 1500, "error_rate": 0.0}}),
-    )
-    .await;
+    t.set_faults(json!({"drive": {"latency_ms": 1500, "error_rate": 0.0}}))
+        .await;
     let a = t
         .v1(
             "GET",
@@ -356,7 +339,7 @@ async fn every_error_code_users_see() {
         )
         .await;
     e.push(error("a proxied call over its time", &a));
-    fault(&t, json!({})).await;
+    t.set_faults(json!({})).await;
     // grant_revoked: Google says the grant is gone.
     let gone = t.signed_in("gone@example.com").await;
     let revoked = t

@@ -153,17 +153,7 @@ async fn a_later_sign_in_without_a_refresh_token_keeps_the_held_one() {
 #[tokio::test]
 async fn online_access_needs_consent_until_an_offline_consent() {
     let t = TestApp::start().await;
-    // A native code without offline access (web popup codes are always offline, as GIS's are).
-    let online = t
-        .mint(Code {
-            access_type: "online",
-            scope: "openid email",
-            redirect_uri: "",
-            azp: Some(t.emulator.android_client_id()),
-            ..Code::web("carol@example.com")
-        })
-        .await;
-    let a = t.authcode_android(&online).await;
+    let a = t.sign_in_online("carol@example.com").await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.body["offline_access"], false);
     assert_eq!(a.body["needs_consent"], true);
