@@ -26,6 +26,7 @@ pub fn routes() -> Router<App> {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi",
     tag = "operations",
     summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object))

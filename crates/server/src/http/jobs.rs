@@ -305,6 +305,7 @@ struct CreateBody {
 #[utoipa::path(
     post,
     path = "/v1/jobs",
+    operation_id = "create_job",
     tag = "jobs",
     summary = "Make a job over every user whose grant holds the scopes (scope jobs)",
     description = "Users whose grant is revoked or needs consent now are skipped at once.",
@@ -375,6 +376,7 @@ struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/jobs",
+    operation_id = "list_jobs",
     tag = "jobs",
     summary = "Jobs, newest first (scope jobs)",
     security(("apiKey" = ["jobs"])),
@@ -419,6 +421,7 @@ async fn list(
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}",
+    operation_id = "get_job",
     tag = "jobs",
     summary = "A job, its progress and its last failures (scope jobs)",
     security(("apiKey" = ["jobs"])),
@@ -459,6 +462,7 @@ struct ClaimBody {
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/claim",
+    operation_id = "claim",
     tag = "jobs",
     summary = "Lease up to max users of the job, each with a fresh access token (scope jobs)",
     description = "Each token stays valid for at least the job's min_ttl. Grants that cannot give a token are skipped; users Google cannot refresh now, or beyond the job's rate for the next second, are offered again later (a smaller batch). An empty batch of a running job says retry_after; of a job no longer running, job.state says so. Answered with Cache-Control: no-store.",
@@ -587,6 +591,7 @@ fn outcome_schema() -> utoipa::openapi::Object {
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/reports",
+    operation_id = "report",
     tag = "jobs",
     summary = "Settle users of one claim: done, retry (after delay seconds) or failed (scope jobs)",
     description = "All or none: an item the lease does not hold (its lease ran out, another worker's, settled already) answers 409 not_held and nothing changes. A job whose users are all settled is finished.",
@@ -653,6 +658,7 @@ async fn report(
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancel_job",
     tag = "jobs",
     summary = "Cancel a job: nothing more is handed out (scope jobs)",
     description = "Reports of users held are still recorded.",

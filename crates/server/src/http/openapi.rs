@@ -49,6 +49,21 @@ fn document() -> OpenApi {
     ] {
         doc.merge(part);
     }
+    // One handler serves the proxy's six methods; an operation id names one operation.
+    if let Some(item) = doc.paths.paths.get_mut("/v1/users/{sub}/google/{path}") {
+        for (method, operation) in [
+            ("get", item.get.as_mut()),
+            ("head", item.head.as_mut()),
+            ("post", item.post.as_mut()),
+            ("put", item.put.as_mut()),
+            ("patch", item.patch.as_mut()),
+            ("delete", item.delete.as_mut()),
+        ] {
+            if let Some(operation) = operation {
+                operation.operation_id = Some(format!("proxy_{method}"));
+            }
+        }
+    }
     doc
 }
 

@@ -62,6 +62,7 @@ const MAX_PAGE: u32 = 500;
 #[utoipa::path(
     get,
     path = "/v1/users",
+    operation_id = "list_users",
     tag = "users",
     summary = "Users with their grant status, a page at a time (scope users:read)",
     security(("apiKey" = ["users:read"])),
@@ -110,6 +111,7 @@ async fn list_users(
 #[utoipa::path(
     get,
     path = "/v1/users/{sub}",
+    operation_id = "get_user",
     tag = "users",
     summary = "One user and their grant (scope users:read)",
     security(("apiKey" = ["users:read"])),
@@ -135,6 +137,7 @@ async fn get_user(
 #[utoipa::path(
     delete,
     path = "/v1/users/{sub}",
+    operation_id = "delete_user",
     tag = "users",
     summary = "Revoke the grant at Google, then delete the user and everything held for them (scope users:write)",
     description = "If Google cannot be reached, the user is deleted here at once and the revocation at Google is retried.",
@@ -178,6 +181,7 @@ const MAX_MIN_TTL: u64 = 3600;
 #[utoipa::path(
     post,
     path = "/v1/users/{sub}/token",
+    operation_id = "hand_out",
     tag = "users",
     summary = "A fresh access token for the user (scope token)",
     description = "Answers the held token when it stays valid for at least min_ttl seconds (0: any unexpired token; absent: the configured default), else refreshes once for all concurrent callers, across instances. Answered with Cache-Control: no-store.",

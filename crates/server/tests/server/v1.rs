@@ -912,6 +912,15 @@ async fn the_openapi_document_matches_the_routes() {
             }
         }
     }
+    let mut ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    let operations = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), operations, "an operation id names one operation");
     for (path, method, schema) in [
         ("/v1/users/{sub}/token", "post", "AccessToken"),
         ("/v1/jobs", "post", "Job"),
