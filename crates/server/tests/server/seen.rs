@@ -1,6 +1,7 @@
 //! What the app's code and its users see of the HTTP API, snapshotted: the sign-in answers of
-//! each platform, the token answer, and one body for each error code of design.md. Ids, times,
-//! ports and tokens change from run to run and are masked by insta's filters.
+//! each platform, the token answer, one body for each error code of design.md, and `/risc`'s
+//! RFC 8935 refusals. Ids, times, ports and tokens change from run to run and are masked by
+//! insta's filters.
 
 use super::harness::{Answer, Options, TestApp, no_rate_limits};
 use grantkeeper_server::apikeys::KeyScope::{Jobs, Proxy, Token, UsersRead};
@@ -398,4 +399,37 @@ async fn every_error_code_users_see() {
     insta::with_settings!({filters => filters()}, {
         insta::assert_json_snapshot!("error_codes", e);
     });
+}
+
+/// `POST /risc`'s refusals: RFC 8935's body (`err`, `description`), the one endpoint whose
+/// refusals are not the contract's error body, because Google's transmitter reads them.
+#[tokio::test]
+async fn security_event_refusals_users_see() {
+    let t = TestApp::start().await;
+    let mut refusals = Vec::new();
+    for (case, content_type, body) in [
+        ("an empty body", "application/secevent+jwt", ""),
+        ("not a token", "application/secevent+jwt", "not-a-token"),
+        (
+            "a token that is not signed",
+            "application/secevent+jwt",
+            "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.",
+        ),
+        ("another content type", "application/json", "{}"),
+    ] {
+        let r = t
+            .http
+            .post(format!("{}/risc", t.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let a = Answer::from_response(r).await;
+        assert_eq!(a.status, 400, "{case}: {}", a.text);
+        let fields: Vec<&String> = a.body.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["description", "err"], "{case}: {}", a.text);
+        refusals.push(json!({"case": case, "status": a.status, "body": a.body}));
+    }
+    insta::assert_json_snapshot!("security_event_refusals", refusals);
 }
