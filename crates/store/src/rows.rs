@@ -227,6 +227,10 @@ pub(crate) fn grant_alone(row: &dyn Columns) -> Result<GrantRecord> {
 }
 
 pub(crate) fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
+    // Read in the order of `grant_columns!`: SQLite finds each column by name starting after
+    // the last one found.
+    let state = state(row, "state")?;
+    let scopes = Scopes::parse(&row.text("scopes")?);
     let refresh_token = match (
         row.opt_bytes("refresh_token")?,
         row.opt_text("rt_hash")?,
@@ -243,6 +247,7 @@ pub(crate) fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
             ));
         }
     };
+    let refresh_token_received_at = opt_time(row, "refresh_token_received_at")?;
     let access_token = match (
         row.opt_bytes("access_token")?,
         opt_time(row, "access_token_expires_at")?,
@@ -257,10 +262,10 @@ pub(crate) fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
     };
     Ok(GrantRecord {
         sub,
-        state: state(row, "state")?,
-        scopes: Scopes::parse(&row.text("scopes")?),
+        state,
+        scopes,
         refresh_token,
-        refresh_token_received_at: opt_time(row, "refresh_token_received_at")?,
+        refresh_token_received_at,
         access_token,
         reason: row.opt_text("reason")?,
         state_changed_at: time(row, "state_changed_at")?,
@@ -273,13 +278,14 @@ pub(crate) fn grant(row: &dyn Columns, sub: String) -> Result<GrantRecord> {
 
 /// Columns: id, sub, from_state, to_state, reason, at.
 pub(crate) fn grant_event(row: &dyn Columns) -> Result<GrantEvent> {
+    let (id, sub) = (row.int("id")?, row.text("sub")?);
     let from = row
         .opt_text("from_state")?
         .map(|text| parse_state(&text, "from_state"))
         .transpose()?;
     Ok(GrantEvent {
-        id: row.int("id")?,
-        sub: row.text("sub")?,
+        id,
+        sub,
         from,
         to: state(row, "to_state")?,
         reason: row.text("reason")?,

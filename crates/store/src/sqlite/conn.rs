@@ -6,6 +6,7 @@ use crate::sql::Arg;
 use crate::{Result, StoreError};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, MAIN_DB, OpenFlags, ToSql};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -146,7 +147,7 @@ pub(super) fn rows<T>(
     let mut rows = statement.raw_query();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(map_sqlite)? {
-        out.push(map(row)?);
+        out.push(map(&Named::new(row))?);
     }
     Ok(out)
 }
@@ -161,7 +162,7 @@ pub(super) fn one<T>(
     let mut statement = bound(conn, sql, args)?;
     let mut rows = statement.raw_query();
     match rows.next().map_err(map_sqlite)? {
-        Some(row) => map(row).map(Some),
+        Some(row) => map(&Named::new(row)).map(Some),
         None => Ok(None),
     }
 }
@@ -182,16 +183,48 @@ pub(super) fn scalar<T: rusqlite::types::FromSql>(
     }
 }
 
-impl_columns!(rusqlite::Row<'_>, get);
+/// A row whose columns are looked up by name, each search starting after the column found
+/// last. The readers ask for columns in the order their statements list them, so a column is
+/// found at the first name compared; rusqlite's own lookup by name compares every name from the
+/// first column on, which made reading a grant with its user a few hundred comparisons.
+struct Named<'a, 'r> {
+    row: &'a rusqlite::Row<'r>,
+    next: Cell<usize>,
+}
 
-fn get<T: rusqlite::types::FromSql>(row: &rusqlite::Row<'_>, column: &'static str) -> Result<T> {
-    // Only the column is named: a decode error may quote the value.
-    row.get(column).map_err(|e| match e {
-        rusqlite::Error::InvalidColumnName(_) => {
-            StoreError::Corrupt(format!("{column} is missing"))
+impl<'a, 'r> Named<'a, 'r> {
+    fn new(row: &'a rusqlite::Row<'r>) -> Self {
+        Named {
+            row,
+            next: Cell::new(0),
         }
-        _ => StoreError::Corrupt(format!("{column} could not be decoded")),
-    })
+    }
+
+    /// The position of `column`, compared as SQLite compares names (ASCII case ignored).
+    fn index(&self, column: &str) -> Option<usize> {
+        let statement: &rusqlite::Statement<'_> = self.row.as_ref();
+        let count = statement.column_count();
+        let start = self.next.get().min(count);
+        let found = (start..count).chain(0..start).find(|&i| {
+            statement
+                .column_name(i)
+                .is_ok_and(|name| name.eq_ignore_ascii_case(column))
+        })?;
+        self.next.set(found + 1);
+        Some(found)
+    }
+}
+
+impl_columns!(Named<'_, '_>, get);
+
+fn get<T: rusqlite::types::FromSql>(row: &Named<'_, '_>, column: &'static str) -> Result<T> {
+    let index = row
+        .index(column)
+        .ok_or_else(|| StoreError::Corrupt(format!("{column} is missing")))?;
+    // Only the column is named: a decode error may quote the value.
+    row.row
+        .get(index)
+        .map_err(|_| StoreError::Corrupt(format!("{column} could not be decoded")))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
