@@ -23,9 +23,24 @@ use async_trait::async_trait;
 use grantkeeper_core::GrantState;
 use time::OffsetDateTime;
 
-/// Rows per INSERT of [`AuditStore::append_audit`]: 800 bound values, far below either
-/// backend's limit.
-const AUDIT_ROWS_PER_INSERT: usize = 100;
+/// Most rows per INSERT of [`AuditStore::append_audit`]: 1,024 bound values, far below either
+/// backend's limit. A power of two: see [`audit_chunks`].
+const AUDIT_ROWS_PER_INSERT: usize = 128;
+
+/// The sizes of the INSERTs that write `rows` audit rows: as many of the largest as fit, then
+/// the powers of two that make up the rest, largest first (100 rows: 64, 32 and 4). A statement
+/// of each size is prepared once per connection and then found in its cache; one text per batch
+/// size would be parsed afresh at nearly every write, and SQLite's parse of numbered parameters
+/// grows with the square of their number.
+fn audit_chunks(rows: usize) -> impl Iterator<Item = usize> {
+    let full = rows / AUDIT_ROWS_PER_INSERT;
+    let rest = rows % AUDIT_ROWS_PER_INSERT;
+    let powers = (0..AUDIT_ROWS_PER_INSERT.trailing_zeros())
+        .rev()
+        .map(|bit| 1 << bit)
+        .filter(move |size| rest & size != 0);
+    std::iter::repeat_n(AUDIT_ROWS_PER_INSERT, full).chain(powers)
+}
 
 fn count(n: i64, what: &str) -> Result<u64> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("the {what} count is negative")))
@@ -221,8 +236,13 @@ impl<E: Engine> AuditStore for E {
         }
         // One transaction for the batch (one commit, one flush), and as few statements as the
         // batch allows.
-        let statements = records
-            .chunks(AUDIT_ROWS_PER_INSERT)
+        let mut rest = records.as_slice();
+        let statements = audit_chunks(records.len())
+            .filter_map(|size| {
+                let (chunk, after) = rest.split_at_checked(size)?;
+                rest = after;
+                Some(chunk)
+            })
             .map(|chunk| {
                 let mut sql = String::from(
                     "INSERT INTO audit (at, actor, sub, action, detail, outcome, times, last_at)
@@ -657,5 +677,29 @@ impl<E: Engine> KeyStore for E {
         self.execute(sql.into(), args).await?;
         self.write_rows(SELECT_KEYS.into(), Vec::new(), rows::data_key)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AUDIT_ROWS_PER_INSERT, audit_chunks};
+
+    #[test]
+    fn audit_batches_are_written_in_few_sizes() {
+        let sizes = |rows| audit_chunks(rows).collect::<Vec<_>>();
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(100), [64, 32, 4]);
+        assert_eq!(sizes(128), [128]);
+        assert_eq!(sizes(300), [128, 128, 32, 8, 4]);
+        let mut seen = std::collections::BTreeSet::new();
+        for rows in 0..=1000 {
+            let chunks = sizes(rows);
+            assert_eq!(chunks.iter().sum::<usize>(), rows, "{rows}");
+            assert!(chunks.iter().all(|&n| n <= AUDIT_ROWS_PER_INSERT));
+            seen.extend(chunks);
+        }
+        // One statement text per power of two up to the largest: eight in all.
+        assert_eq!(seen.len(), 8);
     }
 }
