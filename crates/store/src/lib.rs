@@ -193,6 +193,16 @@ pub struct SignInOutcome {
     pub event: Option<GrantEvent>,
 }
 
+/// What [`UserStore::record_sign_in_unless_blocked`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // the sign-in's common answer, moved once: no box to allocate
+pub enum SignInRecorded {
+    /// The sign-in was committed, as [`UserStore::record_sign_in`] commits it.
+    Recorded(SignInOutcome),
+    /// Sign-in is blocked for the user ([`RiscStore::block_sign_in`]): nothing was written.
+    Blocked(SignInBlock),
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Upserts the user and merges the grant in one transaction, committed before it returns.
@@ -211,6 +221,11 @@ pub trait UserStore: Send + Sync {
     /// - the session, when given, is created in the same transaction, which also deletes the
     ///   user's expired sessions and the oldest beyond [`MAX_SESSIONS_PER_USER`].
     async fn record_sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome>;
+
+    /// As [`UserStore::record_sign_in`], unless sign-in is blocked for the user
+    /// ([`RiscStore::block_sign_in`]): then nothing is written and the block is answered. The
+    /// check is made in the transaction of the writes, in the same round trip.
+    async fn record_sign_in_unless_blocked(&self, sign_in: SignIn) -> Result<SignInRecorded>;
 
     /// The user and their grant.
     async fn user(&self, sub: &str) -> Result<Option<(UserRecord, GrantRecord)>>;

@@ -133,6 +133,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "drop notices",
         include_str!("../migrations/postgres/0026_drop_notices.sql"),
     ),
+    (
+        28,
+        "sign-in unless blocked",
+        include_str!("../migrations/postgres/0028_sign_in_unless_blocked.sql"),
+    ),
 ];
 
 /// The key of the advisory lock that instances starting together take to migrate one at a

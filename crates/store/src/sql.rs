@@ -220,8 +220,13 @@ pub(crate) fn event_args(
 /// locks). The capabilities they belong to are implemented once over them (`crate::common`).
 #[async_trait]
 pub(crate) trait Units: Engine {
-    /// [`crate::UserStore::record_sign_in`].
-    async fn sign_in(&self, sign_in: crate::SignIn) -> Result<crate::SignInOutcome>;
+    /// [`crate::UserStore::record_sign_in`], or with `unless_blocked`
+    /// [`crate::UserStore::record_sign_in_unless_blocked`] (without it, never `Blocked`).
+    async fn sign_in(
+        &self,
+        sign_in: crate::SignIn,
+        unless_blocked: bool,
+    ) -> Result<crate::SignInRecorded>;
     /// [`crate::GrantStore::update_grant_state`].
     async fn change_state(
         &self,

@@ -1,8 +1,8 @@
 //! Sign-in: a one-time code in; a verified user, their grant with the refresh token sealed, a
 //! new session, an audit row and a counted outcome out.
 //!
-//! exchange (redirect URI by platform) -> verify the ID token -> refuse a blocked account ->
-//! seal -> one store transaction (user, grant, session) -> audit. Nothing is written before the
+//! exchange (redirect URI by platform) -> verify the ID token -> seal -> one store transaction
+//! (refuse a blocked account; else user, grant, session) -> audit. Nothing is written before the
 //! ID token is verified, and the refresh token is committed before the caller hears of success.
 
 use crate::app::App;
@@ -11,8 +11,8 @@ use crate::ops::{store_code, vault_code};
 use grantkeeper_core::{Aad, SecretString, UserProfile, Vault, VaultError};
 use grantkeeper_provider::{IdTokenError, ProviderError, TokenResponse};
 use grantkeeper_store::{
-    GrantRecord, SealedAccessToken, SealedRefreshToken, SessionRecord, SignIn, SignInOutcome,
-    StoreError, UserRecord,
+    GrantRecord, SealedAccessToken, SealedRefreshToken, SessionRecord, SignIn, SignInBlock,
+    SignInOutcome, SignInRecorded, StoreError, UserRecord,
 };
 use serde::Deserialize;
 use std::str::FromStr;
@@ -192,10 +192,11 @@ async fn exchange_and_record(
         .verify_id_token(id_token)
         .await
         .map_err(SignInError::IdToken)?;
-    refuse_blocked(app, &claims.sub).await?;
     if let Some(expected) = request.expected_sub
         && expected != claims.sub
     {
+        // A blocked account is refused as such, before it is told apart from the one asked.
+        refuse_blocked(app, &claims.sub).await?;
         drop_tokens_of_another_account(app, Some(&claims.sub), tokens.refresh_token.as_ref()).await;
         return Err(SignInError::AnotherAccount);
     }
@@ -218,9 +219,10 @@ async fn exchange_and_record(
     Ok(outcome)
 }
 
-/// Seals the tokens and writes the sign-in with its session. A rotation that made another key
-/// active since this process read its keyring is met once: read it again, seal anew, write
-/// again.
+/// Seals the tokens and writes the sign-in with its session, unless the account is blocked
+/// ([`crate::ops::security_events`]): the block is read in the transaction of the writes.
+/// A rotation that made another key active since this process read its keyring is met once:
+/// read it again, seal anew, write again.
 async fn record(
     app: &App,
     tokens: &TokenResponse,
@@ -231,8 +233,9 @@ async fn record(
     let mut refused = false;
     loop {
         let sign_in = sealed_sign_in(app, &vault, tokens, profile, session.clone())?;
-        match app.store().record_sign_in(sign_in).await {
-            Ok(outcome) => return Ok(outcome),
+        match app.store().record_sign_in_unless_blocked(sign_in).await {
+            Ok(SignInRecorded::Recorded(outcome)) => return Ok(outcome),
+            Ok(SignInRecorded::Blocked(block)) => return Err(blocked(&block)),
             Err(StoreError::InactiveKey) if !refused => {
                 refused = true;
                 if let Some(key) = vault.active() {
@@ -284,15 +287,17 @@ fn sealed_sign_in(
 
 /// Refuses the sign-in of an account Google disabled as hijacked, until it is enabled again
 /// ([`crate::ops::security_events`]). Called once the ID token is verified, before anything is
-/// written.
+/// written; a sign-in that writes reads the block in its own transaction instead ([`record`]).
 async fn refuse_blocked(app: &App, sub: &str) -> Result<(), SignInError> {
     match app.store().sign_in_block(sub).await? {
         None => Ok(()),
-        Some(block) => {
-            tracing::info!(%sub, reason = %block.reason, "sign-in refused: the account is blocked");
-            Err(SignInError::Blocked)
-        }
+        Some(block) => Err(blocked(&block)),
     }
+}
+
+fn blocked(block: &SignInBlock) -> SignInError {
+    tracing::info!(sub = %block.sub, reason = %block.reason, "sign-in refused: the account is blocked");
+    SignInError::Blocked
 }
 
 /// A code for the wrong account was exchanged all the same (a code is spent by its exchange):

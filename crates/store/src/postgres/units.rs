@@ -10,15 +10,15 @@ use crate::merge::merge_state_update;
 use crate::rows;
 use crate::sql::{Arg, Engine, Units, first};
 use crate::{
-    GrantEvent, GrantRecord, PendingRevocation, RefreshSuccess, Result, SignIn, SignInOutcome,
+    GrantEvent, GrantRecord, PendingRevocation, RefreshSuccess, Result, SignIn, SignInRecorded,
     StateUpdate,
 };
 use async_trait::async_trait;
 
 #[async_trait]
 impl Units for PostgresStore {
-    async fn sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome> {
-        self.sign_in_call(&sign_in).await
+    async fn sign_in(&self, sign_in: SignIn, unless_blocked: bool) -> Result<SignInRecorded> {
+        self.sign_in_call(&sign_in, unless_blocked).await
     }
 
     async fn change_state(

@@ -1,19 +1,28 @@
 //! Users, grants and the grant history. A sign-in is one call of `grantkeeper_sign_in`
-//! (migration 14): one round trip.
+//! (migration 14), or of `grantkeeper_sign_in_unless_blocked` (migration 28): one round trip.
 
-use super::statements::SIGN_IN;
+use super::statements::{SIGN_IN, SIGN_IN_UNLESS_BLOCKED};
 use super::{PostgresStore, retrying};
 use crate::rows::{self, Columns};
 use crate::sql::{Arg, profile_args};
-use crate::{GrantEvent, Result, SignIn, SignInOutcome, StoreError};
+use crate::{GrantEvent, Result, SignIn, SignInBlock, SignInOutcome, SignInRecorded, StoreError};
 use time::OffsetDateTime;
 
 impl PostgresStore {
-    /// A sign-in in one call of `grantkeeper_sign_in`: one round trip.
-    pub(super) async fn sign_in_call(&self, sign_in: &SignIn) -> Result<SignInOutcome> {
+    /// A sign-in in one function call: one round trip.
+    pub(super) async fn sign_in_call(
+        &self,
+        sign_in: &SignIn,
+        unless_blocked: bool,
+    ) -> Result<SignInRecorded> {
         let args = sign_in_args(sign_in);
+        let sql = if unless_blocked {
+            SIGN_IN_UNLESS_BLOCKED
+        } else {
+            SIGN_IN
+        };
         let found = retrying(|| async {
-            Ok(super::bound(&SIGN_IN.into(), &args)
+            Ok(super::bound(&sql.into(), &args)
                 .fetch_all(&self.pool)
                 .await?)
         })
@@ -21,7 +30,17 @@ impl PostgresStore {
         let row = found
             .first()
             .ok_or_else(|| StoreError::Corrupt("a sign-in answered no row".into()))?;
-        outcome(row, sign_in.at)
+        if unless_blocked && let Some(reason) = row.opt_text("blocked_reason")? {
+            let blocked_at = row.int("blocked_at")?;
+            return Ok(SignInRecorded::Blocked(SignInBlock {
+                sub: sign_in.profile.sub.clone(),
+                reason,
+                blocked_at: OffsetDateTime::from_unix_timestamp(blocked_at).map_err(|_| {
+                    StoreError::Corrupt("sign_in_blocks.blocked_at is out of range".into())
+                })?,
+            }));
+        }
+        outcome(row, sign_in.at).map(SignInRecorded::Recorded)
     }
 }
 

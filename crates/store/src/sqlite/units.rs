@@ -11,7 +11,7 @@ use crate::merge::{merge_refresh, merge_state_update};
 use crate::sql::{Arg, Units};
 use crate::statements::{LEASE_REFRESH, RELEASE_LEASE};
 use crate::{
-    GrantEvent, GrantRecord, PendingRevocation, RefreshSuccess, Result, SignIn, SignInOutcome,
+    GrantEvent, GrantRecord, PendingRevocation, RefreshSuccess, Result, SignIn, SignInRecorded,
     StateUpdate, StoreError,
 };
 use async_trait::async_trait;
@@ -19,10 +19,12 @@ use rusqlite::Connection;
 
 #[async_trait]
 impl Units for SqliteStore {
-    async fn sign_in(&self, sign_in: SignIn) -> Result<SignInOutcome> {
+    async fn sign_in(&self, sign_in: SignIn, unless_blocked: bool) -> Result<SignInRecorded> {
         // The write lock is held from the first read, so a concurrent sign-in of the same user
-        // (here or in another process) merges into what this one commits, not beside it.
-        self.write(move |conn| sign_in_in(conn, &sign_in)).await
+        // (here or in another process) merges into what this one commits, not beside it, and
+        // a block written meanwhile is seen.
+        self.write(move |conn| sign_in_in(conn, &sign_in, unless_blocked))
+            .await
     }
 
     async fn change_state(

@@ -1,14 +1,15 @@
 //! Users, grants and the grant history: a sign-in is one unit of the writer.
 
 use super::conn::one;
+use crate::common::SELECT_SIGN_IN_BLOCK;
 use crate::merge::{StateChange, merge_sign_in};
 use crate::sql::{event_args, grant_args, profile_args};
 use crate::statements::{
     INSERT_EVENT, INSERT_GRANT, SELECT_USER_AND_GRANT, UPDATE_GRANT, UPSERT_USER,
 };
 use crate::{
-    GrantEvent, GrantRecord, Result, SignIn, SignInOutcome, StoreError, UserRecord, common,
-    rows as read,
+    GrantEvent, GrantRecord, Result, SignIn, SignInOutcome, SignInRecorded, StoreError, UserRecord,
+    common, risc, rows as read,
 };
 use rusqlite::Connection;
 use time::OffsetDateTime;
@@ -61,9 +62,19 @@ pub(super) fn append_event(
     .ok_or_else(|| StoreError::Corrupt("an event just written could not be read back".into()))
 }
 
-/// A sign-in's unit: user, grant, event (the webhook's outbox) and session.
-pub(super) fn sign_in_in(conn: &Connection, sign_in: &SignIn) -> Result<SignInOutcome> {
+/// A sign-in's unit: user, grant, event (the webhook's outbox) and session; with
+/// `unless_blocked`, nothing when sign-in is blocked for the user.
+pub(super) fn sign_in_in(
+    conn: &Connection,
+    sign_in: &SignIn,
+    unless_blocked: bool,
+) -> Result<SignInRecorded> {
     let sub = sign_in.profile.sub.as_str();
+    if unless_blocked
+        && let Some(block) = one(conn, SELECT_SIGN_IN_BLOCK, &args![sub], risc::block)?
+    {
+        return Ok(SignInRecorded::Blocked(block));
+    }
     let held = read_user_and_grant(conn, sub)?;
     let created = held.is_none();
     let held_grant = held.and_then(|(_, grant)| grant);
@@ -81,10 +92,10 @@ pub(super) fn sign_in_in(conn: &Connection, sign_in: &SignIn) -> Result<SignInOu
     if let Some(session) = &sign_in.session {
         super::conn::execute(conn, common::INSERT_SESSION, &common::session_args(session))?;
     }
-    Ok(SignInOutcome {
+    Ok(SignInRecorded::Recorded(SignInOutcome {
         user,
         grant,
         created,
         event,
-    })
+    }))
 }

@@ -143,6 +143,7 @@ macro_rules! conformance_suite {
             risc::concurrent_receipts_of_one_event_record_it_once,
             risc::sign_in_block_lifecycle,
             risc::sign_in_block_needs_no_user_and_outlives_one,
+            risc::a_blocked_sign_in_writes_nothing,
             risc::users_are_found_by_exact_email,
             risc::users_are_found_by_refresh_token_fingerprint,
             risc::a_shared_prefix_finds_every_grant,

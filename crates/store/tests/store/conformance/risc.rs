@@ -3,7 +3,9 @@
 
 use super::{OPENID_EMAIL, profile, refresh, sign_in, signed_in, state_update, t};
 use grantkeeper_core::GrantState;
-use grantkeeper_store::{MAX_SUBJECT_MATCHES, SharedStore, SignInBlock, TokenLookup};
+use grantkeeper_store::{
+    MAX_SUBJECT_MATCHES, SessionRecord, SharedStore, SignInBlock, SignInRecorded, TokenLookup,
+};
 
 pub async fn security_events_are_recorded_once(store: SharedStore) {
     assert!(
@@ -140,6 +142,74 @@ pub async fn sign_in_block_needs_no_user_and_outlives_one(store: SharedStore) {
     assert!(store.sign_in_block("ivo").await.unwrap().is_some());
     // Other users are not blocked.
     assert_eq!(store.sign_in_block("ivx").await.unwrap(), None);
+}
+
+/// A sign-in checked for a block writes nothing for a blocked account (a first sign-in or a
+/// known user's: no user, grant, event or session) and answers the block; unblocked, it records
+/// as `record_sign_in` does.
+pub async fn a_blocked_sign_in_writes_nothing(store: SharedStore) {
+    let session = |sub: &str, hash: &str| SessionRecord {
+        id_hash: hash.to_owned(),
+        sub: sub.to_owned(),
+        created_at: t(5),
+        expires_at: t(3600),
+    };
+    store
+        .block_sign_in(block("newcomer", "hijacking", 1))
+        .await
+        .unwrap();
+    let mut first = sign_in("newcomer", OPENID_EMAIL, Some(refresh("newcomer")), t(5));
+    first.session = Some(session("newcomer", "s-new"));
+    assert_eq!(
+        store
+            .record_sign_in_unless_blocked(first.clone())
+            .await
+            .unwrap(),
+        SignInRecorded::Blocked(block("newcomer", "hijacking", 1))
+    );
+    assert_eq!(store.user("newcomer").await.unwrap(), None);
+    assert_eq!(store.session("s-new", t(6)).await.unwrap(), None);
+
+    let held = signed_in(&store, "known").await;
+    store
+        .block_sign_in(block("known", "account-disabled: hijacking", 2))
+        .await
+        .unwrap();
+    let mut again = sign_in("known", OPENID_EMAIL, None, t(5));
+    again.session = Some(session("known", "s-known"));
+    assert_eq!(
+        store
+            .record_sign_in_unless_blocked(again.clone())
+            .await
+            .unwrap(),
+        SignInRecorded::Blocked(block("known", "account-disabled: hijacking", 2))
+    );
+    let (_, grant) = store.user("known").await.unwrap().unwrap();
+    assert_eq!(grant, held, "the grant is as it was");
+    assert_eq!(store.grant_events("known").await.unwrap().len(), 1);
+    assert_eq!(store.session("s-known", t(6)).await.unwrap(), None);
+
+    // Lifted, the same sign-ins record.
+    assert!(store.lift_sign_in_block("newcomer").await.unwrap());
+    let SignInRecorded::Recorded(outcome) =
+        store.record_sign_in_unless_blocked(first).await.unwrap()
+    else {
+        panic!("an unblocked sign-in is recorded");
+    };
+    assert!(outcome.created);
+    assert_eq!(outcome.grant.state, GrantState::Active);
+    assert_eq!(
+        store.session("s-new", t(6)).await.unwrap().map(|s| s.sub),
+        Some("newcomer".to_owned())
+    );
+    assert!(store.lift_sign_in_block("known").await.unwrap());
+    let SignInRecorded::Recorded(outcome) =
+        store.record_sign_in_unless_blocked(again).await.unwrap()
+    else {
+        panic!("an unblocked sign-in is recorded");
+    };
+    assert!(!outcome.created);
+    assert_eq!(outcome.grant.version, held.version + 1);
 }
 
 pub async fn users_are_found_by_exact_email(store: SharedStore) {
