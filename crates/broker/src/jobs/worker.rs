@@ -146,6 +146,19 @@ struct Lease {
     length: Duration,
 }
 
+/// A user's work ended: its lease, item id, sub and outcome.
+type Finished = (String, i64, String, WorkOutcome);
+
+/// What woke the worker's loop.
+enum Event {
+    /// A user's work ended (an error: its task panicked or was cancelled; its lease runs out).
+    Finished(Result<Finished, tokio::task::JoinError>),
+    /// The claim under way answered.
+    Claimed(Result<Result<Batch, JobError>, tokio::task::JoinError>),
+    /// A timer (the next claim, a report due) or the stop signal: look again.
+    Tick,
+}
+
 /// Works on job `id` until it is finished (or, without `linger`, until nothing is due), or
 /// until `stop`. `work` is called once per user handed out; `on_event` once per user settled.
 pub async fn run<W, F>(
@@ -166,194 +179,309 @@ where
             "a worker needs a concurrency of at least 1 and a batch of 1 to 500".to_owned(),
         ));
     }
-    let mut pace = Pace::new(opts.start_rate);
-    let mut queue: VecDeque<Queued> = VecDeque::new();
-    let mut running: JoinSet<(String, i64, String, WorkOutcome)> = JoinSet::new();
-    let mut leases: HashMap<String, Lease> = HashMap::new();
-    let mut unreported: HashMap<String, Vec<Unreported>> = HashMap::new();
-    let mut oldest_unreported: Option<Instant> = None;
-    let mut claiming: Option<tokio::task::JoinHandle<Result<Batch, JobError>>> = None;
-    let mut next_claim = tokio::time::Instant::now();
-    let mut exhausted = false;
-    let mut settled = 0u64;
-    let mut job_state = JobState::Running;
-    let mut interrupted = false;
-    let lease_for = opts.lease;
-    let mut failure: Option<JobError> = None;
-    let mut first_claimed: Option<String> = None;
-
+    let mut w = Worker::new(jobs, id, opts, on_event);
     loop {
-        if *stop.borrow() && !interrupted {
-            interrupted = true;
+        if *stop.borrow() {
+            w.interrupted = true;
         }
-        // Claim ahead, so that the window never runs dry while a batch is fetched; or, when the
-        // claim is the work, once the last batch is through and reported.
-        if !interrupted
-            && !exhausted
-            && claiming.is_none()
-            && room(&opts, &queue, &running, &unreported)
-            && tokio::time::Instant::now() >= next_claim
+        w.claim_ahead();
+        w.start_work(&work).await;
+        w.report_if_due().await;
+        renew(jobs, id, &mut w.leases).await;
+        if w.is_through() {
+            break;
+        }
+        match w.next_event(&mut stop).await {
+            Event::Finished(done) => w.finished(done),
+            Event::Claimed(answer) => w.claimed(answer),
+            Event::Tick => {}
+        }
+    }
+    w.wind_down().await;
+    if let Some(e) = w.failure {
+        return Err(e);
+    }
+    let job = jobs.progress(id).await?.job;
+    Ok(WorkerSummary {
+        settled: w.settled,
+        job,
+        interrupted: w.interrupted,
+        elapsed: started.elapsed(),
+        first_claimed: w.first_claimed,
+    })
+}
+
+/// A worker between two turns of its loop: the users claimed and waiting, those in work, the
+/// completions not reported yet, the claim under way.
+struct Worker<'a> {
+    jobs: &'a Jobs,
+    id: i64,
+    opts: WorkerOptions,
+    on_event: &'a (dyn Fn(&ItemEvent) + Send + Sync),
+    pace: Option<Pace>,
+    queue: VecDeque<Queued>,
+    running: JoinSet<Finished>,
+    leases: HashMap<String, Lease>,
+    unreported: HashMap<String, Vec<Unreported>>,
+    oldest_unreported: Option<Instant>,
+    claiming: Option<tokio::task::JoinHandle<Result<Batch, JobError>>>,
+    next_claim: tokio::time::Instant,
+    /// No claim is made any more: the job ended, nothing is due without `linger`, or a claim
+    /// failed.
+    exhausted: bool,
+    settled: u64,
+    interrupted: bool,
+    failure: Option<JobError>,
+    first_claimed: Option<String>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        jobs: &'a Jobs,
+        id: i64,
+        opts: WorkerOptions,
+        on_event: &'a (dyn Fn(&ItemEvent) + Send + Sync),
+    ) -> Worker<'a> {
+        Worker {
+            jobs,
+            id,
+            pace: Pace::new(opts.start_rate),
+            opts,
+            on_event,
+            queue: VecDeque::new(),
+            running: JoinSet::new(),
+            leases: HashMap::new(),
+            unreported: HashMap::new(),
+            oldest_unreported: None,
+            claiming: None,
+            next_claim: tokio::time::Instant::now(),
+            exhausted: false,
+            settled: 0,
+            interrupted: false,
+            failure: None,
+            first_claimed: None,
+        }
+    }
+
+    /// Whether the worker has room for another batch: its window is not full, or, when the
+    /// claim is the work, the last batch is through and reported.
+    fn room(&self) -> bool {
+        if self.opts.work_in_claim {
+            self.queue.is_empty() && self.running.is_empty() && self.unreported.is_empty()
+        } else {
+            self.queue.len() < self.opts.concurrency
+        }
+    }
+
+    /// Claims ahead, so that the window never runs dry while a batch is fetched; or, when the
+    /// claim is the work, once the last batch is through and reported.
+    fn claim_ahead(&mut self) {
+        if self.interrupted
+            || self.exhausted
+            || self.claiming.is_some()
+            || !self.room()
+            || tokio::time::Instant::now() < self.next_claim
         {
-            let (jobs, name, batch) = (jobs.clone(), opts.name.clone(), opts.batch);
-            claiming = Some(tokio::spawn(async move {
-                jobs.claim(
-                    id,
-                    ClaimRequest {
-                        max: batch,
-                        lease: lease_for,
-                        worker: Some(name),
-                    },
-                )
-                .await
-            }));
+            return;
         }
-        // Start what the window has room for (after a stop too, when the claim did the work).
-        while (!interrupted || opts.work_in_claim) && running.len() < opts.concurrency {
-            let Some(next) = queue.pop_front() else { break };
-            if let Some(pace) = pace.as_mut() {
+        let request = ClaimRequest {
+            max: self.opts.batch,
+            lease: self.opts.lease,
+            worker: Some(self.opts.name.clone()),
+        };
+        let (jobs, id) = (self.jobs.clone(), self.id);
+        self.claiming = Some(tokio::spawn(async move { jobs.claim(id, request).await }));
+    }
+
+    /// Starts what the window has room for (after a stop too, when the claim did the work).
+    async fn start_work<W, F>(&mut self, work: &W)
+    where
+        W: Fn(HandedOut) -> F,
+        F: Future<Output = WorkOutcome> + Send + 'static,
+    {
+        while (!self.interrupted || self.opts.work_in_claim)
+            && self.running.len() < self.opts.concurrency
+        {
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some(pace) = self.pace.as_mut() {
                 pace.admit().await;
             }
             let future = work(next.item.clone());
             let (lease, item_id, sub) = (next.lease, next.item.id, next.item.sub);
-            running.spawn(async move { (lease, item_id, sub, future.await) });
-        }
-        // With nothing in hand, nothing is gained by waiting to report.
-        let flush_due = oldest_unreported.is_some_and(|t| t.elapsed() >= REPORT_AFTER)
-            || unreported.values().map(Vec::len).sum::<usize>() >= REPORT_EVERY
-            || (oldest_unreported.is_some() && running.is_empty() && queue.is_empty());
-        if flush_due {
-            settled += flush(jobs, id, &mut unreported, on_event).await;
-            oldest_unreported = None;
-        }
-        renew(jobs, id, &mut leases).await;
-
-        let idle = running.is_empty() && queue.is_empty() && claiming.is_none();
-        if idle && (interrupted || exhausted || failure.is_some()) {
-            break;
-        }
-        // Stopped: a claim under way is waited for (its users are leased, some refreshed).
-        if interrupted
-            && running.is_empty()
-            && claiming.is_none()
-            && (queue.is_empty() || !opts.work_in_claim)
-        {
-            break;
-        }
-
-        let wait_claim = tokio::time::sleep_until(next_claim);
-        let may_claim = room(&opts, &queue, &running, &unreported);
-        tokio::select! {
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok((lease, item_id, sub, outcome)) = done {
-                    let (report, event) = settle(sub, outcome);
-                    if let Some(l) = leases.get_mut(&lease) {
-                        l.open = l.open.saturating_sub(1);
-                    }
-                    unreported.entry(lease).or_default().push(Unreported { id: item_id, report, event });
-                    oldest_unreported.get_or_insert_with(Instant::now);
-                }
-            }
-            answer = claimed(&mut claiming), if claiming.is_some() => {
-                claiming = None;
-                match answer {
-                    Ok(Ok(batch)) => {
-                        job_state = batch.job.state;
-                        if first_claimed.is_none() {
-                            first_claimed = batch.items.iter().map(|i| &i.sub)
-                                .chain(batch.settled.iter().map(|s| &s.sub))
-                                .min()
-                                .cloned();
-                        }
-                        for s in &batch.settled {
-                            settled += 1;
-                            on_event(&ItemEvent { sub: s.sub.clone(), state: s.state, reason: Some(s.reason.clone()), detail: s.detail.clone() });
-                        }
-                        if batch.items.is_empty() {
-                            if batch.job.state != JobState::Running || !opts.linger {
-                                exhausted = batch.job.state != JobState::Running || !opts.linger;
-                            }
-                            if batch.settled.is_empty() {
-                                let wait = batch.retry_after.unwrap_or(opts.max_wait).min(opts.max_wait);
-                                next_claim = tokio::time::Instant::now() + wait.max(Duration::from_millis(50));
-                            }
-                        } else {
-                            let length = Duration::try_from(batch.lease_until - jobs.clock().now())
-                                .unwrap_or(Duration::from_secs(1));
-                            leases.insert(batch.lease.clone(), Lease { open: batch.items.len(), renewed: Instant::now(), length });
-                            for item in batch.items {
-                                queue.push_back(Queued { lease: batch.lease.clone(), item });
-                            }
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(job = id, error = %e, "claiming a batch failed");
-                        failure = Some(e);
-                        exhausted = true;
-                    }
-                    Err(e) => {
-                        failure = Some(JobError::Invalid(format!("the claim task ended abnormally: {e}")));
-                        exhausted = true;
-                    }
-                }
-            }
-            () = wait_claim, if claiming.is_none() && !exhausted && !interrupted && may_claim => {}
-            () = tokio::time::sleep(REPORT_AFTER), if oldest_unreported.is_some() => {}
-            _ = stop.changed(), if !interrupted => {}
+            self.running
+                .spawn(async move { (lease, item_id, sub, future.await) });
         }
     }
 
-    // Users claimed and not started go back at once; completions are reported.
-    if !queue.is_empty() {
+    /// Reports the completions waiting once enough wait, the oldest waited long enough, or
+    /// nothing is in hand (then nothing is gained by waiting).
+    async fn report_if_due(&mut self) {
+        let due = self
+            .oldest_unreported
+            .is_some_and(|t| t.elapsed() >= REPORT_AFTER)
+            || self.unreported.values().map(Vec::len).sum::<usize>() >= REPORT_EVERY
+            || (self.oldest_unreported.is_some()
+                && self.running.is_empty()
+                && self.queue.is_empty());
+        if due {
+            self.settled += flush(self.jobs, self.id, &mut self.unreported, self.on_event).await;
+            self.oldest_unreported = None;
+        }
+    }
+
+    /// Whether the loop ends: nothing in hand and nothing more to claim; or stopped, with
+    /// nothing running, no claim under way (its users are leased, some refreshed) and, when
+    /// the claim did the work, nothing claimed left to finish.
+    fn is_through(&self) -> bool {
+        let idle = self.running.is_empty() && self.queue.is_empty() && self.claiming.is_none();
+        if idle && (self.interrupted || self.exhausted || self.failure.is_some()) {
+            return true;
+        }
+        self.interrupted
+            && self.running.is_empty()
+            && self.claiming.is_none()
+            && (self.queue.is_empty() || !self.opts.work_in_claim)
+    }
+
+    /// Waits for a user's work to end, the claim to answer, a timer or the stop signal.
+    async fn next_event(&mut self, stop: &mut watch::Receiver<bool>) -> Event {
+        let may_claim = self.claiming.is_none()
+            && !self.exhausted
+            && !self.interrupted
+            && self.room();
+        let wait_claim = tokio::time::sleep_until(self.next_claim);
+        tokio::select! {
+            Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Finished(done),
+            answer = claimed(&mut self.claiming), if self.claiming.is_some() => Event::Claimed(answer),
+            () = wait_claim, if may_claim => Event::Tick,
+            () = tokio::time::sleep(REPORT_AFTER), if self.oldest_unreported.is_some() => Event::Tick,
+            _ = stop.changed(), if !self.interrupted => Event::Tick,
+        }
+    }
+
+    /// Keeps a user's outcome for the next report.
+    fn finished(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+        let Ok((lease, item_id, sub, outcome)) = done else {
+            return;
+        };
+        let (report, event) = settle(sub, outcome);
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.open = l.open.saturating_sub(1);
+        }
+        self.unreported.entry(lease).or_default().push(Unreported {
+            id: item_id,
+            report,
+            event,
+        });
+        self.oldest_unreported.get_or_insert_with(Instant::now);
+    }
+
+    /// Takes in a claim's answer: its users queued, those it settled told, or when it brought
+    /// nothing, when to claim again (or that no claim is made any more).
+    fn claimed(&mut self, answer: Result<Result<Batch, JobError>, tokio::task::JoinError>) {
+        self.claiming = None;
+        let batch = match answer {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => {
+                tracing::warn!(job = self.id, error = %e, "claiming a batch failed");
+                self.failure = Some(e);
+                self.exhausted = true;
+                return;
+            }
+            Err(e) => {
+                self.failure = Some(JobError::Invalid(format!(
+                    "the claim task ended abnormally: {e}"
+                )));
+                self.exhausted = true;
+                return;
+            }
+        };
+        if self.first_claimed.is_none() {
+            self.first_claimed = batch
+                .items
+                .iter()
+                .map(|i| &i.sub)
+                .chain(batch.settled.iter().map(|s| &s.sub))
+                .min()
+                .cloned();
+        }
+        for s in &batch.settled {
+            self.settled += 1;
+            (self.on_event)(&ItemEvent {
+                sub: s.sub.clone(),
+                state: s.state,
+                reason: Some(s.reason.clone()),
+                detail: s.detail.clone(),
+            });
+        }
+        if batch.items.is_empty() {
+            if batch.job.state != JobState::Running || !self.opts.linger {
+                self.exhausted = true;
+            }
+            if batch.settled.is_empty() {
+                let wait = batch
+                    .retry_after
+                    .unwrap_or(self.opts.max_wait)
+                    .min(self.opts.max_wait);
+                self.next_claim =
+                    tokio::time::Instant::now() + wait.max(Duration::from_millis(50));
+            }
+            return;
+        }
+        let length = Duration::try_from(batch.lease_until - self.jobs.clock().now())
+            .unwrap_or(Duration::from_secs(1));
+        self.leases.insert(
+            batch.lease.clone(),
+            Lease {
+                open: batch.items.len(),
+                renewed: Instant::now(),
+                length,
+            },
+        );
+        for item in batch.items {
+            self.queue.push_back(Queued {
+                lease: batch.lease.clone(),
+                item,
+            });
+        }
+    }
+
+    /// At the end: users claimed and not started go back at once (a rerun or another worker
+    /// takes them), the users in work finish, and every completion is reported.
+    async fn wind_down(&mut self) {
+        self.give_back_queued().await;
+        while let Some(done) = self.running.join_next().await {
+            if let Ok((lease, item_id, sub, outcome)) = done {
+                let (report, event) = settle(sub, outcome);
+                self.unreported.entry(lease).or_default().push(Unreported {
+                    id: item_id,
+                    report,
+                    event,
+                });
+            }
+        }
+        self.settled += flush(self.jobs, self.id, &mut self.unreported, self.on_event).await;
+    }
+
+    /// Releases the users claimed and not started, a report per lease.
+    async fn give_back_queued(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
         let mut by_lease: HashMap<String, Vec<(i64, Report)>> = HashMap::new();
-        for q in queue.drain(..) {
+        for q in self.queue.drain(..) {
             by_lease
                 .entry(q.lease)
                 .or_default()
                 .push((q.item.id, Report::Release));
         }
         for (lease, items) in by_lease {
-            if let Err(e) = jobs.report(id, &lease, items).await {
-                tracing::info!(job = id, error = %e, "could not give unstarted users back; their lease will run out");
+            if let Err(e) = self.jobs.report(self.id, &lease, items).await {
+                tracing::info!(job = self.id, error = %e, "could not give unstarted users back; their lease will run out");
             }
         }
-    }
-    while let Some(done) = running.join_next().await {
-        if let Ok((lease, item_id, sub, outcome)) = done {
-            let (report, event) = settle(sub, outcome);
-            unreported.entry(lease).or_default().push(Unreported {
-                id: item_id,
-                report,
-                event,
-            });
-        }
-    }
-    settled += flush(jobs, id, &mut unreported, on_event).await;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let job = jobs.progress(id).await?.job;
-    let _ = job_state;
-    Ok(WorkerSummary {
-        settled,
-        job,
-        interrupted,
-        elapsed: started.elapsed(),
-        first_claimed,
-    })
-}
-
-/// Whether the worker has room for another batch: its window is not full, or, when the claim is
-/// the work, the last batch is through and reported.
-fn room<T>(
-    opts: &WorkerOptions,
-    queue: &VecDeque<Queued>,
-    running: &JoinSet<T>,
-    unreported: &HashMap<String, Vec<Unreported>>,
-) -> bool {
-    if opts.work_in_claim {
-        queue.is_empty() && running.is_empty() && unreported.is_empty()
-    } else {
-        queue.len() < opts.concurrency
     }
 }
 
