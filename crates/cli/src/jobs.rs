@@ -6,17 +6,19 @@ use crate::Target;
 use crate::admin::{open_app, parse_rate};
 use crate::output::{listing, table, when};
 use anyhow::{anyhow, bail};
-use grantkeeper_broker::jobs::worker::{self, ItemEvent, WorkOutcome, WorkerOptions};
+use grantkeeper_broker::jobs::worker::{self, ItemEvent, WorkOutcome, WorkerOptions, WorkerSummary};
 use grantkeeper_broker::jobs::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_TTL, DEFAULT_RETRY, HandedOut, JobDetail, JobError, JobSpec,
     JobView, Kind, MAX_NAME,
 };
 use grantkeeper_core::{ExposeSecret, Scopes};
+use grantkeeper_server::App;
 use grantkeeper_server::http::jobs::{detail_answer, job_answer};
 use grantkeeper_store::{ItemState, JobState, Selection};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{IsTerminal, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,35 +64,71 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
         bail!("--exec takes a shell command");
     }
     let rate = args.rate.as_deref().map(parse_rate).transpose()?;
-    let name = args.name.clone().unwrap_or_else(|| args.exec.clone());
     let app = open_app(target).await?;
-    let scopes = Scopes::from_iter(&args.scopes);
-    let spec = JobSpec {
+    let (view, made) = make_or_resume(&app, run_spec(&args, rate)).await?;
+    let id = view.job.id;
+    let stop = stop_on_ctrl_c();
+    let progress = Progress::new(view.job.total, view.counts.settled());
+    let on_event = |e: &ItemEvent| progress.settled(e);
+    let work = command_work(&app, id, &args.exec);
+    let summary = worker::run(
+        app.jobs(),
+        id,
+        worker_options(&args, rate),
+        stop,
+        work,
+        &on_event,
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    progress.finish();
+    app.audit().flush().await;
+    let view = app.jobs().progress(id).await.map_err(|e| anyhow!("{e}"))?;
+    let counts = progress.counts();
+    if progress.lines {
+        println!("{}", summary_line(&view, made, &summary, &counts));
+    }
+    eprint!("{}", summary_text(&view, &summary, &counts));
+    Ok(())
+}
+
+/// The job `jobs run` makes: of kind `run`, keyed by its name (CMD unless `--name`), so that
+/// the same command again resumes it.
+fn run_spec(args: &RunArgs, rate: Option<f64>) -> JobSpec {
+    let name = args.name.clone().unwrap_or_else(|| args.exec.clone());
+    JobSpec {
         // A long command names its job by its start; the key keeps all of it.
         name: name.trim().chars().take(MAX_NAME).collect(),
         kind: Kind::Run,
         key: Some(format!("run:{name}")),
-        scopes: scopes.clone(),
+        scopes: Scopes::from_iter(&args.scopes),
         selection: Selection::Holding,
         rate,
         lease: args.lease,
         min_ttl: DEFAULT_MIN_TTL,
         max_attempts: DEFAULT_MAX_ATTEMPTS,
         spread: Duration::ZERO,
-    };
+    }
+}
+
+/// Makes the job, or joins the running one of the same key, and says which on stderr; true
+/// when made.
+async fn make_or_resume(app: &App, spec: JobSpec) -> anyhow::Result<(JobView, bool)> {
+    let scopes = spec.scopes.clone();
     let (view, made) = app
         .jobs()
         .create_or_join(spec, "cli")
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let id = view.job.id;
-    let settled_before = view.counts.settled();
     if made {
         eprintln!("job {id} ({}): {} users", view.job.name, view.job.total);
     } else {
         eprintln!(
-            "resuming job {id} ({}): {settled_before} of {} users settled before",
-            view.job.name, view.job.total
+            "resuming job {id} ({}): {} of {} users settled before",
+            view.job.name,
+            view.counts.settled(),
+            view.job.total
         );
         if view.job.scopes != scopes {
             eprintln!(
@@ -99,7 +137,12 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok((view, made))
+}
 
+/// Turns true at the first Ctrl-C (the worker stops after the commands running); a second
+/// Ctrl-C quits at once.
+fn stop_on_ctrl_c() -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -110,37 +153,58 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
+    stop_rx
+}
 
-    // A person at a terminal sees a progress bar on stderr; stdout, when it is not a terminal,
-    // carries JSON lines and nothing else: one per user, then one summary.
-    let total = view.job.total;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(total);
-        if let Ok(style) =
-            ProgressStyle::with_template("{bar:40} {pos}/{len} users  {per_sec}  eta {eta}  {msg}")
-        {
-            bar.set_style(style);
+/// What a person, or a script, sees of the users settled: a progress bar on a terminal
+/// (stderr); stdout, when it is not a terminal, carries JSON lines and nothing else: one per
+/// user, then one summary.
+struct Progress {
+    bar: Option<ProgressBar>,
+    lines: bool,
+    total: u64,
+    /// The job's users settled, earlier runs' included.
+    done: AtomicU64,
+    /// This invocation's users by outcome.
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Progress {
+    fn new(total: u64, settled_before: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} users  {per_sec}  eta {eta}  {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_position(settled_before);
+            bar
+        });
+        Progress {
+            bar,
+            lines: !std::io::stdout().is_terminal(),
+            total,
+            done: AtomicU64::new(settled_before),
+            counts: Mutex::new(BTreeMap::new()),
         }
-        bar.set_position(settled_before);
-        bar
-    });
-    let lines = !std::io::stdout().is_terminal();
-    let done = AtomicU64::new(settled_before);
-    let counts: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
-    let on_event = |e: &ItemEvent| {
+    }
+
+    /// One user settled by this invocation.
+    fn settled(&self, e: &ItemEvent) {
         let outcome = outcome(e.state);
-        if let Ok(mut counts) = counts.lock() {
+        if let Ok(mut counts) = self.counts.lock() {
             *counts.entry(outcome).or_default() += 1;
         }
         let done = if e.state == ItemState::Pending {
-            done.load(Ordering::Relaxed)
+            self.done.load(Ordering::Relaxed)
         } else {
-            done.fetch_add(1, Ordering::Relaxed) + 1
+            self.done.fetch_add(1, Ordering::Relaxed) + 1
         };
-        if let Some(bar) = &bar {
+        if let Some(bar) = &self.bar {
             bar.set_position(done);
         }
-        if lines {
+        if self.lines {
             let detail = if e.detail.is_empty() {
                 Value::Null
             } else {
@@ -148,16 +212,33 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
             };
             println!(
                 "{}",
-                json!({"sub": e.sub, "outcome": outcome, "detail": detail, "done": done, "total": total})
+                json!({"sub": e.sub, "outcome": outcome, "detail": detail, "done": done, "total": self.total})
             );
         }
-    };
+    }
 
-    let exec: Arc<str> = Arc::from(args.exec.as_str());
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+/// A user's work: the hand-out audited, then the operator's command run for them.
+fn command_work(
+    app: &App,
+    id: i64,
+    exec: &str,
+) -> impl Fn(HandedOut) -> std::pin::Pin<Box<dyn Future<Output = WorkOutcome> + Send>> + use<> {
+    let exec: Arc<str> = Arc::from(exec);
     let audit = app.audit().clone();
-    let work = move |item: HandedOut| {
+    move |item: HandedOut| {
         let (exec, audit) = (exec.clone(), audit.clone());
-        async move {
+        Box::pin(async move {
             audit
                 .record(
                     "cli",
@@ -174,10 +255,13 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|e| {
                     WorkOutcome::Retry(DEFAULT_RETRY, format!("the command's thread ended: {e}"))
                 })
-        }
-    };
+        })
+    }
+}
+
+fn worker_options(args: &RunArgs, rate: Option<f64>) -> WorkerOptions {
     let concurrency = args.concurrency.max(1);
-    let opts = WorkerOptions {
+    WorkerOptions {
         concurrency,
         // A batch is what the window works on next: tokens handed out are used soon.
         batch: u32::try_from(concurrency.clamp(1, 500)).unwrap_or(1),
@@ -187,34 +271,37 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
         linger: true,
         max_wait: Duration::from_secs(2),
         work_in_claim: false,
-    };
-    let summary = worker::run(app.jobs(), id, opts, stop_rx, work, &on_event)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
     }
-    app.audit().flush().await;
-    let view = app.jobs().progress(id).await.map_err(|e| anyhow!("{e}"))?;
-    let counts = counts.lock().map(|c| c.clone()).unwrap_or_default();
-    if lines {
-        let counts_json: serde_json::Map<String, Value> = OUTCOMES
-            .iter()
-            .map(|o| ((*o).to_owned(), counts.get(o).copied().unwrap_or(0).into()))
-            .collect();
-        println!(
-            "{}",
-            json!({"summary": {
-                "job": id,
-                "name": view.job.name,
-                "resumed": !made,
-                "interrupted": summary.interrupted,
-                "seconds": (summary.elapsed.as_secs_f64() * 10.0).round() / 10.0,
-                "counts": counts_json,
-                "run": job_answer(&view),
-            }})
-        );
-    }
+}
+
+/// The last JSON line: this invocation's counts, and the job as `GET /v1/jobs/{id}` gives it.
+fn summary_line(
+    view: &JobView,
+    made: bool,
+    summary: &WorkerSummary,
+    counts: &BTreeMap<&'static str, u64>,
+) -> Value {
+    let counts_json: serde_json::Map<String, Value> = OUTCOMES
+        .iter()
+        .map(|o| ((*o).to_owned(), counts.get(o).copied().unwrap_or(0).into()))
+        .collect();
+    json!({"summary": {
+        "job": view.job.id,
+        "name": view.job.name,
+        "resumed": !made,
+        "interrupted": summary.interrupted,
+        "seconds": (summary.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+        "counts": counts_json,
+        "run": job_answer(view),
+    }})
+}
+
+/// What a person reads at the end (on stderr): this invocation's and the whole job's counts.
+fn summary_text(
+    view: &JobView,
+    summary: &WorkerSummary,
+    counts: &BTreeMap<&'static str, u64>,
+) -> String {
     let mut row = vec!["this run".to_owned()];
     row.extend(
         OUTCOMES
@@ -231,7 +318,8 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
     ];
     let mut text = table(&["", "DONE", "RETRY", "FAILED", "SKIPPED"], &[row, whole]);
     text.push_str(&format!(
-        "job {id} is {} ({} of {} users settled); took {:.1} s\n",
+        "job {} is {} ({} of {} users settled); took {:.1} s\n",
+        view.job.id,
         view.job.state.as_str(),
         c.settled(),
         view.job.total,
@@ -240,8 +328,7 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
     if summary.interrupted {
         text.push_str("interrupted: run the same command again to resume\n");
     }
-    eprint!("{text}");
-    Ok(())
+    text
 }
 
 /// Runs `sh -c exec` for one user: the token in its environment, never on its command line.
