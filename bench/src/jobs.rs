@@ -59,7 +59,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     };
     let o = &ctx.opts;
     let latency = Duration::from_millis(o.jobs_latency_ms);
-    let ideal = latency * u32::try_from(users)? / u32::try_from(o.jobs_workers * o.jobs_batch)?;
+    // Every worker has `batch` users in work at once: the total concurrency is workers x
+    // batch, and with every place busy from start to end the run takes N x latency / that.
+    let places = u32::try_from(o.jobs_workers * o.jobs_batch)?;
+    let ideal = latency * u32::try_from(users)? / places;
 
     // All workers alive.
     let run = tokio::time::timeout(RUN_LIMIT, one_run(&api, o, latency, None))
@@ -67,6 +70,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .context("the jobs run took longer than its limit")??;
     let once = run.exactly_once(users);
     let ratio = ideal.as_secs_f64() / run.elapsed.as_secs_f64();
+    eprintln!("{}", run.breakdown(ideal, places, latency, users));
     let mut row = Row::at_least(
         "jobs",
         format!(
@@ -77,19 +81,22 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             o.jobs_batch
         ),
         format!(
-            "ideal N x latency / ({} x {}): {:.2} s",
+            "ideal N x latency / total concurrency ({} workers x {} in work at once): {:.2} s",
             o.jobs_workers,
             o.jobs_batch,
             ideal.as_secs_f64()
         ),
         format!(
-            "{:.2} s; {}; {} claims answered in {:.0} ms on average, {} reports in {:.0} ms",
+            "{:.2} s (last completion at {:.2} s); {}; {} claims ({} empty) answered in {:.0} ms on average, {} reports in {:.0} ms; {}",
             run.elapsed.as_secs_f64(),
+            run.job_end.as_secs_f64(),
             run.describe(users),
             run.claims,
+            run.empty_claims,
             run.claim_ms,
             run.reports,
-            run.report_ms
+            run.report_ms,
+            run.places_line(places),
         ),
         ratio,
         0.9,
@@ -166,9 +173,54 @@ struct RunResult {
     /// Mean time from sending a claim, or a report, to its answer.
     claim_ms: f64,
     report_ms: f64,
+    empty_claims: u64,
+    /// When the last completion was accepted, from the start: the job's own end.
+    job_end: Duration,
+    /// Free places over every worker, by cause.
+    idle: Idle,
+    /// The users' work beyond `latency`, summed over users.
+    late: Duration,
+    /// CPU time of this process (server and workers) during the run.
+    cpu: Duration,
 }
 
 impl RunResult {
+    /// The free places in words: lost wall time (place-seconds over every place) by cause.
+    fn places_line(&self, places: u32) -> String {
+        let lost = |place_s: f64| place_s * 1000.0 / f64::from(places);
+        format!(
+            "places idle {:.0} ms of the run (start {:.0}, claim under way {:.0}, polling {:.0}, queued {:.0}, after the worker ended {:.0}), users' work late {:.0} ms; CPU {:.2} s",
+            lost(self.idle.total()),
+            lost(self.idle.start),
+            lost(self.idle.claim),
+            lost(self.idle.poll),
+            lost(self.idle.queued),
+            lost(self.idle.end),
+            self.late.as_secs_f64() * 1000.0 / f64::from(places),
+            self.cpu.as_secs_f64(),
+        )
+    }
+
+    /// Where the run's time went, for the person running the bench: the run is the ideal plus
+    /// the places' idle time plus the users' work beyond its latency, over every place.
+    fn breakdown(&self, ideal: Duration, places: u32, latency: Duration, users: usize) -> String {
+        let work = latency.as_secs_f64() * users as f64;
+        let accounted = (work + self.late.as_secs_f64() + self.idle.total()) / f64::from(places);
+        format!(
+            "jobs: {:.3} s against the ideal {:.3} s; accounted {:.3} s = ideal + idle {:.3} s + late {:.3} s; idle place-seconds: {:?}; CPU {:.2} s ({:.0} us a user); {} claims, {} empty",
+            self.elapsed.as_secs_f64(),
+            ideal.as_secs_f64(),
+            accounted,
+            self.idle.total() / f64::from(places),
+            self.late.as_secs_f64() / f64::from(places),
+            self.idle,
+            self.cpu.as_secs_f64(),
+            self.cpu.as_secs_f64() * 1e6 / users as f64,
+            self.claims,
+            self.empty_claims,
+        )
+    }
+
     fn exactly_once(&self, users: usize) -> bool {
         self.completions.len() == users
             && self.completions.values().all(|n| *n == 1)
@@ -198,11 +250,69 @@ type Answered = ((u16, Value), Duration);
 struct WorkerResult {
     completed: Vec<String>,
     claims: u64,
+    /// Claims answered without a user (nothing due: the job's last users held elsewhere).
+    empty_claims: u64,
     reports: u64,
     lost: u64,
     /// Time from sending to answer, summed.
     claim_time: Duration,
     report_time: Duration,
+    idle: Idle,
+    /// Each user's work as it took, beyond `latency`, summed: the timer's and the scheduler's
+    /// lateness, which the machine's load sets.
+    late: Duration,
+    /// When the worker returned, from the run's start.
+    ended: Duration,
+}
+
+/// Where a worker's free places went while it ran: place-seconds (one place free for one
+/// second is 1) by what the worker was waiting for. A worker's places are its window (`batch`
+/// users in work at once); the ideal has every place busy from the start to the end.
+#[derive(Default, Clone, Copy, Debug)]
+struct Idle {
+    /// Before its first batch arrived.
+    start: f64,
+    /// Its window not full, nothing queued, a claim under way (the window ran dry).
+    claim: f64,
+    /// Its window not full, nothing queued, no claim under way: waiting to claim again after
+    /// an empty claim (the job's last users are in other workers' hands).
+    poll: f64,
+    /// Users queued but not started (the loop's own turn).
+    queued: f64,
+    /// After the worker returned, until the run's end (the last worker's return).
+    end: f64,
+}
+
+impl Idle {
+    fn add(&mut self, other: &Idle) {
+        self.start += other.start;
+        self.claim += other.claim;
+        self.poll += other.poll;
+        self.queued += other.queued;
+        self.end += other.end;
+    }
+
+    fn total(&self) -> f64 {
+        self.start + self.claim + self.poll + self.queued + self.end
+    }
+}
+
+/// This process's CPU time so far (user and system, every thread), from /proc (Linux; zero
+/// elsewhere). The server runs in this process too, so this is both sides of the API.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are the 14th and 15th fields (the 12th and 13th after the name), in
+    // clock ticks of 1/100 s.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 /// Makes a job over every user and runs the workers to its end; with `kill_after`, the first
@@ -223,6 +333,7 @@ async fn one_run(
     let id = job["id"].as_i64().context("a job id")?;
     let done = Arc::new(AtomicU64::new(0));
     let last_done = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for n in 0..o.jobs_workers {
@@ -232,12 +343,15 @@ async fn one_run(
         workers.spawn(async move {
             (
                 n,
-                worker(&api, id, batch, latency, kill, &done, &last_done).await,
+                worker(&api, id, batch, latency, kill, &done, &last_done, started).await,
             )
         });
     }
     let mut completions: HashMap<String, u32> = HashMap::new();
-    let (mut claims, mut reports, mut lost) = (0, 0, 0);
+    let (mut claims, mut reports, mut lost, mut empty_claims) = (0, 0, 0, 0);
+    let mut ended = Vec::new();
+    let mut idle = Idle::default();
+    let mut late = Duration::ZERO;
     let (mut claim_time, mut report_time) = (Duration::ZERO, Duration::ZERO);
     let mut killed_at = None;
     while let Some(joined) = workers.join_next().await {
@@ -254,8 +368,21 @@ async fn one_run(
         lost += result.lost;
         claim_time += result.claim_time;
         report_time += result.report_time;
+        empty_claims += result.empty_claims;
+        idle.add(&result.idle);
+        late += result.late;
+        // A killed worker's places are gone with it, not idle.
+        if !(n == 0 && kill_after.is_some()) {
+            ended.push(result.ended);
+        }
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    let places = o.jobs_batch as f64;
+    idle.end = ended
+        .iter()
+        .map(|e| elapsed.saturating_sub(*e).as_secs_f64() * places)
+        .sum();
     let last = *last_done.lock().unwrap_or_else(|e| e.into_inner());
     let last_after_kill = killed_at
         .map(|k| (last - started).saturating_sub(k))
@@ -272,6 +399,11 @@ async fn one_run(
         last_after_kill,
         claim_ms: claim_time.as_secs_f64() * 1000.0 / claims.max(1) as f64,
         report_ms: report_time.as_secs_f64() * 1000.0 / reports.max(1) as f64,
+        empty_claims,
+        job_end: last.saturating_duration_since(started),
+        idle,
+        late,
+        cpu,
     })
 }
 
@@ -280,6 +412,7 @@ async fn one_run(
 /// reported in groups without stopping the work. With `kill`, it returns abruptly once that
 /// many users are done across all workers: its users in work, queued or unreported are left
 /// to their lease.
+#[allow(clippy::too_many_arguments)] // the run's shared counters, named by the caller
 async fn worker(
     api: &Api,
     job: i64,
@@ -288,10 +421,12 @@ async fn worker(
     kill: Option<u64>,
     done: &AtomicU64,
     last_done: &std::sync::Mutex<Instant>,
+    run_started: Instant,
 ) -> anyhow::Result<WorkerResult> {
     let mut out = WorkerResult::default();
     let mut queue: VecDeque<(String, i64, String)> = VecDeque::new();
-    let mut working: JoinSet<(String, i64, String)> = JoinSet::new();
+    let mut working: JoinSet<(String, i64, String, Duration)> = JoinSet::new();
+    let mut first_batch = false;
     let mut claiming: Option<tokio::task::JoinHandle<anyhow::Result<Answered>>> = None;
     let mut reporting: JoinSet<anyhow::Result<(u16, Vec<String>, Duration)>> = JoinSet::new();
     let mut unreported: HashMap<String, Vec<(i64, String)>> = HashMap::new();
@@ -314,6 +449,7 @@ async fn worker(
                     out.completed.extend(subs);
                 }
             }
+            out.ended = run_started.elapsed();
             return Ok(out);
         }
         if !finished
@@ -341,8 +477,9 @@ async fn worker(
             };
             working.spawn(async move {
                 // The user's work: an upstream call that takes `latency`.
+                let began = Instant::now();
                 tokio::time::sleep(latency).await;
-                (lease, id, sub)
+                (lease, id, sub, began.elapsed().saturating_sub(latency))
             });
         }
         let waiting: usize = unreported.values().map(Vec::len).sum();
@@ -371,16 +508,36 @@ async fn worker(
             && reporting.is_empty()
             && claiming.is_none()
         {
+            out.ended = run_started.elapsed();
             return Ok(out);
         }
-        tokio::select! {
-            Some(w) = working.join_next(), if !working.is_empty() => {
-                let (lease, id, sub) = w?;
+        // What the free places wait for until the next event.
+        let free = batch.saturating_sub(working.len()) as f64;
+        let waiting_for = if !first_batch {
+            &mut out.idle.start
+        } else if !queue.is_empty() {
+            &mut out.idle.queued
+        } else if claiming.is_some() {
+            &mut out.idle.claim
+        } else {
+            &mut out.idle.poll
+        };
+        let waited = Instant::now();
+        let event = tokio::select! {
+            Some(w) = working.join_next(), if !working.is_empty() => Event::Worked(w?),
+            Some(r) = reporting.join_next(), if !reporting.is_empty() => Event::Reported(r??),
+            c = claimed(&mut claiming), if claiming.is_some() => Event::Claimed(c??),
+            () = tokio::time::sleep_until(next_claim), if claiming.is_none() && !finished && queue.len() < batch => Event::Tick,
+            () = tokio::time::sleep(REPORT_AFTER), if oldest.is_some() => Event::Tick,
+        };
+        *waiting_for += free * waited.elapsed().as_secs_f64();
+        match event {
+            Event::Worked((lease, id, sub, late)) => {
+                out.late += late;
                 unreported.entry(lease).or_default().push((id, sub));
                 oldest.get_or_insert_with(Instant::now);
             }
-            Some(r) = reporting.join_next(), if !reporting.is_empty() => {
-                let (status, subs, took) = r??;
+            Event::Reported((status, subs, took)) => {
                 out.report_time += took;
                 match status {
                     200 => {
@@ -392,14 +549,15 @@ async fn worker(
                     other => anyhow::bail!("a report was answered {other}"),
                 }
             }
-            c = claimed(&mut claiming), if claiming.is_some() => {
+            Event::Claimed(((status, claim), took)) => {
                 claiming = None;
-                let ((status, claim), took) = c??;
+                first_batch = true;
                 out.claim_time += took;
                 anyhow::ensure!(status == 200, "a claim was answered {status}: {claim}");
                 let lease = claim["lease"].as_str().unwrap_or_default().to_owned();
                 let items = claim["items"].as_array().cloned().unwrap_or_default();
                 if items.is_empty() {
+                    out.empty_claims += 1;
                     if claim["job"]["state"] != "running" {
                         finished = true;
                     } else {
@@ -415,10 +573,17 @@ async fn worker(
                     ));
                 }
             }
-            () = tokio::time::sleep_until(next_claim), if claiming.is_none() && !finished && queue.len() < batch => {}
-            () = tokio::time::sleep(REPORT_AFTER), if oldest.is_some() => {}
+            Event::Tick => {}
         }
     }
+}
+
+/// What woke a worker of the bench.
+enum Event {
+    Worked((String, i64, String, Duration)),
+    Reported((u16, Vec<String>, Duration)),
+    Claimed(Answered),
+    Tick,
 }
 
 /// The claim under way's answer; never, when none is.
