@@ -1,14 +1,151 @@
-//! `jobs run|list|show|cancel` as an operator runs them against `dev`: every user's command runs
-//! once with the user's sub and a token of theirs in its environment (never on a command line),
-//! at the asked concurrency and rate; an interrupted run resumes without redoing users done; the
-//! listings and a cancel.
+//! `jobs run|list|show|cancel` as an operator runs them, on both stores: against `dev` (its
+//! SQLite data dir) and against an emulator and `serve` on a PostgreSQL database (`--config`).
+//! Every user's command runs once with the user's sub and a token of theirs in its environment
+//! (never on a command line), at the asked concurrency and rate; an interrupted run resumes
+//! without redoing users done; the listings and a cancel; a sweep's run, a job too, interrupted
+//! and resumed.
 
-use super::{BIN, client, sign_in, start};
+use super::instances::deployment;
+use super::{BIN, Running, client, start};
+use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+/// Where the stories run: `dev` on a SQLite data dir, or a standalone emulator and `serve` on
+/// a PostgreSQL database.
+struct Deployment {
+    dir: tempfile::TempDir,
+    server: Running,
+    /// The emulator's base URL (`dev` serves it under `/_google`).
+    emulator: String,
+    /// How a command names the deployment: `--data-dir DIR` or `--config FILE`.
+    target: [String; 2],
+    client_id: String,
+    _emulator: Option<Running>,
+    _db: Option<TestDatabase>,
+}
+
+impl Deployment {
+    fn sqlite() -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data_arg = data.to_str().unwrap().to_owned();
+        let server = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", &data_arg]);
+        let emulator = format!("{}/_google", server.url);
+        Deployment {
+            client_id: client_id(&data),
+            dir,
+            server,
+            emulator,
+            target: ["--data-dir".to_owned(), data_arg],
+            _emulator: None,
+            _db: None,
+        }
+    }
+
+    /// None (and `skipped`, or a failure under CI) without a PostgreSQL server.
+    async fn postgres() -> Option<Deployment> {
+        let db = TestDatabase::empty().await?;
+        let dir = tempfile::tempdir().unwrap();
+        let emulator = start(&[
+            "emulator",
+            "--addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        let config = deployment(dir.path(), &emulator.url, &db.url);
+        // Keep-alive's own job would show in the listings: off, as `dev` has no keep-alive.
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("[jobs]\nkeepalive_after = \"0s\"\n");
+        std::fs::write(&config, text).unwrap();
+        let server = start(&["serve", "--config", &config]);
+        Some(Deployment {
+            client_id: client_id(dir.path()),
+            dir,
+            server,
+            emulator: emulator.url.clone(),
+            target: ["--config".to_owned(), config],
+            _emulator: Some(emulator),
+            _db: Some(db),
+        })
+    }
+
+    /// A scratch directory of the test's own.
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `args` naming this deployment.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(self.target.iter().map(String::as_str));
+        all
+    }
+
+    /// Runs the binary on this deployment: (success, stdout, stderr).
+    fn cmd(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        jobs_cmd(&self.args(args), env)
+    }
+
+    /// Signs `email` in, with drive.appdata granted; the user's sub.
+    async fn sign_in(&self, http: &reqwest::Client, email: &str) -> String {
+        let code: Value = http
+            .post(format!("{}/_emulator/codes", self.emulator))
+            .json(&json!({"email": email, "client_id": self.client_id,
+                "scope": format!("openid email {APPDATA}"),
+                "redirect_uri": "postmessage", "access_type": "offline"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = http
+            .post(format!("{}/authcode", self.server.url))
+            .header("x-requested-with", "XmlHttpRequest")
+            .header("content-type", "text/plain")
+            .body(code["code"].as_str().unwrap().to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        body["user"]["sub"].as_str().unwrap().to_owned()
+    }
+
+    /// A new API key with the `jobs` scope.
+    fn jobs_key(&self) -> String {
+        let (ok, key, told) = self.cmd(
+            &["api-keys", "create", "--name", "jobs", "--scope", "jobs"],
+            &[],
+        );
+        assert!(ok, "{told}");
+        key.lines().last().unwrap().trim().to_owned()
+    }
+
+    /// Sets the emulator's faults (`{}`: none).
+    async fn faults(&self, http: &reqwest::Client, faults: Value) {
+        let r = http
+            .put(format!("{}/_emulator/faults", self.emulator))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+/// The OAuth client of the client_secret.json in `dir`.
+fn client_id(dir: &Path) -> String {
+    let secret: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("client_secret.json")).unwrap())
+            .unwrap();
+    secret["web"]["client_id"].as_str().unwrap().to_owned()
+}
 
 /// The command of the tests: records, per run, its environment, its own and its parent's
 /// command lines, its start time and how many runs were under way with it; prints to stdout
@@ -98,20 +235,26 @@ fn jobs_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 const APPDATA: &str = "https://www.googleapis.com/auth/drive.appdata";
 
 #[tokio::test]
-async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data_arg = data.to_str().unwrap();
+async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment_on_sqlite() {
+    each_user_s_command_gets_a_token(&Deployment::sqlite()).await;
+}
+
+#[tokio::test]
+async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment_on_postgres() {
+    if let Some(d) = Deployment::postgres().await {
+        each_user_s_command_gets_a_token(&d).await;
+    }
+}
+
+async fn each_user_s_command_gets_a_token(d: &Deployment) {
     let http = client();
-    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
     let mut subs = Vec::new();
     for i in 0..6 {
-        let (answer, _) = sign_in(&http, &dev.url, &data, &format!("run{i}@example.com")).await;
-        subs.push(answer["user"]["sub"].as_str().unwrap().to_owned());
+        subs.push(d.sign_in(&http, &format!("run{i}@example.com")).await);
     }
-    let (ok, _, told) = jobs_cmd(&["users", "revoke", &subs[5], "--data-dir", data_arg], &[]);
+    let (ok, _, told) = d.cmd(&["users", "revoke", &subs[5]], &[]);
     assert!(ok, "{told}");
-    let (out, exec) = workdir(dir.path());
+    let (out, exec) = workdir(d.root());
     let out_arg = out.to_str().unwrap();
     let args = [
         "jobs",
@@ -124,9 +267,8 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
         "2",
         "--rate",
         "10/s",
-        "--data-dir",
-        data_arg,
     ];
+    let args = d.args(&args);
     let env = [
         ("OUT_DIR", out_arg),
         ("FAIL_SUB", subs[4].as_str()),
@@ -191,7 +333,7 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
         );
         assert!(!stdout.contains(token.as_str()) && !told.contains(token.as_str()));
         let info: Value = http
-            .get(format!("{}/_google/tokeninfo", dev.url))
+            .get(format!("{}/tokeninfo", d.emulator))
             .query(&[("access_token", token)])
             .send()
             .await
@@ -233,7 +375,7 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
     }
 
     // The listings: a table for people and the API's job objects for scripts.
-    let (ok, table, told) = jobs_cmd(&["jobs", "list", "--data-dir", data_arg], &[]);
+    let (ok, table, told) = d.cmd(&["jobs", "list"], &[]);
     assert!(ok, "{told}");
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
@@ -247,7 +389,7 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
         row.starts_with(&format!("{job_id} ")) && row.contains("run") && row.contains("finished"),
         "{table}"
     );
-    let (ok, listed, _) = jobs_cmd(&["jobs", "list", "--json", "--data-dir", data_arg], &[]);
+    let (ok, listed, _) = d.cmd(&["jobs", "list", "--json"], &[]);
     assert!(ok);
     let listed: Vec<Value> = listed
         .lines()
@@ -258,17 +400,11 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
     assert_eq!(listed[0]["progress"]["done"], 4);
     assert_eq!(listed[0]["progress"]["failed"], 1);
     assert_eq!(listed[0]["progress"]["skipped_by"]["revoked"], 1);
-    let (ok, none, _) = jobs_cmd(
-        &["jobs", "list", "--state", "running", "--data-dir", data_arg],
-        &[],
-    );
+    let (ok, none, _) = d.cmd(&["jobs", "list", "--state", "running"], &[]);
     assert!(ok);
     assert_eq!(none.lines().count(), 1, "the header alone: {none}");
 
-    let (ok, shown, _) = jobs_cmd(
-        &["jobs", "show", &job_id.to_string(), "--data-dir", data_arg],
-        &[],
-    );
+    let (ok, shown, _) = d.cmd(&["jobs", "show", &job_id.to_string()], &[]);
     assert!(ok, "{shown}");
     assert!(
         shown.contains("boom with [token]") && shown.contains(&subs[4]),
@@ -278,21 +414,11 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
         shown.contains(&subs[5]) && shown.contains("revoked"),
         "{shown}"
     );
-    let (ok, shown, _) = jobs_cmd(
-        &[
-            "jobs",
-            "show",
-            &job_id.to_string(),
-            "--json",
-            "--data-dir",
-            data_arg,
-        ],
-        &[],
-    );
+    let (ok, shown, _) = d.cmd(&["jobs", "show", &job_id.to_string(), "--json"], &[]);
     assert!(ok);
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["failures"].as_array().unwrap().len(), 2, "{shown}");
-    let (ok, _, told) = jobs_cmd(&["jobs", "show", "999", "--data-dir", data_arg], &[]);
+    let (ok, _, told) = d.cmd(&["jobs", "show", "999"], &[]);
     assert!(!ok && told.contains("no job has the id 999"), "{told}");
 
     // The same command again, the job being finished: a new job, every usable user again.
@@ -305,18 +431,24 @@ async fn jobs_run_gives_each_user_s_command_a_token_in_its_environment() {
 }
 
 #[tokio::test]
-async fn an_interrupted_jobs_run_resumes_without_redoing_users_done() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data_arg = data.to_str().unwrap();
+async fn an_interrupted_jobs_run_resumes_without_redoing_users_done_on_sqlite() {
+    interrupted_run_resumes(&Deployment::sqlite()).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_jobs_run_resumes_without_redoing_users_done_on_postgres() {
+    if let Some(d) = Deployment::postgres().await {
+        interrupted_run_resumes(&d).await;
+    }
+}
+
+async fn interrupted_run_resumes(d: &Deployment) {
     let http = client();
-    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
     let mut subs = Vec::new();
     for i in 0..20 {
-        let (answer, _) = sign_in(&http, &dev.url, &data, &format!("rs{i:02}@example.com")).await;
-        subs.push(answer["user"]["sub"].as_str().unwrap().to_owned());
+        subs.push(d.sign_in(&http, &format!("rs{i:02}@example.com")).await);
     }
-    let (out, exec) = workdir(dir.path());
+    let (out, exec) = workdir(d.root());
     let out_arg = out.to_str().unwrap();
     let args = [
         "jobs",
@@ -329,11 +461,10 @@ async fn an_interrupted_jobs_run_resumes_without_redoing_users_done() {
         "nightly",
         "--concurrency",
         "2",
-        "--data-dir",
-        data_arg,
     ];
+    let args = d.args(&args);
     let mut child = Command::new(BIN)
-        .args(args)
+        .args(&args)
         .env("RUST_LOG", "warn")
         .env("OUT_DIR", out_arg)
         .env("WORK_SECONDS", "0.3")
@@ -366,18 +497,7 @@ async fn an_interrupted_jobs_run_resumes_without_redoing_users_done() {
     assert!(done_first.iter().all(|l| l["outcome"] == "done"));
 
     // The stopped job still runs, holding nobody: the rerun joins it.
-    let (ok, listed, _) = jobs_cmd(
-        &[
-            "jobs",
-            "list",
-            "--state",
-            "running",
-            "--json",
-            "--data-dir",
-            data_arg,
-        ],
-        &[],
-    );
+    let (ok, listed, _) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
     assert!(ok);
     assert_eq!(listed.lines().count(), 1, "{listed}");
 
@@ -399,19 +519,27 @@ async fn an_interrupted_jobs_run_resumes_without_redoing_users_done() {
 }
 
 #[tokio::test]
-async fn jobs_cancel_stops_a_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data_arg = data.to_str().unwrap();
-    let http = client();
-    let dev = start(&["dev", "--addr", "127.0.0.1:0", "--data-dir", data_arg]);
-    for i in 0..3 {
-        sign_in(&http, &dev.url, &data, &format!("cx{i}@example.com")).await;
+async fn jobs_cancel_stops_a_job_on_sqlite() {
+    cancel_stops_a_job(&Deployment::sqlite()).await;
+}
+
+#[tokio::test]
+async fn jobs_cancel_stops_a_job_on_postgres() {
+    if let Some(d) = Deployment::postgres().await {
+        cancel_stops_a_job(&d).await;
     }
-    let key = std::fs::read_to_string(data.join("dev-api-key")).unwrap();
+}
+
+async fn cancel_stops_a_job(d: &Deployment) {
+    let http = client();
+    for i in 0..3 {
+        d.sign_in(&http, &format!("cx{i}@example.com")).await;
+    }
+    let key = d.jobs_key();
+    let url = &d.server.url;
     let made: Value = http
-        .post(format!("{}/v1/jobs", dev.url))
-        .bearer_auth(key.trim())
+        .post(format!("{url}/v1/jobs"))
+        .bearer_auth(&key)
         .json(&json!({"name": "backup"}))
         .send()
         .await
@@ -420,15 +548,15 @@ async fn jobs_cancel_stops_a_job() {
         .await
         .unwrap();
     let id = made["id"].as_u64().unwrap().to_string();
-    let (ok, text, told) = jobs_cmd(&["jobs", "cancel", &id, "--data-dir", data_arg], &[]);
+    let (ok, text, told) = d.cmd(&["jobs", "cancel", &id], &[]);
     assert!(ok, "{told}");
     assert!(
         text.contains(&format!("cancelled job {id} (backup)")),
         "{text}"
     );
     let job: Value = http
-        .get(format!("{}/v1/jobs/{id}", dev.url))
-        .bearer_auth(key.trim())
+        .get(format!("{url}/v1/jobs/{id}"))
+        .bearer_auth(&key)
         .send()
         .await
         .unwrap()
@@ -437,8 +565,8 @@ async fn jobs_cancel_stops_a_job() {
         .unwrap();
     assert_eq!(job["state"], "cancelled", "{job}");
     let claim: Value = http
-        .post(format!("{}/v1/jobs/{id}/claim", dev.url))
-        .bearer_auth(key.trim())
+        .post(format!("{url}/v1/jobs/{id}/claim"))
+        .bearer_auth(&key)
         .json(&json!({"max": 10}))
         .send()
         .await
@@ -447,8 +575,89 @@ async fn jobs_cancel_stops_a_job() {
         .await
         .unwrap();
     assert_eq!(claim["items"], json!([]), "nothing more is handed out");
-    let (ok, _, told) = jobs_cmd(&["jobs", "cancel", &id, "--data-dir", data_arg], &[]);
+    let (ok, _, told) = d.cmd(&["jobs", "cancel", &id], &[]);
     assert!(!ok && told.contains("cancelled already"), "{told}");
-    let (ok, _, told) = jobs_cmd(&["jobs", "cancel", "424242", "--data-dir", data_arg], &[]);
+    let (ok, _, told) = d.cmd(&["jobs", "cancel", "424242"], &[]);
     assert!(!ok && told.contains("no job has the id 424242"), "{told}");
+}
+
+#[tokio::test]
+async fn an_interrupted_sweep_resumes_on_sqlite() {
+    interrupted_sweep_resumes(&Deployment::sqlite()).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_sweep_resumes_on_postgres() {
+    if let Some(d) = Deployment::postgres().await {
+        interrupted_sweep_resumes(&d).await;
+    }
+}
+
+async fn interrupted_sweep_resumes(d: &Deployment) {
+    let http = client();
+    for i in 0..40 {
+        d.sign_in(&http, &format!("sw{i:02}@example.com")).await;
+    }
+    // Slow refreshes, so that the interrupt lands midway.
+    d.faults(&http, json!({"token": {"latency_ms": 200}})).await;
+    let mut child = Command::new(BIN)
+        .args(d.args(&["sweep", "--job", "refresh", "--concurrency", "2"]))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first = Vec::new();
+    while first.len() < 5 {
+        first.push(lines.next().unwrap().unwrap());
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    first.extend(lines.map_while(Result::ok));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "a stopped sweep exits cleanly");
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    assert!(told.contains("interrupted"), "{told}");
+    let (events, summary) = super::sweep_lines(&first.join("\n"));
+    assert_eq!(summary["interrupted"], true, "{first:?}");
+    assert_eq!(summary["run"]["finished"], false, "{first:?}");
+    let done_first = events.len();
+    assert!(done_first < 40, "stopped midway: {done_first}");
+
+    // The run is a job of the sweep's kind, still running.
+    let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
+    assert!(ok, "{told}");
+    let running: Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(running["kind"], "sweep:refresh", "{listed}");
+    assert_eq!(running["progress"]["done"], done_first, "{listed}");
+
+    d.faults(&http, json!({})).await;
+    let (ok, rest, told) = d.cmd(&["sweep", "--job", "refresh", "--concurrency", "2"], &[]);
+    assert!(ok, "{rest}{told}");
+    assert!(told.contains("resumed after"), "{told}");
+    let (events, summary) = super::sweep_lines(&rest);
+    let done_rest = events.len();
+    assert_eq!(
+        done_first + done_rest,
+        40,
+        "each user once: {done_first} + {done_rest}"
+    );
+    // The run's counts cover both invocations: every user once.
+    assert_eq!(summary["counts"]["ok"], done_rest, "{rest}");
+    assert_eq!(summary["run"]["finished"], true, "{rest}");
+    assert_eq!(summary["run"]["counts"]["ok"], 40, "{rest}");
+    let stats: Value = http
+        .get(format!("{}/_emulator/stats", d.emulator))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["refreshes"], 40);
 }
