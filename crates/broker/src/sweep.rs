@@ -173,6 +173,9 @@ pub struct SweepSummary {
     /// Whether the run is finished (false when interrupted, or when other processes still
     /// hold users of it).
     pub run_finished: bool,
+    /// Whether the run was cancelled (`jobs cancel`): no user of it is handed out any more, and
+    /// the next sweep starts a new run.
+    pub run_cancelled: bool,
     /// Where this invocation resumed, when it continued the run right where it stood: the
     /// largest `sub` up to which every user of the run was settled when it joined.
     pub resumed_from: Option<String>,
@@ -270,6 +273,7 @@ pub async fn run_sweep(
         counts,
         run_counts: run_counts(&view),
         run_finished: view.job.state == JobState::Finished,
+        run_cancelled: view.job.state == JobState::Cancelled,
         resumed_from,
         interrupted: ended.interrupted,
         elapsed: started.elapsed(),

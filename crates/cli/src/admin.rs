@@ -485,6 +485,12 @@ pub async fn sweep(
         println!("{}", summary_json(job, &summary));
     }
     eprint!("{}", summary_text(&summary));
+    if summary.run_cancelled && !summary.interrupted {
+        bail!(
+            "run {} of the {job} sweep was cancelled (jobs cancel): its users not swept yet stay so; the next sweep starts a new run",
+            summary.job_id
+        );
+    }
     Ok(())
 }
 
@@ -509,7 +515,7 @@ fn summary_json(job: Job, s: &SweepSummary) -> Value {
         "resumed_after": s.resumed_from,
         "seconds": (s.elapsed.as_secs_f64() * 10.0).round() / 10.0,
         "counts": counts_json(&s.counts),
-        "run": {"finished": s.run_finished, "counts": counts_json(&s.run_counts)},
+        "run": {"finished": s.run_finished, "cancelled": s.run_cancelled, "counts": counts_json(&s.run_counts)},
     }})
 }
 
@@ -535,7 +541,8 @@ fn summary_text(s: &SweepSummary) -> String {
     out.push_str(&format!("took {:.1} s\n", s.elapsed.as_secs_f64()));
     if s.interrupted {
         out.push_str("interrupted: run the same command again to resume\n");
-    } else if !s.run_finished {
+    } else if !s.run_finished && !s.run_cancelled {
+        // (A cancelled run is told by the error that follows the summary.)
         out.push_str("other sweep processes still hold batches of this run\n");
     }
     out

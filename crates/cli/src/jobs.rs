@@ -6,7 +6,9 @@ use crate::Target;
 use crate::admin::{open_app, parse_rate};
 use crate::output::{listing, table, when};
 use anyhow::{anyhow, bail};
-use grantkeeper_broker::jobs::worker::{self, ItemEvent, WorkOutcome, WorkerOptions, WorkerSummary};
+use grantkeeper_broker::jobs::worker::{
+    self, ItemEvent, WorkOutcome, WorkerOptions, WorkerSummary,
+};
 use grantkeeper_broker::jobs::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_TTL, DEFAULT_RETRY, HandedOut, JobDetail, JobError, JobSpec,
     JobView, Kind, MAX_NAME,

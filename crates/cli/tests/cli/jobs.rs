@@ -3,7 +3,7 @@
 //! Every user's command runs once with the user's sub and a token of theirs in its environment
 //! (never on a command line), at the asked concurrency and rate; an interrupted run resumes
 //! without redoing users done; the listings and a cancel; a sweep's run, a job too, interrupted
-//! and resumed.
+//! and resumed, or cancelled.
 
 use super::instances::deployment;
 use super::{BIN, Running, client, start};
@@ -660,4 +660,83 @@ async fn interrupted_sweep_resumes(d: &Deployment) {
         .await
         .unwrap();
     assert_eq!(stats["refreshes"], 40);
+}
+
+#[tokio::test]
+async fn a_sweep_s_run_is_a_job_that_jobs_cancel_ends_on_sqlite() {
+    cancelled_sweep(&Deployment::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_sweep_s_run_is_a_job_that_jobs_cancel_ends_on_postgres() {
+    if let Some(d) = Deployment::postgres().await {
+        cancelled_sweep(&d).await;
+    }
+}
+
+/// A refresh sweep's run is listed with the jobs; `jobs cancel` on it ends the sweep, which
+/// says that its run was cancelled (not that other processes hold it) and exits with status 1;
+/// the next sweep starts a new run over every user.
+async fn cancelled_sweep(d: &Deployment) {
+    let http = client();
+    for i in 0..30 {
+        d.sign_in(&http, &format!("sc{i:02}@example.com")).await;
+    }
+    // Slow refreshes, so that the cancel lands midway.
+    d.faults(&http, json!({"token": {"latency_ms": 200}})).await;
+    let mut child = Command::new(BIN)
+        .args(d.args(&["sweep", "--job", "refresh", "--concurrency", "2"]))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first = Vec::new();
+    while first.len() < 3 {
+        first.push(lines.next().unwrap().unwrap());
+    }
+    let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
+    assert!(ok, "{told}");
+    let running: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(running.len(), 1, "{listed}");
+    assert_eq!(running[0]["kind"], "sweep:refresh", "{listed}");
+    assert_eq!(running[0]["name"], "sweep refresh", "{listed}");
+    let id = running[0]["id"].as_u64().unwrap().to_string();
+    let (ok, text, told) = d.cmd(&["jobs", "cancel", &id], &[]);
+    assert!(ok, "{text}{told}");
+
+    first.extend(lines.map_while(Result::ok));
+    let exit = child.wait().unwrap();
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "a cancelled run's sweep fails: {told}"
+    );
+    assert!(
+        told.contains(&format!("run {id} of the refresh sweep was cancelled")),
+        "{told}"
+    );
+    assert!(!told.contains("other sweep processes"), "{told}");
+    let (events, summary) = super::sweep_lines(&first.join("\n"));
+    assert!(events.len() < 30, "cancelled midway: {first:?}");
+    assert_eq!(summary["interrupted"], false, "{first:?}");
+    assert_eq!(summary["run"]["finished"], false, "{first:?}");
+    assert_eq!(summary["run"]["cancelled"], true, "{first:?}");
+
+    // The next sweep starts a new run: every user once.
+    d.faults(&http, json!({})).await;
+    let (ok, rest, told) = d.cmd(&["sweep", "--job", "refresh", "--concurrency", "8"], &[]);
+    assert!(ok, "{rest}{told}");
+    assert!(!told.contains("resumed after"), "{told}");
+    let (events, summary) = super::sweep_lines(&rest);
+    assert_eq!(events.len(), 30, "{rest}");
+    assert_eq!(summary["run"]["finished"], true, "{rest}");
+    assert_eq!(summary["run"]["cancelled"], false, "{rest}");
+    assert_eq!(summary["run"]["counts"]["ok"], 30, "{rest}");
 }
