@@ -26,6 +26,11 @@ use tokio::task::JoinSet;
 /// Reports go out when this many completions wait, or when the oldest waited this long.
 const REPORT_EVERY: usize = 50;
 const REPORT_AFTER: Duration = Duration::from_millis(50);
+/// After a claim that found nothing due, the next comes this soon, then twice as late after
+/// each further empty one, up to `POLL_MAX` (and never after the claim's `retry_after`): the
+/// job's last users, in other workers' hands, are reported within moments.
+const FIRST_POLL: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_secs(1);
 /// The longest either run may take: the scenario stays bounded however slow the machine.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -409,7 +414,8 @@ async fn one_run(
 
 /// A worker over HTTP: at most `batch` users in work at once, the next batch claimed while
 /// the window still has work (so that it never runs dry waiting for a claim), completions
-/// reported in groups without stopping the work. With `kill`, it returns abruptly once that
+/// reported in groups without stopping the work, and after an empty claim the next one soon,
+/// then less and less often. With `kill`, it returns abruptly once that
 /// many users are done across all workers: its users in work, queued or unreported are left
 /// to their lease.
 #[allow(clippy::too_many_arguments)] // the run's shared counters, named by the caller
@@ -433,6 +439,7 @@ async fn worker(
     let mut oldest: Option<Instant> = None;
     let mut finished = false;
     let mut next_claim = tokio::time::Instant::now();
+    let mut empty_in_a_row = 0u32;
     loop {
         if let Some(kill) = kill
             && done.load(Ordering::Relaxed) >= kill
@@ -561,9 +568,16 @@ async fn worker(
                     if claim["job"]["state"] != "running" {
                         finished = true;
                     } else {
-                        let wait = claim["retry_after"].as_f64().unwrap_or(0.5).clamp(0.02, 1.0);
-                        next_claim = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+                        empty_in_a_row += 1;
+                        let hint = Duration::from_secs_f64(
+                            claim["retry_after"].as_f64().unwrap_or(1.0).clamp(0.0, 1.0),
+                        );
+                        let backoff = FIRST_POLL.saturating_mul(1 << (empty_in_a_row - 1).min(16));
+                        next_claim = tokio::time::Instant::now()
+                            + hint.min(backoff).min(POLL_MAX).max(FIRST_POLL);
                     }
+                } else {
+                    empty_in_a_row = 0;
                 }
                 for item in items {
                     queue.push_back((

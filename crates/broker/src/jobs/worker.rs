@@ -23,6 +23,11 @@ use tokio::task::JoinSet;
 const REPORT_EVERY: usize = 50;
 /// ...or when the oldest waited this long.
 const REPORT_AFTER: Duration = Duration::from_millis(200);
+/// After a claim that found nothing due, the next one comes this soon, then twice as late
+/// after each further empty one (up to `max_wait`, and never after the claim's `retry_after`):
+/// the job's last users, held by other workers, are usually reported within moments, and a
+/// worker waiting its whole `max_wait` for the job's end would hold up whoever waits for it.
+const FIRST_POLL: Duration = Duration::from_millis(50);
 
 /// How a worker works.
 #[derive(Clone, Debug)]
@@ -226,6 +231,8 @@ struct Worker<'a> {
     oldest_unreported: Option<Instant>,
     claiming: Option<tokio::task::JoinHandle<Result<Batch, JobError>>>,
     next_claim: tokio::time::Instant,
+    /// Claims in a row that found nothing due.
+    empty_claims: u32,
     /// No claim is made any more: the job ended, nothing is due without `linger`, or a claim
     /// failed.
     exhausted: bool,
@@ -255,6 +262,7 @@ impl<'a> Worker<'a> {
             oldest_unreported: None,
             claiming: None,
             next_claim: tokio::time::Instant::now(),
+            empty_claims: 0,
             exhausted: false,
             settled: 0,
             interrupted: false,
@@ -347,10 +355,8 @@ impl<'a> Worker<'a> {
 
     /// Waits for a user's work to end, the claim to answer, a timer or the stop signal.
     async fn next_event(&mut self, stop: &mut watch::Receiver<bool>) -> Event {
-        let may_claim = self.claiming.is_none()
-            && !self.exhausted
-            && !self.interrupted
-            && self.room();
+        let may_claim =
+            self.claiming.is_none() && !self.exhausted && !self.interrupted && self.room();
         let wait_claim = tokio::time::sleep_until(self.next_claim);
         tokio::select! {
             Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Finished(done),
@@ -421,15 +427,17 @@ impl<'a> Worker<'a> {
                 self.exhausted = true;
             }
             if batch.settled.is_empty() {
+                self.empty_claims = self.empty_claims.saturating_add(1);
                 let wait = batch
                     .retry_after
                     .unwrap_or(self.opts.max_wait)
-                    .min(self.opts.max_wait);
-                self.next_claim =
-                    tokio::time::Instant::now() + wait.max(Duration::from_millis(50));
+                    .min(self.opts.max_wait)
+                    .min(poll_after(self.empty_claims));
+                self.next_claim = tokio::time::Instant::now() + wait.max(FIRST_POLL);
             }
             return;
         }
+        self.empty_claims = 0;
         let length = Duration::try_from(batch.lease_until - self.jobs.clock().now())
             .unwrap_or(Duration::from_secs(1));
         self.leases.insert(
@@ -483,6 +491,12 @@ impl<'a> Worker<'a> {
             }
         }
     }
+}
+
+/// The wait before claiming again after `empty` empty claims in a row: [`FIRST_POLL`],
+/// doubled after each further one.
+fn poll_after(empty: u32) -> Duration {
+    FIRST_POLL.saturating_mul(1 << empty.saturating_sub(1).min(16))
 }
 
 /// What a worker's outcome reports, and the event it makes once recorded.
@@ -585,5 +599,18 @@ async fn claimed<T>(
     match claiming.as_mut() {
         Some(handle) => handle.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_after_an_empty_claim_start_soon_and_back_off() {
+        assert_eq!(poll_after(1), FIRST_POLL);
+        assert_eq!(poll_after(2), FIRST_POLL * 2);
+        assert_eq!(poll_after(5), FIRST_POLL * 16);
+        assert_eq!(poll_after(u32::MAX), FIRST_POLL * 65_536);
     }
 }
