@@ -10,6 +10,8 @@
 //! `--grantkeeper PATH`) as a separate process on 127.0.0.1 and load it with wrk; the Google
 //! emulator runs inside this process. `GRANTKEEPER_BENCH_SERVE_WRAPPER` puts a command before
 //! each `serve` process (e.g. `valgrind --tool=massif`), for profiling.
+// Benchmarks measure real time: the clock ban (clippy.toml) is for the code under test.
+#![allow(clippy::disallowed_methods)]
 
 mod google;
 mod growth;

@@ -12,12 +12,12 @@
 //! [`SingleFlight::acquire`]), taken after the in-process lock and only before an upstream call.
 
 use crate::BrokerError;
-use grantkeeper_core::SharedClock;
+use grantkeeper_core::{SharedClock, Stopwatch};
 use grantkeeper_store::{BrokerStore, GrantRecord, RefreshSuccess, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Longest an upstream call under a grant's lock may take (a refresh, a revocation), whatever
@@ -49,8 +49,8 @@ impl<L: Clone> SingleFlight<L> {
         LeaseWait {
             instances: &self.instances,
             sub: sub.to_owned(),
-            give_up: tokio::time::Instant::now() + LEASE_WAIT,
-            started: Instant::now(),
+            give_up: self.instances.clock.monotonic() + LEASE_WAIT,
+            started: Stopwatch::start(),
             waited: false,
         }
     }
@@ -76,8 +76,9 @@ pub(crate) enum Turn {
 pub(crate) struct LeaseWait<'a> {
     instances: &'a InstanceLock,
     sub: String,
-    give_up: tokio::time::Instant,
-    started: Instant,
+    /// When to give up: the clock's monotonic reading.
+    give_up: Duration,
+    started: Stopwatch,
     waited: bool,
 }
 
@@ -97,7 +98,7 @@ impl LeaseWait<'_> {
             );
             self.waited = true;
         }
-        if tokio::time::Instant::now() >= self.give_up {
+        if self.instances.clock.monotonic() >= self.give_up {
             tracing::warn!(
                 sub,
                 outcome = "lease_held",
@@ -329,12 +330,12 @@ impl InstanceLock {
     /// Takes the grant's lease, waiting while another instance holds it; `Unavailable` when
     /// it stays held for longer than any refresh may take.
     async fn acquire(&self, sub: &str) -> Result<InstanceGuard, BrokerError> {
-        let give_up = tokio::time::Instant::now() + LEASE_WAIT;
+        let give_up = self.clock.monotonic() + LEASE_WAIT;
         loop {
             if let Some(guard) = self.try_acquire(sub).await? {
                 return Ok(guard);
             }
-            if tokio::time::Instant::now() >= give_up {
+            if self.clock.monotonic() >= give_up {
                 return Err(still_held());
             }
             tokio::time::sleep(poll_interval()).await;

@@ -19,7 +19,8 @@ use crate::handout::{Demand, HandOut, same, unusable};
 use crate::{AccessToken, BrokerError, BrokerSettings};
 use grantkeeper_core::metrics::Warning;
 use grantkeeper_core::{
-    Aad, GrantState, KeyId, Scopes, SecretString, SharedClock, Vault, VaultHandle, fingerprint,
+    Aad, GrantState, KeyId, Scopes, SecretString, SharedClock, Stopwatch, Vault, VaultHandle,
+    fingerprint,
 };
 use grantkeeper_provider::{Provider, ProviderError, TokenResponse};
 use grantkeeper_store::{
@@ -27,7 +28,7 @@ use grantkeeper_store::{
     StoreError, TokenFingerprint,
 };
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// How often a fenced write is retried after the row moved under it.
@@ -66,7 +67,7 @@ struct Commit<'a> {
     /// The fingerprint of the refresh token used.
     used: &'a TokenFingerprint,
     response: &'a TokenResponse,
-    started: Instant,
+    started: Stopwatch,
 }
 
 /// What a refresh brought, sealed for the grant's row.
@@ -122,7 +123,11 @@ impl Engine {
         Engine {
             handout: HandOut::new(&settings, clock.clone(), vault.clone()),
             flight: SingleFlight::new(store.clone(), clock.clone()),
-            budget: Budget::new(settings.refresh_concurrency, settings.upstream_rate),
+            budget: Budget::new(
+                settings.refresh_concurrency,
+                settings.upstream_rate,
+                clock.clone(),
+            ),
             cooldowns: Cooldowns::new(settings.rejection_cooldown),
             backoff: Backoffs::default(),
             store,
@@ -451,7 +456,7 @@ impl Engine {
         sub: &str,
         held: &SealedRefreshToken,
         lease: &mut InstanceGuard,
-    ) -> Result<(Instant, Result<TokenResponse, ProviderError>), BrokerError> {
+    ) -> Result<(Stopwatch, Result<TokenResponse, ProviderError>), BrokerError> {
         // What the refresh brings must be sealed: a vault that cannot seal now does not ask.
         self.vault.sealer().map_err(BrokerError::vault)?;
         let secret = self
@@ -469,7 +474,7 @@ impl Engine {
             );
             return Err(flight::still_held());
         }
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let answer = tokio::time::timeout(REFRESH_TIMEOUT, self.provider.refresh(&secret))
             .await
             .unwrap_or_else(|_| {
@@ -500,7 +505,7 @@ impl Engine {
         sub: &str,
         used: &TokenFingerprint,
         description: &str,
-        started: Instant,
+        started: Stopwatch,
     ) -> Result<GrantRecord, BrokerError> {
         for _ in 0..FENCE_ATTEMPTS {
             let current = self.grant(sub).await?;
@@ -564,7 +569,7 @@ impl Engine {
         grant: GrantRecord,
         used: &TokenFingerprint,
         response: TokenResponse,
-        started: Instant,
+        started: Stopwatch,
         lease: &mut InstanceGuard,
     ) -> Result<AccessToken, BrokerError> {
         self.handout.observe_lifetime(response.expires_in);
@@ -712,7 +717,7 @@ impl Engine {
         sub: &str,
         grant: &GrantRecord,
         e: &ProviderError,
-        started: Instant,
+        started: Stopwatch,
     ) -> BrokerError {
         let now = self.clock.now();
         let s = &self.settings;
@@ -815,7 +820,7 @@ fn replaced(grant: &GrantRecord, used: &TokenFingerprint) -> bool {
 
 /// The provider refused grantkeeper's client, or answered outside the protocol: the grant is
 /// left as it is.
-fn misconfigured(sub: &str, e: &ProviderError, started: Instant) -> BrokerError {
+fn misconfigured(sub: &str, e: &ProviderError, started: Stopwatch) -> BrokerError {
     if let ProviderError::InvalidClient { .. } = e {
         // The provider logged this one as an error, with the operator's advice and the
         // warning counter; here it is only tied to the grant.
@@ -871,6 +876,6 @@ fn death_reason(
     }
 }
 
-pub(crate) fn elapsed_ms(started: Instant) -> u64 {
+pub(crate) fn elapsed_ms(started: Stopwatch) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

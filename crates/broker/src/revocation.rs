@@ -13,10 +13,10 @@ pub mod retry;
 use crate::flight::REFRESH_TIMEOUT;
 use crate::refresh::{Engine, Landed, elapsed_ms};
 use crate::{Broker, BrokerError};
-use grantkeeper_core::{Aad, Backoff, GrantState, Jitter, SecretString};
+use grantkeeper_core::{Aad, Backoff, GrantState, Jitter, SecretString, Stopwatch};
 use grantkeeper_provider::ProviderError;
 use grantkeeper_store::{PendingRevocation, RevocationTokenKind, StateUpdate, StoreError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How a revocation asked with [`Broker::revoke_or_queue`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl Engine {
         let ticket = self.flight.ticket(sub);
         let mut boarded = ticket.board().await;
         let lease = self.flight.acquire(sub).await?;
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let answer = self.revoke_holding(sub, reason, on_failure, started).await;
         if answer.is_ok() {
             self.forget(sub);
@@ -113,7 +113,7 @@ impl Engine {
         sub: &str,
         reason: &str,
         on_failure: OnFailure,
-        started: Instant,
+        started: Stopwatch,
     ) -> Result<RevocationOutcome, BrokerError> {
         let grant = self
             .store
@@ -201,7 +201,7 @@ impl Engine {
         token: &SecretString,
         kind: RevocationTokenKind,
         e: &ProviderError,
-        started: Instant,
+        started: Stopwatch,
     ) -> Result<RevocationOutcome, BrokerError> {
         let id = format!("rev_{}", grantkeeper_core::random::token::<16>());
         let mut refused = false;

@@ -20,13 +20,13 @@ use crate::jobs::{
     DEFAULT_MIN_TTL, HandedOut, JobError, JobSpec, JobView, Jobs, Kind, MAX_LEASE, RATE_RANGE,
 };
 use crate::{Broker, BrokerError};
-use grantkeeper_core::{ExposeSecret, Scopes, scopes::DRIVE_APPDATA};
+use grantkeeper_core::{ExposeSecret, Scopes, Stopwatch, scopes::DRIVE_APPDATA};
 use grantkeeper_store::{ItemState, JobState, JobsStore, Selection, StoreError};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use url::Url;
 
@@ -209,7 +209,7 @@ pub async fn run_sweep(
     stop: watch::Receiver<bool>,
     on_event: &(dyn Fn(&SweepEvent) + Send + Sync),
 ) -> Result<SweepSummary, BrokerError> {
-    let started = Instant::now();
+    let started = Stopwatch::start();
     check_options(&opts)?;
     let jobs = Jobs::new(broker.clone(), store.clone());
     let (run, _) = jobs

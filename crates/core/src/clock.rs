@@ -28,6 +28,7 @@ pub trait Clock: Send + Sync + Debug + 'static {
 
 /// The process's monotonic clock, from its first reading.
 fn real_monotonic() -> std::time::Duration {
+    #[allow(clippy::disallowed_methods)] // the one place that reads the monotonic clock
     fn read() -> std::time::Instant {
         std::time::Instant::now()
     }
@@ -36,6 +37,35 @@ fn real_monotonic() -> std::time::Duration {
 }
 
 pub type SharedClock = Arc<dyn Clock>;
+
+/// Waits until `clock`'s monotonic reading reaches `at` (a reading of the same clock), on
+/// tokio's timer: at once when it already has. A manual clock moved past `at` in the meantime
+/// does not cut the wait short; it shortens the next one.
+pub async fn sleep_until(clock: &dyn Clock, at: std::time::Duration) {
+    let left = at.saturating_sub(clock.monotonic());
+    if !left.is_zero() {
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// How long something took, on the real monotonic clock, for figures that are only reported
+/// (metrics histograms, log fields, a command's summary) and never decide anything: a manual
+/// clock moved during a measured call would otherwise record the step as its duration.
+/// Whatever acts on time passing (cache ages, cooldowns, rate limits, timeouts) reads the
+/// injected [`Clock`] instead. Tests also use it for the real time they give another process
+/// (a child server, a browser) before giving up.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Duration);
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch(real_monotonic())
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        real_monotonic().saturating_sub(self.0)
+    }
+}
 
 /// The real clock.
 #[derive(Debug, Default, Clone, Copy)]

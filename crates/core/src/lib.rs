@@ -23,7 +23,7 @@ pub mod scopes;
 pub mod vault;
 
 pub use backoff::{Backoff, Jitter};
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use clock::{Clock, ManualClock, SharedClock, Stopwatch, SystemClock};
 pub use fingerprint::{TokenFingerprint, fingerprint};
 pub use grant::{GrantState, UserProfile};
 pub use master::{LOCAL_SOURCE, MasterKeyError, MasterKeySource, SettingProblem};

@@ -46,6 +46,7 @@
 //! server refuses work that would seal (with 503) rather than seal under a key it cannot vouch
 //! for.
 
+use crate::clock::{SharedClock, SystemClock};
 use aws_lc_rs::aead::{AES_256_GCM, Aad as GcmAad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -422,14 +423,17 @@ pub struct VaultHandle(Arc<Shared>);
 struct Shared {
     current: RwLock<Arc<Vault>>,
     source: Option<Arc<dyn KeyringSource>>,
+    /// What times a failing keyring ([`VaultHandle::sealer`]'s limit).
+    clock: SharedClock,
     /// One reload at a time: the many opens that meet a new key together read the keyring once.
     reloading: tokio::sync::Mutex<()>,
     /// Key ids that the last reload did not find either. Opens of values under them are not
     /// sent to the source again until the next reload (a value under a key that no longer
     /// exists must not turn every read of it into a read of the keyring).
     missing: Mutex<BTreeSet<u32>>,
-    /// When the reloads began to fail (None while the last one succeeded).
-    failing_since: Mutex<Option<tokio::time::Instant>>,
+    /// When the reloads began to fail, as the clock's monotonic reading (None while the last
+    /// one succeeded).
+    failing_since: Mutex<Option<std::time::Duration>>,
     /// How long reloads may fail before [`VaultHandle::sealer`] refuses (None: never).
     stale_after: Mutex<Option<std::time::Duration>>,
 }
@@ -457,19 +461,20 @@ impl WeakVaultHandle {
 impl VaultHandle {
     /// A handle that never reloads: the vault changes only through [`VaultHandle::replace`].
     pub fn new(vault: Vault) -> Self {
-        Self::build(vault, None)
+        Self::build(vault, None, Arc::new(SystemClock))
     }
 
     /// A handle that reads the keyring again from `source` on [`VaultHandle::reload`] and when
-    /// an open meets an unknown key id.
-    pub fn with_source(vault: Vault, source: Arc<dyn KeyringSource>) -> Self {
-        Self::build(vault, Some(source))
+    /// an open meets an unknown key id; `clock` times how long reloads have been failing.
+    pub fn with_source(vault: Vault, source: Arc<dyn KeyringSource>, clock: SharedClock) -> Self {
+        Self::build(vault, Some(source), clock)
     }
 
-    fn build(vault: Vault, source: Option<Arc<dyn KeyringSource>>) -> Self {
+    fn build(vault: Vault, source: Option<Arc<dyn KeyringSource>>, clock: SharedClock) -> Self {
         VaultHandle(Arc::new(Shared {
             current: RwLock::new(Arc::new(vault)),
             source,
+            clock,
             reloading: tokio::sync::Mutex::new(()),
             missing: Mutex::new(BTreeSet::new()),
             failing_since: Mutex::new(None),
@@ -494,7 +499,7 @@ impl VaultHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let (Some(after), Some(since)) = (stale_after, failing_since)
-            && since.elapsed() > after
+            && self.0.clock.monotonic().saturating_sub(since) > after
         {
             return Err(VaultError::KeyringStale);
         }
@@ -559,8 +564,8 @@ impl VaultHandle {
         let vault = match source.load().await {
             Ok(vault) => vault,
             Err(e) => {
-                self.failing_since()
-                    .get_or_insert_with(tokio::time::Instant::now);
+                let now = self.0.clock.monotonic();
+                self.failing_since().get_or_insert(now);
                 return Err(e);
             }
         };
@@ -572,7 +577,7 @@ impl VaultHandle {
         Ok(changed)
     }
 
-    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Duration>> {
         self.0
             .failing_since
             .lock()
@@ -862,7 +867,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handle_reloads_once_for_a_value_under_a_new_key() {
         let keys = Keys::new(&[1]);
-        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone(), SystemClock::shared());
         let old = handle.get().seal(b"old", Aad::refresh_token("a")).unwrap();
 
         // Another process adds key 2, makes it active and seals under it.
@@ -906,7 +911,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_the_keyring_lacks_is_asked_for_once_per_reload() {
         let keys = Keys::new(&[1]);
-        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone(), SystemClock::shared());
         let stray = vault(9).seal(b"x", Aad::refresh_token("a")).unwrap();
         for _ in 0..3 {
             assert_eq!(
@@ -937,7 +942,7 @@ mod tests {
     #[tokio::test]
     async fn a_reload_says_whether_the_keyring_changed() {
         let keys = Keys::new(&[1]);
-        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone(), SystemClock::shared());
         assert!(!handle.reload().await.unwrap());
         keys.set(&[1, 2]);
         assert!(handle.reload().await.unwrap());
@@ -956,15 +961,17 @@ mod tests {
     #[tokio::test]
     async fn a_handle_whose_reloads_keep_failing_stops_sealing_until_one_succeeds() {
         let keys = Keys::new(&[1]);
-        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
-        let after = std::time::Duration::from_millis(150);
+        let clock = crate::ManualClock::new();
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone(), clock.clone());
+        let after = std::time::Duration::from_secs(30);
         handle.stop_sealing_after(after);
         assert!(handle.sealer().is_ok());
         keys.fail(true);
         assert!(handle.reload().await.is_err());
         // One failed period is tolerated: the key held is still the store's, most likely.
+        clock.advance(time::Duration::seconds(29));
         assert_eq!(handle.sealer().unwrap().active(), Some(KeyId(1)));
-        tokio::time::sleep(after + std::time::Duration::from_millis(50)).await;
+        clock.advance(time::Duration::seconds(2));
         assert!(handle.reload().await.is_err());
         assert_eq!(handle.sealer().unwrap_err(), VaultError::KeyringStale);
         // Opening needs no current keyring: what is held still opens.
@@ -974,17 +981,17 @@ mod tests {
         handle.reload().await.unwrap();
         assert!(handle.sealer().is_ok());
         // Without a limit, a failing keyring never stops sealing.
-        let unlimited = VaultHandle::with_source(keys.vault(), keys.clone());
+        let unlimited = VaultHandle::with_source(keys.vault(), keys.clone(), clock.clone());
         keys.fail(true);
         assert!(unlimited.reload().await.is_err());
-        tokio::time::sleep(after + std::time::Duration::from_millis(50)).await;
+        clock.advance(time::Duration::hours(1));
         assert!(unlimited.sealer().is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_seal_reads_the_keyring_once_and_seals_under_the_new_key() {
         let keys = Keys::new(&[1]);
-        let handle = VaultHandle::with_source(keys.vault(), keys.clone());
+        let handle = VaultHandle::with_source(keys.vault(), keys.clone(), SystemClock::shared());
         // A rotation made key 2 active; the store refuses what this handle seals under key 1.
         keys.set(&[1, 2]);
         let refusals: Vec<_> = (0..8)

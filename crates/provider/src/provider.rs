@@ -9,11 +9,10 @@ use crate::keystore::{JwksDocument, JwksSource, KeyStore, KeyStoreStats, Lookup}
 use crate::settings::ProviderSettings;
 use crate::token::{TokenResponse, parse_success};
 use grantkeeper_core::metrics::Warning;
-use grantkeeper_core::{ExposeSecret, Metrics, SecretString, SharedClock};
+use grantkeeper_core::{ExposeSecret, Metrics, SecretString, SharedClock, Stopwatch};
 use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::OnceCell;
 use url::Url;
 
@@ -86,7 +85,7 @@ impl Provider {
         redirect_uri: &str,
     ) -> Result<TokenResponse, ProviderError> {
         let s = &self.inner.settings;
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let answer = self
             .inner
             .token_call(
@@ -186,7 +185,7 @@ impl Provider {
         &self,
         id_token: &SecretString,
     ) -> Result<IdTokenClaims, IdTokenError> {
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let verified = self.verify(id_token).await;
         let outcome = verified
             .as_ref()

@@ -3,17 +3,18 @@
 //! are operations ([`crate::ops::api_keys`]), re-exported here.
 
 use aws_lc_rs::digest;
+use grantkeeper_core::SharedClock;
 use grantkeeper_store::ApiKeyRecord;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use crate::ops::api_keys::{create_api_key, ensure_api_key};
 
 /// API keys by the SHA-256 of their secret, unknown ones too (as None), each trusted for a
-/// time to live: a key revoked anywhere stops working here within it. A read lock and one
+/// time to live (on the injected clock's monotonic reading): a key revoked anywhere stops working here within it. A read lock and one
 /// lookup per `/v1` call; with few keys in use, no eviction policy is needed beyond a bound:
 /// when full, expired entries go first, then unknown ones; a flood of made-up keys is then
 /// no longer remembered, while real keys stay.
@@ -21,29 +22,33 @@ pub(crate) struct KeyCache {
     entries: RwLock<HashMap<[u8; 32], Entry, foldhash::fast::RandomState>>,
     capacity: usize,
     ttl: Duration,
+    clock: SharedClock,
 }
 
 struct Entry {
-    at: Instant,
+    /// When the store was asked: the clock's monotonic reading.
+    at: Duration,
     key: Option<Arc<ApiKeyRecord>>,
 }
 
 impl KeyCache {
-    pub(crate) fn new(capacity: usize, ttl: Duration) -> KeyCache {
+    pub(crate) fn new(capacity: usize, ttl: Duration, clock: SharedClock) -> KeyCache {
         KeyCache {
             entries: RwLock::new(HashMap::default()),
             capacity,
             ttl,
+            clock,
         }
     }
 
     /// What the store said of this digest within the time to live: Some(None) for a key it
     /// does not know.
     pub(crate) fn get(&self, digest: &[u8; 32]) -> Option<Option<Arc<ApiKeyRecord>>> {
+        let now = self.clock.monotonic();
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(digest)
-            .filter(|e| e.at.elapsed() < self.ttl)
+            .filter(|e| now.saturating_sub(e.at) < self.ttl)
             .map(|e| e.key.clone())
     }
 
@@ -62,10 +67,11 @@ impl KeyCache {
     }
 
     pub(crate) fn insert(&self, digest: [u8; 32], key: Option<Arc<ApiKeyRecord>>) {
+        let now = self.clock.monotonic();
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= self.capacity && !entries.contains_key(&digest) {
             let ttl = self.ttl;
-            entries.retain(|_, e| e.at.elapsed() < ttl);
+            entries.retain(|_, e| now.saturating_sub(e.at) < ttl);
             if entries.len() >= self.capacity {
                 if key.is_none() {
                     return;
@@ -76,13 +82,7 @@ impl KeyCache {
                 }
             }
         }
-        entries.insert(
-            digest,
-            Entry {
-                at: Instant::now(),
-                key,
-            },
-        );
+        entries.insert(digest, Entry { at: now, key });
     }
 }
 
@@ -155,6 +155,7 @@ pub(crate) fn key_digest(secret: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use grantkeeper_core::{ManualClock, SystemClock};
     use time::OffsetDateTime;
 
     fn record(id: &str) -> Option<Arc<ApiKeyRecord>> {
@@ -174,7 +175,8 @@ mod tests {
 
     #[test]
     fn the_key_cache_answers_within_its_time_to_live_only() {
-        let cache = KeyCache::new(10, Duration::from_secs(3600));
+        let clock = ManualClock::new();
+        let cache = KeyCache::new(10, Duration::from_secs(3600), clock.clone());
         assert_eq!(id(&cache, 1), None);
         cache.insert([1; 32], record("a"));
         cache.insert([2; 32], None);
@@ -186,18 +188,24 @@ mod tests {
         );
         assert_eq!(id(&cache, 3), None);
 
-        let stale = KeyCache::new(10, Duration::ZERO);
-        stale.insert([1; 32], record("a"));
+        clock.advance(time::Duration::minutes(59));
+        assert_eq!(id(&cache, 1), Some(Some("a".to_owned())));
+        clock.advance(time::Duration::minutes(1));
         assert_eq!(
-            id(&stale, 1),
+            id(&cache, 1),
             None,
             "an entry past its time to live is asked again"
         );
+        assert_eq!(id(&cache, 2), None);
+
+        let stale = KeyCache::new(10, Duration::ZERO, SystemClock::shared());
+        stale.insert([1; 32], record("a"));
+        assert_eq!(id(&stale, 1), None, "a time to live of zero keeps nothing");
     }
 
     #[test]
     fn a_full_key_cache_gives_up_unknown_keys_before_real_ones() {
-        let cache = KeyCache::new(2, Duration::from_secs(3600));
+        let cache = KeyCache::new(2, Duration::from_secs(3600), SystemClock::shared());
         cache.insert([1; 32], None);
         cache.insert([2; 32], record("a"));
         cache.insert([3; 32], record("b"));

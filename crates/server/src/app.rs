@@ -126,7 +126,7 @@ impl App {
         // again for them.
         let loaded = load_vault(store.as_ref(), master_key.as_ref(), clock.as_ref()).await?;
         let keyring = StoreKeyring::new(store.clone(), master_key, &loaded);
-        let vault = VaultHandle::with_source(loaded, Arc::new(keyring));
+        let vault = VaultHandle::with_source(loaded, Arc::new(keyring), clock.clone());
         let metrics = Metrics::new(clock.clone());
         let security_events =
             SecurityEventVerifier::new(settings.provider.clone(), http.clone(), clock.clone());
@@ -157,7 +157,11 @@ impl App {
             metrics.clone(),
         );
         let limits = Limits::new(&settings.limits, &clock);
-        let api_keys = Arc::new(KeyCache::new(API_KEY_CACHE_CAPACITY, API_KEY_CACHE_TTL));
+        let api_keys = Arc::new(KeyCache::new(
+            API_KEY_CACHE_CAPACITY,
+            API_KEY_CACHE_TTL,
+            clock.clone(),
+        ));
         let workers = Workers::start(Work {
             audit: audit_writer,
             activity: Arc::downgrade(&activity),
@@ -173,7 +177,7 @@ impl App {
             store: store.clone(),
             clock: clock.clone(),
             session_purge: settings.session_purge,
-            drops: DropWatcher::new(&store, broker.clone(), api_keys.clone()),
+            drops: DropWatcher::new(&store, broker.clone(), api_keys.clone(), clock.clone()),
         });
         Ok(App {
             inner: Arc::new(Inner {

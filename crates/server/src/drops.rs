@@ -8,6 +8,7 @@
 use crate::apikeys::KeyCache;
 use crate::workers::{StopSignal, stopped};
 use grantkeeper_broker::Broker;
+use grantkeeper_core::SharedClock;
 use grantkeeper_store::{DropFeed, Dropped, SharedStore};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +29,9 @@ impl DropWatcher {
         store: &SharedStore,
         broker: Broker,
         keys: Arc<KeyCache>,
+        clock: SharedClock,
     ) -> Option<DropWatcher> {
-        let feed = store.drop_feed(RECHECK)?;
+        let feed = store.drop_feed(RECHECK, clock)?;
         Some(DropWatcher { feed, broker, keys })
     }
 

@@ -14,7 +14,7 @@ use grantkeeper_core::{Metrics, SharedClock};
 use grantkeeper_store::{ActivityPoint, ActivityStore, StoreError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{MissedTickBehavior, interval};
 
 /// How often the counted activity is written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
@@ -101,10 +101,12 @@ impl Drop for ActivityFlusher {
 /// Flushes and prunes on time until told to stop (then flushes a last time) or until the
 /// flusher is gone. Holds the flusher weakly.
 pub async fn run(flusher: Weak<ActivityFlusher>, mut stop: StopSignal) {
-    let mut flushes = interval_at(Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
+    let mut flushes = interval(FLUSH_EVERY);
+    flushes.reset();
     flushes.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The first prune comes soon after start, then hourly.
-    let mut prunes = interval_at(Instant::now() + FLUSH_EVERY, PRUNE_EVERY);
+    let mut prunes = interval(PRUNE_EVERY);
+    prunes.reset_after(FLUSH_EVERY);
     prunes.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let (prune, last) = tokio::select! {

@@ -6,7 +6,7 @@ use crate::workers::{StopSignal, stopped};
 use grantkeeper_core::SharedClock;
 use grantkeeper_store::{SharedStore, Store};
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{MissedTickBehavior, interval};
 
 /// The first purge comes this soon after start at the latest, so that a server restarted more
 /// often than its interval still purges.
@@ -20,7 +20,8 @@ pub(crate) async fn purge_every(
     every: Duration,
     mut stop: StopSignal,
 ) {
-    let mut ticks = interval_at(Instant::now() + every.min(FIRST_PURGE_WITHIN), every);
+    let mut ticks = interval(every);
+    ticks.reset_after(every.min(FIRST_PURGE_WITHIN));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -23,6 +23,7 @@
 //! Dropping the workers (with the last clone of the app) tells the tasks the same, without
 //! waiting for them.
 
+use grantkeeper_core::Stopwatch;
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -152,10 +153,10 @@ impl Workers {
     pub async fn stop(&self) -> Stopped {
         self.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        let started = tokio::time::Instant::now();
-        let deadline = started + STOP_WAIT;
+        let started = Stopwatch::start();
+        // Every wait starts at once (join_all polls them together): one bound for all.
         let waits = tasks.into_iter().map(|(name, mut task)| async move {
-            let ended = tokio::time::timeout_at(deadline, &mut task).await.is_ok();
+            let ended = tokio::time::timeout(STOP_WAIT, &mut task).await.is_ok();
             if !ended {
                 task.abort();
             }

@@ -68,7 +68,7 @@ pub use rotation::{
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use grantkeeper_core::{GrantState, Scopes, UserProfile};
+use grantkeeper_core::{GrantState, Scopes, SharedClock, UserProfile};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -703,9 +703,10 @@ pub trait Store:
     /// What other processes on this database drop, as they drop it, for an instance to forget
     /// what it holds in memory: on PostgreSQL, heard at once (`LISTEN`) and re-read every
     /// `recheck` in case a notification was missed; None on SQLite, where one process serves
-    /// and forgets what it drops itself. Needs a Tokio runtime; stops when dropped.
-    fn drop_feed(&self, recheck: Duration) -> Option<DropFeed> {
-        let _ = recheck;
+    /// and forgets what it drops itself. `clock` times how long the re-reads have failed.
+    /// Needs a Tokio runtime; stops when dropped.
+    fn drop_feed(&self, recheck: Duration, clock: SharedClock) -> Option<DropFeed> {
+        let _ = (recheck, clock);
         None
     }
 }

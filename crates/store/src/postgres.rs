@@ -361,8 +361,12 @@ impl Store for PostgresStore {
         conn.ping().await.map_err(map_pg)
     }
 
-    fn drop_feed(&self, recheck: Duration) -> Option<crate::DropFeed> {
-        Some(self.start_drop_feed(recheck))
+    fn drop_feed(
+        &self,
+        recheck: Duration,
+        clock: grantkeeper_core::SharedClock,
+    ) -> Option<crate::DropFeed> {
+        Some(self.start_drop_feed(recheck, clock))
     }
 }
 

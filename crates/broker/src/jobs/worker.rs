@@ -12,10 +12,12 @@
 //! finishes what it claimed rather than give back users already refreshed.
 
 use super::{Batch, ClaimRequest, HandedOut, JobError, Jobs, Report};
+use grantkeeper_core::clock::sleep_until;
+use grantkeeper_core::{Clock, Stopwatch};
 use grantkeeper_store::{ItemState, JobRecord, JobState};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -112,20 +114,21 @@ pub struct WorkerSummary {
 /// At most one start per `interval`.
 struct Pace {
     interval: Duration,
-    next: tokio::time::Instant,
+    /// The clock's monotonic reading.
+    next: Duration,
 }
 
 impl Pace {
-    fn new(rate: Option<f64>) -> Option<Pace> {
+    fn new(rate: Option<f64>, clock: &dyn Clock) -> Option<Pace> {
         rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| Pace {
             interval: Duration::from_secs_f64(1.0 / r.max(1e-6)),
-            next: tokio::time::Instant::now(),
+            next: clock.monotonic(),
         })
     }
 
-    async fn admit(&mut self) {
-        let at = self.next.max(tokio::time::Instant::now());
-        tokio::time::sleep_until(at).await;
+    async fn admit(&mut self, clock: &dyn Clock) {
+        let at = self.next.max(clock.monotonic());
+        sleep_until(clock, at).await;
         self.next = at + self.interval;
     }
 }
@@ -146,7 +149,8 @@ struct Unreported {
 struct Lease {
     /// Its users still queued or running.
     open: usize,
-    renewed: Instant,
+    /// The clock's monotonic reading.
+    renewed: Duration,
     /// How long it lasts from a claim or a renewal.
     length: Duration,
 }
@@ -178,7 +182,7 @@ where
     W: Fn(HandedOut) -> F,
     F: Future<Output = WorkOutcome> + Send + 'static,
 {
-    let started = Instant::now();
+    let started = Stopwatch::start();
     if opts.concurrency == 0 || !(1..=super::MAX_CLAIM).contains(&opts.batch) {
         return Err(JobError::Invalid(
             "a worker needs a concurrency of at least 1 and a batch of 1 to 500".to_owned(),
@@ -228,9 +232,11 @@ struct Worker<'a> {
     running: JoinSet<Finished>,
     leases: HashMap<String, Lease>,
     unreported: HashMap<String, Vec<Unreported>>,
-    oldest_unreported: Option<Instant>,
+    /// The clock's monotonic reading.
+    oldest_unreported: Option<Duration>,
     claiming: Option<tokio::task::JoinHandle<Result<Batch, JobError>>>,
-    next_claim: tokio::time::Instant,
+    /// The clock's monotonic reading.
+    next_claim: Duration,
     /// Claims in a row that found nothing due.
     empty_claims: u32,
     /// No claim is made any more: the job ended, nothing is due without `linger`, or a claim
@@ -252,7 +258,7 @@ impl<'a> Worker<'a> {
         Worker {
             jobs,
             id,
-            pace: Pace::new(opts.start_rate),
+            pace: Pace::new(opts.start_rate, jobs.clock().as_ref()),
             opts,
             on_event,
             queue: VecDeque::new(),
@@ -261,7 +267,7 @@ impl<'a> Worker<'a> {
             unreported: HashMap::new(),
             oldest_unreported: None,
             claiming: None,
-            next_claim: tokio::time::Instant::now(),
+            next_claim: jobs.clock().monotonic(),
             empty_claims: 0,
             exhausted: false,
             settled: 0,
@@ -288,7 +294,7 @@ impl<'a> Worker<'a> {
             || self.exhausted
             || self.claiming.is_some()
             || !self.room()
-            || tokio::time::Instant::now() < self.next_claim
+            || self.jobs.clock().monotonic() < self.next_claim
         {
             return;
         }
@@ -313,8 +319,9 @@ impl<'a> Worker<'a> {
             let Some(next) = self.queue.pop_front() else {
                 break;
             };
+            let jobs = self.jobs;
             if let Some(pace) = self.pace.as_mut() {
-                pace.admit().await;
+                pace.admit(jobs.clock().as_ref()).await;
             }
             let future = work(next.item.clone());
             let (lease, item_id, sub) = (next.lease, next.item.id, next.item.sub);
@@ -328,7 +335,7 @@ impl<'a> Worker<'a> {
     async fn report_if_due(&mut self) {
         let due = self
             .oldest_unreported
-            .is_some_and(|t| t.elapsed() >= REPORT_AFTER)
+            .is_some_and(|t| self.jobs.clock().monotonic().saturating_sub(t) >= REPORT_AFTER)
             || self.unreported.values().map(Vec::len).sum::<usize>() >= REPORT_EVERY
             || (self.oldest_unreported.is_some()
                 && self.running.is_empty()
@@ -357,7 +364,7 @@ impl<'a> Worker<'a> {
     async fn next_event(&mut self, stop: &mut watch::Receiver<bool>) -> Event {
         let may_claim =
             self.claiming.is_none() && !self.exhausted && !self.interrupted && self.room();
-        let wait_claim = tokio::time::sleep_until(self.next_claim);
+        let wait_claim = sleep_until(self.jobs.clock().as_ref(), self.next_claim);
         tokio::select! {
             Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Finished(done),
             answer = claimed(&mut self.claiming), if self.claiming.is_some() => Event::Claimed(answer),
@@ -381,7 +388,8 @@ impl<'a> Worker<'a> {
             report,
             event,
         });
-        self.oldest_unreported.get_or_insert_with(Instant::now);
+        let now = self.jobs.clock().monotonic();
+        self.oldest_unreported.get_or_insert(now);
     }
 
     /// Takes in a claim's answer: its users queued, those it settled told, or when it brought
@@ -433,7 +441,7 @@ impl<'a> Worker<'a> {
                     .unwrap_or(self.opts.max_wait)
                     .min(self.opts.max_wait)
                     .min(poll_after(self.empty_claims));
-                self.next_claim = tokio::time::Instant::now() + wait.max(FIRST_POLL);
+                self.next_claim = self.jobs.clock().monotonic() + wait.max(FIRST_POLL);
             }
             return;
         }
@@ -444,7 +452,7 @@ impl<'a> Worker<'a> {
             batch.lease.clone(),
             Lease {
                 open: batch.items.len(),
-                renewed: Instant::now(),
+                renewed: self.jobs.clock().monotonic(),
                 length,
             },
         );
@@ -583,8 +591,9 @@ async fn flush(
 async fn renew(jobs: &Jobs, id: i64, leases: &mut HashMap<String, Lease>) {
     leases.retain(|_, l| l.open > 0);
     for (name, lease) in leases.iter_mut() {
-        if lease.renewed.elapsed() >= lease.length / 2 {
-            lease.renewed = Instant::now();
+        let now = jobs.clock().monotonic();
+        if now.saturating_sub(lease.renewed) >= lease.length / 2 {
+            lease.renewed = now;
             if let Err(e) = jobs.renew(id, name, lease.length).await {
                 tracing::warn!(job = id, error = %e, "could not extend a lease");
             }

@@ -33,7 +33,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use time::macros::datetime;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{MissedTickBehavior, interval};
 
 /// How often the queue is looked at.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
@@ -232,7 +232,8 @@ impl RevocationRetrier {
 /// Retries the due entries every [`POLL_EVERY`] until `stop` says stop, or its sender is gone
 /// (then makes a last pass), or until the retrier is gone. Holds the retrier weakly.
 pub async fn run(retrier: Weak<RevocationRetrier>, mut stop: watch::Receiver<bool>) {
-    let mut ticks = interval_at(Instant::now() + POLL_EVERY, POLL_EVERY);
+    let mut ticks = interval(POLL_EVERY);
+    ticks.reset();
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let last = tokio::select! {

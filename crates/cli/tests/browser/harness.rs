@@ -11,6 +11,7 @@ use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerA
 use fantoccini::wd::WindowHandle;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
+use grantkeeper_core::Stopwatch;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -18,7 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_grantkeeper");
 
@@ -228,7 +229,7 @@ impl Browser {
             .spawn()
             .unwrap();
         let webdriver = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + STEP;
+        let waited = Stopwatch::start();
         loop {
             let ready = reqwest::get(format!("{webdriver}/status"))
                 .await
@@ -237,7 +238,7 @@ impl Browser {
             if ready.is_some() {
                 break;
             }
-            if Instant::now() > deadline {
+            if waited.elapsed() > STEP {
                 let _ = driver.kill();
                 panic!("chromedriver did not start");
             }
@@ -320,7 +321,7 @@ impl Browser {
 
     /// Waits until `expr` is true in the page; fails with `what` and the page's messages.
     pub async fn until(&self, expr: &str, what: &str) {
-        let deadline = Instant::now() + STEP;
+        let waited = Stopwatch::start();
         loop {
             let ok = self
                 .client
@@ -334,7 +335,7 @@ impl Browser {
             if ok {
                 return;
             }
-            if Instant::now() > deadline {
+            if waited.elapsed() > STEP {
                 let shown = self.messages().await;
                 panic!("timed out waiting for {what} (`{expr}`); messages shown: {shown:?}");
             }
@@ -510,14 +511,14 @@ impl Browser {
 
     /// Waits for the popup a click opened and switches to it.
     pub async fn to_popup(&self) {
-        let deadline = Instant::now() + STEP;
+        let waited = Stopwatch::start();
         loop {
             let windows = self.client.windows().await.unwrap();
             if let Some(popup) = windows.into_iter().find(|w| *w != self.main) {
                 self.client.switch_to_window(popup).await.unwrap();
                 return;
             }
-            if Instant::now() > deadline {
+            if waited.elapsed() > STEP {
                 panic!("no popup opened");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -526,9 +527,9 @@ impl Browser {
 
     /// Back to the page, once the popup has closed itself.
     pub async fn to_main(&self) {
-        let deadline = Instant::now() + STEP;
+        let waited = Stopwatch::start();
         while self.client.windows().await.unwrap().len() > 1 {
-            if Instant::now() > deadline {
+            if waited.elapsed() > STEP {
                 panic!("the popup did not close");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -657,7 +658,7 @@ pub async fn run_scenarios(scenarios: &[Scenario]) {
         {
             continue;
         }
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let (width, height) = scenario.size;
         let outcome = AssertUnwindSafe(async {
             browser.reset(&dev.url, width, height).await;

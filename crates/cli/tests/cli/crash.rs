@@ -219,6 +219,8 @@ async fn storm(store_url: &str) {
     // The storm: 16 workers take the sign-ins in order, each paced on a fixed schedule.
     let next = Arc::new(AtomicUsize::new(0));
     let cut = Arc::new(AtomicUsize::new(0));
+    // Paced on tokio's timer: the storm runs against real child processes killed meanwhile.
+    #[allow(clippy::disallowed_methods)]
     let start = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {

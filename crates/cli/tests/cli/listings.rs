@@ -3,9 +3,10 @@
 //! stable per email in the emulator, so they stay as they are. And `check`, passing and failing.
 
 use super::{BIN, client, sign_in, start};
+use grantkeeper_core::Stopwatch;
 use serde_json::Value;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs the binary: (success, stdout, stderr).
 fn run3(args: &[&str]) -> (bool, String, String) {
@@ -118,12 +119,15 @@ async fn listings_print_tables_and_json_lines() {
     assert!(ok, "{err}");
 
     // The server writes its audit within a second: wait for ann's sign-in row.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let waited = Stopwatch::start();
     while !run3(&["audit", "--user", ann, "--data-dir", data_arg])
         .1
         .contains("sign_in")
     {
-        assert!(Instant::now() < deadline, "the sign-in was never audited");
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the sign-in was never audited"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 

@@ -79,7 +79,7 @@ async fn latency_delays_answers_without_failing_them() {
     let t = TestEmu::start().await;
     let a = t.sign_in("alice@example.com", "openid").await;
     t.faults(json!({"token": {"latency_ms": 50}})).await;
-    let started = std::time::Instant::now();
+    let started = grantkeeper_core::Stopwatch::start();
     let r = t.refresh(a.str("refresh_token")).await;
     // A lower bound only: the emulator sleeps at least this long before answering.
     assert!(started.elapsed() >= std::time::Duration::from_millis(50));

@@ -23,10 +23,9 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use grantkeeper_broker::{AccessToken, TokenRequest};
-use grantkeeper_core::{ExposeSecret, Metrics};
+use grantkeeper_core::{ExposeSecret, Metrics, Stopwatch};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 use url::Url;
 
 /// Bodies up to this size are kept so that the call can be retried after a refresh.
@@ -258,7 +257,7 @@ pub async fn forward(app: &App, sub: &str, request: Request) -> Result<Response,
     }
     let headers = forwarded_headers(&parts.headers);
     // Timed from here: what comes before is the caller's request being checked.
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let answered = call(app, sub, &parts, &url, &headers, body).await;
     let class = match &answered {
         Ok(response) => Metrics::status_class(response.status().as_u16()),

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{MissedTickBehavior, interval};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -199,7 +199,8 @@ pub fn keep_reloading(
     handle.stop_sealing_after(every);
     let weak = handle.downgrade();
     async move {
-        let mut ticks = interval_at(Instant::now() + every, every);
+        let mut ticks = interval(every);
+        ticks.reset();
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -4,6 +4,7 @@
 //! counted per second at the emulator; keep-alive of idle grants.
 
 use super::harness::{Answer, TestApp};
+use grantkeeper_core::ManualClock;
 use grantkeeper_server::apikeys::KeyScope;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -192,7 +193,12 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
 
 #[tokio::test]
 async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_nothing() {
-    let t = TestApp::start().await;
+    let clock = ManualClock::new();
+    let t = TestApp::start_with(super::harness::Options {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
     let key = t.api_key(&[KeyScope::Jobs]).await;
     let other = t.api_key(&[KeyScope::Token, KeyScope::UsersRead]).await;
     sign_in_many(&t, "job-bad", 2).await;
@@ -296,7 +302,7 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
             .assert_error(400, "invalid_request");
     }
     // b's lease runs out: its report is refused, and the user is offered again.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(time::Duration::milliseconds(1300));
     report(
         &t,
         &key,
@@ -489,15 +495,17 @@ async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_go
 
 #[tokio::test]
 async fn keep_alive_refreshes_the_idle_grants_once_spread_over_its_period() {
+    let clock = ManualClock::new();
     let t = TestApp::start_with(super::harness::Options {
         keepalive: Some(("1s", "2s", "1s")),
+        clock: Some(clock.clone()),
         ..Default::default()
     })
     .await;
     let subs = sign_in_many(&t, "job-idle", 3).await;
     let before = t.stats().await;
     // Two seconds pass: each grant's last use (whole seconds) is older than keepalive_after.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(time::Duration::milliseconds(2100));
     t.app.start_keepalive();
     let mut refreshed = 0;
     for _ in 0..60 {

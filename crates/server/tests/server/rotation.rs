@@ -352,7 +352,7 @@ async fn a_refresh_during_rotation_is_never_overwritten(fixture: Fixture) {
         Arc::new(master.try_clone().unwrap()),
         &loaded,
     );
-    let vault = VaultHandle::with_source(loaded, Arc::new(keyring));
+    let vault = VaultHandle::with_source(loaded, Arc::new(keyring), SystemClock::shared());
     let (_reloading, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(keep_reloading(&vault, Duration::from_millis(50), stop));
     let writer = Arc::new(Writer {

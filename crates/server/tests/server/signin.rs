@@ -1,6 +1,7 @@
 //! Sign-in from each platform, the refresh-token rules, sessions and key rotation.
 
 use super::harness::{Code, TestApp};
+use grantkeeper_core::ManualClock;
 use grantkeeper_core::scopes::{DRIVE_APPDATA, EMAIL, PROFILE};
 use serde_json::json;
 
@@ -276,7 +277,12 @@ async fn sessions_end_on_logout() {
 /// cookie of the oldest stops working when one more is opened, and the others go on.
 #[tokio::test]
 async fn a_user_keeps_a_bounded_number_of_sessions() {
-    let t = TestApp::start().await;
+    let clock = ManualClock::new();
+    let t = TestApp::start_with(super::harness::Options {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
     let mut cookies = Vec::new();
     for i in 0..=grantkeeper_store::MAX_SESSIONS_PER_USER {
         let a = t
@@ -286,7 +292,7 @@ async fn a_user_keeps_a_bounded_number_of_sessions() {
         cookies.push(a.session_cookie().unwrap());
         if i == 0 {
             // Sessions are timed in whole seconds: the first is older than the others.
-            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            clock.advance(time::Duration::milliseconds(1100));
         }
     }
     t.get("/me", Some(&cookies[0]))
@@ -301,8 +307,10 @@ async fn a_user_keeps_a_bounded_number_of_sessions() {
 /// `server.session_purge_interval`, whether or not their user comes back.
 #[tokio::test]
 async fn expired_sessions_are_purged_in_the_background() {
+    let clock = ManualClock::new();
     let t = TestApp::start_with(super::harness::Options {
         sessions: Some(("2s", "1s")),
+        clock: Some(clock.clone()),
         ..Default::default()
     })
     .await;
@@ -320,7 +328,9 @@ async fn expired_sessions_are_purged_in_the_background() {
             .unwrap(),
         0
     );
-    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    clock.advance(time::Duration::seconds(3));
+    // The purge runs on a timer, every second here: two of its turns.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     t.get("/me", Some(&cookie))
         .await
         .assert_error(401, "unauthorized");

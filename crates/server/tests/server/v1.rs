@@ -25,9 +25,9 @@ async fn audit_rows(t: &TestApp, sub: &str) -> Vec<grantkeeper_store::AuditRecor
         .unwrap()
 }
 
-/// Signs `email` in while the emulator hands out one-second tokens, and waits until the
-/// held access token has expired.
-async fn signed_in_with_expired_token(t: &TestApp, email: &str) -> String {
+/// Signs `email` in while the emulator hands out two-second tokens, and moves the clock of the
+/// server and the emulator on until the held access token is about to expire.
+async fn signed_in_with_expired_token(t: &TestApp, clock: &ManualClock, email: &str) -> String {
     t.emulator_call("PUT", "settings", Some(json!({"access_token_ttl_secs": 2})))
         .await;
     let sub = t.signed_in(email).await;
@@ -37,7 +37,7 @@ async fn signed_in_with_expired_token(t: &TestApp, email: &str) -> String {
         Some(json!({"access_token_ttl_secs": 3600})),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(time::Duration::milliseconds(1500));
     sub
 }
 
@@ -176,8 +176,13 @@ async fn tokens_are_handed_out_from_the_held_grant() {
 
 #[tokio::test]
 async fn concurrent_demands_on_an_expired_grant_cause_one_refresh() {
-    let t = TestApp::start().await;
-    let sub = signed_in_with_expired_token(&t, "stampede@example.com").await;
+    let clock = ManualClock::new();
+    let t = TestApp::start_with(Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    let sub = signed_in_with_expired_token(&t, &clock, "stampede@example.com").await;
     let key = t.api_key(&[Token]).await;
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -295,7 +300,12 @@ async fn a_revoked_grant_answers_409_and_the_webhook_hears_of_it() {
 
 #[tokio::test]
 async fn transient_failures_never_revoke() {
-    let t = TestApp::start().await;
+    let clock = ManualClock::new();
+    let t = TestApp::start_with(Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
     t.emulator_call("PUT", "settings", Some(json!({"access_token_ttl_secs": 2})))
         .await;
     let mut subs = Vec::new();
@@ -308,7 +318,7 @@ async fn transient_failures_never_revoke() {
         Some(json!({"access_token_ttl_secs": 3600})),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(time::Duration::milliseconds(1500));
     t.emulator_call(
         "PUT",
         "faults",

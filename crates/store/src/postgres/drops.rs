@@ -5,11 +5,12 @@
 
 use super::PostgresStore;
 use crate::{DropFeed, Dropped};
+use grantkeeper_core::SharedClock;
 use sqlx::postgres::{PgListener, PgPool};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio::time::{MissedTickBehavior, interval};
 
 /// The channel migration 26's triggers notify.
 const CHANNEL: &str = "grantkeeper_drops";
@@ -34,11 +35,11 @@ enum Heard {
 impl PostgresStore {
     /// Starts the listener and the re-reader on this store's pool; both stop when the feed is
     /// dropped.
-    pub(crate) fn start_drop_feed(&self, recheck: Duration) -> DropFeed {
+    pub(crate) fn start_drop_feed(&self, recheck: Duration, clock: SharedClock) -> DropFeed {
         let (told, feed) = mpsc::channel(1024);
         let (heard, hearing) = mpsc::unbounded_channel();
         let listener = tokio::spawn(listen(self.pool.clone(), heard));
-        let reader = tokio::spawn(tell(self.pool.clone(), hearing, told, recheck));
+        let reader = tokio::spawn(tell(self.pool.clone(), hearing, told, recheck, clock));
         DropFeed::new(feed, vec![listener, reader])
     }
 }
@@ -105,9 +106,11 @@ async fn tell(
     mut hearing: mpsc::UnboundedReceiver<Heard>,
     told: mpsc::Sender<Dropped>,
     recheck: Duration,
+    clock: SharedClock,
 ) {
     let mut seen = BTreeSet::new();
-    let mut last_read: Option<Instant> = None;
+    // The clock's monotonic reading at the last successful re-read.
+    let mut last_read: Option<Duration> = None;
     let mut reads: u32 = 0;
     let mut ticks = interval(recheck);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -136,7 +139,7 @@ async fn tell(
                 continue;
             }
         };
-        if last_read.is_some_and(|at| at.elapsed() > BLIND_AFTER)
+        if last_read.is_some_and(|at| clock.monotonic().saturating_sub(at) > BLIND_AFTER)
             && told.send(Dropped::Everything).await.is_err()
         {
             return;
@@ -160,7 +163,7 @@ async fn tell(
             Some(oldest) => seen.retain(|id| *id >= oldest),
             None => seen.clear(),
         }
-        last_read = Some(Instant::now());
+        last_read = Some(clock.monotonic());
         reads = reads.wrapping_add(1);
         if reads.is_multiple_of(PRUNE_EVERY)
             && let Err(e) = prune(&pool).await

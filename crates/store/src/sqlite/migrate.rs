@@ -8,8 +8,8 @@
 use super::conn::map_sqlite;
 use crate::{Result, StoreError};
 use aws_lc_rs::digest;
+use grantkeeper_core::Stopwatch;
 use rusqlite::{Connection, params};
-use std::time::Instant;
 
 /// The migrations of this backend, in order. Each runs once, inside the one transaction that
 /// [`migrate`] holds, so none may contain `VACUUM` or change `foreign_keys`. An applied file
@@ -158,7 +158,7 @@ pub(super) fn apply(conn: &Connection) -> Result<()> {
         if applied.iter().any(|a| a.0 == *version) {
             continue;
         }
-        let started = Instant::now();
+        let started = Stopwatch::start();
         conn.execute_batch(sql).map_err(failed)?;
         let took = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
         conn.execute(
