@@ -315,7 +315,11 @@ fn millis(took: Duration) -> u64 {
 
 /// The start of the minute holding `at`, in Unix seconds.
 fn minute_of(at: OffsetDateTime) -> i64 {
-    let secs = at.unix_timestamp();
+    minute_of_unix(at.unix_timestamp())
+}
+
+/// The minute (its first second since the epoch) that holds `secs`.
+fn minute_of_unix(secs: i64) -> i64 {
     secs - secs.rem_euclid(60)
 }
 
@@ -675,7 +679,7 @@ impl Inner {
             total_ms: ms,
             max_ms: ms,
         };
-        let minute = minute_of(self.clock.now());
+        let minute = minute_of_unix(self.clock.unix());
         let mut activity = self.activity();
         self.add(&mut activity, minute, series, tally);
     }

@@ -3,6 +3,8 @@
 //! line's `--json`) use them too, so that both say the same.
 
 use axum::Json;
+use axum::body::Body;
+use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -186,14 +188,13 @@ pub(crate) fn user_page(page: &UserPage) -> Response {
 pub(crate) fn token(token: &AccessToken) -> Response {
     let expires_at = token.expires_at.format(&Rfc3339).unwrap_or_default();
     let json = token_json(token.token.expose_secret(), &expires_at, &token.scopes);
-    (
-        [
-            (CACHE_CONTROL, "no-store"),
-            (CONTENT_TYPE, "application/json"),
-        ],
-        json,
-    )
-        .into_response()
+    // Built by hand, with static header values: a body of bytes would first be labelled
+    // `application/octet-stream`, and header values from text are checked byte by byte.
+    let mut response = Response::new(Body::from(json));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `{"access_token": ..., "expires_at": ..., "scopes": [...]}`, written straight into one

@@ -14,7 +14,7 @@ use crate::config::normalise_origin;
 use crate::error::ApiError;
 use crate::http::cookies::session_secret;
 use crate::ops::{self, Caller};
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
 use axum::http::header::{AUTHORIZATION, ORIGIN};
@@ -36,10 +36,11 @@ pub async fn api_key(app: &App, headers: &HeaderMap, needed: KeyScope) -> Result
         .and_then(|v| v.to_str().ok())
         .ok_or_else(missing)?;
     let (scheme, secret) = value.split_once(' ').ok_or_else(missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+    let secret = secret.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() {
         return Err(missing());
     }
-    let caller = ops::authenticate(app, secret.trim(), needed).await?;
+    let caller = ops::authenticate(app, secret, needed).await?;
     app.limits().check_key(caller.key_id())?;
     Ok(caller)
 }
@@ -76,6 +77,10 @@ pub(crate) fn gate(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Reads the whole body up to `limit` bytes.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    // A body known to be empty (most hand-outs) needs no collecting.
+    if body.size_hint().exact() == Some(0) {
+        return Ok(bytes::Bytes::new());
+    }
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit })
