@@ -427,16 +427,9 @@ pub async fn sweep(
              below --concurrency {concurrency}"
         );
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping: finishing the calls in flight (Ctrl-C again to quit at once)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
+    let stop_rx = crate::stop_on_ctrl_c(
+        "stopping: finishing the calls in flight (Ctrl-C again to quit at once)",
+    )?;
     // A person at a terminal sees a progress bar on stderr; stdout, when it is not a terminal,
     // carries JSON lines and nothing else: one per user, then one summary.
     let bar = std::io::stderr().is_terminal().then(|| {

@@ -69,7 +69,9 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
     let app = open_app(target).await?;
     let (view, made) = make_or_resume(&app, run_spec(&args, rate)).await?;
     let id = view.job.id;
-    let stop = stop_on_ctrl_c();
+    let stop = crate::stop_on_ctrl_c(
+        "stopping: waiting for the commands running (Ctrl-C again to quit at once)",
+    )?;
     let progress = Progress::new(view.job.total, view.counts.settled());
     let on_event = |e: &ItemEvent| progress.settled(e);
     let work = command_work(&app, id, &args.exec);
@@ -140,22 +142,6 @@ async fn make_or_resume(app: &App, spec: JobSpec) -> anyhow::Result<(JobView, bo
         }
     }
     Ok((view, made))
-}
-
-/// Turns true at the first Ctrl-C (the worker stops after the commands running); a second
-/// Ctrl-C quits at once.
-fn stop_on_ctrl_c() -> tokio::sync::watch::Receiver<bool> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping: waiting for the commands running (Ctrl-C again to quit at once)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
-    stop_rx
 }
 
 /// What a person, or a script, sees of the users settled: a progress bar on a terminal

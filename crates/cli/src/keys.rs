@@ -114,16 +114,8 @@ pub async fn rotate(
         eprintln!("rotating to key {}{from}", rotation.key());
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping after the batch under way (Ctrl-C again to quit at once)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
+    let stop_rx =
+        crate::stop_on_ctrl_c("stopping after the batch under way (Ctrl-C again to quit at once)")?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(0);
         if let Ok(style) =
@@ -215,16 +207,8 @@ pub async fn rewrap(target: &Target, to: &str, options: &SpecOptions) -> anyhow:
         from.label(),
         to.label()
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping after the key under way (Ctrl-C again to quit at once)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
+    let stop_rx =
+        crate::stop_on_ctrl_c("stopping after the key under way (Ctrl-C again to quit at once)")?;
     let lines = !std::io::stdout().is_terminal();
     let on_event = |e: &RewrapEvent| {
         let (event, key) = match e {

@@ -533,6 +533,41 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Turns true at the first Ctrl-C, after printing `stopping` to stderr; a second Ctrl-C quits at
+/// once (status 130). The handler is in place when this returns, so a Ctrl-C that comes before
+/// the first piece of work is finished stops the command cleanly instead of killing it.
+pub fn stop_on_ctrl_c(
+    stopping: &'static str,
+) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    #[cfg(unix)]
+    {
+        let mut interrupts =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("listening for Ctrl-C")?;
+        tokio::spawn(async move {
+            if interrupts.recv().await.is_some() {
+                eprintln!("{stopping}");
+                let _ = stop_tx.send(true);
+                if interrupts.recv().await.is_some() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("{stopping}");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(stop_rx)
+}
+
 /// The URL a socket address is reached at from this machine (an unspecified address is
 /// reached on loopback).
 pub fn local_url(addr: SocketAddr) -> String {
