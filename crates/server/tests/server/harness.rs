@@ -1,10 +1,12 @@
-//! `TestApp`: the real server on port 0 beside a real emulator on port 0, typed request
-//! helpers, and log capture at trace level (set GRANTKEEPER_TEST_LOG=1 to also print logs).
+//! `TestApp`: the real server on port 0 beside a real emulator on port 0, on a SQLite file or a
+//! PostgreSQL database of its own ([`Backend`]), typed request helpers, and log capture at
+//! trace level (set GRANTKEEPER_TEST_LOG=1 to also print logs).
 
 use grantkeeper_core::{ExposeSecret, ManualClock, MasterKey, SystemClock};
 use grantkeeper_emulator::{Emulator, EmulatorOptions};
 use grantkeeper_server::App;
 use grantkeeper_server::config::{FileConfig, LimitsSection, Settings};
+use grantkeeper_testkit::postgres::TestDatabase;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -68,6 +70,18 @@ pub struct TestApp {
     pub source: Arc<dyn grantkeeper_core::MasterKeySource>,
     /// The service account key file the Cloud KMS source uses (`Options::kms`).
     pub kms_credentials: Option<PathBuf>,
+    /// The PostgreSQL database of [`Backend::Postgres`]: dropped with the app (declared last,
+    /// so dropped after everything that uses it).
+    pub database: Option<TestDatabase>,
+}
+
+/// The store a [`TestApp`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's directory.
+    Sqlite,
+    /// A migrated PostgreSQL database of the app's own, dropped with it.
+    Postgres,
 }
 
 /// The Cloud KMS key of `Options::kms`.
@@ -214,6 +228,25 @@ impl TestApp {
         Self::start_with(Options::default()).await
     }
 
+    /// The app on `backend`; None, the check to be skipped, when PostgreSQL is not there and
+    /// need not be (testkit's rule: it says `skipped`; under CI, or with
+    /// `GRANTKEEPER_TEST_POSTGRES` set, a server not there fails the check instead).
+    pub async fn start_on(backend: Backend, options: Options) -> Option<TestApp> {
+        match backend {
+            Backend::Sqlite => Some(Self::start_with(options).await),
+            Backend::Postgres => {
+                let database = TestDatabase::migrated().await?;
+                let mut app = Self::start_with(Options {
+                    store_url: Some(database.url.clone()),
+                    ..options
+                })
+                .await;
+                app.database = Some(database);
+                Some(app)
+            }
+        }
+    }
+
     pub async fn start_with(options: Options) -> TestApp {
         grantkeeper_testkit::logs::capture();
         let dir = tempfile::tempdir().unwrap();
@@ -330,6 +363,7 @@ impl TestApp {
             master,
             source,
             kms_credentials,
+            database: None,
         }
     }
 

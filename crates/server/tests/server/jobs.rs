@@ -1,9 +1,10 @@
 //! `/v1/jobs` over real HTTP: a job's users handed out in leased batches with fresh tokens and
 //! reported back; the contract's refusals (400, 401, 403, 404, 409 `not_held` changing nothing);
 //! Google unavailable while claiming (a smaller batch, never a stale token); the rate budget
-//! counted per second at the emulator; keep-alive of idle grants.
+//! counted per second at the emulator; keep-alive of idle grants. Each check runs on SQLite and
+//! on PostgreSQL.
 
-use super::harness::{Answer, TestApp};
+use super::harness::{Answer, Backend, Options, TestApp};
 use grantkeeper_core::ManualClock;
 use grantkeeper_server::apikeys::KeyScope;
 use serde_json::{Value, json};
@@ -13,6 +14,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 const DRIVE: &str = "https://www.googleapis.com/auth/drive.appdata";
+
+on_both_stores!(
+    a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished,
+    bad_claims_and_reports_are_refused_with_the_contract_body_and_change_nothing,
+    google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_token,
+    claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_google,
+    keep_alive_refreshes_the_idle_grants_once_spread_over_its_period,
+);
 
 async fn sign_in_many(t: &TestApp, prefix: &str, n: usize) -> Vec<String> {
     let mut subs = Vec::new();
@@ -52,9 +61,10 @@ fn expires(item: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(item["expires_at"].as_str().unwrap(), &Rfc3339).unwrap()
 }
 
-#[tokio::test]
-async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished() {
-    let t = TestApp::start().await;
+async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(on: Backend) {
+    let Some(t) = TestApp::start_on(on, Options::default()).await else {
+        return;
+    };
     let key = t.api_key(&[KeyScope::Jobs]).await;
     let subs = sign_in_many(&t, "job-flow", 3).await;
     // One user without Drive: not in the job. One revoked: skipped at once, counted.
@@ -191,14 +201,19 @@ async fn a_job_hands_out_each_user_once_with_a_fresh_token_until_it_is_finished(
     assert!(!super::harness::captured_logs().contains(token));
 }
 
-#[tokio::test]
-async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_nothing() {
+async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_nothing(on: Backend) {
     let clock = ManualClock::new();
-    let t = TestApp::start_with(super::harness::Options {
-        clock: Some(clock.clone()),
-        ..Default::default()
-    })
-    .await;
+    let Some(t) = TestApp::start_on(
+        on,
+        Options {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let key = t.api_key(&[KeyScope::Jobs]).await;
     let other = t.api_key(&[KeyScope::Token, KeyScope::UsersRead]).await;
     sign_in_many(&t, "job-bad", 2).await;
@@ -335,9 +350,10 @@ async fn bad_claims_and_reports_are_refused_with_the_contract_body_and_change_no
     assert_eq!(none.body["job"]["state"], "cancelled");
 }
 
-#[tokio::test]
-async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_token() {
-    let t = TestApp::start().await;
+async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_token(on: Backend) {
+    let Some(t) = TestApp::start_on(on, Options::default()).await else {
+        return;
+    };
     let key = t.api_key(&[KeyScope::Jobs]).await;
     // Tokens held live 20 s, and the job needs 10 minutes: every hand-out refreshes.
     t.emulator_call(
@@ -405,9 +421,10 @@ async fn google_unavailable_while_claiming_makes_a_smaller_batch_never_a_stale_t
     assert_eq!(handed.iter().collect::<HashSet<_>>().len(), 3, "{handed:?}");
 }
 
-#[tokio::test]
-async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_google() {
-    let t = TestApp::start().await;
+async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_google(on: Backend) {
+    let Some(t) = TestApp::start_on(on, Options::default()).await else {
+        return;
+    };
     let key = t.api_key(&[KeyScope::Jobs]).await;
     t.emulator_call(
         "PUT",
@@ -493,15 +510,20 @@ async fn claims_never_refresh_faster_than_the_jobs_rate_counted_per_second_at_go
     assert!(by_second.len() >= 4, "{by_second:?}");
 }
 
-#[tokio::test]
-async fn keep_alive_refreshes_the_idle_grants_once_spread_over_its_period() {
+async fn keep_alive_refreshes_the_idle_grants_once_spread_over_its_period(on: Backend) {
     let clock = ManualClock::new();
-    let t = TestApp::start_with(super::harness::Options {
-        keepalive: Some(("1s", "2s", "1s")),
-        clock: Some(clock.clone()),
-        ..Default::default()
-    })
-    .await;
+    let Some(t) = TestApp::start_on(
+        on,
+        Options {
+            keepalive: Some(("1s", "2s", "1s")),
+            clock: Some(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let subs = sign_in_many(&t, "job-idle", 3).await;
     let before = t.stats().await;
     // Two seconds pass: each grant's last use (whole seconds) is older than keepalive_after.

@@ -90,6 +90,7 @@ async fn start(store_url: Option<String>) -> (TestApp, String) {
         master,
         source,
         kms_credentials: None,
+        database: None,
     };
     (t, master_text.expose_secret().to_owned())
 }
