@@ -122,9 +122,15 @@ fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 
 /// Runs the binary with stdout and stderr apart: (success, stdout, stderr).
 fn run_split(args: &[&str]) -> (bool, String, String) {
+    run_split_with_env(args, &[])
+}
+
+/// [`run_split`], with these environment variables set.
+fn run_split_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -134,8 +140,9 @@ fn run_split(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// A sweep's stdout: every line JSON, one per user, then the summary, last.
-fn sweep_lines(stdout: &str) -> (Vec<Value>, Value) {
+/// The stdout of a sweep or of `jobs run`: every line JSON, one per user, then the summary,
+/// last.
+fn user_lines(stdout: &str) -> (Vec<Value>, Value) {
     let mut lines: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
@@ -146,6 +153,15 @@ fn sweep_lines(stdout: &str) -> (Vec<Value>, Value) {
         "one line per user before the summary: {stdout}"
     );
     (lines, summary["summary"].clone())
+}
+
+/// Sends SIGINT (a Ctrl-C) to a process the test started.
+fn interrupt(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// Writes `text` to `path`, readable by its owner alone (as a master key file must be).
@@ -731,7 +747,7 @@ async fn operators_manage_keys_users_audit_and_sweeps() {
         data_arg,
     ]);
     assert!(ok, "{sweep}{told}");
-    let (events, summary) = sweep_lines(&sweep);
+    let (events, summary) = user_lines(&sweep);
     assert_eq!(events.len(), 12, "{sweep}");
     assert!(events.iter().all(|e| e["outcome"] == "ok"), "{sweep}");
     assert_eq!(summary["counts"]["ok"], 12, "{sweep}");
@@ -768,7 +784,7 @@ async fn operators_manage_keys_users_audit_and_sweeps() {
     assert!(show.contains("revoked"), "{show}");
     let (ok, sweep, told) = run_split(&["sweep", "--job", "drive-appdata", "--data-dir", data_arg]);
     assert!(ok, "{sweep}{told}");
-    let (events, _) = sweep_lines(&sweep);
+    let (events, _) = user_lines(&sweep);
     assert_eq!(
         events.iter().filter(|e| e["outcome"] == "ok").count(),
         11,

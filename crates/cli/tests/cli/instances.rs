@@ -3,7 +3,7 @@
 //! moving a deployment between stores.
 
 use super::keys::{FAST_RELOAD, keep_signing_in};
-use super::{BIN, client, run, run_with_env, start, write_private};
+use super::{BIN, Running, client, run, run_with_env, start, write_private};
 use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -15,7 +15,18 @@ use std::time::Duration;
 /// Numbers the config files of one test.
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A standalone emulator and a config file pointing a deployment at `store_url`.
+/// A standalone emulator keeping its state (and the deployments' client_secret.json) in `dir`.
+pub(crate) fn start_emulator(dir: &Path) -> Running {
+    start(&[
+        "emulator",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
+}
+
+/// A config file pointing a deployment at `store_url`, beside a standalone emulator.
 pub(crate) fn deployment(dir: &Path, emulator_url: &str, store_url: &str) -> String {
     write_private(
         &dir.join("master.key"),
@@ -58,15 +69,17 @@ async fn emulator_json(
     .unwrap_or(Value::Null)
 }
 
-/// The OAuth client of the deployments in `dir`.
-fn client_id(dir: &Path) -> String {
+/// The OAuth client of the client_secret.json in `dir` (a `dev` data dir, or the emulator's
+/// of the deployments there).
+pub(crate) fn client_id(dir: &Path) -> String {
     let secret: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("client_secret.json")).unwrap())
             .unwrap();
     secret["web"]["client_id"].as_str().unwrap().to_owned()
 }
 
-/// Consents as `email` at the emulator and hands the code to `server`: its answer.
+/// Consents as `email` at the emulator (`openid email`) and hands the code to `server`: its
+/// answer.
 async fn authcode(
     http: &reqwest::Client,
     emulator: &str,
@@ -74,10 +87,22 @@ async fn authcode(
     server: &str,
     email: &str,
 ) -> reqwest::Response {
+    authcode_for(http, emulator, client_id, server, email, "openid email").await
+}
+
+/// [`authcode`], consenting to `scope`.
+pub(crate) async fn authcode_for(
+    http: &reqwest::Client,
+    emulator: &str,
+    client_id: &str,
+    server: &str,
+    email: &str,
+    scope: &str,
+) -> reqwest::Response {
     let code: Value = http
         .post(format!("{emulator}/_emulator/codes"))
         .json(
-            &json!({"email": email, "client_id": client_id, "scope": "openid email",
+            &json!({"email": email, "client_id": client_id, "scope": scope,
                       "redirect_uri": "postmessage", "access_type": "offline"}),
         )
         .send()
@@ -137,13 +162,7 @@ async fn two_instances_on_one_database_refresh_a_grant_once() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let emulator = start(&[
-        "emulator",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let emulator = start_emulator(dir.path());
     let config = deployment(dir.path(), &emulator.url, &db.url);
     let a = start(&["serve", "--config", &config]);
     let b = start(&["serve", "--config", &config]);
@@ -213,13 +232,7 @@ async fn a_sqlite_deployment_moves_to_postgres_and_back() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let emulator = start(&[
-        "emulator",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let emulator = start_emulator(dir.path());
     let sqlite = deployment(dir.path(), &emulator.url, "sqlite://from.db");
     let http = client();
     let (subs, revoked) = {
@@ -429,13 +442,7 @@ async fn sweeps_split_the_users_and_survive_a_killed_peer() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let emulator = start(&[
-        "emulator",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let emulator = start_emulator(dir.path());
     let config = deployment(dir.path(), &emulator.url, &db.url);
     let server = start(&["serve", "--config", &config]);
     let http = client();
@@ -517,13 +524,7 @@ async fn a_rotation_that_outpaces_two_servers_loses_nothing() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let emulator = start(&[
-        "emulator",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let emulator = start_emulator(dir.path());
     let config = deployment(dir.path(), &emulator.url, &db.url);
     let a = start(&["serve", "--config", &config]);
     let b = start(&["serve", "--config", &config]);
@@ -640,13 +641,7 @@ async fn drops_reach_every_instance_within_two_seconds() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let emulator = start(&[
-        "emulator",
-        "--addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let emulator = start_emulator(dir.path());
     let config = deployment(dir.path(), &emulator.url, &db.url);
     let a = start(&["serve", "--config", &config]);
     let b = start(&["serve", "--config", &config]);

@@ -5,14 +5,14 @@
 //! without redoing users done; the listings and a cancel; a sweep's run, a job too, interrupted
 //! and resumed, or cancelled.
 
-use super::instances::deployment;
-use super::{BIN, Running, client, start};
+use super::instances::{authcode_for, client_id, deployment, start_emulator};
+use super::{BIN, Running, client, interrupt, run_split_with_env, start, user_lines};
 use grantkeeper_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 
 /// Where the stories run: `dev` on a SQLite data dir, or a standalone emulator and `serve` on
 /// a PostgreSQL database.
@@ -50,13 +50,7 @@ impl Deployment {
     async fn postgres() -> Option<Deployment> {
         let db = TestDatabase::empty().await?;
         let dir = tempfile::tempdir().unwrap();
-        let emulator = start(&[
-            "emulator",
-            "--addr",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ]);
+        let emulator = start_emulator(dir.path());
         let config = deployment(dir.path(), &emulator.url, &db.url);
         // Keep-alive's own job would show in the listings: off, as `dev` has no keep-alive.
         let mut text = std::fs::read_to_string(&config).unwrap();
@@ -88,30 +82,20 @@ impl Deployment {
 
     /// Runs the binary on this deployment: (success, stdout, stderr).
     fn cmd(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-        jobs_cmd(&self.args(args), env)
+        run_split_with_env(&self.args(args), env)
     }
 
     /// Signs `email` in, with drive.appdata granted; the user's sub.
     async fn sign_in(&self, http: &reqwest::Client, email: &str) -> String {
-        let code: Value = http
-            .post(format!("{}/_emulator/codes", self.emulator))
-            .json(&json!({"email": email, "client_id": self.client_id,
-                "scope": format!("openid email {APPDATA}"),
-                "redirect_uri": "postmessage", "access_type": "offline"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let r = http
-            .post(format!("{}/authcode", self.server.url))
-            .header("x-requested-with", "XmlHttpRequest")
-            .header("content-type", "text/plain")
-            .body(code["code"].as_str().unwrap().to_owned())
-            .send()
-            .await
-            .unwrap();
+        let r = authcode_for(
+            http,
+            &self.emulator,
+            &self.client_id,
+            &self.server.url,
+            email,
+            &format!("openid email {APPDATA}"),
+        )
+        .await;
         assert_eq!(r.status(), 200);
         let body: Value = r.json().await.unwrap();
         body["user"]["sub"].as_str().unwrap().to_owned()
@@ -137,14 +121,6 @@ impl Deployment {
             .unwrap();
         assert!(r.status().is_success());
     }
-}
-
-/// The OAuth client of the client_secret.json in `dir`.
-fn client_id(dir: &Path) -> String {
-    let secret: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("client_secret.json")).unwrap())
-            .unwrap();
-    secret["web"]["client_id"].as_str().unwrap().to_owned()
 }
 
 /// The command of the tests: records, per run, its environment, its own and its parent's
@@ -204,32 +180,54 @@ fn runs(out: &Path) -> BTreeMap<String, Vec<Run>> {
     runs
 }
 
-/// A run's stdout: every line JSON, one per user, then the summary, last.
-fn run_lines(stdout: &str) -> (Vec<Value>, Value) {
-    let mut lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect();
-    let summary = lines.pop().expect("a summary line");
-    assert!(
-        lines.iter().all(|l| l.get("sub").is_some()),
-        "one line per user before the summary: {stdout}"
-    );
-    (lines, summary["summary"].clone())
+/// A command of the binary under way (killed when dropped): its stdout read as the test
+/// needs it, its stderr kept for the end.
+struct Started {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+    /// Its stdout's lines read so far.
+    read: Vec<String>,
 }
 
-fn jobs_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+impl Started {
+    /// Starts the binary with `args` and `env`, and reads the first `n` lines of its stdout.
+    fn reading(args: &[&str], env: &[(&str, &str)], n: usize) -> Started {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut started = Started {
+            child,
+            lines,
+            read: Vec::new(),
+        };
+        while started.read.len() < n {
+            let line = started.lines.next().expect("the command ended early");
+            started.read.push(line.unwrap());
+        }
+        started
+    }
+
+    /// Reads its stdout to the end and waits for it: its exit, its whole stdout, its stderr.
+    fn finish(&mut self) -> (ExitStatus, String, String) {
+        self.read.extend(self.lines.by_ref().map_while(Result::ok));
+        let exit = self.child.wait().unwrap();
+        let mut told = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut told).unwrap();
+        (exit, self.read.join("\n"), told)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 const APPDATA: &str = "https://www.googleapis.com/auth/drive.appdata";
@@ -274,11 +272,11 @@ async fn each_user_s_command_gets_a_token(d: &Deployment) {
         ("FAIL_SUB", subs[4].as_str()),
         ("WORK_SECONDS", "0.3"),
     ];
-    let (ok, stdout, told) = jobs_cmd(&args, &env);
+    let (ok, stdout, told) = run_split_with_env(&args, &env);
     assert!(ok, "{stdout}{told}");
 
     // stdout: JSON lines alone (the command's own stdout went to stderr), one per user.
-    let (lines, summary) = run_lines(&stdout);
+    let (lines, summary) = user_lines(&stdout);
     assert!(told.contains("working for"), "{told}");
     let outcome_of = |sub: &str| {
         lines
@@ -422,9 +420,9 @@ async fn each_user_s_command_gets_a_token(d: &Deployment) {
     assert!(!ok && told.contains("no job has the id 999"), "{told}");
 
     // The same command again, the job being finished: a new job, every usable user again.
-    let (ok, stdout, told) = jobs_cmd(&args, &[("OUT_DIR", out_arg)]);
+    let (ok, stdout, told) = run_split_with_env(&args, &[("OUT_DIR", out_arg)]);
     assert!(ok, "{told}");
-    let (_, summary) = run_lines(&stdout);
+    let (_, summary) = user_lines(&stdout);
     assert_eq!(summary["resumed"], false);
     assert_ne!(summary["job"], job_id);
     assert_eq!(summary["counts"]["done"], 5, "{stdout}");
@@ -463,37 +461,16 @@ async fn interrupted_run_resumes(d: &Deployment) {
         "2",
     ];
     let args = d.args(&args);
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .env("OUT_DIR", out_arg)
-        .env("WORK_SECONDS", "0.3")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut first = Vec::new();
-    while first.len() < 4 {
-        first.push(lines.next().unwrap().unwrap());
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    first.extend(lines.map_while(Result::ok));
-    assert!(
-        child.wait().unwrap().success(),
-        "a stopped run exits cleanly"
-    );
-    let mut told = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    let env = [("OUT_DIR", out_arg), ("WORK_SECONDS", "0.3")];
+    let mut run = Started::reading(&args, &env, 4);
+    interrupt(&run.child);
+    let (exit, first, told) = run.finish();
+    assert!(exit.success(), "a stopped run exits cleanly: {told}");
     assert!(told.contains("interrupted"), "{told}");
-    let (done_first, summary) = run_lines(&first.join("\n"));
-    assert_eq!(summary["interrupted"], true, "{first:?}");
-    assert_eq!(summary["run"]["state"], "running", "{first:?}");
-    assert!(done_first.len() < 20, "stopped midway: {first:?}");
+    let (done_first, summary) = user_lines(&first);
+    assert_eq!(summary["interrupted"], true, "{first}");
+    assert_eq!(summary["run"]["state"], "running", "{first}");
+    assert!(done_first.len() < 20, "stopped midway: {first}");
     assert!(done_first.iter().all(|l| l["outcome"] == "done"));
 
     // The stopped job still runs, holding nobody: the rerun joins it.
@@ -501,14 +478,14 @@ async fn interrupted_run_resumes(d: &Deployment) {
     assert!(ok);
     assert_eq!(listed.lines().count(), 1, "{listed}");
 
-    let (ok, rest, told) = jobs_cmd(&args, &[("OUT_DIR", out_arg)]);
+    let (ok, rest, told) = run_split_with_env(&args, &[("OUT_DIR", out_arg)]);
     assert!(ok, "{rest}{told}");
     assert!(told.contains("resuming job"), "{told}");
-    let (done_rest, summary) = run_lines(&rest);
+    let (done_rest, summary) = user_lines(&rest);
     assert_eq!(summary["resumed"], true, "{rest}");
     assert_eq!(summary["run"]["state"], "finished", "{rest}");
     assert_eq!(summary["run"]["progress"]["done"], 20, "{rest}");
-    assert_eq!(done_first.len() + done_rest.len(), 20, "{first:?} {rest}");
+    assert_eq!(done_first.len() + done_rest.len(), 20, "{first} {rest}");
     assert_eq!(done_rest.last().unwrap()["done"], 20, "{rest}");
     // Every user's command ran exactly once across both runs.
     let runs = runs(&out);
@@ -593,39 +570,35 @@ async fn an_interrupted_sweep_resumes_on_postgres() {
     }
 }
 
+/// `sweep --job refresh --concurrency 2` over `n` users signed in (`{prefix}NN@example.com`),
+/// with refreshes slowed to 200 ms so that what the test does next lands midway; its first
+/// `lines` lines read.
+async fn slow_sweep(
+    d: &Deployment,
+    http: &reqwest::Client,
+    prefix: &str,
+    n: usize,
+    lines: usize,
+) -> Started {
+    for i in 0..n {
+        d.sign_in(http, &format!("{prefix}{i:02}@example.com"))
+            .await;
+    }
+    d.faults(http, json!({"token": {"latency_ms": 200}})).await;
+    let args = d.args(&["sweep", "--job", "refresh", "--concurrency", "2"]);
+    Started::reading(&args, &[], lines)
+}
+
 async fn interrupted_sweep_resumes(d: &Deployment) {
     let http = client();
-    for i in 0..40 {
-        d.sign_in(&http, &format!("sw{i:02}@example.com")).await;
-    }
-    // Slow refreshes, so that the interrupt lands midway.
-    d.faults(&http, json!({"token": {"latency_ms": 200}})).await;
-    let mut child = Command::new(BIN)
-        .args(d.args(&["sweep", "--job", "refresh", "--concurrency", "2"]))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut first = Vec::new();
-    while first.len() < 5 {
-        first.push(lines.next().unwrap().unwrap());
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    first.extend(lines.map_while(Result::ok));
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "a stopped sweep exits cleanly");
-    let mut told = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    let mut sweep = slow_sweep(d, &http, "sw", 40, 5).await;
+    interrupt(&sweep.child);
+    let (exit, first, told) = sweep.finish();
+    assert!(exit.success(), "a stopped sweep exits cleanly: {told}");
     assert!(told.contains("interrupted"), "{told}");
-    let (events, summary) = super::sweep_lines(&first.join("\n"));
-    assert_eq!(summary["interrupted"], true, "{first:?}");
-    assert_eq!(summary["run"]["finished"], false, "{first:?}");
+    let (events, summary) = user_lines(&first);
+    assert_eq!(summary["interrupted"], true, "{first}");
+    assert_eq!(summary["run"]["finished"], false, "{first}");
     let done_first = events.len();
     assert!(done_first < 40, "stopped midway: {done_first}");
 
@@ -640,7 +613,7 @@ async fn interrupted_sweep_resumes(d: &Deployment) {
     let (ok, rest, told) = d.cmd(&["sweep", "--job", "refresh", "--concurrency", "2"], &[]);
     assert!(ok, "{rest}{told}");
     assert!(told.contains("resumed after"), "{told}");
-    let (events, summary) = super::sweep_lines(&rest);
+    let (events, summary) = user_lines(&rest);
     let done_rest = events.len();
     assert_eq!(
         done_first + done_rest,
@@ -679,23 +652,7 @@ async fn a_sweep_s_run_is_a_job_that_jobs_cancel_ends_on_postgres() {
 /// the next sweep starts a new run over every user.
 async fn cancelled_sweep(d: &Deployment) {
     let http = client();
-    for i in 0..30 {
-        d.sign_in(&http, &format!("sc{i:02}@example.com")).await;
-    }
-    // Slow refreshes, so that the cancel lands midway.
-    d.faults(&http, json!({"token": {"latency_ms": 200}})).await;
-    let mut child = Command::new(BIN)
-        .args(d.args(&["sweep", "--job", "refresh", "--concurrency", "2"]))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut first = Vec::new();
-    while first.len() < 3 {
-        first.push(lines.next().unwrap().unwrap());
-    }
+    let mut sweep = slow_sweep(d, &http, "sc", 30, 3).await;
     let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
     assert!(ok, "{told}");
     let running: Vec<Value> = listed
@@ -709,10 +666,7 @@ async fn cancelled_sweep(d: &Deployment) {
     let (ok, text, told) = d.cmd(&["jobs", "cancel", &id], &[]);
     assert!(ok, "{text}{told}");
 
-    first.extend(lines.map_while(Result::ok));
-    let exit = child.wait().unwrap();
-    let mut told = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut told).unwrap();
+    let (exit, first, told) = sweep.finish();
     assert_eq!(
         exit.code(),
         Some(1),
@@ -723,18 +677,18 @@ async fn cancelled_sweep(d: &Deployment) {
         "{told}"
     );
     assert!(!told.contains("other sweep processes"), "{told}");
-    let (events, summary) = super::sweep_lines(&first.join("\n"));
-    assert!(events.len() < 30, "cancelled midway: {first:?}");
-    assert_eq!(summary["interrupted"], false, "{first:?}");
-    assert_eq!(summary["run"]["finished"], false, "{first:?}");
-    assert_eq!(summary["run"]["cancelled"], true, "{first:?}");
+    let (events, summary) = user_lines(&first);
+    assert!(events.len() < 30, "cancelled midway: {first}");
+    assert_eq!(summary["interrupted"], false, "{first}");
+    assert_eq!(summary["run"]["finished"], false, "{first}");
+    assert_eq!(summary["run"]["cancelled"], true, "{first}");
 
     // The next sweep starts a new run: every user once.
     d.faults(&http, json!({})).await;
     let (ok, rest, told) = d.cmd(&["sweep", "--job", "refresh", "--concurrency", "8"], &[]);
     assert!(ok, "{rest}{told}");
     assert!(!told.contains("resumed after"), "{told}");
-    let (events, summary) = super::sweep_lines(&rest);
+    let (events, summary) = user_lines(&rest);
     assert_eq!(events.len(), 30, "{rest}");
     assert_eq!(summary["run"]["finished"], true, "{rest}");
     assert_eq!(summary["run"]["cancelled"], false, "{rest}");

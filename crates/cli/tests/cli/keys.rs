@@ -190,11 +190,7 @@ async fn an_interrupted_rotation_resumes_without_a_third_key() {
     while !out.iter().any(|l: &String| l.starts_with('{')) {
         out.push(lines.next().unwrap().unwrap());
     }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    super::interrupt(&child);
     out.extend(lines.map_while(Result::ok));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "a stopped rotation exits cleanly: {out:?}");
