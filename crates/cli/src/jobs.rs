@@ -93,6 +93,12 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<()> {
         println!("{}", summary_line(&view, made, &summary, &counts));
     }
     eprint!("{}", summary_text(&view, &summary, &counts));
+    if view.job.state == JobState::Cancelled && !summary.interrupted {
+        bail!(
+            "job {id} ({}) was cancelled (jobs cancel): its users not settled yet stay so; the same command makes a new job",
+            view.job.name
+        );
+    }
     Ok(())
 }
 

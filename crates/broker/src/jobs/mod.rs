@@ -431,6 +431,11 @@ impl Jobs {
         Ok(views)
     }
 
+    /// A job's state alone (one row read): what a worker checks before starting users.
+    pub async fn state(&self, id: i64) -> Result<JobState, JobError> {
+        Ok(self.store.job(id).await?.ok_or(JobError::NotFound)?.state)
+    }
+
     /// Cancels a running job: nothing more is handed out.
     pub async fn cancel(&self, id: i64) -> Result<JobView, JobError> {
         let job = self.store.cancel_job(id, self.clock.now()).await?;

@@ -6,8 +6,10 @@
 //!
 //! A stop (the watch turning true) claims nothing more, waits for a claim under way, lets the
 //! users started finish, reports them and gives back the users claimed and not started, so that
-//! a rerun or another worker takes them at once. A worker that dies leaves its users to their
-//! lease. When the claim itself does the users' work (a refresh sweep's claim refreshes), the
+//! a rerun or another worker takes them at once. A job cancelled under the worker is a stop
+//! too, told apart in the summary by the job's state: a claim or a report says so, and before
+//! starting users the worker reads the job's state (at most every `STATE_CHECK`), so that no
+//! user starts once the cancel is seen. A worker that dies leaves its users to their lease. When the claim itself does the users' work (a refresh sweep's claim refreshes), the
 //! worker claims one batch at a time, reports it as soon as it is through, and on a stop
 //! finishes what it claimed rather than give back users already refreshed.
 
@@ -30,6 +32,10 @@ const REPORT_AFTER: Duration = Duration::from_millis(200);
 /// the job's last users, held by other workers, are usually reported within moments, and a
 /// worker waiting its whole `max_wait` for the job's end would hold up whoever waits for it.
 const FIRST_POLL: Duration = Duration::from_millis(50);
+/// Before starting users, the worker reads its job's state when it last did longer ago than
+/// this: a cancel stops the starts within that time, whatever the claims and reports say (a
+/// worker whose users take long claims and reports seldom), for a few reads a second at most.
+const STATE_CHECK: Duration = Duration::from_millis(250);
 
 /// How a worker works.
 #[derive(Clone, Debug)]
@@ -103,7 +109,7 @@ pub struct WorkerSummary {
     pub settled: u64,
     /// The job as it is at the end.
     pub job: JobRecord,
-    /// A stop ended it early.
+    /// A stop ended it early (a cancel of the job shows in `job.state`, not here).
     pub interrupted: bool,
     pub elapsed: Duration,
     /// The smallest `sub` of this worker's first batch (handed out or settled by the claim):
@@ -244,6 +250,11 @@ struct Worker<'a> {
     exhausted: bool,
     settled: u64,
     interrupted: bool,
+    /// A claim, a report or a read of the job's state said that the job was cancelled: a stop.
+    cancelled: bool,
+    /// When the job's state was last read before starting users (the clock's monotonic
+    /// reading).
+    state_read: Option<Duration>,
     failure: Option<JobError>,
     first_claimed: Option<String>,
 }
@@ -272,9 +283,16 @@ impl<'a> Worker<'a> {
             exhausted: false,
             settled: 0,
             interrupted: false,
+            cancelled: false,
+            state_read: None,
             failure: None,
             first_claimed: None,
         }
+    }
+
+    /// Whether the worker takes no more users: stopped, or its job cancelled.
+    fn stopping(&self) -> bool {
+        self.interrupted || self.cancelled
     }
 
     /// Whether the worker has room for another batch: its window is not full, or, when the
@@ -290,7 +308,7 @@ impl<'a> Worker<'a> {
     /// Claims ahead, so that the window never runs dry while a batch is fetched; or, when the
     /// claim is the work, once the last batch is through and reported.
     fn claim_ahead(&mut self) {
-        if self.interrupted
+        if self.stopping()
             || self.exhausted
             || self.claiming.is_some()
             || !self.room()
@@ -313,7 +331,7 @@ impl<'a> Worker<'a> {
         W: Fn(HandedOut) -> F,
         F: Future<Output = WorkOutcome> + Send + 'static,
     {
-        while (!self.interrupted || self.opts.work_in_claim)
+        while (!self.stopping() || self.opts.work_in_claim)
             && self.running.len() < self.opts.concurrency
         {
             let Some(next) = self.queue.pop_front() else {
@@ -322,6 +340,11 @@ impl<'a> Worker<'a> {
             let jobs = self.jobs;
             if let Some(pace) = self.pace.as_mut() {
                 pace.admit(jobs.clock().as_ref()).await;
+            }
+            // (Users whose claim did their work are finished whatever becomes of the job.)
+            if !self.opts.work_in_claim && self.cancel_seen().await {
+                self.queue.push_front(next);
+                break;
             }
             let future = work(next.item.clone());
             let (lease, item_id, sub) = (next.lease, next.item.id, next.item.sub);
@@ -341,20 +364,47 @@ impl<'a> Worker<'a> {
                 && self.running.is_empty()
                 && self.queue.is_empty());
         if due {
-            self.settled += flush(self.jobs, self.id, &mut self.unreported, self.on_event).await;
+            self.flush().await;
             self.oldest_unreported = None;
         }
     }
 
-    /// Whether the loop ends: nothing in hand and nothing more to claim; or stopped, with
-    /// nothing running, no claim under way (its users are leased, some refreshed) and, when
-    /// the claim did the work, nothing claimed left to finish.
+    /// Whether the job is known to be cancelled, its state read first when it was last read
+    /// [`STATE_CHECK`] ago or longer. A failed read is not a cancel: the work goes on.
+    async fn cancel_seen(&mut self) -> bool {
+        let now = self.jobs.clock().monotonic();
+        if !self.cancelled
+            && self
+                .state_read
+                .is_none_or(|at| now.saturating_sub(at) >= STATE_CHECK)
+        {
+            self.state_read = Some(now);
+            match self.jobs.state(self.id).await {
+                Ok(state) => self.cancelled = state == JobState::Cancelled,
+                Err(e) => {
+                    tracing::warn!(job = self.id, error = %e, "could not read the job's state")
+                }
+            }
+        }
+        self.cancelled
+    }
+
+    /// Reports every completion waiting; notes a job cancelled meanwhile.
+    async fn flush(&mut self) {
+        let flushed = flush(self.jobs, self.id, &mut self.unreported, self.on_event).await;
+        self.settled += flushed.recorded;
+        self.cancelled |= flushed.cancelled;
+    }
+
+    /// Whether the loop ends: nothing in hand and nothing more to claim; or stopped (or the
+    /// job cancelled), with nothing running, no claim under way (its users are leased, some
+    /// refreshed) and, when the claim did the work, nothing claimed left to finish.
     fn is_through(&self) -> bool {
         let idle = self.running.is_empty() && self.queue.is_empty() && self.claiming.is_none();
-        if idle && (self.interrupted || self.exhausted || self.failure.is_some()) {
+        if idle && (self.stopping() || self.exhausted || self.failure.is_some()) {
             return true;
         }
-        self.interrupted
+        self.stopping()
             && self.running.is_empty()
             && self.claiming.is_none()
             && (self.queue.is_empty() || !self.opts.work_in_claim)
@@ -363,7 +413,7 @@ impl<'a> Worker<'a> {
     /// Waits for a user's work to end, the claim to answer, a timer or the stop signal.
     async fn next_event(&mut self, stop: &mut watch::Receiver<bool>) -> Event {
         let may_claim =
-            self.claiming.is_none() && !self.exhausted && !self.interrupted && self.room();
+            self.claiming.is_none() && !self.exhausted && !self.stopping() && self.room();
         let wait_claim = sleep_until(self.jobs.clock().as_ref(), self.next_claim);
         tokio::select! {
             Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Finished(done),
@@ -430,6 +480,9 @@ impl<'a> Worker<'a> {
                 detail: s.detail.clone(),
             });
         }
+        if batch.job.state == JobState::Cancelled {
+            self.cancelled = true;
+        }
         if batch.items.is_empty() {
             if batch.job.state != JobState::Running || !self.opts.linger {
                 self.exhausted = true;
@@ -478,7 +531,7 @@ impl<'a> Worker<'a> {
                 });
             }
         }
-        self.settled += flush(self.jobs, self.id, &mut self.unreported, self.on_event).await;
+        self.flush().await;
     }
 
     /// Releases the users claimed and not started, a report per lease.
@@ -540,24 +593,33 @@ fn settle(sub: String, outcome: WorkOutcome) -> (Report, ItemEvent) {
     }
 }
 
-/// Reports every completion waiting, a report per lease; returns how many were recorded. A
-/// lease lost (it ran out and another worker took its users) drops its completions: they are
-/// that worker's now.
+/// What a flush of the completions came to.
+#[derive(Default)]
+struct Flushed {
+    /// Completions recorded.
+    recorded: u64,
+    /// A report answered that the job was cancelled.
+    cancelled: bool,
+}
+
+/// Reports every completion waiting, a report per lease. A lease lost (it ran out and another
+/// worker took its users) drops its completions: they are that worker's now.
 async fn flush(
     jobs: &Jobs,
     id: i64,
     unreported: &mut HashMap<String, Vec<Unreported>>,
     on_event: &(dyn Fn(&ItemEvent) + Send + Sync),
-) -> u64 {
-    let mut recorded = 0;
+) -> Flushed {
+    let mut flushed = Flushed::default();
     for (lease, items) in unreported.drain() {
         let reports: Vec<(i64, Report)> = items.iter().map(|u| (u.id, u.report.clone())).collect();
         match jobs.report(id, &lease, reports).await {
-            Ok(_) => {
+            Ok(answer) => {
+                flushed.cancelled |= answer.job.state == JobState::Cancelled;
                 for u in &items {
                     on_event(&u.event);
                 }
-                recorded += items.len() as u64;
+                flushed.recorded += items.len() as u64;
             }
             Err(JobError::NotHeld) => {
                 // Some may still be held: report them one by one.
@@ -566,9 +628,10 @@ async fn flush(
                         .report(id, &lease, vec![(u.id, u.report.clone())])
                         .await
                     {
-                        Ok(_) => {
+                        Ok(answer) => {
+                            flushed.cancelled |= answer.job.state == JobState::Cancelled;
                             on_event(&u.event);
-                            recorded += 1;
+                            flushed.recorded += 1;
                         }
                         Err(e) => tracing::info!(
                             job = id,
@@ -584,7 +647,7 @@ async fn flush(
             }
         }
     }
-    recorded
+    flushed
 }
 
 /// Extends the leases held past half their length.

@@ -2,8 +2,8 @@
 //! SQLite data dir) and against an emulator and `serve` on a PostgreSQL database (`--config`).
 //! Every user's command runs once with the user's sub and a token of theirs in its environment
 //! (never on a command line), at the asked concurrency and rate; an interrupted run resumes
-//! without redoing users done; the listings and a cancel; a sweep's run, a job too, interrupted
-//! and resumed, or cancelled.
+//! without redoing users done, and one whose job is cancelled under it stops and fails; the
+//! listings and a cancel; a sweep's run, a job too, interrupted and resumed, or cancelled.
 
 use super::instances::{authcode_for, client_id, deployment, start_emulator};
 use super::{BIN, Running, client, interrupt, run_split_with_env, start, user_lines};
@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 /// Where the stories run: `dev` on a SQLite data dir, or a standalone emulator and `serve` on
 /// a PostgreSQL database.
@@ -125,8 +126,9 @@ impl Deployment {
 
 /// The command of the tests: records, per run, its environment, its own and its parent's
 /// command lines, its start time and how many runs were under way with it; prints to stdout
-/// (which must not reach grantkeeper's JSON lines); fails for `$FAIL_SUB` with the token in
-/// its last line of stderr.
+/// (which must not reach grantkeeper's JSON lines); works `$WORK_SECONDS`, then, given
+/// `$WAIT_FOR`, until that file exists; fails for `$FAIL_SUB` with the token in its last line
+/// of stderr.
 const WORK: &str = r#"
 f="$OUT_DIR/runs/$GRANTKEEPER_SUB.$$"
 printf 'sub=%s\ntoken=%s\nexpires=%s\n' "$GRANTKEEPER_SUB" "$GRANTKEEPER_ACCESS_TOKEN" "$GRANTKEEPER_TOKEN_EXPIRES_AT" > "$f.env"
@@ -137,6 +139,7 @@ touch "$OUT_DIR/running/$$"
 ls "$OUT_DIR/running" | wc -l >> "$OUT_DIR/concurrent"
 echo "working for $GRANTKEEPER_SUB"
 sleep "${WORK_SECONDS:-0}"
+while [ -n "$WAIT_FOR" ] && [ ! -e "$WAIT_FOR" ]; do sleep 0.05; done
 rm -f "$OUT_DIR/running/$$"
 if [ "$GRANTKEEPER_SUB" = "$FAIL_SUB" ]; then
   echo "first line" >&2
@@ -556,6 +559,95 @@ async fn cancel_stops_a_job(d: &Deployment) {
     assert!(!ok && told.contains("cancelled already"), "{told}");
     let (ok, _, told) = d.cmd(&["jobs", "cancel", "424242"], &[]);
     assert!(!ok && told.contains("no job has the id 424242"), "{told}");
+}
+
+#[tokio::test]
+async fn a_jobs_run_whose_job_is_cancelled_stops_and_fails_on_sqlite() {
+    cancelled_run(&Deployment::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_jobs_run_whose_job_is_cancelled_stops_and_fails_on_postgres() {
+    if let Some(d) = Deployment::postgres().await {
+        cancelled_run(&d).await;
+    }
+}
+
+/// `jobs cancel` from another process on the job of a `jobs run` under way: the run starts no
+/// more commands, lets the two running finish and reports them, gives back the users it had
+/// claimed ahead, says that the job was cancelled and exits with status 1; the same command
+/// then makes a new job.
+async fn cancelled_run(d: &Deployment) {
+    let http = client();
+    for i in 0..20 {
+        d.sign_in(&http, &format!("cr{i:02}@example.com")).await;
+    }
+    let (out, exec) = workdir(d.root());
+    let go = out.join("go");
+    let (out_arg, go_arg) = (out.to_str().unwrap(), go.to_str().unwrap());
+    let args = [
+        "jobs",
+        "run",
+        "--scope",
+        APPDATA,
+        "--exec",
+        &exec,
+        "--name",
+        "digest",
+        "--concurrency",
+        "2",
+    ];
+    let args = d.args(&args);
+    // Two commands start and work until `go` exists.
+    let mut run = Started::reading(&args, &[("OUT_DIR", out_arg), ("WAIT_FOR", go_arg)], 0);
+    let running = || std::fs::read_dir(out.join("running")).unwrap().count();
+    for _ in 0..400 {
+        if running() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running(), 2, "two commands at work");
+
+    let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
+    assert!(ok, "{told}");
+    let job: Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(job["kind"], "run", "{listed}");
+    let id = job["id"].as_u64().unwrap().to_string();
+    let (ok, text, told) = d.cmd(&["jobs", "cancel", &id], &[]);
+    assert!(ok, "{text}{told}");
+    // Past the longest the run trusts the job's state it last read (a quarter of a second),
+    // the two commands end: their places free, and no other user may start in them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&go, "").unwrap();
+
+    let (exit, stdout, told) = run.finish();
+    assert_eq!(exit.code(), Some(1), "a cancelled job's run fails: {told}");
+    assert!(
+        told.contains(&format!("job {id} (digest) was cancelled")),
+        "{told}"
+    );
+    assert!(!told.contains("interrupted"), "{told}");
+    let (lines, summary) = user_lines(&stdout);
+    assert_eq!(runs(&out).len(), 2, "no command started after the cancel");
+    assert_eq!(lines.len(), 2, "both reported: {stdout}");
+    assert!(lines.iter().all(|l| l["outcome"] == "done"), "{stdout}");
+    assert_eq!(summary["interrupted"], false, "{stdout}");
+    assert_eq!(summary["counts"]["done"], 2, "{stdout}");
+    assert_eq!(summary["run"]["state"], "cancelled", "{stdout}");
+    let progress = &summary["run"]["progress"];
+    assert_eq!(progress["done"], 2, "{stdout}");
+    // Nothing is held: the users claimed ahead went back.
+    assert_eq!(progress["in_flight"], 0, "{stdout}");
+    assert_eq!(progress["pending"], 18, "{stdout}");
+
+    // The same command makes a new job, over every user.
+    let (ok, stdout, told) = run_split_with_env(&args, &[("OUT_DIR", out_arg)]);
+    assert!(ok, "{stdout}{told}");
+    let (_, summary) = user_lines(&stdout);
+    assert_eq!(summary["resumed"], false, "{stdout}");
+    assert_ne!(summary["job"].to_string(), id, "{stdout}");
+    assert_eq!(summary["counts"]["done"], 20, "{stdout}");
 }
 
 #[tokio::test]
