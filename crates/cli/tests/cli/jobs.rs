@@ -102,6 +102,24 @@ impl Deployment {
         body["user"]["sub"].as_str().unwrap().to_owned()
     }
 
+    /// The one running job, as `jobs list --state running --json` gives it.
+    fn the_running_job(&self) -> Value {
+        let (ok, listed, told) = self.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
+        assert!(ok, "{told}");
+        assert_eq!(listed.lines().count(), 1, "one job runs: {listed}");
+        serde_json::from_str(listed.trim()).unwrap()
+    }
+
+    /// `jobs cancel` on the one running job, which must be of `kind`; its id.
+    fn cancel_the_running_job(&self, kind: &str) -> String {
+        let job = self.the_running_job();
+        assert_eq!(job["kind"], kind, "{job}");
+        let id = job["id"].as_u64().unwrap().to_string();
+        let (ok, text, told) = self.cmd(&["jobs", "cancel", &id], &[]);
+        assert!(ok, "{text}{told}");
+        id
+    }
+
     /// A new API key with the `jobs` scope.
     fn jobs_key(&self) -> String {
         let (ok, key, told) = self.cmd(
@@ -477,9 +495,7 @@ async fn interrupted_run_resumes(d: &Deployment) {
     assert!(done_first.iter().all(|l| l["outcome"] == "done"));
 
     // The stopped job still runs, holding nobody: the rerun joins it.
-    let (ok, listed, _) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
-    assert!(ok);
-    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(d.the_running_job()["kind"], "run");
 
     let (ok, rest, told) = run_split_with_env(&args, &[("OUT_DIR", out_arg)]);
     assert!(ok, "{rest}{told}");
@@ -609,13 +625,7 @@ async fn cancelled_run(d: &Deployment) {
     }
     assert_eq!(running(), 2, "two commands at work");
 
-    let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
-    assert!(ok, "{told}");
-    let job: Value = serde_json::from_str(listed.trim()).unwrap();
-    assert_eq!(job["kind"], "run", "{listed}");
-    let id = job["id"].as_u64().unwrap().to_string();
-    let (ok, text, told) = d.cmd(&["jobs", "cancel", &id], &[]);
-    assert!(ok, "{text}{told}");
+    let id = d.cancel_the_running_job("run");
     // Past the longest the run trusts the job's state it last read (a quarter of a second),
     // the two commands end: their places free, and no other user may start in them.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -695,11 +705,9 @@ async fn interrupted_sweep_resumes(d: &Deployment) {
     assert!(done_first < 40, "stopped midway: {done_first}");
 
     // The run is a job of the sweep's kind, still running.
-    let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
-    assert!(ok, "{told}");
-    let running: Value = serde_json::from_str(listed.trim()).unwrap();
-    assert_eq!(running["kind"], "sweep:refresh", "{listed}");
-    assert_eq!(running["progress"]["done"], done_first, "{listed}");
+    let running = d.the_running_job();
+    assert_eq!(running["kind"], "sweep:refresh", "{running}");
+    assert_eq!(running["progress"]["done"], done_first, "{running}");
 
     d.faults(&http, json!({})).await;
     let (ok, rest, told) = d.cmd(&["sweep", "--job", "refresh", "--concurrency", "2"], &[]);
@@ -745,18 +753,8 @@ async fn a_sweep_s_run_is_a_job_that_jobs_cancel_ends_on_postgres() {
 async fn cancelled_sweep(d: &Deployment) {
     let http = client();
     let mut sweep = slow_sweep(d, &http, "sc", 30, 3).await;
-    let (ok, listed, told) = d.cmd(&["jobs", "list", "--state", "running", "--json"], &[]);
-    assert!(ok, "{told}");
-    let running: Vec<Value> = listed
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(running.len(), 1, "{listed}");
-    assert_eq!(running[0]["kind"], "sweep:refresh", "{listed}");
-    assert_eq!(running[0]["name"], "sweep refresh", "{listed}");
-    let id = running[0]["id"].as_u64().unwrap().to_string();
-    let (ok, text, told) = d.cmd(&["jobs", "cancel", &id], &[]);
-    assert!(ok, "{text}{told}");
+    assert_eq!(d.the_running_job()["name"], "sweep refresh");
+    let id = d.cancel_the_running_job("sweep:refresh");
 
     let (exit, first, told) = sweep.finish();
     assert_eq!(
