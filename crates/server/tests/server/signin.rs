@@ -1,6 +1,7 @@
-//! Sign-in from each platform, the refresh-token rules, sessions and key rotation.
+//! Sign-in from each platform, the refresh-token rules, sessions and key rotation. A web
+//! sign-in and the rule that keeps the held refresh token run on PostgreSQL too.
 
-use super::harness::{Code, TestApp};
+use super::harness::{Backend, Code, Options, TestApp};
 use grantkeeper_core::ManualClock;
 use grantkeeper_core::scopes::{DRIVE_APPDATA, EMAIL, PROFILE};
 use serde_json::json;
@@ -14,9 +15,15 @@ fn scopes(a: &super::harness::Answer) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn web_sign_in_creates_the_user_keeps_the_refresh_token_and_starts_a_session() {
-    let t = TestApp::start().await;
+on_both_stores!(
+    web_sign_in_creates_the_user_keeps_the_refresh_token_and_starts_a_session,
+    a_later_sign_in_without_a_refresh_token_keeps_the_held_one,
+);
+
+async fn web_sign_in_creates_the_user_keeps_the_refresh_token_and_starts_a_session(on: Backend) {
+    let Some(t) = TestApp::start_on(on, Options::default()).await else {
+        return;
+    };
     let code = t.web_code("alice@example.com").await;
     let a = t.authcode_web(&code).await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -117,9 +124,10 @@ async fn a_web_code_sent_as_mobile_and_a_mobile_code_sent_as_web_are_rejected() 
         .assert_error(400, "code_rejected");
 }
 
-#[tokio::test]
-async fn a_later_sign_in_without_a_refresh_token_keeps_the_held_one() {
-    let t = TestApp::start().await;
+async fn a_later_sign_in_without_a_refresh_token_keeps_the_held_one(on: Backend) {
+    let Some(t) = TestApp::start_on(on, Options::default()).await else {
+        return;
+    };
     let first = t.authcode_web(&t.web_code("bob@example.com").await).await;
     assert_eq!(first.status, 200, "{}", first.text);
     let sub = first.body["user"]["sub"].as_str().unwrap().to_owned();
