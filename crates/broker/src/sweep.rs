@@ -7,9 +7,10 @@
 //! of users claimed under a lease (`--batch-lease`; a batch of a process that died is offered
 //! again once its lease runs out), refreshed in the job's refresh slots (`--rate`), grants that
 //! cannot give a token skipped by the claim, a refresh Google could not do offered again later.
-//! A refresh sweep's claim is its work (it refreshes every user it hands out): it claims a batch
-//! of `concurrency` users at a time and, stopped, finishes the batch it holds. A drive-appdata
-//! sweep's claim hands out tokens, and each user's Drive call runs in a window of `concurrency`.
+//! A refresh sweep's claims hand users out unrefreshed and each refresh runs in a window of
+//! `concurrency`, the next user started as soon as a place frees (claimed ahead; stopped, the
+//! users claimed and not started are given back unrefreshed). A drive-appdata sweep's claim
+//! hands out tokens, and each user's Drive call runs in a window of `concurrency`.
 //!
 //! Jobs: `refresh` refreshes every usable grant (a refresh is a use, which keeps Google from
 //! expiring grants unused for six months); `drive-appdata` lists each user's Drive
@@ -338,7 +339,8 @@ fn worker_options(job: Job, opts: &SweepOptions) -> WorkerOptions {
         name: format!("sweep-{}", grantkeeper_core::random::token::<12>()),
         linger: true,
         max_wait: (opts.batch_lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(2)),
-        work_in_claim: job == Job::Refresh,
+        work_in_claim: false,
+        refresh_in_worker: job == Job::Refresh,
     }
 }
 
@@ -399,8 +401,9 @@ fn check_options(opts: &SweepOptions) -> Result<(), BrokerError> {
     }
 }
 
-/// One user's work, in a task of its own: a refresh sweep's claim did it (the token handed out
-/// is the refresh's); a drive-appdata sweep lists the user's folder with the token handed out.
+/// One user's work, in a task of its own: a refresh sweep's worker refreshed the user before
+/// it (the token handed out is the refresh's); a drive-appdata sweep lists the user's folder
+/// with the token handed out.
 struct Work {
     job: Job,
     broker: Broker,

@@ -265,6 +265,7 @@ fn worker_options(args: &RunArgs, rate: Option<f64>) -> WorkerOptions {
         linger: true,
         max_wait: Duration::from_secs(2),
         work_in_claim: false,
+        refresh_in_worker: false,
     }
 }
 

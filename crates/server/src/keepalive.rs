@@ -104,6 +104,7 @@ async fn work(jobs: &Jobs, id: i64, settings: &KeepAliveSettings, stop: watch::R
         max_wait: settings.poll,
         // Stopped (`serve` shutting down), users already refreshed are reported, not redone.
         work_in_claim: true,
+        refresh_in_worker: false,
     };
     let result = worker::run(
         jobs,

@@ -266,6 +266,33 @@ pub struct SettledAtClaim {
     pub detail: String,
 }
 
+/// A user handed out without a token by [`Jobs::claim_unrefreshed`]: leased to the claim, its
+/// refresh slot taken; [`Jobs::refresh_handed`] refreshes it.
+#[derive(Clone, Debug)]
+pub struct ToRefresh {
+    pub id: i64,
+    pub sub: String,
+    pub attempt: u32,
+    /// When its refresh may start (its slot of the job's rate; the claim's time without a
+    /// rate), in microseconds of the clock.
+    slot_us: i64,
+    /// Refreshed whatever the token on hand (the job's kind refreshes every user).
+    always: bool,
+    request: TokenRequest,
+    /// The claim found that the grant cannot give a token: skipped when the caller comes to
+    /// it (given back, if it never does, as the users after it are).
+    skip: Option<RefreshFailed>,
+}
+
+/// Why [`Jobs::refresh_handed`] brought no token, as the user is to be settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshFailed {
+    /// The grant cannot give tokens: `reason` is one of the skip reasons.
+    Skip { reason: String, detail: String },
+    /// Offer the user again after this delay.
+    Retry { after: Duration, detail: String },
+}
+
 /// What a claim got.
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -273,6 +300,8 @@ pub struct Batch {
     pub lease: String,
     pub lease_until: OffsetDateTime,
     pub items: Vec<HandedOut>,
+    /// The users handed out to be refreshed by the caller ([`Jobs::claim_unrefreshed`] only).
+    pub to_refresh: Vec<ToRefresh>,
     pub settled: Vec<SettledAtClaim>,
     /// For an empty batch of a running job: how long until an item may be due.
     pub retry_after: Option<Duration>,
@@ -291,8 +320,8 @@ pub enum Report {
     Failed {
         detail: Option<String>,
     },
-    /// Give it back unworked (a worker stopping): offered again at once, its attempt not
-    /// counted. Not offered over HTTP.
+    /// Give it back unworked (a worker stopping): offered again at once, before the users
+    /// not offered yet, its attempt not counted. Not offered over HTTP.
     Release,
     /// The user's grant cannot serve the work, as a claim would have found (a sweep's API call
     /// met a grant revoked meanwhile): `reason` is one of the skip reasons. Not offered over
@@ -327,6 +356,10 @@ impl fmt::Debug for Jobs {
 /// What became of a claimed item while the claim handed out.
 enum Fate {
     Token(Arc<AccessToken>),
+    /// Handed out to be refreshed by the caller, from this slot on.
+    Refresh {
+        slot_us: i64,
+    },
     Settle(Settle),
 }
 
@@ -461,6 +494,50 @@ impl Jobs {
 
     /// Leases up to `req.max` users of a running job to the caller, each with a fresh token.
     pub async fn claim(&self, id: i64, req: ClaimRequest) -> Result<Batch, JobError> {
+        self.claim_with(id, req, false).await
+    }
+
+    /// As [`Jobs::claim`], taking refresh slots alike, but the users are handed out unrefreshed
+    /// (in [`Batch::to_refresh`]) for the caller to refresh each with [`Jobs::refresh_handed`]
+    /// when it starts on it, the users to skip among them (settled skipped by that call): a
+    /// claim answers at once and settles nothing of its users, so a caller may claim ahead of
+    /// its work and give back what it did not start, the run's order kept.
+    pub async fn claim_unrefreshed(&self, id: i64, req: ClaimRequest) -> Result<Batch, JobError> {
+        self.claim_with(id, req, true).await
+    }
+
+    /// Refreshes a user handed out by [`Jobs::claim_unrefreshed`], not before its slot of the
+    /// job's rate, through the broker (single flight and all).
+    pub async fn refresh_handed(&self, item: &ToRefresh) -> Result<HandedOut, RefreshFailed> {
+        if let Some(skip) = &item.skip {
+            return Err(skip.clone());
+        }
+        let wait = item.slot_us.saturating_sub(us(self.clock.now()));
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_micros(u64::try_from(wait).unwrap_or(0))).await;
+        }
+        let answer = if item.always {
+            self.broker.refresh_now(&item.sub).await.map(Arc::new)
+        } else {
+            self.broker.access_token(&item.sub, &item.request).await
+        };
+        match answer {
+            Ok(token) => Ok(HandedOut {
+                id: item.id,
+                sub: item.sub.clone(),
+                attempt: item.attempt,
+                token,
+            }),
+            Err(e) => Err(refresh_failure(&e)),
+        }
+    }
+
+    async fn claim_with(
+        &self,
+        id: i64,
+        req: ClaimRequest,
+        unrefreshed: bool,
+    ) -> Result<Batch, JobError> {
         if !(1..=MAX_CLAIM).contains(&req.max) {
             return Err(JobError::Invalid(format!("max must be 1 to {MAX_CLAIM}")));
         }
@@ -506,15 +583,24 @@ impl Jobs {
                 lease,
                 lease_until,
                 items: Vec::new(),
+                to_refresh: Vec::new(),
                 settled: Vec::new(),
                 retry_after,
                 job,
             });
         }
         let fates = self
-            .hand_out(&job, claimed.items, lease_for.min(SLOT_HORIZON))
+            .hand_out(
+                &job,
+                claimed.items,
+                lease_for.min(SLOT_HORIZON),
+                unrefreshed,
+            )
             .await?;
         let mut items = Vec::new();
+        let mut to_refresh = Vec::new();
+        let kind = job.kind.parse::<Kind>().unwrap_or(Kind::Api);
+        let request = token_request(&job);
         let mut settles = Vec::new();
         let mut settled = Vec::new();
         for (item, fate) in fates {
@@ -525,6 +611,29 @@ impl Jobs {
                     attempt: item.attempt,
                     token,
                 }),
+                Fate::Refresh { slot_us } => to_refresh.push(ToRefresh {
+                    id: item.id,
+                    sub: item.sub,
+                    attempt: item.attempt,
+                    slot_us,
+                    always: kind.always_refreshes(),
+                    request: request.clone(),
+                    skip: None,
+                }),
+                Fate::Settle(Settle::Skipped { reason, detail }) if unrefreshed => {
+                    to_refresh.push(ToRefresh {
+                        id: item.id,
+                        sub: item.sub,
+                        attempt: item.attempt,
+                        slot_us: 0,
+                        always: kind.always_refreshes(),
+                        request: request.clone(),
+                        skip: Some(RefreshFailed::Skip {
+                            reason,
+                            detail: detail.unwrap_or_default(),
+                        }),
+                    });
+                }
                 Fate::Settle(settle) => {
                     if let Some(s) = settled_at_claim(&item, &settle, job.max_attempts) {
                         settled.push(s);
@@ -547,7 +656,7 @@ impl Jobs {
         }
         tracing::debug!(
             job = id,
-            handed_out = items.len(),
+            handed_out = items.len() + to_refresh.len(),
             settled = settled.len(),
             "claimed a batch"
         );
@@ -555,25 +664,24 @@ impl Jobs {
             lease,
             lease_until,
             items,
+            to_refresh,
             settled,
             retry_after: None,
             job,
         })
     }
 
-    /// Decides each claimed item: a token on hand, a refresh in one of the job's slots, or
-    /// settled (skipped, offered again later).
+    /// Decides each claimed item: a token on hand, a refresh in one of the job's slots (done
+    /// here, or `unrefreshed`, left to the caller), or settled (skipped, offered again later).
     async fn hand_out(
         &self,
         job: &JobRecord,
         claimed: Vec<ClaimedItem>,
         horizon: Duration,
+        unrefreshed: bool,
     ) -> Result<Vec<(ClaimedItem, Fate)>, JobError> {
         let kind = job.kind.parse::<Kind>().unwrap_or(Kind::Api);
-        let request = TokenRequest {
-            scopes: (!job.scopes.is_empty()).then(|| job.scopes.clone()),
-            min_ttl: Some(Duration::from_secs(u64::from(job.min_ttl_secs))),
-        };
+        let request = token_request(job);
         let mut decided = Vec::with_capacity(claimed.len());
         let mut to_refresh = Vec::new();
         for item in claimed {
@@ -645,6 +753,10 @@ impl Jobs {
                 continue;
             }
             let slot = first_us.saturating_add(slot_us.saturating_mul(i64::from(n)));
+            if unrefreshed {
+                decided.push((item, Fate::Refresh { slot_us: slot }));
+                continue;
+            }
             let (broker, clock, request) =
                 (self.broker.clone(), self.clock.clone(), request.clone());
             tasks.spawn(async move {
@@ -718,7 +830,9 @@ impl Jobs {
                     reason: "worker".to_owned(),
                     detail: detail.as_deref().map(clip),
                 },
-                Report::Release => Settle::Release { at_ms: ms(now) },
+                // Due since ever: taken before the users not offered yet, so that the job
+                // goes on where it stood.
+                Report::Release => Settle::Release { at_ms: 0 },
                 Report::Skipped { reason, detail } => Settle::Skipped {
                     reason,
                     detail: detail.as_deref().map(clip),
@@ -765,6 +879,14 @@ impl Jobs {
     }
 }
 
+/// The token a job's users need: its scopes, valid for its `min_ttl`.
+fn token_request(job: &JobRecord) -> TokenRequest {
+    TokenRequest {
+        scopes: (!job.scopes.is_empty()).then(|| job.scopes.clone()),
+        min_ttl: Some(Duration::from_secs(u64::from(job.min_ttl_secs))),
+    }
+}
+
 fn from_us_to_ms(us: i64) -> i64 {
     us.div_euclid(1000) + i64::from(us.rem_euclid(1000) > 0)
 }
@@ -779,11 +901,25 @@ fn skip(reason: &str, detail: &str) -> Fate {
 /// What a refresh that failed while claiming makes of the item: skipped when the grant cannot
 /// give tokens, else offered again later (failed, by the store, on its last offer).
 fn refresh_failed(e: &BrokerError, clock: &SharedClock) -> Fate {
-    let retry = |after: Duration, detail: String| {
-        Fate::Settle(Settle::Retry {
-            at_ms: ms(clock.now()).saturating_add(dur_ms(after.max(Duration::from_secs(1)))),
+    match refresh_failure(e) {
+        RefreshFailed::Skip { reason, detail } => skip(&reason, &detail),
+        RefreshFailed::Retry { after, detail } => Fate::Settle(Settle::Retry {
+            at_ms: ms(clock.now()).saturating_add(dur_ms(after)),
             detail: Some(clip(&detail)),
-        })
+        }),
+    }
+}
+
+/// How a user whose refresh failed is settled: skipped when the grant cannot give tokens, else
+/// offered again after a delay of at least a second.
+fn refresh_failure(e: &BrokerError) -> RefreshFailed {
+    let skip = |reason: &str, detail: &str| RefreshFailed::Skip {
+        reason: reason.to_owned(),
+        detail: clip(detail),
+    };
+    let retry = |after: Duration, detail: String| RefreshFailed::Retry {
+        after: after.max(Duration::from_secs(1)),
+        detail: clip(&detail),
     };
     match e {
         BrokerError::Revoked { reason } => skip("invalid_grant", reason),

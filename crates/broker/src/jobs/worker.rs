@@ -1,19 +1,26 @@
 //! A worker inside this process: claims batches of a job, works on its users through a sliding
 //! window of at most `concurrency` at once (a slow user holds one place, not a batch; the next
 //! batch is claimed before this one runs dry), started at most `start_rate` a second, and
-//! reports them back in groups. The sweeps, keep-alive and `jobs run` are such workers; any
-//! number of them, in any process on the store, share a job.
+//! reports them back in groups, in the background (a report under way holds up no start). The
+//! sweeps, keep-alive and `jobs run` are such workers; any number of them, in any process on
+//! the store, share a job.
+//!
+//! With `refresh_in_worker`, claims hand users out unrefreshed and each user's refresh is the
+//! first part of its work, in its place of the window: a place freed by one refresh is filled
+//! by the next user at once, whatever the rest of its batch does.
 //!
 //! A stop (the watch turning true) claims nothing more, waits for a claim under way, lets the
-//! users started finish, reports them and gives back the users claimed and not started, so that
-//! a rerun or another worker takes them at once. A job cancelled under the worker is a stop
-//! too, told apart in the summary by the job's state: a claim or a report says so, and before
-//! starting users the worker reads the job's state (at most every `STATE_CHECK`), so that no
-//! user starts once the cancel is seen. A worker that dies leaves its users to their lease. When the claim itself does the users' work (a refresh sweep's claim refreshes), the
-//! worker claims one batch at a time, reports it as soon as it is through, and on a stop
-//! finishes what it claimed rather than give back users already refreshed.
+//! users started finish, reports them and gives back the users claimed and not started (not
+//! refreshed either), so that a rerun or another worker takes them at once. A job cancelled
+//! under the worker is a stop too, told apart in the summary by the job's state: a claim or a
+//! report says so, and before starting users the worker reads the job's state (at most every
+//! `STATE_CHECK`), so that no user starts once the cancel is seen. A worker that dies leaves
+//! its users to their lease. When the claim itself does the users' work (keep-alive's
+//! claim refreshes), the worker claims one batch at a time, reports it as soon as it is
+//! through, and on a stop finishes what it claimed rather than give back users already
+//! refreshed.
 
-use super::{Batch, ClaimRequest, HandedOut, JobError, Jobs, Report};
+use super::{Batch, ClaimRequest, HandedOut, JobError, Jobs, RefreshFailed, Report, ToRefresh};
 use grantkeeper_core::clock::sleep_until;
 use grantkeeper_core::{Clock, Stopwatch};
 use grantkeeper_store::{ItemState, JobRecord, JobState};
@@ -23,10 +30,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Reports are sent when this many completions wait...
-const REPORT_EVERY: usize = 50;
-/// ...or when the oldest waited this long.
-const REPORT_AFTER: Duration = Duration::from_millis(200);
 /// After a claim that found nothing due, the next one comes this soon, then twice as late
 /// after each further empty one (up to `max_wait`, and never after the claim's `retry_after`):
 /// the job's last users, held by other workers, are usually reported within moments, and a
@@ -60,6 +63,10 @@ pub struct WorkerOptions {
     /// claimed instead of giving them back (their work is done; given back, it would be done
     /// twice).
     pub work_in_claim: bool,
+    /// Claim users unrefreshed ([`Jobs::claim_unrefreshed`]) and refresh each in its place of
+    /// the window before `work` is called with its token: claims answer at once and are made
+    /// ahead of the work, and on a stop the users not started are given back unrefreshed.
+    pub refresh_in_worker: bool,
 }
 
 impl Default for WorkerOptions {
@@ -73,6 +80,7 @@ impl Default for WorkerOptions {
             linger: true,
             max_wait: Duration::from_secs(2),
             work_in_claim: false,
+            refresh_in_worker: false,
         }
     }
 }
@@ -142,7 +150,24 @@ impl Pace {
 /// A claimed user waiting to start.
 struct Queued {
     lease: String,
-    item: HandedOut,
+    item: Claimed,
+}
+
+/// A user as a claim handed it out.
+enum Claimed {
+    /// With its token.
+    Token(HandedOut),
+    /// To be refreshed first.
+    Refresh(ToRefresh),
+}
+
+impl Claimed {
+    fn id(&self) -> i64 {
+        match self {
+            Claimed::Token(i) => i.id,
+            Claimed::Refresh(i) => i.id,
+        }
+    }
 }
 
 /// A completion not reported yet.
@@ -161,15 +186,32 @@ struct Lease {
     length: Duration,
 }
 
-/// A user's work ended: its lease, item id, sub and outcome.
-type Finished = (String, i64, String, WorkOutcome);
+/// A user's work ended.
+struct Finished {
+    lease: String,
+    id: i64,
+    sub: String,
+    /// The offer it was: a retry on the job's last one fails the user.
+    attempt: u32,
+    outcome: WorkOutcome,
+}
+
+/// What a task of the window ended with.
+enum Ran {
+    Finished(Finished),
+    /// A user refreshed, its work to start in the same place.
+    Refreshed(String, HandedOut),
+}
 
 /// What woke the worker's loop.
 enum Event {
-    /// A user's work ended (an error: its task panicked or was cancelled; its lease runs out).
-    Finished(Result<Finished, tokio::task::JoinError>),
+    /// A task of the window ended (an error: it panicked or was cancelled; its user's lease
+    /// runs out).
+    Ran(Result<Ran, tokio::task::JoinError>),
     /// The claim under way answered.
     Claimed(Result<Result<Batch, JobError>, tokio::task::JoinError>),
+    /// The report under way was answered: the users it recorded.
+    Reported(Result<Flushed, tokio::task::JoinError>),
     /// A timer (the next claim, a report due) or the stop signal: look again.
     Tick,
 }
@@ -201,18 +243,19 @@ where
         }
         w.claim_ahead();
         w.start_work(&work).await;
-        w.report_if_due().await;
+        w.report_if_due();
         renew(jobs, id, &mut w.leases).await;
         if w.is_through() {
             break;
         }
         match w.next_event(&mut stop).await {
-            Event::Finished(done) => w.finished(done),
+            Event::Ran(done) => w.ran(done, &work),
             Event::Claimed(answer) => w.claimed(answer),
+            Event::Reported(events) => w.reported(events),
             Event::Tick => {}
         }
     }
-    w.wind_down().await;
+    w.wind_down(&work).await;
     if let Some(e) = w.failure {
         return Err(e);
     }
@@ -235,12 +278,14 @@ struct Worker<'a> {
     on_event: &'a (dyn Fn(&ItemEvent) + Send + Sync),
     pace: Option<Pace>,
     queue: VecDeque<Queued>,
-    running: JoinSet<Finished>,
+    running: JoinSet<Ran>,
     leases: HashMap<String, Lease>,
     unreported: HashMap<String, Vec<Unreported>>,
-    /// The clock's monotonic reading.
-    oldest_unreported: Option<Duration>,
+    /// The report under way.
+    reporting: Option<tokio::task::JoinHandle<Flushed>>,
     claiming: Option<tokio::task::JoinHandle<Result<Batch, JobError>>>,
+    /// The job's `max_attempts`, from its last claim.
+    max_attempts: u32,
     /// The clock's monotonic reading.
     next_claim: Duration,
     /// Claims in a row that found nothing due.
@@ -276,8 +321,9 @@ impl<'a> Worker<'a> {
             running: JoinSet::new(),
             leases: HashMap::new(),
             unreported: HashMap::new(),
-            oldest_unreported: None,
+            reporting: None,
             claiming: None,
+            max_attempts: u32::MAX,
             next_claim: jobs.clock().monotonic(),
             empty_claims: 0,
             exhausted: false,
@@ -299,7 +345,10 @@ impl<'a> Worker<'a> {
     /// claim is the work, the last batch is through and reported.
     fn room(&self) -> bool {
         if self.opts.work_in_claim {
-            self.queue.is_empty() && self.running.is_empty() && self.unreported.is_empty()
+            self.queue.is_empty()
+                && self.running.is_empty()
+                && self.unreported.is_empty()
+                && self.reporting.is_none()
         } else {
             self.queue.len() < self.opts.concurrency
         }
@@ -322,7 +371,14 @@ impl<'a> Worker<'a> {
             worker: Some(self.opts.name.clone()),
         };
         let (jobs, id) = (self.jobs.clone(), self.id);
-        self.claiming = Some(tokio::spawn(async move { jobs.claim(id, request).await }));
+        let unrefreshed = self.opts.refresh_in_worker;
+        self.claiming = Some(tokio::spawn(async move {
+            if unrefreshed {
+                jobs.claim_unrefreshed(id, request).await
+            } else {
+                jobs.claim(id, request).await
+            }
+        }));
     }
 
     /// Starts what the window has room for (after a stop too, when the claim did the work).
@@ -346,27 +402,65 @@ impl<'a> Worker<'a> {
                 self.queue.push_front(next);
                 break;
             }
-            let future = work(next.item.clone());
-            let (lease, item_id, sub) = (next.lease, next.item.id, next.item.sub);
-            self.running
-                .spawn(async move { (lease, item_id, sub, future.await) });
+            match next.item {
+                Claimed::Token(item) => self.start(next.lease, item, work),
+                Claimed::Refresh(item) => {
+                    let (jobs, lease) = (jobs.clone(), next.lease);
+                    self.running.spawn(async move {
+                        match jobs.refresh_handed(&item).await {
+                            Ok(handed) => Ran::Refreshed(lease, handed),
+                            Err(failed) => Ran::Finished(Finished {
+                                lease,
+                                id: item.id,
+                                sub: item.sub,
+                                attempt: item.attempt,
+                                outcome: match failed {
+                                    RefreshFailed::Skip { reason, detail } => {
+                                        WorkOutcome::Skipped(reason, detail)
+                                    }
+                                    RefreshFailed::Retry { after, detail } => {
+                                        WorkOutcome::Retry(after, detail)
+                                    }
+                                },
+                            }),
+                        }
+                    });
+                }
+            }
         }
     }
 
-    /// Reports the completions waiting once enough wait, the oldest waited long enough, or
-    /// nothing is in hand (then nothing is gained by waiting).
-    async fn report_if_due(&mut self) {
-        let due = self
-            .oldest_unreported
-            .is_some_and(|t| self.jobs.clock().monotonic().saturating_sub(t) >= REPORT_AFTER)
-            || self.unreported.values().map(Vec::len).sum::<usize>() >= REPORT_EVERY
-            || (self.oldest_unreported.is_some()
-                && self.running.is_empty()
-                && self.queue.is_empty());
-        if due {
-            self.flush().await;
-            self.oldest_unreported = None;
+    /// Starts a user's work in a place of the window.
+    fn start<W, F>(&mut self, lease: String, item: HandedOut, work: &W)
+    where
+        W: Fn(HandedOut) -> F,
+        F: Future<Output = WorkOutcome> + Send + 'static,
+    {
+        let (id, sub, attempt) = (item.id, item.sub.clone(), item.attempt);
+        let future = work(item);
+        self.running.spawn(async move {
+            Ran::Finished(Finished {
+                lease,
+                id,
+                sub,
+                attempt,
+                outcome: future.await,
+            })
+        });
+    }
+
+    /// Sends the completions waiting in the background, one report at a time: those that end
+    /// while a report is under way go together in the next, so that reports group themselves
+    /// as the pace grows and each user is told soon after it ends.
+    fn report_if_due(&mut self) {
+        if self.reporting.is_some() || self.unreported.is_empty() {
+            return;
         }
+        let (jobs, id) = (self.jobs.clone(), self.id);
+        let unreported = std::mem::take(&mut self.unreported);
+        self.reporting = Some(tokio::spawn(
+            async move { flush(&jobs, id, unreported).await },
+        ));
     }
 
     /// Whether the job is known to be cancelled, its state read first when it was last read
@@ -389,11 +483,21 @@ impl<'a> Worker<'a> {
         self.cancelled
     }
 
-    /// Reports every completion waiting; notes a job cancelled meanwhile.
-    async fn flush(&mut self) {
-        let flushed = flush(self.jobs, self.id, &mut self.unreported, self.on_event).await;
-        self.settled += flushed.recorded;
-        self.cancelled |= flushed.cancelled;
+    /// Tells the users a report recorded; notes a job cancelled meanwhile.
+    fn reported(&mut self, answer: Result<Flushed, tokio::task::JoinError>) {
+        self.reporting = None;
+        match answer {
+            Ok(flushed) => {
+                for e in &flushed.events {
+                    (self.on_event)(e);
+                }
+                self.settled += flushed.events.len() as u64;
+                self.cancelled |= flushed.cancelled;
+            }
+            Err(e) => {
+                tracing::warn!(job = self.id, error = %e, "a report task ended abnormally; its users will be offered again");
+            }
+        }
     }
 
     /// Whether the loop ends: nothing in hand and nothing more to claim; or stopped (or the
@@ -416,30 +520,43 @@ impl<'a> Worker<'a> {
             self.claiming.is_none() && !self.exhausted && !self.stopping() && self.room();
         let wait_claim = sleep_until(self.jobs.clock().as_ref(), self.next_claim);
         tokio::select! {
-            Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Finished(done),
-            answer = claimed(&mut self.claiming), if self.claiming.is_some() => Event::Claimed(answer),
+            Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Ran(done),
+            answer = answer_of(&mut self.claiming), if self.claiming.is_some() => Event::Claimed(answer),
+            answer = answer_of(&mut self.reporting), if self.reporting.is_some() => Event::Reported(answer),
             () = wait_claim, if may_claim => Event::Tick,
-            () = tokio::time::sleep(REPORT_AFTER), if self.oldest_unreported.is_some() => Event::Tick,
             _ = stop.changed(), if !self.interrupted => Event::Tick,
         }
     }
 
-    /// Keeps a user's outcome for the next report.
-    fn finished(&mut self, done: Result<Finished, tokio::task::JoinError>) {
-        let Ok((lease, item_id, sub, outcome)) = done else {
-            return;
-        };
-        let (report, event) = settle(sub, outcome);
-        if let Some(l) = self.leases.get_mut(&lease) {
+    /// Keeps a user's outcome for the next report, or starts the work of a user refreshed
+    /// (after a stop too: its refresh is done).
+    fn ran<W, F>(&mut self, done: Result<Ran, tokio::task::JoinError>, work: &W)
+    where
+        W: Fn(HandedOut) -> F,
+        F: Future<Output = WorkOutcome> + Send + 'static,
+    {
+        match done {
+            Ok(Ran::Finished(finished)) => self.finished(finished),
+            Ok(Ran::Refreshed(lease, item)) => self.start(lease, item, work),
+            Err(e) => {
+                tracing::error!(job = self.id, error = %e, "a worker's task ended abnormally; its user's lease will run out");
+            }
+        }
+    }
+
+    fn finished(&mut self, f: Finished) {
+        let (report, event) = settle(f.sub, f.outcome, f.attempt >= self.max_attempts);
+        if let Some(l) = self.leases.get_mut(&f.lease) {
             l.open = l.open.saturating_sub(1);
         }
-        self.unreported.entry(lease).or_default().push(Unreported {
-            id: item_id,
-            report,
-            event,
-        });
-        let now = self.jobs.clock().monotonic();
-        self.oldest_unreported.get_or_insert(now);
+        self.unreported
+            .entry(f.lease)
+            .or_default()
+            .push(Unreported {
+                id: f.id,
+                report,
+                event,
+            });
     }
 
     /// Takes in a claim's answer: its users queued, those it settled told, or when it brought
@@ -462,11 +579,16 @@ impl<'a> Worker<'a> {
                 return;
             }
         };
+        self.max_attempts = batch.job.max_attempts;
+        if batch.job.state == JobState::Cancelled {
+            self.cancelled = true;
+        }
         if self.first_claimed.is_none() {
             self.first_claimed = batch
                 .items
                 .iter()
                 .map(|i| &i.sub)
+                .chain(batch.to_refresh.iter().map(|i| &i.sub))
                 .chain(batch.settled.iter().map(|s| &s.sub))
                 .min()
                 .cloned();
@@ -480,10 +602,7 @@ impl<'a> Worker<'a> {
                 detail: s.detail.clone(),
             });
         }
-        if batch.job.state == JobState::Cancelled {
-            self.cancelled = true;
-        }
-        if batch.items.is_empty() {
+        if batch.items.is_empty() && batch.to_refresh.is_empty() {
             if batch.job.state != JobState::Running || !self.opts.linger {
                 self.exhausted = true;
             }
@@ -504,12 +623,14 @@ impl<'a> Worker<'a> {
         self.leases.insert(
             batch.lease.clone(),
             Lease {
-                open: batch.items.len(),
+                open: batch.items.len() + batch.to_refresh.len(),
                 renewed: self.jobs.clock().monotonic(),
                 length,
             },
         );
-        for item in batch.items {
+        let handed = batch.items.into_iter().map(Claimed::Token);
+        let to_refresh = batch.to_refresh.into_iter().map(Claimed::Refresh);
+        for item in handed.chain(to_refresh) {
             self.queue.push_back(Queued {
                 lease: batch.lease.clone(),
                 item,
@@ -518,20 +639,23 @@ impl<'a> Worker<'a> {
     }
 
     /// At the end: users claimed and not started go back at once (a rerun or another worker
-    /// takes them), the users in work finish, and every completion is reported.
-    async fn wind_down(&mut self) {
+    /// takes them), the users in work finish (a user refreshed has its work done), and every
+    /// completion is reported.
+    async fn wind_down<W, F>(&mut self, work: &W)
+    where
+        W: Fn(HandedOut) -> F,
+        F: Future<Output = WorkOutcome> + Send + 'static,
+    {
         self.give_back_queued().await;
         while let Some(done) = self.running.join_next().await {
-            if let Ok((lease, item_id, sub, outcome)) = done {
-                let (report, event) = settle(sub, outcome);
-                self.unreported.entry(lease).or_default().push(Unreported {
-                    id: item_id,
-                    report,
-                    event,
-                });
-            }
+            self.ran(done, work);
         }
-        self.flush().await;
+        if let Some(report) = self.reporting.take() {
+            let answer = report.await;
+            self.reported(answer);
+        }
+        let flushed = flush(self.jobs, self.id, std::mem::take(&mut self.unreported)).await;
+        self.reported(Ok(flushed));
     }
 
     /// Releases the users claimed and not started, a report per lease.
@@ -544,7 +668,7 @@ impl<'a> Worker<'a> {
             by_lease
                 .entry(q.lease)
                 .or_default()
-                .push((q.item.id, Report::Release));
+                .push((q.item.id(), Report::Release));
         }
         for (lease, items) in by_lease {
             if let Err(e) = self.jobs.report(self.id, &lease, items).await {
@@ -560,8 +684,9 @@ fn poll_after(empty: u32) -> Duration {
     FIRST_POLL.saturating_mul(1 << empty.saturating_sub(1).min(16))
 }
 
-/// What a worker's outcome reports, and the event it makes once recorded.
-fn settle(sub: String, outcome: WorkOutcome) -> (Report, ItemEvent) {
+/// What a worker's outcome reports, and the event it makes once recorded (`last`: the user's
+/// last offer, when a retry fails it).
+fn settle(sub: String, outcome: WorkOutcome, last: bool) -> (Report, ItemEvent) {
     let event = |state, reason: Option<String>, detail| ItemEvent {
         sub,
         state,
@@ -575,7 +700,11 @@ fn settle(sub: String, outcome: WorkOutcome) -> (Report, ItemEvent) {
                 delay: Some(delay),
                 detail: Some(super::clip(&detail)),
             },
-            event(ItemState::Pending, Some("retry".to_owned()), detail),
+            if last {
+                event(ItemState::Failed, Some("attempts".to_owned()), detail)
+            } else {
+                event(ItemState::Pending, Some("retry".to_owned()), detail)
+            },
         ),
         WorkOutcome::Failed(detail) => (
             Report::Failed {
@@ -596,30 +725,22 @@ fn settle(sub: String, outcome: WorkOutcome) -> (Report, ItemEvent) {
 /// What a flush of the completions came to.
 #[derive(Default)]
 struct Flushed {
-    /// Completions recorded.
-    recorded: u64,
+    /// The users recorded.
+    events: Vec<ItemEvent>,
     /// A report answered that the job was cancelled.
     cancelled: bool,
 }
 
-/// Reports every completion waiting, a report per lease. A lease lost (it ran out and another
+/// Reports every completion given, a report per lease. A lease lost (it ran out and another
 /// worker took its users) drops its completions: they are that worker's now.
-async fn flush(
-    jobs: &Jobs,
-    id: i64,
-    unreported: &mut HashMap<String, Vec<Unreported>>,
-    on_event: &(dyn Fn(&ItemEvent) + Send + Sync),
-) -> Flushed {
+async fn flush(jobs: &Jobs, id: i64, unreported: HashMap<String, Vec<Unreported>>) -> Flushed {
     let mut flushed = Flushed::default();
-    for (lease, items) in unreported.drain() {
+    for (lease, items) in unreported {
         let reports: Vec<(i64, Report)> = items.iter().map(|u| (u.id, u.report.clone())).collect();
         match jobs.report(id, &lease, reports).await {
             Ok(answer) => {
                 flushed.cancelled |= answer.job.state == JobState::Cancelled;
-                for u in &items {
-                    on_event(&u.event);
-                }
-                flushed.recorded += items.len() as u64;
+                flushed.events.extend(items.into_iter().map(|u| u.event));
             }
             Err(JobError::NotHeld) => {
                 // Some may still be held: report them one by one.
@@ -630,8 +751,7 @@ async fn flush(
                     {
                         Ok(answer) => {
                             flushed.cancelled |= answer.job.state == JobState::Cancelled;
-                            on_event(&u.event);
-                            flushed.recorded += 1;
+                            flushed.events.push(u.event);
                         }
                         Err(e) => tracing::info!(
                             job = id,
@@ -664,11 +784,11 @@ async fn renew(jobs: &Jobs, id: i64, leases: &mut HashMap<String, Lease>) {
     }
 }
 
-/// The claim under way's answer; never, when none is.
-async fn claimed<T>(
-    claiming: &mut Option<tokio::task::JoinHandle<T>>,
+/// The answer of a task under way (a claim, a report); never, when none is.
+async fn answer_of<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
 ) -> Result<T, tokio::task::JoinError> {
-    match claiming.as_mut() {
+    match task.as_mut() {
         Some(handle) => handle.await,
         None => std::future::pending().await,
     }
