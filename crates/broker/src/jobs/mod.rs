@@ -589,6 +589,14 @@ impl Jobs {
                 job,
             });
         }
+        // The claim's order (earliest due, then the job's order), kept for the users handed out
+        // unrefreshed: their caller starts them in it, and gives back what it did not start.
+        let order: std::collections::HashMap<i64, usize> = claimed
+            .items
+            .iter()
+            .enumerate()
+            .map(|(n, item)| (item.id, n))
+            .collect();
         let fates = self
             .hand_out(
                 &job,
@@ -642,6 +650,7 @@ impl Jobs {
                 }
             }
         }
+        to_refresh.sort_by_key(|item| order.get(&item.id).copied().unwrap_or(usize::MAX));
         if !settles.is_empty() {
             match self
                 .store

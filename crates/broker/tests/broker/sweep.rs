@@ -146,7 +146,7 @@ async fn interrupted_then_resumed(env: Env, page_size: u32) {
     let people = population(&env, &broker).await;
     // Slow refreshes, so that the stop lands with work left, and a report is told well within
     // one refresh.
-    env.faults(json!({"token": {"latency_ms": 200}})).await;
+    env.faults(json!({"token": {"latency_ms": 400}})).await;
     let opts = SweepOptions {
         concurrency: 8,
         rate_per_sec: None,
@@ -177,11 +177,12 @@ async fn interrupted_then_resumed(env: Env, page_size: u32) {
     .unwrap();
     assert!(first.interrupted);
     let first_events = first_events.lock().unwrap().clone();
-    // What was in flight at the stop finished; nothing new started. The 20th user's report
-    // may tell up to 7 more, and a user's place is filled as soon as it ends, before its
-    // report: up to 8 more were started before the stop.
+    // The stop left users to the second run. What was in flight at it finished and was
+    // reported (how many depends on how soon reports are told: a place is filled as soon as
+    // its user ends, before the report); what was claimed and not started was given back, and
+    // is done once, by the second run (below).
     assert!(
-        first_events.len() >= 20 && first_events.len() <= 35,
+        first_events.len() >= 20 && first_events.len() < 50,
         "{}",
         first_events.len()
     );
@@ -259,7 +260,7 @@ async fn a_stopped_sweep_gives_back_the_users_claimed_ahead_unrefreshed(env: Env
     let subs = env.sign_in_all(&emails).await;
     let by_sub: BTreeMap<String, String> = subs.iter().cloned().zip(emails.clone()).collect();
     // Slow refreshes: the next users are claimed while the first are refreshed.
-    env.faults(json!({"token": {"latency_ms": 200}})).await;
+    env.faults(json!({"token": {"latency_ms": 400}})).await;
     let concurrency = 4;
 
     // Watches how many users of the run are leased while it runs.
