@@ -209,7 +209,7 @@ enum Event {
     /// runs out).
     Ran(Result<Ran, tokio::task::JoinError>),
     /// The claim under way answered.
-    Claimed(Result<Result<Batch, JobError>, tokio::task::JoinError>),
+    Claimed(Box<Result<Result<Batch, JobError>, tokio::task::JoinError>>),
     /// The report under way was answered: the users it recorded.
     Reported(Result<Flushed, tokio::task::JoinError>),
     /// A timer (the next claim, a report due) or the stop signal: look again.
@@ -250,7 +250,7 @@ where
         }
         match w.next_event(&mut stop).await {
             Event::Ran(done) => w.ran(done, &work),
-            Event::Claimed(answer) => w.claimed(answer),
+            Event::Claimed(answer) => w.claimed(*answer),
             Event::Reported(events) => w.reported(events),
             Event::Tick => {}
         }
@@ -521,7 +521,7 @@ impl<'a> Worker<'a> {
         let wait_claim = sleep_until(self.jobs.clock().as_ref(), self.next_claim);
         tokio::select! {
             Some(done) = self.running.join_next(), if !self.running.is_empty() => Event::Ran(done),
-            answer = answer_of(&mut self.claiming), if self.claiming.is_some() => Event::Claimed(answer),
+            answer = answer_of(&mut self.claiming), if self.claiming.is_some() => Event::Claimed(Box::new(answer)),
             answer = answer_of(&mut self.reporting), if self.reporting.is_some() => Event::Reported(answer),
             () = wait_claim, if may_claim => Event::Tick,
             _ = stop.changed(), if !self.interrupted => Event::Tick,
