@@ -8,6 +8,7 @@ use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::Path;
 use crate::http::extract::{api_key, read_body};
+use crate::http::openapi::{KeyErrors, NoSuchJob, scope};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CACHE_CONTROL;
@@ -313,9 +314,8 @@ struct CreateBody {
     request_body = CreateBody,
     responses(
         (status = 201, description = "The job", body = JobJson),
+        KeyErrors<scope::Jobs>,
         (status = 400, description = "`invalid_request`: a field out of range, of the wrong type or unknown", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no API key, or not one of ours", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `jobs`", body = ErrorBody),
     )
 )]
 async fn create(State(app): State<App>, request: Request) -> Result<Response, ApiError> {
@@ -383,9 +383,8 @@ struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "Jobs", body = JobListJson),
+        KeyErrors<scope::Jobs>,
         (status = 400, description = "`invalid_request`: an unknown state, or a limit out of range", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `jobs`", body = ErrorBody),
     )
 )]
 async fn list(
@@ -428,9 +427,8 @@ async fn list(
     params(("id" = i64, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job, with `failures`", body = JobJson),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `jobs`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        KeyErrors<scope::Jobs>,
+        NoSuchJob,
     )
 )]
 async fn show(
@@ -471,11 +469,9 @@ struct ClaimBody {
     request_body(content = Option<ClaimBody>, description = "Optional: an empty body takes the defaults"),
     responses(
         (status = 200, description = "A batch (Cache-Control: no-store)", body = ClaimJson),
+        KeyErrors<scope::Jobs>,
+        NoSuchJob,
         (status = 400, description = "`invalid_request`: max or lease out of range, a field of the wrong type or unknown; nothing is leased", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `jobs`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
-        (status = 503, description = "`upstream_unavailable`: the store is unavailable (Retry-After)", body = ErrorBody),
     )
 )]
 async fn claim(
@@ -600,10 +596,9 @@ fn outcome_schema() -> utoipa::openapi::Object {
     request_body = ReportBody,
     responses(
         (status = 200, description = "What the report did", body = ReportJson),
+        KeyErrors<scope::Jobs>,
+        NoSuchJob,
         (status = 400, description = "`invalid_request`: no lease, the same user twice, an unknown outcome, a delay out of range", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `jobs`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
         (status = 409, description = "`not_held`: an item this lease does not hold; nothing was changed", body = ErrorBody),
     )
 )]
@@ -666,9 +661,8 @@ async fn report(
     params(("id" = i64, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = JobJson),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `jobs`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        KeyErrors<scope::Jobs>,
+        NoSuchJob,
     )
 )]
 async fn cancel(

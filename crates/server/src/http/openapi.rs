@@ -2,6 +2,8 @@
 //! own request and answer types and their `#[utoipa::path]` descriptions, made once. The
 //! console's and the demo page's routes are not in it (design.md).
 
+use crate::error::ErrorBody;
+use std::marker::PhantomData;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Object, ObjectBuilder, OpenApi, Type};
@@ -103,3 +105,76 @@ pub(crate) fn string_enum(values: &[&str]) -> Object {
         .enum_values(Some(values.iter().copied()))
         .build()
 }
+
+/// The scopes an API key may hold, each as a route's 403 names it ([`KeyErrors`]).
+pub(crate) mod scope {
+    pub(crate) trait Scope {
+        const FORBIDDEN: &'static str;
+    }
+
+    pub(crate) struct UsersRead;
+    pub(crate) struct UsersWrite;
+    pub(crate) struct Token;
+    pub(crate) struct Proxy;
+    pub(crate) struct Jobs;
+
+    impl Scope for UsersRead {
+        const FORBIDDEN: &'static str = "`forbidden`: the key lacks scope `users:read`";
+    }
+    impl Scope for UsersWrite {
+        const FORBIDDEN: &'static str = "`forbidden`: the key lacks scope `users:write`";
+    }
+    impl Scope for Token {
+        const FORBIDDEN: &'static str = "`forbidden`: the key lacks scope `token`";
+    }
+    impl Scope for Proxy {
+        const FORBIDDEN: &'static str = "`forbidden`: the key lacks scope `proxy`";
+    }
+    impl Scope for Jobs {
+        const FORBIDDEN: &'static str = "`forbidden`: the key lacks scope `jobs`";
+    }
+}
+
+/// What every `/v1` route behind an API key of scope `S` may answer, whatever it does
+/// (`extract::api_key`): no key or an unknown one, a key without `S`, a key over its rate, or
+/// a key that could not be looked up because the store is unavailable. A route lists it in its
+/// `responses`, then its own answers; one of its own with the same status replaces the set's.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "describes answers for the document; never built")]
+pub(crate) enum KeyErrors<S: scope::Scope> {
+    #[response(
+        status = 401,
+        description = "`unauthorized`: no API key, or not one of ours"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = S::FORBIDDEN)]
+    Forbidden(ErrorBody, PhantomData<S>),
+    #[response(
+        status = 429,
+        description = "`rate_limited`: the key is over `limits.v1_per_second` (Retry-After)"
+    )]
+    RateLimited(ErrorBody),
+    #[response(
+        status = 503,
+        description = "`upstream_unavailable`: the store is unavailable (Retry-After)"
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// A route about one user, named by `{sub}`, that is not stored.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "`not_found`: no user with this sub")]
+#[allow(
+    dead_code,
+    reason = "describes an answer for the document; never built"
+)]
+pub(crate) struct NoSuchUser(ErrorBody);
+
+/// A route about one job, named by `{id}`, that does not exist.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "`not_found`: no job with this id")]
+#[allow(
+    dead_code,
+    reason = "describes an answer for the document; never built"
+)]
+pub(crate) struct NoSuchJob(ErrorBody);

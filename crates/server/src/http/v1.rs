@@ -7,6 +7,7 @@ use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::answers;
 use crate::http::extract::{Path, api_key, read_body};
+use crate::http::openapi::{KeyErrors, NoSuchUser, scope};
 use crate::http::proxy;
 use crate::ops;
 use axum::Router;
@@ -69,10 +70,8 @@ const MAX_PAGE: u32 = 500;
     params(PageQuery),
     responses(
         (status = 200, description = "A page", body = answers::UserPageJson),
+        KeyErrors<scope::UsersRead>,
         (status = 400, description = "`invalid_request`: a limit out of range, or a cursor this API did not give", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no API key, or not one of ours", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `users:read`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: the key is over `limits.v1_per_second` (Retry-After)", body = ErrorBody),
     )
 )]
 async fn list_users(
@@ -118,9 +117,8 @@ async fn list_users(
     params(("sub" = String, Path, description = "The user's Google ID (`sub`)")),
     responses(
         (status = 200, description = "The user", body = answers::UserWithGrant),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `users:read`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
+        KeyErrors<scope::UsersRead>,
+        NoSuchUser,
     )
 )]
 async fn get_user(
@@ -145,10 +143,8 @@ async fn get_user(
     params(("sub" = String, Path, description = "The user's Google ID (`sub`)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the key lacks scope `users:write`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
-        (status = 503, description = "`upstream_unavailable`: the store is unavailable (Retry-After)", body = ErrorBody),
+        KeyErrors<scope::UsersWrite>,
+        NoSuchUser,
     )
 )]
 async fn delete_user(
@@ -190,13 +186,12 @@ const MAX_MIN_TTL: u64 = 3600;
     request_body(content = Option<TokenBody>, description = "Optional: an empty body takes the defaults"),
     responses(
         (status = 200, description = "A token (Cache-Control: no-store)", body = answers::AccessTokenJson),
+        KeyErrors<scope::Token>,
+        NoSuchUser,
         (status = 400, description = "`invalid_request`: malformed JSON, a field of the wrong type or unknown, min_ttl over 3600", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key lacks scope `token`; `scope_not_granted`: a scope the user did not grant", body = ErrorBody),
-        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
         (status = 409, description = "`grant_revoked`: the grant is revoked or needs consent: the user must sign in again", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: a body over 16 KiB", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: the key is over `limits.v1_per_second` (Retry-After)", body = ErrorBody),
         (status = 502, description = "`upstream_error`: Google refused grantkeeper's request", body = ErrorBody),
         (status = 503, description = "`upstream_unavailable`: Google or the store is unavailable (Retry-After)", body = ErrorBody),
     )
@@ -255,14 +250,15 @@ fn token_request(bytes: &[u8]) -> Result<TokenRequest, ApiError> {
     ),
     responses(
         (status = "default", description = "The API's answer, as Google gave it"),
+        KeyErrors<scope::Proxy>,
+        NoSuchUser,
         (status = 401, description = "`unauthorized`: no API key, or not one of ours (Google's own 401s pass through)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key lacks scope `proxy`; `scope_not_granted`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no user with this sub", body = ErrorBody),
         (status = 405, description = "`invalid_request`: a method Google's APIs do not use (Allow)", body = ErrorBody),
         (status = 409, description = "`grant_revoked`: the user must sign in again", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: a body over `limits.proxy_body_limit`", body = ErrorBody),
         (status = 502, description = "`upstream_error`: no answer from the API", body = ErrorBody),
-        (status = 503, description = "`upstream_unavailable`: Google unavailable, or the call over `limits.request_timeout` (Retry-After)", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: Google or the store unavailable, or the call over `limits.request_timeout` (Retry-After)", body = ErrorBody),
     )
 )]
 async fn proxy_call(
