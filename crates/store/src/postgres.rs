@@ -138,6 +138,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sign-in unless blocked",
         include_str!("../migrations/postgres/0028_sign_in_unless_blocked.sql"),
     ),
+    (
+        29,
+        "session bound by index",
+        include_str!("../migrations/postgres/0029_session_bound_by_index.sql"),
+    ),
 ];
 
 /// The key of the advisory lock that instances starting together take to migrate one at a

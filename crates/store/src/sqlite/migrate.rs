@@ -95,6 +95,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "session bound",
         include_str!("../../migrations/sqlite/0025_session_bound.sql"),
     ),
+    (
+        29,
+        "session bound by index",
+        include_str!("../../migrations/sqlite/0029_session_bound_by_index.sql"),
+    ),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

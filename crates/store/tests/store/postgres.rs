@@ -122,7 +122,7 @@ async fn schema_is_present_with_byte_ordered_subs() {
             "pending_revocations_due",
             "risc_events_received_at",
             "sessions_expires_at",
-            "sessions_sub",
+            "sessions_sub_newest",
             "sweep_batches_last",
             "sweep_batches_undone",
             "sweep_runs_one_unfinished",

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
-/// Migrations a new SQLite database has applied (1 to 11, 13, 19, 21 and 25).
-const MIGRATIONS_APPLIED: i64 = 16;
+/// Migrations a new SQLite database has applied (1 to 11, 13, 19, 21, 23, 25 and 29).
+const MIGRATIONS_APPLIED: i64 = 17;
 
 fn url_of(path: &Path) -> String {
     format!("sqlite://{}", path.display())
@@ -147,7 +147,7 @@ async fn file_is_created_in_wal_mode_with_the_schema() {
             "pending_revocations_due",
             "risc_events_received_at",
             "sessions_expires_at",
-            "sessions_sub",
+            "sessions_sub_newest",
             "sweep_batches_last",
             "sweep_batches_undone",
             "sweep_runs_one_unfinished",
@@ -533,7 +533,8 @@ async fn a_database_of_the_sqlx_era_opens_and_migrates() {
     assert_eq!(
         versions,
         [
-            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19", "21", "23", "25"
+            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "13", "19", "21", "23", "25",
+            "29"
         ]
     );
     // Opened again: nothing left to apply, nothing refused.

@@ -96,6 +96,8 @@ macro_rules! conformance_suite {
             sessions::sign_in_keeps_the_newest_sessions_of_the_user,
             sessions::created_sessions_are_bounded_too,
             sessions::expired_sessions_go_when_a_session_is_written,
+            sessions::sessions_of_one_second_are_told_apart_by_hash,
+            sessions::expired_sessions_do_not_count_against_the_bound,
             keys::ensure_data_key_inserts_once,
             keys::concurrent_ensure_data_key_has_one_winner,
             rotation::sealed_values_are_counted_by_key_id,

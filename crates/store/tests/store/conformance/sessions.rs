@@ -198,3 +198,61 @@ pub async fn expired_sessions_go_when_a_session_is_written(store: SharedStore) {
     assert!(!store.delete_session("eve-10").await.unwrap());
     assert!(!store.delete_session("eve-20").await.unwrap());
 }
+
+/// Sessions created in the same second are aged by their hash: of the others, the 19 with the
+/// greatest hashes stay, and the new one stays whatever its hash.
+pub async fn sessions_of_one_second_are_told_apart_by_hash(store: SharedStore) {
+    user(&store, "tad").await;
+    let ids: Vec<String> = (1..=MAX_SESSIONS_PER_USER)
+        .map(|i| format!("tad-{i:02}"))
+        .collect();
+    // Written in no particular order: the rule looks at creation and hash, not at arrival.
+    for id in ids.iter().rev().step_by(2).chain(ids.iter().step_by(2)) {
+        store.create_session(made_at(id, "tad", 100)).await.unwrap();
+    }
+    assert_eq!(live(&store, &ids, 200).await, ids);
+    store
+        .create_session(made_at("tad-00", "tad", 100))
+        .await
+        .unwrap();
+    assert!(store.session("tad-00", t(200)).await.unwrap().is_some());
+    assert_eq!(live(&store, &ids, 200).await, ids[1..].to_vec());
+}
+
+/// Expired sessions are deleted and do not count: a user with 20 sessions of which 2 expired
+/// keeps the 18 live ones and the new one.
+pub async fn expired_sessions_do_not_count_against_the_bound(store: SharedStore) {
+    user(&store, "ivy").await;
+    let ids: Vec<String> = (0..MAX_SESSIONS_PER_USER)
+        .map(|i| format!("ivy-{i:02}"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        // The two newest expire first: age and expiry need not agree.
+        let expires = if i >= MAX_SESSIONS_PER_USER - 2 {
+            150
+        } else {
+            5000
+        };
+        store
+            .create_session(SessionRecord {
+                id_hash: id.clone(),
+                sub: "ivy".into(),
+                created_at: t(100 + i as i64),
+                expires_at: t(expires),
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .create_session(made_at("ivy-new", "ivy", 200))
+        .await
+        .unwrap();
+    let kept = &ids[..MAX_SESSIONS_PER_USER - 2];
+    assert_eq!(live(&store, &ids, 200).await, kept.to_vec());
+    assert!(store.session("ivy-new", t(200)).await.unwrap().is_some());
+    // The expired ones are gone, not merely past their time.
+    assert_eq!(
+        store.delete_user_sessions("ivy").await.unwrap(),
+        MAX_SESSIONS_PER_USER as u64 - 1
+    );
+}
