@@ -616,6 +616,25 @@ async fn the_users_list_pages_by_fifty() {
 }
 
 #[tokio::test]
+async fn a_users_page_shows_an_act_made_just_before_it() {
+    // The audit log writes its rows once a second; the page does not make the operator wait
+    // for that.
+    let t = TestApp::start().await;
+    let sub = t.signed_in("just-now@example.com").await;
+    let key = t.api_key(&[UsersRead]).await;
+    let c = t.console(&key).await;
+    t.app
+        .audit()
+        .record("cli", Some(&sub), "probe", "made just now".to_owned(), "ok")
+        .await;
+    let page = t
+        .admin_get(&format!("/admin/users/{sub}"), Some(&c.cookie))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("made just now"), "{}", page.text);
+}
+
+#[tokio::test]
 async fn a_users_page_shows_the_grant_history_and_audit_trail() {
     let t = TestApp::start().await;
     let sub = t.signed_in("history@example.com").await;

@@ -333,6 +333,8 @@ async fn user_page(
         .await?
         .ok_or_else(|| ApiError::NotFound("There is no user with this sub.".to_owned()))?;
     let events = app.store().grant_events(sub).await?;
+    // The audit log writes its rows once a second; the trail shows every act up to this view.
+    app.audit().flush().await;
     let mut audit = app
         .store()
         .audit(AuditFilter {
