@@ -6,8 +6,10 @@ use crate::sql::Arg;
 use crate::{Result, StoreError};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, MAIN_DB, OpenFlags, ToSql};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// How long a statement waits for another process's write lock before giving up.
@@ -123,12 +125,8 @@ fn bound<'c>(
     args: &[Arg],
 ) -> Result<rusqlite::CachedStatement<'c>> {
     let mut statement = conn.prepare_cached(sql).map_err(map_sqlite)?;
-    for index in 1..=statement.parameter_count() {
-        let number = statement
-            .parameter_name(index)
-            .and_then(|name| name.get(1..))
-            .and_then(|digits| digits.parse::<usize>().ok())
-            .unwrap_or(index);
+    let numbers = placeholder_numbers(&statement, sql);
+    for (index, &number) in (1..=statement.parameter_count()).zip(numbers.iter()) {
         let arg = number
             .checked_sub(1)
             .and_then(|i| args.get(i))
@@ -138,6 +136,40 @@ fn bound<'c>(
             .map_err(map_sqlite)?;
     }
     Ok(statement)
+}
+
+/// Distinct statement texts whose placeholder numbers a thread remembers; past this, it starts
+/// over (the texts are the store's own, a few hundred at most).
+const PLACEHOLDER_MEMORY: usize = 512;
+
+thread_local! {
+    static PLACEHOLDERS: RefCell<HashMap<Box<str>, Rc<[usize]>>> = RefCell::new(HashMap::new());
+}
+
+/// The number `N` of each parameter of `statement` (prepared from `sql`), in SQLite's order.
+/// SQLite looks a parameter's name up by walking the statement's list of names, so asking for
+/// every name costs the square of their count: a third of the writer's time, with the audit
+/// INSERT's 1,024 values (BENCHMARKS.md). Each thread asks once per statement text.
+fn placeholder_numbers(statement: &rusqlite::Statement<'_>, sql: &str) -> Rc<[usize]> {
+    PLACEHOLDERS.with_borrow_mut(|known| {
+        if let Some(numbers) = known.get(sql) {
+            return Rc::clone(numbers);
+        }
+        let numbers: Rc<[usize]> = (1..=statement.parameter_count())
+            .map(|index| {
+                statement
+                    .parameter_name(index)
+                    .and_then(|name| name.get(1..))
+                    .and_then(|digits| digits.parse::<usize>().ok())
+                    .unwrap_or(index)
+            })
+            .collect();
+        if known.len() >= PLACEHOLDER_MEMORY {
+            known.clear();
+        }
+        known.insert(sql.into(), Rc::clone(&numbers));
+        numbers
+    })
 }
 
 /// Runs a statement; how many rows it changed.
